@@ -1,0 +1,51 @@
+# Two commands for users: `make pipeline` (the whole job) and `make test` (the test suite).
+# FETAL_MIRROR=../shared/data points the ingest stages at a local mirror of the official sources.
+SHELL := /bin/bash
+UV ?= $(shell command -v uv 2>/dev/null || echo .venv-uv/bin/uv)
+VENV := .venv
+PY := $(VENV)/bin/python
+export UV_COMPILE_BYTECODE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: setup pipeline test test-fast lint bench deploy ui mlflow-ui clean
+
+.venv-uv/bin/uv:
+	python3 -m venv .venv-uv && .venv-uv/bin/pip install -q uv==0.13.9
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra e2e
+	touch $@
+
+setup: $(VENV)/.synced  ## create .venv from the lock file
+
+pipeline: setup  ## run every DVC stage that is out of date
+	$(VENV)/bin/dvc repro
+
+test: setup  ## the whole test suite (CI runs this)
+	$(PY) -m pytest -q
+
+test-fast: setup  ## unit and data tests only
+	$(PY) -m pytest -q -m "unit or data"
+
+lint: setup
+	$(VENV)/bin/ruff check stages flows tests bench
+	$(VENV)/bin/ruff format --check stages flows tests bench
+
+bench: setup  ## print the benchmark tables (needs FETAL_MIRROR)
+	$(PY) -m bench.ctg
+	$(PY) -m bench.ultrasound
+
+deploy: setup  ## serve the scheduled retraining and monitoring flows (needs a Prefect server)
+	$(PY) -m flows.deploy
+
+ui: setup  ## the Prefect UI on http://127.0.0.1:4200
+	$(VENV)/bin/prefect server start
+
+mlflow-ui: setup  ## the MLflow UI on http://127.0.0.1:5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
+
+clean:
+	rm -rf .venv .venv-uv

@@ -1,0 +1,373 @@
+"""The one module that talks to MLflow: runs, artifacts, the model registry and promotion.
+
+Defaults: a ``sqlite:///mlflow.db`` store in the project root with artifacts under
+``mlartifacts/``; ``MLFLOW_TRACKING_URI`` overrides (a tracking server, PostgreSQL, ...).
+Nothing happens at import time: URIs are set when a function here is first called.
+
+Promotion follows aliases, never the deprecated registry stages: each new version gets
+``challenger``; ``champion`` moves only when the challenger beats the champion's metric by the
+margin in ``params.yaml``. Registration is idempotent: a version carries the key of the inputs
+that made it, so a stage killed after registering and run again reuses that version instead of
+adding a duplicate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stages.common.params import project_root
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` or the project's default sqlite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def _mlflow():
+    # Imported lazily: mlflow takes ~2 s to import and most callers (tests, CLI help) never need it.
+    import mlflow
+
+    uri = tracking_uri()
+    if mlflow.get_tracking_uri() != uri:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+    return mlflow
+
+
+def client():
+    """An ``MlflowClient`` on the configured tracking and registry URI."""
+    mlflow = _mlflow()
+    return mlflow.MlflowClient(tracking_uri=tracking_uri(), registry_uri=tracking_uri())
+
+
+def _experiment_id(name: str) -> str:
+    mlflow = _mlflow()
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        # Keep artifacts beside the default sqlite store, not in ./mlruns of whatever cwd.
+        location = (project_root() / "mlartifacts" / name).as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except Exception:  # another process created it between our lookup and create
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def git_commit() -> str:
+    """The commit of the working tree, with ``-dirty`` when it has uncommitted changes."""
+    try:
+        root = project_root()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def stage_input_hashes(stage: str) -> dict[str, str]:
+    """The dvc.lock hashes of a stage's dependencies (as of the last completed ``dvc repro``)."""
+    lock = project_root() / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    with open(lock, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    deps = (data.get("stages", {}).get(stage) or {}).get("deps", [])
+    return {d["path"]: d.get("md5") or d.get("hash", "") for d in deps if "path" in d}
+
+
+def data_hash(paths: list[str | Path]) -> str:
+    """A short content hash of files or folders: what a model version was evaluated on."""
+    h = hashlib.sha256()
+    for p in sorted(Path(p) for p in paths):
+        files = sorted(p.rglob("*")) if p.is_dir() else [p]
+        for f in files:
+            if f.is_file():
+                h.update(str(f.relative_to(p.parent)).encode())
+                with open(f, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def run(
+    experiment: str,
+    run_name: str,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    stage: str | None = None,
+) -> Iterator[Any]:
+    """Start an MLflow run tagged with the git commit and the stage's dvc.lock input hashes."""
+    mlflow = _mlflow()
+    all_tags = {"git_commit": git_commit(), **(tags or {})}
+    if stage:
+        all_tags["dvc_stage"] = stage
+        for path, digest in stage_input_hashes(stage).items():
+            all_tags[f"dvc_dep.{path}"] = digest
+    with mlflow.start_run(
+        experiment_id=_experiment_id(experiment), run_name=run_name, tags=all_tags
+    ) as active:
+        if params:
+            mlflow.log_params(_flatten(params))
+        yield active
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+    return out
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    clean = {k: float(v) for k, v in metrics.items() if v is not None and v == v}
+    _mlflow().log_metrics(clean, step=step)
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    path = Path(path)
+    if path.is_dir():
+        _mlflow().log_artifacts(str(path), artifact_path=artifact_path)
+    elif path.is_file():
+        _mlflow().log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_figure(fig: Any, name: str) -> None:
+    _mlflow().log_figure(fig, name)
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    _mlflow().set_tags({k: str(v) for k, v in tags.items()})
+
+
+# --------------------------------------------------------------------------- pyfunc models
+
+
+try:  # the wrapper must subclass PythonModel, which needs mlflow; keep import failures readable
+    from mlflow.pyfunc import PythonModel as _PythonModel
+except ImportError:  # pragma: no cover - mlflow is a hard dependency
+    _PythonModel = object  # type: ignore[assignment,misc]
+
+
+class PredictorModel(_PythonModel):  # type: ignore[misc,valid-type]
+    """A pyfunc model whose preprocessing and network come from a stage's own loader.
+
+    ``loader`` is ``"package.module:function"``; the function takes the artifact paths and
+    returns an object with ``predict(model_input) -> pandas.DataFrame``. The stage code ships
+    with the model (``code_paths``), so the registered model takes raw inputs.
+    """
+
+    def __init__(self, loader: str) -> None:
+        self.loader = loader
+        self._predictor: Any = None
+
+    def load_context(self, context: Any) -> None:
+        module, func = self.loader.split(":")
+        self._predictor = getattr(importlib.import_module(module), func)(dict(context.artifacts))
+
+    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+        return self._predictor.predict(model_input)
+
+
+def log_predictor_model(
+    name: str,
+    loader: str,
+    artifacts: Mapping[str, str | Path],
+    pip_requirements: list[str],
+    input_example: Any = None,
+    signature: Any = None,
+) -> str:
+    """Log a :class:`PredictorModel` in the active run and return its model URI."""
+    mlflow = _mlflow()
+    info = mlflow.pyfunc.log_model(
+        name=name,
+        python_model=PredictorModel(loader),
+        artifacts={k: str(v) for k, v in artifacts.items()},
+        code_paths=[str(project_root() / "stages")],
+        pip_requirements=pip_requirements,
+        input_example=input_example,
+        signature=signature,
+    )
+    return info.model_uri
+
+
+def load_model(uri: str) -> Any:
+    """Load a pyfunc model (``models:/ctg-distress@champion``, ``runs:/...``, a path)."""
+    return _mlflow().pyfunc.load_model(uri)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass
+class Decision:
+    """What promotion decided and why; published by stages and flows as a table."""
+
+    model: str
+    challenger_version: str
+    champion_version: str | None
+    metric: str
+    challenger_value: float
+    champion_value: float | None
+    margin: float
+    promoted: bool
+    reason: str
+    same_data: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_markdown(self) -> str:
+        rows = [
+            ("model", self.model),
+            ("metric", self.metric),
+            ("challenger", f"v{self.challenger_version}: {self.challenger_value:.4f}"),
+            (
+                "champion",
+                "none"
+                if self.champion_version is None
+                else f"v{self.champion_version}: {self.champion_value:.4f}",
+            ),
+            ("margin", f"{self.margin:.4f}"),
+            ("same evaluation data", str(self.same_data)),
+            ("decision", "PROMOTED" if self.promoted else "kept champion"),
+            ("reason", self.reason),
+        ]
+        return "| field | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+
+
+def register_model(
+    model_uri: str,
+    name: str,
+    tags: Mapping[str, Any],
+    idempotency_key: str,
+) -> str:
+    """Register ``model_uri`` as a new version of ``name`` tagged with its metrics; return it.
+
+    When a version with the same ``idempotency_key`` already exists (a rerun after a crash
+    between registering and finishing), that version is returned and nothing new is added.
+    The ``challenger`` alias is set on the returned version.
+    """
+    c = client()
+    try:
+        c.create_registered_model(name)
+    except Exception as exc:  # already exists (RESOURCE_ALREADY_EXISTS) or raced with another run
+        if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+            raise
+    for mv in c.search_model_versions(f"name='{name}'"):
+        if mv.tags.get("idempotency_key") == idempotency_key:
+            log.info("%s v%s already registered for key %s", name, mv.version, idempotency_key)
+            c.set_registered_model_alias(name, CHALLENGER, mv.version)
+            return str(mv.version)
+    all_tags = {k: str(v) for k, v in tags.items()}
+    all_tags["idempotency_key"] = idempotency_key
+    all_tags.setdefault("git_commit", git_commit())
+    mv = _mlflow().register_model(model_uri, name, tags=all_tags)
+    c.set_registered_model_alias(name, CHALLENGER, mv.version)
+    return str(mv.version)
+
+
+def promote_if_better(
+    name: str,
+    version: str,
+    metric: str,
+    margin: float,
+    higher_is_better: bool = True,
+) -> Decision:
+    """Move ``champion`` to ``version`` only if it beats the champion's ``metric`` by ``margin``.
+
+    Metrics are read from the versions' tags (set at registration). With no champion yet, the
+    first version becomes champion.
+    """
+    c = client()
+    challenger = c.get_model_version(name, version)
+    value = float(challenger.tags[metric])
+    try:
+        champ = c.get_model_version_by_alias(name, CHAMPION)
+    except Exception:  # no champion alias yet
+        champ = None
+    if champ is None:
+        c.set_registered_model_alias(name, CHAMPION, version)
+        return Decision(name, version, None, metric, value, None, margin, True, "no champion yet")
+    if str(champ.version) == str(version):
+        champ_value = float(champ.tags.get(metric, "nan"))
+        return Decision(
+            name, version, version, metric, value, champ_value, margin, False,
+            "challenger is already the champion",
+        )
+    champ_value = float(champ.tags.get(metric, "nan"))
+    same = challenger.tags.get("eval_data_hash") == champ.tags.get("eval_data_hash")
+    gain = value - champ_value if higher_is_better else champ_value - value
+    better = champ_value != champ_value or gain > margin
+    if better:
+        c.set_registered_model_alias(name, CHAMPION, version)
+        reason = f"{metric} better by {gain:+.4f} > margin {margin}"
+    else:
+        reason = f"{metric} better by {gain:+.4f}, not more than margin {margin}"
+    return Decision(
+        name, version, str(champ.version), metric, value, champ_value, margin, better, reason, same
+    )
+
+
+def compare_versions(name: str) -> list[dict[str, Any]]:
+    """Every version of ``name`` with its tags, run params/metrics and aliases, newest first."""
+    c = client()
+    rm = c.get_registered_model(name)
+    aliases: dict[str, list[str]] = {}
+    for alias, ver in (rm.aliases or {}).items():
+        aliases.setdefault(str(ver), []).append(alias)
+    rows = []
+    for mv in sorted(c.search_model_versions(f"name='{name}'"), key=lambda m: -int(m.version)):
+        row: dict[str, Any] = {
+            "version": int(mv.version),
+            "aliases": ",".join(sorted(aliases.get(str(mv.version), []))),
+            "run_id": mv.run_id or "",
+            **{k: v for k, v in mv.tags.items()},
+        }
+        if mv.run_id:
+            try:
+                r = c.get_run(mv.run_id)
+                row.update({f"metric.{k}": v for k, v in r.data.metrics.items()})
+                row.update({f"param.{k}": v for k, v in r.data.params.items()})
+            except Exception:  # the run may live in a store we cannot reach; tags still tell
+                pass
+        rows.append(row)
+    return rows
+
+
+def champion_uri(name: str) -> str:
+    return f"models:/{name}@{CHAMPION}"

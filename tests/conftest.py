@@ -1,0 +1,86 @@
+"""Shared fixtures: a toy copy of the repository for real ``dvc repro`` runs, isolated MLflow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+# What a toy repository needs to run the stages: code, pipeline, params, DVC config.
+TOY_REPO_ITEMS = ["stages", "flows", "params.yaml", "dvc.yaml", "pyproject.toml"]
+
+
+def shared_mirror(dataset: str) -> Path:
+    """The real mirror of ``dataset`` beside the project, or skip the test cleanly."""
+    base = Path(os.environ.get("FETAL_MIRROR", SHARED_DATA))
+    path = base / dataset
+    if not path.is_dir():
+        pytest.skip(f"no mirror of {dataset} at {path}")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Every test gets its own MLflow store: tests never touch the project's mlflow.db."""
+    if "MLFLOW_TRACKING_URI" not in os.environ or os.environ.get("FETAL_TEST_KEEP_MLFLOW") != "1":
+        store = tmp_path_factory.mktemp("mlflow")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    yield
+
+
+def set_params(repo: Path, updates: dict[str, dict]) -> None:
+    """Update sections of a toy repository's params.yaml (tests shrink epochs, sizes)."""
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in updates.items():
+        params.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def toy_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh git + DVC repository holding a copy of the project's code and pipeline."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for item in TOY_REPO_ITEMS:
+        src = ROOT / item
+        if src.is_dir():
+            shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, repo / item)
+    (repo / "data").mkdir()
+    shutil.copy2(ROOT / "data" / ".gitignore", repo / "data" / ".gitignore")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True, env=env)
+    subprocess.run([dvc_bin(), "init", "-q"], cwd=repo, check=True, env=env)
+    subprocess.run([dvc_bin(), "config", "core.analytics", "false"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "toy"], cwd=repo, check=True, env=env)
+    monkeypatch.setenv("PYTHONPATH", str(repo))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")
+    monkeypatch.delenv("FETAL_PROJECT_ROOT", raising=False)
+    yield repo
+
+
+def dvc_bin() -> str:
+    venv = Path(os.sys.executable).parent / "dvc"
+    return str(venv) if venv.exists() else "dvc"
+
+
+def run_dvc(repo: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the real ``dvc`` in ``repo``; on failure the assertion shows its output."""
+    proc = subprocess.run(
+        [dvc_bin(), *args], cwd=repo, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
