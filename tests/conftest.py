@@ -79,8 +79,10 @@ def dvc_bin() -> str:
 
 def run_dvc(repo: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run the real ``dvc`` in ``repo``; on failure the assertion shows its output."""
+    # dvc.yaml commands say `python`: the venv running the tests must come first on PATH.
+    env = {**os.environ, "PATH": f"{Path(dvc_bin()).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(
-        [dvc_bin(), *args], cwd=repo, capture_output=True, text=True, timeout=timeout
+        [dvc_bin(), *args], cwd=repo, capture_output=True, text=True, timeout=timeout, env=env
     )
     assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc
