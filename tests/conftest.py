@@ -59,8 +59,13 @@ def toy_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
             shutil.copy2(src, repo / item)
     (repo / "data").mkdir()
     shutil.copy2(ROOT / "data" / ".gitignore", repo / "data" / ".gitignore")
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True, env=env)
     subprocess.run([dvc_bin(), "init", "-q"], cwd=repo, check=True, env=env)
     subprocess.run([dvc_bin(), "config", "core.analytics", "false"], cwd=repo, check=True)

@@ -199,7 +199,8 @@ class PredictorModel(_PythonModel):  # type: ignore[misc,valid-type]
         module, func = self.loader.split(":")
         self._predictor = getattr(importlib.import_module(module), func)(dict(context.artifacts))
 
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+    # No type hints here on purpose: MLflow would try to derive a signature from them.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         return self._predictor.predict(model_input)
 
 
@@ -217,7 +218,8 @@ def log_predictor_model(
         name=name,
         python_model=PredictorModel(loader),
         artifacts={k: str(v) for k, v in artifacts.items()},
-        code_paths=[str(project_root() / "stages")],
+        # The stage package itself ships with the model, so it loads wherever mlflow runs.
+        code_paths=[str(Path(__file__).resolve().parents[1])],
         pip_requirements=pip_requirements,
         input_example=input_example,
         signature=signature,
@@ -297,8 +299,99 @@ def register_model(
     all_tags["idempotency_key"] = idempotency_key
     all_tags.setdefault("git_commit", git_commit())
     mv = _mlflow().register_model(model_uri, name, tags=all_tags)
+    # Two runs registering the same inputs at once both pass the lookup above; the lowest
+    # version with the key wins and the loser deletes its own, so the key stays unique.
+    same_key = sorted(
+        (m for m in c.search_model_versions(f"name='{name}'")
+         if m.tags.get("idempotency_key") == idempotency_key),
+        key=lambda m: int(m.version),
+    )  # fmt: skip
+    if same_key and str(same_key[0].version) != str(mv.version):
+        log.info(
+            "%s v%s duplicates v%s (concurrent run): removed", name, mv.version, same_key[0].version
+        )
+        c.delete_model_version(name, str(mv.version))
+        mv = same_key[0]
     c.set_registered_model_alias(name, CHALLENGER, mv.version)
     return str(mv.version)
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """The version of ``name`` holding ``alias``, or None (no such model or alias)."""
+    try:
+        return str(client().get_model_version_by_alias(name, alias).version)
+    except Exception:  # RESOURCE_DOES_NOT_EXIST for the model or the alias
+        return None
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    """Point ``alias`` of ``name`` at ``version``."""
+    client().set_registered_model_alias(name, alias, str(version))
+
+
+def decide_promotion(
+    name: str,
+    version: str,
+    metric: str,
+    margin: float,
+    higher_is_better: bool = True,
+    require_same_data: bool = False,
+) -> Decision:
+    """Whether ``version`` should become champion (read-only: no alias moves).
+
+    ``require_same_data``: a challenger evaluated on other data than the champion
+    (``eval_data_hash`` tags differ) is not comparable, so it is not promoted.
+    """
+    c = client()
+    challenger = c.get_model_version(name, version)
+    value = float(challenger.tags[metric])
+    try:
+        champ = c.get_model_version_by_alias(name, CHAMPION)
+    except Exception:  # no champion alias yet
+        champ = None
+    if champ is None:
+        return Decision(name, version, None, metric, value, None, margin, True, "no champion yet")
+    champ_value = float(champ.tags.get(metric, "nan"))
+    if str(champ.version) == str(version):
+        return Decision(
+            name,
+            version,
+            version,
+            metric,
+            value,
+            champ_value,
+            margin,
+            False,
+            "challenger is already the champion",
+            True,
+        )
+    same = challenger.tags.get("eval_data_hash") == champ.tags.get("eval_data_hash")
+    gain = value - champ_value if higher_is_better else champ_value - value
+    if require_same_data and not same:
+        reason = (
+            f"evaluated on other data (eval_data_hash {challenger.tags.get('eval_data_hash')} vs "
+            f"{champ.tags.get('eval_data_hash')}): not comparable, champion kept"
+        )
+        return Decision(
+            name,
+            version,
+            str(champ.version),
+            metric,
+            value,
+            champ_value,
+            margin,
+            False,
+            reason,
+            same,
+        )
+    better = champ_value != champ_value or gain > margin
+    if better:
+        reason = f"{metric} better by {gain:+.4f} > margin {margin}"
+    else:
+        reason = f"{metric} better by {gain:+.4f}, not more than margin {margin}"
+    return Decision(
+        name, version, str(champ.version), metric, value, champ_value, margin, better, reason, same
+    )
 
 
 def promote_if_better(
@@ -313,34 +406,10 @@ def promote_if_better(
     Metrics are read from the versions' tags (set at registration). With no champion yet, the
     first version becomes champion.
     """
-    c = client()
-    challenger = c.get_model_version(name, version)
-    value = float(challenger.tags[metric])
-    try:
-        champ = c.get_model_version_by_alias(name, CHAMPION)
-    except Exception:  # no champion alias yet
-        champ = None
-    if champ is None:
-        c.set_registered_model_alias(name, CHAMPION, version)
-        return Decision(name, version, None, metric, value, None, margin, True, "no champion yet")
-    if str(champ.version) == str(version):
-        champ_value = float(champ.tags.get(metric, "nan"))
-        return Decision(
-            name, version, version, metric, value, champ_value, margin, False,
-            "challenger is already the champion",
-        )
-    champ_value = float(champ.tags.get(metric, "nan"))
-    same = challenger.tags.get("eval_data_hash") == champ.tags.get("eval_data_hash")
-    gain = value - champ_value if higher_is_better else champ_value - value
-    better = champ_value != champ_value or gain > margin
-    if better:
-        c.set_registered_model_alias(name, CHAMPION, version)
-        reason = f"{metric} better by {gain:+.4f} > margin {margin}"
-    else:
-        reason = f"{metric} better by {gain:+.4f}, not more than margin {margin}"
-    return Decision(
-        name, version, str(champ.version), metric, value, champ_value, margin, better, reason, same
-    )
+    decision = decide_promotion(name, version, metric, margin, higher_is_better)
+    if decision.promoted:
+        set_alias(name, CHAMPION, version)
+    return decision
 
 
 def compare_versions(name: str) -> list[dict[str, Any]]:

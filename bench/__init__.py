@@ -1,0 +1,1 @@
+"""Performance benchmarks (python -m bench.<name>) printing markdown tables."""

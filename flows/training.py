@@ -1,0 +1,392 @@
+"""The training flow: every DVC stage as a Prefect task, then registry promotion and ``dvc push``.
+
+Each task runs ``dvc --wait-for-lock repro -s <stage>``: DVC decides whether the stage changed
+(it does only what changed) and records the lineage in ``dvc.lock``. Stages run in the order of
+their data dependencies; the CTG (``*_ctg``) and ultrasound (``*_us``) branches are submitted as
+two concurrent tasks. DVC holds its repository lock only while it hashes and commits, not while a
+stage's command runs, so the two branches' commands really overlap.
+
+After the stages, for every params section with ``registered_name`` whose stage ran, the
+``challenger`` version is compared with the ``champion`` on the same evaluation data
+(``eval_data_hash`` tag) and promoted only when it is better by ``promote_margin``. The table is
+published as a Prefect markdown artifact and as an MLflow artifact. A failed stage stops the flow
+before promotion: the champion stays.
+
+Run it: ``python -m flows.training [--stages a b] [--no-push]`` (``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+BRANCH_SUFFIXES: dict[str, str] = {"ctg": "_ctg", "us": "_us"}
+LOCK_NAME = "fetal-training.lock"
+
+
+@dataclass
+class StageResult:
+    """What one ``dvc repro -s`` did."""
+
+    stage: str
+    seconds: float
+    ran: bool  # False when DVC found nothing changed
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def _covers(out: str, dep: str) -> bool:
+    """True when output path ``out`` is ``dep`` or a folder holding it (or the reverse)."""
+    out, dep = out.rstrip("/"), dep.rstrip("/")
+    return dep == out or dep.startswith(out + "/") or out.startswith(dep + "/")
+
+
+def _paths(entries: list[Any] | None) -> list[str]:
+    # dvc.yaml lists paths as strings or as one-key mappings {path: {options}}.
+    out: list[str] = []
+    for e in entries or []:
+        out.extend([e] if isinstance(e, str) else list(e))
+    return out
+
+
+def stage_order(pipeline: dict[str, Any]) -> list[str]:
+    """Stages of a parsed ``dvc.yaml`` in dependency order, ties kept in declaration order.
+
+    Raises
+    ------
+    ValueError
+        When the outputs and dependencies form a cycle (DVC would refuse it too).
+    """
+    stages = pipeline.get("stages", {})
+    outs = {
+        name: _paths(s.get("outs")) + _paths(s.get("metrics")) + _paths(s.get("plots"))
+        for name, s in stages.items()
+    }
+    upstream: dict[str, set[str]] = {}
+    for name, s in stages.items():
+        deps = _paths(s.get("deps"))
+        upstream[name] = {
+            other
+            for other, o in outs.items()
+            if other != name and any(_covers(p, d) for p in o for d in deps)
+        }
+    order: list[str] = []
+    remaining = list(stages)
+    while remaining:
+        ready = [s for s in remaining if upstream[s] <= set(order)]
+        if not ready:
+            raise ValueError(f"dependency cycle among stages {remaining}")
+        order.append(ready[0])
+        remaining.remove(ready[0])
+    return order
+
+
+def branches(order: list[str]) -> dict[str, list[str]]:
+    """Split an ordered stage list into modality branches by name suffix; the rest is 'other'."""
+    out: dict[str, list[str]] = {b: [] for b in BRANCH_SUFFIXES}
+    out["other"] = []
+    for stage in order:
+        branch = next((b for b, suf in BRANCH_SUFFIXES.items() if stage.endswith(suf)), "other")
+        out[branch].append(stage)
+    return {b: s for b, s in out.items() if s}
+
+
+def registry_targets(params: dict[str, Any], stages: list[str]) -> list[dict[str, Any]]:
+    """The registered models made by ``stages``: params sections with ``registered_name``."""
+    return [
+        {
+            "stage": stage,
+            "name": params[stage]["registered_name"],
+            "metric": params[stage].get("promote_metric", "cv_auc"),
+            "margin": float(params[stage].get("promote_margin", 0.0)),
+        }
+        for stage in stages
+        if isinstance(params.get(stage), dict) and "registered_name" in params[stage]
+    ]
+
+
+def comparison_markdown(rows: list[dict[str, Any]]) -> str:
+    """One markdown table of promotion decisions (the Prefect and MLflow artifact)."""
+    if not rows:
+        return "No registered model was produced by the stages that ran."
+    cols = ["model", "metric", "challenger", "champion_before", "margin", "same_data", "decision"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    reasons = "\n".join(f"- **{r['model']}**: {r['reason']}" for r in rows)
+    return "\n".join(lines) + "\n\n" + reasons
+
+
+# --------------------------------------------------------------------------- I/O helpers
+
+
+def dvc_command() -> list[str]:
+    """The ``dvc`` of the running interpreter's venv (stages say ``python``: same venv)."""
+    venv_dvc = Path(sys.executable).parent / "dvc"
+    return [str(venv_dvc) if venv_dvc.exists() else "dvc"]
+
+
+def stage_env() -> dict[str, str]:
+    """Environment for ``dvc``: the venv first on PATH so that ``python`` is the project's."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+@contextmanager
+def project_env(repo: str) -> Iterator[None]:
+    """``FETAL_PROJECT_ROOT=repo`` while tracking code runs (git commit, default store)."""
+    old = os.environ.get("FETAL_PROJECT_ROOT")
+    os.environ["FETAL_PROJECT_ROOT"] = repo
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("FETAL_PROJECT_ROOT", None)
+        else:
+            os.environ["FETAL_PROJECT_ROOT"] = old
+
+
+@contextmanager
+def workspace_lock(repo: Path, logger: Any) -> Iterator[None]:
+    """One training run per workspace: a second run logs and waits instead of overlapping.
+
+    The deployment's concurrency limit guards scheduled runs; this guards every run, including
+    ad-hoc ``python -m flows.training`` started next to a scheduled one. The OS releases the
+    lock when the holder dies, so a killed run never leaves a stale lock.
+    """
+    path = repo / ".dvc" / "tmp" / LOCK_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.warning("another training run holds %s: waiting for it to finish", path)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@task(retries=2, retry_delay_seconds=10, task_run_name="repro-{stage}")
+def repro_stage(repo: str, stage: str, timeout_s: float | None = None) -> StageResult:
+    """``dvc repro -s <stage>``: runs the stage only if its deps/params/cmd changed."""
+    logger = get_run_logger()
+    start = time.perf_counter()
+    cmd = [*dvc_command(), "--wait-for-lock", "repro", "-s", stage]
+    proc = subprocess.run(
+        cmd, cwd=repo, env=stage_env(), capture_output=True, text=True, timeout=timeout_s
+    )
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        logger.error("stage %s failed after %.1f s:\n%s", stage, seconds, tail)
+        raise RuntimeError(f"dvc repro -s {stage} failed (exit {proc.returncode}):\n{tail}")
+    ran = "didn't change, skipping" not in proc.stdout
+    logger.info("stage %s %s in %.1f s", stage, "ran" if ran else "unchanged", seconds)
+    return StageResult(stage, round(seconds, 2), ran)
+
+
+@task(task_run_name="branch-{name}")
+def run_branch(
+    repo: str, name: str, stages: list[str], retries: int, timeout_s: float | None
+) -> list[StageResult]:
+    """The stages of one modality, in order; the first failure stops the branch."""
+    logger = get_run_logger()
+    start = time.perf_counter()
+    step = repro_stage.with_options(retries=retries)
+    results = [step(repo, s, timeout_s) for s in stages]
+    logger.info("branch %s: %d stages in %.1f s", name, len(results), time.perf_counter() - start)
+    return results
+
+
+@task(retries=2, retry_delay_seconds=10)
+def dvc_push(repo: str) -> str:
+    """Push every cached output to the default DVC remote (``.dvc-remote`` locally, or S3)."""
+    logger = get_run_logger()
+    proc = subprocess.run(
+        [*dvc_command(), "--wait-for-lock", "push"],
+        cwd=repo,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc push failed:\n{proc.stdout}\n{proc.stderr}")
+    summary = (proc.stdout.strip().splitlines() or ["nothing to push"])[-1]
+    logger.info("dvc push: %s", summary)
+    return summary
+
+
+@task
+def promote(repo: str, target: dict[str, Any], require_same_data: bool) -> dict[str, Any] | None:
+    """Compare the challenger with the champion; move ``champion`` only if better by the margin."""
+    from stages.common import tracking
+
+    logger = get_run_logger()
+    with project_env(repo):
+        version = tracking.alias_version(target["name"], tracking.CHALLENGER)
+        if version is None:
+            logger.warning("%s has no challenger version: nothing to compare", target["name"])
+            return None
+        decision = tracking.decide_promotion(
+            target["name"],
+            version,
+            target["metric"],
+            target["margin"],
+            require_same_data=require_same_data,
+        )
+        if decision.promoted:
+            tracking.set_alias(target["name"], tracking.CHAMPION, version)
+    logger.info(
+        "%s v%s: %s (%s)",
+        target["name"],
+        version,
+        "PROMOTED" if decision.promoted else "champion kept",
+        decision.reason,
+    )
+    champ = (
+        "none"
+        if decision.champion_version is None
+        else f"v{decision.champion_version}: {decision.champion_value:.4f}"
+    )
+    return {
+        **decision.to_dict(),
+        "challenger": f"v{decision.challenger_version}: {decision.challenger_value:.4f}",
+        "champion_before": champ,
+        "decision": "PROMOTED" if decision.promoted else "kept champion",
+    }
+
+
+@task
+def publish(repo: str, rows: list[dict[str, Any]], timings: list[StageResult]) -> str:
+    """The comparison table as a Prefect markdown artifact and in an MLflow run."""
+    from stages.common import tracking
+
+    table = comparison_markdown(rows)
+    timing = "\n".join(
+        f"| {t.stage} | {t.seconds:.1f} | {'ran' if t.ran else 'unchanged'} |" for t in timings
+    )
+    body = (
+        "# Training flow: registry comparison\n\n"
+        + table
+        + "\n\n## Stages\n\n| stage | seconds | status |\n|---|---|---|\n"
+        + timing
+    )
+    create_markdown_artifact(
+        key="registry-comparison", markdown=body, description="challenger vs champion"
+    )
+    out = Path(repo) / "data" / "reports" / "registry_comparison.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(body, encoding="utf-8")
+    with (
+        project_env(repo),
+        tracking.run("orchestration", "training-flow", tags={"flow": "training"}),
+    ):
+        tracking.log_metrics({f"stage_seconds.{t.stage}": t.seconds for t in timings})
+        tracking.log_artifact(out)
+    return body
+
+
+# --------------------------------------------------------------------------- flow
+
+
+@flow(name="training", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=False)
+def training_flow(
+    repo: str | None = None,
+    stages: list[str] | None = None,
+    push: bool = True,
+    retries: int = 2,
+    stage_timeout_s: float | None = None,
+    require_same_data: bool = True,
+) -> dict[str, Any]:
+    """Reproduce the pipeline, promote challengers that beat the champion, push the data.
+
+    Parameters
+    ----------
+    repo
+        Project root (default: the folder holding ``params.yaml`` above the cwd).
+    stages
+        Run only these stages (default: every stage in ``dvc.yaml``).
+    push
+        ``dvc push`` to the default remote after the stages.
+    retries
+        Retries of a failing stage (transient failures: a busy lock, a flaky download).
+    stage_timeout_s
+        Kill a stage that runs longer than this (None: no limit).
+    require_same_data
+        Promote only when challenger and champion were evaluated on the same data.
+    """
+    from stages.common.params import project_root
+
+    logger = get_run_logger()
+    root = Path(repo).resolve() if repo else project_root()
+    pipeline = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))
+    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    order = [s for s in stage_order(pipeline) if stages is None or s in stages]
+    plan = branches(order)
+    logger.info("plan: %s", {b: s for b, s in plan.items()})
+    with workspace_lock(root, logger):
+        futures = {
+            b: run_branch.submit(str(root), b, s, retries, stage_timeout_s)
+            for b, s in plan.items()
+            if b != "other"
+        }
+        # result() raises when a branch failed: nothing below (promotion, push) runs then.
+        timings = [r for b in futures for r in futures[b].result()]
+        if "other" in plan:
+            timings += run_branch(str(root), "other", plan["other"], retries, stage_timeout_s)
+        if push:
+            dvc_push(str(root))
+        rows = [
+            row
+            for t in registry_targets(params, order)
+            if (row := promote(str(root), t, require_same_data)) is not None
+        ]
+        publish(str(root), rows, timings)
+    return {"stages": [asdict(t) for t in timings], "decisions": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.training", description=__doc__)
+    parser.add_argument("--repo", default=None, help="project root (default: from the cwd)")
+    parser.add_argument("--stages", nargs="*", default=None, help="only these stages")
+    parser.add_argument("--no-push", action="store_true", help="skip dvc push")
+    parser.add_argument("--retries", type=int, default=2)
+    args = parser.parse_args(argv)
+    from flows.tasks import check_prefect_api
+
+    problem = check_prefect_api()
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    try:
+        training_flow(
+            repo=args.repo, stages=args.stages, push=not args.no_push, retries=args.retries
+        )
+    except Exception as exc:  # the flow's logs carry the detail; say what failed in one line
+        print(f"training flow failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

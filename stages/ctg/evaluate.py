@@ -1,0 +1,184 @@
+"""Stage ``evaluate_ctg``: out-of-fold metrics of the CTG network beside a FIGO-feature baseline.
+
+Every number comes from out-of-fold (OOF) probabilities, record-level: the network's from
+``train_ctg``, the baseline's from a standardised logistic regression on the FIGO-style features
+fitted on the same folds here. The AUC has a percentile bootstrap 95% interval. Thresholded
+metrics use the operating threshold of ``params.yaml``: ``youden`` picks it on the OOF
+probabilities themselves (optimistic for sensitivity/specificity; the report says so) or a fixed
+probability. Metrics are repeated at each pH threshold of ``ph_thresholds`` (the first one is
+the training label) with the same probabilities and threshold; keys of the others carry a
+``ph705``-style prefix. The signal-loss fraction alone is reported as a reference predictor.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stages.common import io, tracking
+from stages.common import metrics as M
+from stages.common import plots
+from stages.common.params import load_params, project_root
+
+log = logging.getLogger(__name__)
+
+OOF = Path("data/reports/train_ctg/oof_predictions.csv")
+FEATURES = Path("data/processed/ctg/features.csv")
+RECORDS = Path("data/processed/ctg/records.csv")
+FOLDS = Path("data/processed/ctg/folds.csv")
+REPORT = Path("data/reports/evaluate_ctg.json")
+OUT_DIR = Path("data/reports/evaluate_ctg")
+# Thresholded metrics copied into the report (counts tp/fp/... go to the confusion CSV).
+REPORTED = ("auc", "sensitivity", "specificity", "balanced_accuracy", "precision", "f1",
+            "n_pos", "n_neg")
+
+
+def baseline_oof(
+    features: pd.DataFrame, labels: np.ndarray, folds: np.ndarray, c: float, seed: int
+) -> np.ndarray:
+    """OOF probabilities of a standardised logistic regression on numeric feature columns.
+
+    Missing feature values are imputed with the training folds' median; classes are balanced.
+    """
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = features.to_numpy(dtype=float)
+    # Columns that are all-NaN would break the imputer; they carry no information anyway.
+    x = x[:, ~np.isnan(x).all(axis=0)]
+    oof = np.full(labels.size, np.nan)
+    for k in np.unique(folds):
+        test = folds == k
+        clf = make_pipeline(
+            SimpleImputer(strategy="median"),
+            StandardScaler(),
+            LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed),
+        )
+        if len(np.unique(labels[~test])) < 2:  # a fold with one class: no model, prevalence
+            oof[test] = labels[~test].mean()
+            continue
+        clf.fit(x[~test], labels[~test])
+        oof[test] = clf.predict_proba(x[test])[:, 1]
+    return oof
+
+
+def operating_threshold(setting: Any, y: np.ndarray, prob: np.ndarray) -> tuple[float, str]:
+    """(threshold, how it was chosen) from the ``operating_threshold`` param."""
+    rules = {"youden": lambda: (M.youden_threshold(y, prob),
+                                "youden on out-of-fold probabilities (optimistic)")}
+    if isinstance(setting, str):
+        if setting not in rules:
+            raise ValueError(f"operating_threshold {setting!r}: use one of {sorted(rules)} "
+                             "or a probability")
+        return rules[setting]()
+    return float(setting), "fixed probability from params.yaml"
+
+
+def ph_key(ph: float) -> str:
+    """``7.05`` -> ``ph705``."""
+    return "ph" + f"{ph:.2f}".replace(".", "")
+
+
+def evaluate(
+    table: pd.DataFrame, scores: Mapping[str, np.ndarray], thresholds: Mapping[str, float],
+    ph_thresholds: list[float], n_bootstrap: int, seed: int,
+) -> dict[str, Any]:
+    """Flat metrics ``{model}.{metric}`` (first pH) and ``{model}.{phNNN}.{metric}`` (others)."""
+    out: dict[str, Any] = {}
+    ph = table["ph"].to_numpy(float)
+    for i, ph_t in enumerate(ph_thresholds):
+        y = (table["label"].to_numpy(int) if i == 0 else (ph < ph_t).astype(int))
+        for name, prob in scores.items():
+            prefix = name if i == 0 else f"{name}.{ph_key(ph_t)}"
+            ok = ~np.isnan(prob)
+            m = M.binary_metrics(y[ok], prob[ok], thresholds.get(name, 0.5))
+            # A score without an operating threshold (signal loss) only gets its AUC.
+            for k in REPORTED if name in thresholds else ("auc",):
+                out[f"{prefix}.{k}"] = m[k]
+            lo, hi = M.bootstrap_auc_ci(y[ok], prob[ok], n_bootstrap, seed)
+            out[f"{prefix}.auc_ci_low"], out[f"{prefix}.auc_ci_high"] = lo, hi
+            if name in thresholds:
+                out[f"{prefix}.threshold"] = thresholds[name]
+    return out
+
+
+def write_curves(root: Path, table: pd.DataFrame, scores: Mapping[str, np.ndarray],
+                 thresholds: Mapping[str, float]) -> dict[str, Any]:
+    """DVC plot CSVs (the network) and PNG figures (network beside baseline); the figures."""
+    y = table["label"].to_numpy(int)
+    lstm = scores["lstm"]
+    io.write_csv(root / OUT_DIR / "roc.csv", pd.DataFrame(M.roc_table(y, lstm)))
+    io.write_csv(root / OUT_DIR / "pr.csv", pd.DataFrame(M.pr_table(y, lstm)))
+    io.write_csv(root / OUT_DIR / "calibration.csv", pd.DataFrame(M.calibration_table(y, lstm)))
+    pred = (lstm >= thresholds["lstm"]).astype(int)
+    names = np.array(["normal", "acidemic"])
+    io.write_csv(root / OUT_DIR / "confusion.csv",
+                 pd.DataFrame({"record": table["record"], "actual": names[y],
+                               "predicted": names[pred]}))
+    labels = {n: f"{n} (AUC {M.auc(y, p):.3f})" for n, p in scores.items()}
+    figs = {
+        "roc.png": plots.roc_figure({labels[n]: M.roc_table(y, p) for n, p in scores.items()},
+                                    "ROC, out-of-fold"),
+        "pr.png": plots.pr_figure({labels[n]: M.pr_table(y, p) for n, p in scores.items()},
+                                  float(y.mean()), "Precision-recall, out-of-fold"),
+        "calibration.png": plots.calibration_figure(
+            {n: M.calibration_table(y, p) for n, p in scores.items() if n != "signal_loss"}),
+        "confusion.png": plots.confusion_figure(
+            M.confusion_matrix(y, pred, 2), list(names),
+            f"LSTM at threshold {thresholds['lstm']:.3f}"),
+    }
+    return figs
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_params("evaluate_ctg")
+    root = project_root()
+    oof = pd.read_csv(root / OOF, dtype={"record": str})
+    feats = pd.read_csv(root / FEATURES, dtype={"record": str})
+    recs = pd.read_csv(root / RECORDS, dtype={"record": str})
+    table = oof.merge(feats, on="record", how="inner").merge(
+        recs[["record", "signal_loss_frac"]], on="record", how="left")
+    if len(table) < len(oof):
+        log.warning("%d OOF records have no features", len(oof) - len(table))
+    y = table["label"].to_numpy(int)
+    feature_cols = [c for c in feats.columns if c != "record"
+                    and pd.api.types.is_numeric_dtype(feats[c])]
+    scores = {
+        "lstm": table["probability"].to_numpy(float),
+        "baseline": baseline_oof(table[feature_cols], y, table["fold"].to_numpy(int),
+                                 float(params["baseline_c"]), int(params["seed"])),
+        "signal_loss": table["signal_loss_frac"].to_numpy(float),
+    }
+    thresholds = {}
+    how = ""
+    for name in ("lstm", "baseline"):
+        thresholds[name], how = operating_threshold(params["operating_threshold"], y, scores[name])
+    report = evaluate(table, scores, thresholds, list(params["ph_thresholds"]),
+                      int(params["n_bootstrap"]), int(params["seed"]))
+    report["n_records"] = int(len(table))
+    report["n_features"] = len(feature_cols)
+    report["threshold_rule"] = how
+    figs = write_curves(root, table, scores, thresholds)
+    with tracking.run("ctg", "evaluate_ctg", params={"evaluate_ctg": params},
+                      stage="evaluate_ctg"):
+        tracking.log_metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
+        for name, fig in figs.items():
+            tracking.log_figure(fig, f"figures/{name}")
+            plots.save_figure(fig, root / OUT_DIR / "figures" / name)
+        tracking.log_artifact(root / OUT_DIR, "evaluate_ctg")
+    io.write_json(root / REPORT, report)
+    log.info("LSTM AUC %.3f [%.3f, %.3f]; baseline AUC %.3f; signal loss AUC %.3f",
+             report["lstm.auc"], report["lstm.auc_ci_low"], report["lstm.auc_ci_high"],
+             report["baseline.auc"], report["signal_loss.auc"])
+
+
+if __name__ == "__main__":
+    main()

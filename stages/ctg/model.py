@@ -1,0 +1,268 @@
+"""The CTG fetal-distress network and the predictor the registered model serves.
+
+Architecture after the original LSTM study of intrapartum CTG (an LSTM layer followed by two
+dense layers; Petrozziello et al. 2018, "Deep learning for continuous electronic fetal
+monitoring in labor", IEEE EMBC: 5866-5869), with an optional Conv1D + max-pooling front-end that
+shortens the sequence (1 Hz x 60 min = 3600 steps) before the LSTM, which keeps it trainable on
+CPUs (Petrozziello et al. 2019, IEEE Access 7:112026, use convolutions on the same data).
+
+Inputs per time step: normalised FHR ``(fhr_bpm - centre) / scale`` with missing samples set to
+0, a mask channel (1 = FHR present) so the network can tell "missing" from "at the centre", and
+UC / ``uc_scale``. The model directory holds ``model.keras`` and ``preprocess.json`` (the
+``preprocess_ctg`` params, the normalisation, the alert threshold): nothing pickled.
+
+Keras and TensorFlow are imported inside functions: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stages.ctg.signal import preprocess_signals
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "preprocess.json"
+N_CHANNELS = 3
+DEFAULT_FS_HZ = 4.0
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def model_inputs(fhr_bpm: np.ndarray, uc: np.ndarray, norm: Mapping[str, float]) -> np.ndarray:
+    """Preprocessed sequences -> network input ``(n, T, 3)`` float32.
+
+    Parameters
+    ----------
+    fhr_bpm, uc : array, shape (n, T) or (T,)
+        Output of ``preprocess_signals`` (NaN where missing).
+    norm : mapping
+        ``fhr_centre_bpm``, ``fhr_scale_bpm``, ``uc_scale``.
+
+    Returns
+    -------
+    array, shape (n, T, 3)
+        Channels: normalised FHR (0 where missing), FHR-present mask, scaled UC (0 where missing).
+    """
+    fhr = np.atleast_2d(np.asarray(fhr_bpm, dtype=np.float32))
+    uc_arr = np.atleast_2d(np.asarray(uc, dtype=np.float32))
+    present = ~np.isnan(fhr)
+    fhr_n = np.where(present, (fhr - norm["fhr_centre_bpm"]) / norm["fhr_scale_bpm"], 0.0)
+    uc_n = np.where(np.isnan(uc_arr), 0.0, uc_arr / norm["uc_scale"])
+    return np.stack([fhr_n, present.astype(np.float32), uc_n], axis=-1).astype(np.float32)
+
+
+def normalisation(params: Mapping[str, Any]) -> dict[str, float]:
+    """The normalisation constants from the ``train_ctg`` params."""
+    return {
+        "fhr_centre_bpm": float(params["fhr_centre_bpm"]),
+        "fhr_scale_bpm": float(params["fhr_scale_bpm"]),
+        "uc_scale": float(params["uc_scale"]),
+    }
+
+
+# --------------------------------------------------------------------------- network
+
+
+def set_determinism(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow and make TF ops deterministic (same seed, same model)."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(int(seed))
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except Exception:  # already enabled, or an old TF: determinism then rests on the seeds
+        pass
+
+
+def build_model(seq_len: int, params: Mapping[str, Any]) -> Any:
+    """Conv1D front-end (optional) -> LSTM -> dense -> dense(sigmoid), compiled.
+
+    Parameters
+    ----------
+    seq_len : int
+        Input time steps (``last_minutes * 60 * fs_out_hz``).
+    params : mapping
+        ``train_ctg`` section: ``conv_layers`` (0 = the plain LSTM of the original study),
+        ``conv_filters``, ``conv_kernel``, ``conv_pool``, ``units``, ``dense_units``,
+        ``dropout``, ``learning_rate``.
+    """
+    import keras
+
+    inp = keras.Input(shape=(seq_len, N_CHANNELS), name="ctg")
+    x = inp
+    for i in range(int(params.get("conv_layers", 1))):
+        x = keras.layers.Conv1D(
+            int(params["conv_filters"]),
+            int(params.get("conv_kernel", 7)),
+            padding="same",
+            activation="relu",
+            name=f"conv{i}",
+        )(x)
+        x = keras.layers.MaxPooling1D(int(params["conv_pool"]), name=f"pool{i}")(x)
+    x = keras.layers.LSTM(int(params["units"]), name="lstm")(x)
+    x = keras.layers.Dropout(float(params["dropout"]))(x)
+    x = keras.layers.Dense(int(params["dense_units"]), activation="relu", name="dense")(x)
+    x = keras.layers.Dropout(float(params["dropout"]))(x)
+    out = keras.layers.Dense(1, activation="sigmoid", name="distress")(x)
+    model = keras.Model(inp, out, name="ctg_lstm")
+    model.compile(
+        optimizer=keras.optimizers.Adam(float(params["learning_rate"])),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.AUC(name="auc")],
+    )
+    return model
+
+
+def predict_proba(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Probabilities ``(n,)`` from a compiled or loaded model, without Keras' per-call retracing."""
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.float64)
+    out = [np.asarray(model(x[i : i + batch_size], training=False)) for i in
+           range(0, len(x), batch_size)]
+    return np.concatenate(out).ravel().astype(np.float64)
+
+
+# --------------------------------------------------------------------------- model directory
+
+
+def save_model_dir(
+    folder: Path,
+    model: Any,
+    preprocess_params: Mapping[str, Any],
+    norm: Mapping[str, float],
+    alert_threshold: float | None,
+    min_input_minutes: float,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``model.keras`` and ``preprocess.json`` into ``folder`` (an atomic_dir tmp)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / MODEL_FILE)
+    config = {
+        "preprocess_ctg": dict(preprocess_params),
+        "normalisation": dict(norm),
+        "alert_threshold": alert_threshold,
+        "min_input_minutes": float(min_input_minutes),
+        "seq_len": int(model.input_shape[1]),
+        **(extra or {}),
+    }
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+class CtgPredictor:
+    """Raw 4 Hz FHR/UC in, probability of pH < threshold (and an alert flag) out.
+
+    ``predict`` takes a DataFrame with columns ``fhr_bpm`` and ``uc`` (each cell a list or array
+    of raw samples, CTU-UHB conventions: 0 = missing) and an optional ``fs_hz`` column, or a
+    dict with those keys (one record, or lists of records). Malformed input raises ValueError.
+    """
+
+    def __init__(self, model: Any, config: Mapping[str, Any]) -> None:
+        self.model = model
+        self.config = dict(config)
+        self.preprocess_params = dict(config["preprocess_ctg"])
+        self.norm = dict(config["normalisation"])
+        threshold = config.get("alert_threshold")
+        self.threshold = None if threshold is None else float(threshold)
+        self.fs_in_hz = float(self.preprocess_params.get("fs_in_hz", DEFAULT_FS_HZ))
+        self.min_input_minutes = float(config.get("min_input_minutes", 10.0))
+
+    # ---- input checks
+    def _frame(self, model_input: Any) -> pd.DataFrame:
+        if isinstance(model_input, Mapping):
+            data = dict(model_input)
+            fhr = data.get("fhr_bpm")
+            # One record given as flat sample lists -> one row.
+            if fhr is not None and np.ndim(np.asarray(fhr, dtype=object)) == 1 and len(fhr) and \
+                    np.isscalar(fhr[0]):
+                data = {k: [v] for k, v in data.items()}
+            try:
+                model_input = pd.DataFrame(data)
+            except ValueError as exc:
+                raise ValueError(f"cannot make a table of the input: {exc}") from exc
+        if not isinstance(model_input, pd.DataFrame):
+            raise ValueError(
+                f"input must be a DataFrame or dict with columns fhr_bpm and uc, "
+                f"got {type(model_input).__name__}"
+            )
+        missing = [c for c in ("fhr_bpm", "uc") if c not in model_input.columns]
+        if missing:
+            raise ValueError(
+                f"input is missing column(s) {missing}; expected fhr_bpm and uc "
+                f"(raw samples, optional fs_hz), got {list(model_input.columns)}"
+            )
+        if len(model_input) == 0:
+            raise ValueError("input has no rows")
+        return model_input
+
+    def _signal(self, value: Any, column: str, row: int) -> np.ndarray:
+        if isinstance(value, str) or np.isscalar(value) or value is None:
+            raise ValueError(f"row {row}: {column} must be a sequence of samples, got {value!r:.40}")
+        try:
+            arr = np.asarray(value, dtype=np.float64).ravel()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"row {row}: {column} holds non-numeric values") from exc
+        if np.isinf(arr).any():
+            raise ValueError(f"row {row}: {column} holds infinite values")
+        return arr
+
+    def prepare(self, model_input: Any) -> np.ndarray:
+        """Validate raw input and return the network input ``(n, T, 3)``."""
+        frame = self._frame(model_input)
+        fhr_rows, uc_rows = [], []
+        for i, row in enumerate(frame.itertuples(index=False)):
+            rec = row._asdict()
+            fhr = self._signal(rec["fhr_bpm"], "fhr_bpm", i)
+            uc = self._signal(rec["uc"], "uc", i)
+            fs_raw = rec.get("fs_hz", self.fs_in_hz)
+            fs = self.fs_in_hz if fs_raw is None or (isinstance(fs_raw, float) and
+                                                     math.isnan(fs_raw)) else fs_raw
+            try:
+                fs = float(fs)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"row {i}: fs_hz {fs_raw!r} is not a number") from exc
+            if fs != self.fs_in_hz:
+                raise ValueError(
+                    f"row {i}: sampling rate {fs:g} Hz, the model takes {self.fs_in_hz:g} Hz records"
+                )
+            if fhr.size != uc.size:
+                raise ValueError(f"row {i}: fhr_bpm has {fhr.size} samples but uc has {uc.size}")
+            min_n = int(self.min_input_minutes * 60 * fs)
+            if fhr.size < min_n:
+                raise ValueError(
+                    f"row {i}: {fhr.size} samples ({fhr.size / fs / 60:.1f} min); the model needs "
+                    f"at least {self.min_input_minutes:g} min ({min_n} samples at {fs:g} Hz)"
+                )
+            f_out, u_out = preprocess_signals(fhr, uc, fs, self.preprocess_params)
+            if np.isnan(f_out).all():
+                raise ValueError(f"row {i}: no valid FHR sample in the analysed window")
+            fhr_rows.append(f_out)
+            uc_rows.append(u_out)
+        return model_inputs(np.stack(fhr_rows), np.stack(uc_rows), self.norm)
+
+    def predict(self, model_input: Any) -> pd.DataFrame:
+        """``probability`` per row, plus ``alert`` (probability >= threshold) when one is stored."""
+        prob = predict_proba(self.model, self.prepare(model_input))
+        out = pd.DataFrame({"probability": prob})
+        if self.threshold is not None:
+            out["alert"] = prob >= self.threshold
+        return out
+
+
+def load_predictor(artifacts: Mapping[str, str]) -> CtgPredictor:
+    """The pyfunc loader: ``artifacts["model_dir"]`` holds model.keras and preprocess.json."""
+    import keras
+
+    folder = Path(artifacts["model_dir"])
+    config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    model = keras.saving.load_model(folder / MODEL_FILE, compile=False)
+    return CtgPredictor(model, config)

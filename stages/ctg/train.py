@@ -1,0 +1,316 @@
+"""Stage ``train_ctg``: cross-validated Conv1D+LSTM on the preprocessed CTG sequences.
+
+For each fold of ``folds.csv`` a network is trained on the other folds, with early stopping on an
+inner validation split (record-level, stratified, seeded) and class weights for the ~1:4
+imbalance; its predictions on the held-out fold are the out-of-fold (OOF) probabilities that
+every reported AUC comes from. A final network trained the same way on all records is saved in
+``data/models/ctg`` and registered in MLflow as ``ctg-distress`` (alias ``challenger``;
+``champion`` moves only when the CV AUC beats the champion's by ``promote_margin``).
+
+The alert threshold stored with the model is Youden's J on the OOF probabilities.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stages.common import io, tracking
+from stages.common.metrics import auc, youden_threshold
+from stages.common.params import load_params, project_root
+from stages.ctg import model as ctg_model
+
+log = logging.getLogger(__name__)
+
+SEQUENCES = Path("data/processed/ctg/sequences.npz")
+RECORDS = Path("data/processed/ctg/records.csv")
+FOLDS = Path("data/processed/ctg/folds.csv")
+MODEL_DIR = Path("data/models/ctg")
+REPORT = Path("data/reports/train_ctg.json")
+OOF = Path("data/reports/train_ctg/oof_predictions.csv")
+CURVES = Path("data/reports/train_ctg/learning_curves.csv")
+
+PIP_REQUIREMENTS = [
+    "tensorflow-cpu==2.21.0",
+    "keras==3.15.1",
+    "numpy==2.4.6",
+    "scipy==1.17.1",
+    "pandas==3.1.1",
+    "wfdb==4.3.1",
+    "mlflow==3.17.2",
+    "pyyaml>=6.0",
+]
+
+
+def inner_split(
+    labels: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Record-level stratified split of indices into (train, validation), seeded.
+
+    Each class contributes ``round(val_fraction * n_class)`` records (at least one when the
+    class has two or more), so tiny data sets still get both classes in validation.
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels).astype(int)
+    val: list[np.ndarray] = []
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        n_val = int(round(val_fraction * idx.size))
+        if idx.size >= 2:
+            n_val = min(max(n_val, 1), idx.size - 1)
+        else:
+            n_val = 0
+        val.append(idx[:n_val])
+    val_idx = np.sort(np.concatenate(val)) if val else np.array([], dtype=int)
+    train_idx = np.setdiff1d(np.arange(labels.size), val_idx)
+    return train_idx, val_idx
+
+
+def class_weights(labels: np.ndarray) -> dict[int, float]:
+    """Balanced weights ``n / (2 * n_class)`` (1.0 for a class that is absent)."""
+    labels = np.asarray(labels).astype(int)
+    n = labels.size
+    return {c: (n / (2.0 * np.sum(labels == c)) if np.any(labels == c) else 1.0) for c in (0, 1)}
+
+
+class _EpochTimer:
+    """Wall time per epoch, as a Keras callback built lazily (keras imported inside)."""
+
+    @staticmethod
+    def make() -> Any:
+        import keras
+
+        class Timer(keras.callbacks.Callback):
+            def on_train_begin(self, logs: Any = None) -> None:
+                self.times: list[float] = []
+
+            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+                self._t0 = time.perf_counter()
+
+            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+                self.times.append(time.perf_counter() - self._t0)
+
+        return Timer()
+
+
+def fit_network(
+    x: np.ndarray, y: np.ndarray, params: Mapping[str, Any], seed: int
+) -> tuple[Any, pd.DataFrame, list[float]]:
+    """Train one network with early stopping on an inner validation split.
+
+    Returns
+    -------
+    (model, curves, epoch_s)
+        The model with the best validation weights restored, per-epoch ``loss, val_loss,
+        val_auc`` and the wall time of each epoch in seconds.
+    """
+    import keras
+
+    ctg_model.set_determinism(seed)
+    tr, va = inner_split(y, float(params["val_fraction"]), seed)
+    net = ctg_model.build_model(x.shape[1], params)
+    monitor = str(params.get("monitor", "val_loss"))
+    timer = _EpochTimer.make()
+    callbacks = [timer]
+    if va.size:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=monitor,
+                mode="max" if monitor.endswith("auc") else "min",
+                patience=int(params["patience"]),
+                restore_best_weights=True,
+            )
+        )
+    hist = net.fit(
+        x[tr],
+        y[tr],
+        validation_data=(x[va], y[va]) if va.size else None,
+        epochs=int(params["epochs"]),
+        batch_size=int(params["batch_size"]),
+        class_weight=class_weights(y[tr]),
+        callbacks=callbacks,
+        shuffle=True,
+        verbose=0,
+    )
+    h = hist.history
+    n = len(h["loss"])
+    curves = pd.DataFrame(
+        {
+            "epoch": np.arange(1, n + 1),
+            "loss": h["loss"],
+            "val_loss": h.get("val_loss", [np.nan] * n),
+            "val_auc": h.get("val_auc", [np.nan] * n),
+        }
+    )
+    return net, curves, list(timer.times)
+
+
+def cross_validate(
+    x: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any]
+) -> tuple[np.ndarray, list[dict[str, float]], pd.DataFrame]:
+    """Out-of-fold probabilities, per-fold summaries and learning curves."""
+    seed = int(params["seed"])
+    oof = np.full(y.size, np.nan)
+    per_fold: list[dict[str, float]] = []
+    curves = []
+    for k in sorted(np.unique(folds)):
+        test = folds == k
+        t0 = time.perf_counter()
+        net, c, epoch_s = fit_network(x[~test], y[~test], params, seed + int(k))
+        oof[test] = ctg_model.predict_proba(net, x[test])
+        fold_s = time.perf_counter() - t0
+        per_fold.append(
+            {
+                "fold": int(k),
+                "auc": auc(y[test], oof[test]),
+                "epochs": len(epoch_s),
+                "fold_s": fold_s,
+                "epoch_s": float(np.mean(epoch_s)) if epoch_s else float("nan"),
+            }
+        )
+        curves.append(c.assign(fold=str(int(k))))
+        log.info("fold %s: AUC %.3f, %d epochs, %.1f s", k, per_fold[-1]["auc"], len(epoch_s),
+                 fold_s)
+    return oof, per_fold, pd.concat(curves, ignore_index=True)
+
+
+def idempotency_key(input_paths: list[Path], params: Mapping[str, Any], commit: str) -> str:
+    """Hash of the inputs' content, the params and the code commit."""
+    h = hashlib.sha256()
+    h.update(tracking.data_hash(input_paths).encode())
+    h.update(json.dumps(params, sort_keys=True, default=str).encode())
+    h.update(commit.encode())
+    return h.hexdigest()[:24]
+
+
+def load_inputs(root: Path) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Sequences aligned with records.csv and folds.csv: ``(fhr_bpm, uc, table)``."""
+    with np.load(root / SEQUENCES, allow_pickle=False) as npz:
+        names = [str(r) for r in npz["records"]]
+        fhr, uc = npz["fhr_bpm"], npz["uc"]
+    records = pd.read_csv(root / RECORDS, dtype={"record": str})
+    folds = pd.read_csv(root / FOLDS, dtype={"record": str})[["record", "fold"]]
+    table = records[["record", "label", "ph"]].merge(folds, on="record", how="inner")
+    pos = {n: i for i, n in enumerate(names)}
+    missing = [r for r in table["record"] if r not in pos]
+    if missing:
+        raise ValueError(f"records in folds.csv without a sequence: {missing[:5]}")
+    idx = np.array([pos[r] for r in table["record"]], dtype=int)
+    return fhr[idx], uc[idx], table
+
+
+def learning_curve_figure(curves: pd.DataFrame) -> Any:
+    from stages.common.plots import _plt
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for fold, c in curves.groupby("fold"):
+        axes[0].plot(c["epoch"], c["val_loss"], label=f"fold {fold}")
+        axes[1].plot(c["epoch"], c["val_auc"], label=f"fold {fold}")
+    axes[0].set(xlabel="epoch", ylabel="validation loss")
+    axes[1].set(xlabel="epoch", ylabel="validation AUC")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def register(
+    root: Path, params: Mapping[str, Any], report: dict[str, Any], input_paths: list[Path],
+    x_example: dict[str, Any],
+) -> dict[str, Any]:
+    """Log the pyfunc model in the active run, register it, promote if better; the Decision."""
+    uri = tracking.log_predictor_model(
+        name="model",
+        loader="stages.ctg.model:load_predictor",
+        artifacts={"model_dir": str(root / MODEL_DIR)},
+        pip_requirements=PIP_REQUIREMENTS,
+        input_example=x_example,
+        # No MLflow schema: an inferred one would make the optional fs_hz column required; the
+        # predictor checks its input itself and raises ValueError with a clear message.
+        signature=False,
+    )
+    name = str(params["registered_name"])
+    metric = str(params["promote_metric"])
+    version = tracking.register_model(
+        uri,
+        name,
+        tags={
+            metric: report[metric],
+            "eval_data_hash": tracking.data_hash([root / FOLDS, root / RECORDS]),
+            "n_records": report["n_records"],
+        },
+        idempotency_key=idempotency_key(input_paths, params, tracking.git_commit()),
+    )
+    decision = tracking.promote_if_better(name, version, metric, float(params["promote_margin"]))
+    log.info("registry decision:\n%s", decision.to_markdown())
+    return decision.to_dict()
+
+
+def example_input(n_min: float = 12.0, fs_hz: float = 4.0) -> pd.DataFrame:
+    """A one-row raw input (flat 140 bpm, resting UC) for the MLflow signature/example."""
+    n = int(n_min * 60 * fs_hz)
+    return pd.DataFrame(
+        {"fhr_bpm": [[140.0] * n], "uc": [[10.0] * n], "fs_hz": [fs_hz]}
+    )
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_params("train_ctg")
+    pre = load_params("preprocess_ctg")
+    root = project_root()
+    fhr, uc, table = load_inputs(root)
+    norm = ctg_model.normalisation(params)
+    x = ctg_model.model_inputs(fhr, uc, norm)
+    y = table["label"].to_numpy(int)
+    t0 = time.perf_counter()
+    oof, per_fold, curves = cross_validate(x, y, table["fold"].to_numpy(int), params)
+    final, final_curves, final_epoch_s = fit_network(x, y, params, int(params["seed"]))
+    threshold = youden_threshold(y, oof)
+    with io.atomic_dir(root / MODEL_DIR) as tmp:
+        ctg_model.save_model_dir(tmp, final, pre, norm, threshold,
+                                 float(params["min_input_minutes"]),
+                                 {"threshold_rule": "youden on out-of-fold probabilities"})
+    oof_df = table[["record", "fold", "label", "ph"]].assign(probability=oof)
+    io.write_csv(root / OOF, oof_df)
+    all_curves = pd.concat([curves, final_curves.assign(fold="final")], ignore_index=True)
+    io.write_csv(root / CURVES, all_curves[["fold", "epoch", "loss", "val_loss", "val_auc"]])
+    report: dict[str, Any] = {
+        "cv_auc": auc(y, oof),
+        "n_records": int(y.size),
+        "n_pos": int(y.sum()),
+        "alert_threshold": threshold,
+        "mean_epoch_s": float(np.mean([f["epoch_s"] for f in per_fold])),
+        "mean_fold_s": float(np.mean([f["fold_s"] for f in per_fold])),
+        "total_s": time.perf_counter() - t0,
+        "final_epochs": len(final_epoch_s),
+        "fold": {str(f["fold"]): {k: v for k, v in f.items() if k != "fold"} for f in per_fold},
+    }
+    log.info("CV AUC (pooled out-of-fold, %d records): %.4f", y.size, report["cv_auc"])
+    inputs = [root / SEQUENCES, root / RECORDS, root / FOLDS]
+    with tracking.run("ctg", "train_ctg", params={"train_ctg": params, "preprocess_ctg": pre},
+                      stage="train_ctg"):
+        tracking.log_metrics({k: report[k] for k in ("cv_auc", "mean_epoch_s", "mean_fold_s")})
+        for f in per_fold:
+            tracking.log_metrics({f"fold{f['fold']}.auc": f["auc"],
+                                  f"fold{f['fold']}.epochs": f["epochs"]})
+        for r in curves.itertuples():
+            tracking.log_metrics({f"fold{r.fold}.val_loss": r.val_loss,
+                                  f"fold{r.fold}.val_auc": r.val_auc}, step=int(r.epoch))
+        tracking.log_figure(learning_curve_figure(all_curves), "learning_curves.png")
+        tracking.log_artifact(root / CURVES)
+        tracking.log_artifact(root / OOF)
+        report["decision"] = register(root, params, report, inputs, example_input())
+    io.write_json(root / REPORT, report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Stage ``evaluate_us``: plane accuracy, anomaly AUROCs and segmentation on held-out images.
+
+- Plane classifier: accuracy, macro-F1, per-class recall and the confusion matrix on the test
+  split (FETAL_PLANES_DB ``Train == 0``: patients never seen in training or validation).
+- Autoencoder: validation MSE (the original project reported 0.00297 on its own images) and
+  anomaly AUROCs on honest proxies, since FETAL_PLANES_DB has no anomaly labels: non-brain planes
+  vs the test split's brain images, and synthetic corruptions (occlusion, noise, blank, inverted)
+  of the test brain images vs the clean ones. The autoencoder is conditioned on the plane the
+  classifier predicts, as in ``fetal score-us``.
+- Segmentation: Dice and head-circumference error on HC18, read from ``segment_us``'s table.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stages.common import metrics, plots, tracking
+from stages.common.io import write_csv, write_json
+from stages.common.params import load_params, project_root
+from stages.ultrasound import models as M
+from stages.ultrasound.score import AutoencoderPredictor, PlanePredictor
+
+log = logging.getLogger(__name__)
+
+CROPS = Path("data/processed/us/crops.npz")
+MANIFEST = Path("data/processed/us/planes_manifest.csv")
+SEGMENTATION = Path("data/processed/us/segmentation.csv")
+AE_DIR = Path("data/models/us/autoencoder")
+PLANE_DIR = Path("data/models/us/plane_classifier")
+REPORT = Path("data/reports/evaluate_us.json")
+FIGURES = Path("data/reports/evaluate_us/figures")
+
+
+def _occlusion(x: np.ndarray, rng: np.random.Generator, p: dict[str, Any]) -> np.ndarray:
+    """A black square of ``occlusion_frac`` of the side at a random place (shadowing, a hand)."""
+    out = x.copy()
+    n, h, w = x.shape
+    side = max(1, int(round(p["occlusion_frac"] * min(h, w))))
+    for i in range(n):
+        r, c = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        out[i, r : r + side, c : c + side] = 0
+    return out
+
+
+def _noise(x: np.ndarray, rng: np.random.Generator, p: dict[str, Any]) -> np.ndarray:
+    """Additive Gaussian noise of ``noise_std`` (fraction of the 0-255 range)."""
+    noisy = x.astype(np.float64) + rng.normal(0, 255 * p["noise_std"], x.shape)
+    return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+
+
+def _blank(x: np.ndarray, rng: np.random.Generator, p: dict[str, Any]) -> np.ndarray:
+    """Every pixel at the image's mean grey (a frozen or disconnected probe)."""
+    return np.broadcast_to(x.mean(axis=(1, 2), keepdims=True), x.shape).round().astype(np.uint8)
+
+
+def _inverted(x: np.ndarray, rng: np.random.Generator, p: dict[str, Any]) -> np.ndarray:
+    """Negative image (255 - x)."""
+    return (255 - x).astype(np.uint8)
+
+
+CORRUPTIONS: dict[str, Callable[[np.ndarray, np.random.Generator, dict[str, Any]], np.ndarray]] = {
+    "occlusion": _occlusion,
+    "noise": _noise,
+    "blank": _blank,
+    "inverted": _inverted,
+}
+
+
+def anomaly_auc(normal: np.ndarray, abnormal: np.ndarray, n_bootstrap: int, seed: int) -> dict:
+    """ROC AUC (and 95 % bootstrap interval) of scores separating ``abnormal`` (1) from normal."""
+    y = np.r_[np.zeros(len(normal)), np.ones(len(abnormal))].astype(int)
+    s = np.r_[normal, abnormal]
+    lo, hi = metrics.bootstrap_auc_ci(y, s, n_bootstrap, seed)
+    return {
+        "auroc": metrics.auc(y, s),
+        "auroc_ci_low": lo,
+        "auroc_ci_high": hi,
+        "n_normal": len(normal),
+        "n_abnormal": len(abnormal),
+    }
+
+
+def plane_report(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+    """Accuracy, macro-F1, balanced accuracy, per-class recall and the confusion matrix."""
+    n = len(M.PLANES)
+    cm = metrics.confusion_matrix(y_true, y_pred, n)
+    out = {f"plane_{k}": v for k, v in metrics.multiclass_metrics(y_true, y_pred, n).items()}
+    for i, plane in enumerate(M.PLANES):
+        support = cm[i].sum()
+        out[f"recall_{plane}"] = float(cm[i, i] / support) if support else float("nan")
+    return out, cm
+
+
+def segmentation_report(seg: pd.DataFrame) -> dict[str, float]:
+    """HC18 Dice / HC error and the share of FETAL_PLANES images with a skull found."""
+    hc = seg[seg["dataset"].eq("hc18")]
+    fp = seg[seg["dataset"].eq("fetal_planes")]
+    err = hc["hc_error_mm"].astype(float) if "hc_error_mm" in hc else pd.Series(dtype=float)
+    return {
+        "hc18_n": len(hc),
+        "hc18_seg_ok_rate": float(hc["ok"].astype(bool).mean()) if len(hc) else float("nan"),
+        "hc18_dice_mean": float(hc["dice"].astype(float).mean()) if len(hc) else float("nan"),
+        "hc18_dice_median": float(hc["dice"].astype(float).median()) if len(hc) else float("nan"),
+        "hc18_hc_abs_error_mm_mean": float(err.abs().mean()),
+        "hc18_hc_abs_error_mm_median": float(err.abs().median()),
+        "hc18_hc_error_mm_mean": float(err.mean()),
+        "fetal_planes_seg_ok_rate": float(fp["ok"].astype(bool).mean())
+        if len(fp)
+        else float("nan"),
+    }
+
+
+def evaluate(
+    plane: PlanePredictor,
+    ae: AutoencoderPredictor,
+    manifest: pd.DataFrame,
+    names: np.ndarray,
+    images: np.ndarray,
+    params: dict[str, Any],
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """All model metrics (flat) and the tables behind the figures."""
+    rng = np.random.default_rng(params["seed"])
+    nb, seed = params["n_bootstrap"], params["seed"]
+    val, test = M.brain_rows(manifest, "val"), M.brain_rows(manifest, "test")
+    val_x, test_x = M.crops_for(val, names, images), M.crops_for(test, names, images)
+    out: dict[str, float] = {"n_val": len(val), "n_test": len(test)}
+    out["ae_val_mse"] = (
+        float(np.mean(ae.errors(val_x, list(val["brain_plane"])))) if len(val) else float("nan")
+    )
+    out["ae_threshold"] = ae.threshold
+    y_true = test["brain_plane"].map(M.PLANES.index).to_numpy(dtype=int)
+    prob = plane.proba(test_x) if len(test) else np.zeros((0, len(M.PLANES)))
+    y_pred = prob.argmax(axis=1)
+    plane_metrics, cm = plane_report(y_true, y_pred)
+    out |= plane_metrics
+    pred_planes = [M.PLANES[i] for i in y_pred]
+    clean = ae.errors(test_x, pred_planes)
+    out["ae_test_brain_mse"] = float(np.mean(clean)) if len(clean) else float("nan")
+    out["ae_test_brain_flagged_rate"] = (
+        float(np.mean(clean > ae.threshold)) if len(clean) else float("nan")
+    )
+    scores = {"test brain": clean}
+    other = manifest[~manifest["is_brain"].astype(bool)].reset_index(drop=True)
+    if len(other):
+        other_x = M.crops_for(other, names, images)
+        other_planes = [M.PLANES[i] for i in plane.proba(other_x).argmax(axis=1)]
+        scores["non-brain"] = ae.errors(other_x, other_planes)
+        out["ae_nonbrain_flagged_rate"] = float(np.mean(scores["non-brain"] > ae.threshold))
+    for kind, corrupt in CORRUPTIONS.items():
+        scores[kind] = ae.errors(corrupt(test_x, rng, params), pred_planes)
+    for kind, s in scores.items():
+        if kind != "test brain" and len(clean) and len(s):
+            res = anomaly_auc(clean, s, nb, seed)
+            key = kind.replace("-", "").replace(" ", "_")
+            out |= {f"anomaly_{key}_{k}": v for k, v in res.items()}
+    return out, {"cm": cm, "scores": scores, "test": test.assign(predicted=pred_planes)}
+
+
+def write_figures(folder: Path, tables: dict[str, Any], threshold: float) -> None:
+    """Confusion matrix (CSV + PNG), anomaly score table, histograms and ROC curves."""
+    cm = tables["cm"]
+    actual = np.repeat(M.PLANES, len(M.PLANES))
+    predicted = np.tile(M.PLANES, len(M.PLANES))
+    write_csv(
+        folder / "confusion.csv",
+        pd.DataFrame({"actual": actual, "predicted": predicted, "count": cm.ravel()}),
+    )
+    plots.save_figure(
+        plots.confusion_figure(cm, list(M.PLANES), "Plane (test split)"), folder / "confusion.png"
+    )
+    scores = tables["scores"]
+    long = pd.concat([pd.DataFrame({"group": k, "anomaly_score": v}) for k, v in scores.items()])
+    write_csv(folder / "anomaly_scores.csv", long)
+    plt = plots._plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.logspace(
+        np.log10(max(long["anomaly_score"].min(), 1e-6)),
+        np.log10(max(long["anomaly_score"].max(), 1e-5)),
+        40,
+    )
+    for k, v in scores.items():
+        ax.hist(v, bins=bins, histtype="step", label=f"{k} (n={len(v)})")
+    ax.axvline(threshold, color="k", ls="--", lw=0.8, label="threshold")
+    ax.set(xscale="log", xlabel="reconstruction MSE", ylabel="images", title="Anomaly scores")
+    ax.legend(fontsize=7)
+    plots.save_figure(fig, folder / "anomaly_hist.png")
+    clean = scores["test brain"]
+    curves, rows = {}, []
+    for k, v in scores.items():
+        if k == "test brain" or not len(v) or not len(clean):
+            continue
+        y = np.r_[np.zeros(len(clean)), np.ones(len(v))].astype(int)
+        roc = metrics.roc_table(y, np.r_[clean, v])
+        curves[f"{k} (AUC {metrics.auc(y, np.r_[clean, v]):.2f})"] = roc
+        rows.append(pd.DataFrame({"proxy": k, "fpr": roc["fpr"], "tpr": roc["tpr"]}))
+    if curves:
+        write_csv(folder / "anomaly_roc.csv", pd.concat(rows))
+        plots.save_figure(
+            plots.roc_figure(curves, "Anomaly proxies vs test brain"), folder / "anomaly_roc.png"
+        )
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_params("evaluate_us")
+    root = project_root()
+    manifest = pd.read_csv(root / MANIFEST)
+    with np.load(root / CROPS) as z:
+        names, images = z["names"], z["images"]
+    plane = PlanePredictor(root / PLANE_DIR)
+    ae = AutoencoderPredictor(root / AE_DIR)
+    with tracking.run("us-evaluation", "evaluate_us", params, stage="evaluate_us"):
+        report, tables = evaluate(plane, ae, manifest, names, images, params)
+        report |= segmentation_report(pd.read_csv(root / SEGMENTATION))
+        write_figures(root / FIGURES, tables, ae.threshold)
+        write_csv(
+            root / FIGURES / "test_predictions.csv",
+            tables["test"][["image", "patient", "brain_plane", "predicted"]],
+        )
+        tracking.log_metrics(report)
+        tracking.log_artifact(root / FIGURES, "figures")
+    write_json(root / REPORT, report)
+    log.info(
+        "plane accuracy %.3f, macro-F1 %.3f, non-brain AUROC %.3f, AE val MSE %.5f",
+        report["plane_accuracy"],
+        report["plane_macro_f1"],
+        report.get("anomaly_nonbrain_auroc", float("nan")),
+        report["ae_val_mse"],
+    )
+
+
+if __name__ == "__main__":
+    main()

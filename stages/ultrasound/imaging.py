@@ -1,0 +1,237 @@
+"""Ultrasound image plumbing shared by the ultrasound stages: decoding, ellipses, image stores.
+
+Everything here is pure or does plain file I/O; the stages (``ingest``, ``validate``, ``enhance``,
+``segment``) and helper D's scoring CLI build on it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# Modes PIL reports for 8-bit data; everything else (I;16, I, F, 1, CMYK...) is refused.
+_EIGHT_BIT_MODES = {"L", "P", "RGB", "RGBA", "LA"}
+
+
+class ImageError(ValueError):
+    """An ultrasound image we refuse, with a short machine-readable ``reason``.
+
+    Reasons: ``undecodable`` (truncated or not an image), ``not_8bit``, ``multichannel``
+    (channels differ: a colour overlay), ``too_small`` / ``too_large``.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Ellipse:
+    """An ellipse in image pixels: centre (x right, y down), semi-axes, rotation of ``a`` (rad)."""
+
+    cx: float
+    cy: float
+    a: float
+    b: float
+    angle_rad: float
+
+    def scaled(self, s: float) -> Ellipse:
+        """The same ellipse in an image resized by factor ``s`` (pixel centres kept aligned)."""
+        return Ellipse(
+            (self.cx + 0.5) * s - 0.5, (self.cy + 0.5) * s - 0.5, self.a * s, self.b * s,
+            self.angle_rad,
+        )
+
+    def canonical(self) -> Ellipse:
+        """Semi-major first, angle in [0, pi)."""
+        a, b, t = self.a, self.b, self.angle_rad
+        if b > a:
+            a, b, t = b, a, t + math.pi / 2
+        return Ellipse(self.cx, self.cy, a, b, t % math.pi)
+
+
+def ramanujan_perimeter(a: float | np.ndarray, b: float | np.ndarray) -> float | np.ndarray:
+    """Perimeter of an ellipse with semi-axes ``a``, ``b`` (Ramanujan's second approximation).
+
+    Relative error below 1e-9 for the axis ratios of fetal heads.
+    Ramanujan S. Modular equations and approximations to pi. Q J Math 1914;45:350-72.
+    """
+    h = ((a - b) / (a + b)) ** 2
+    return math.pi * (a + b) * (1 + 3 * h / (10 + np.sqrt(4 - 3 * h)))
+
+
+def ellipse_mask(shape: tuple[int, int], e: Ellipse, scale: float = 1.0) -> np.ndarray:
+    """Boolean mask of the filled ellipse ``e`` (axes times ``scale``) on a ``shape`` grid."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64)
+    return ellipse_radius(xx, yy, e) <= scale
+
+
+def ellipse_radius(xx: np.ndarray, yy: np.ndarray, e: Ellipse) -> np.ndarray:
+    """Normalised elliptic radius of points (1 on the ellipse, 0 at the centre)."""
+    c, s = math.cos(e.angle_rad), math.sin(e.angle_rad)
+    dx, dy = xx - e.cx, yy - e.cy
+    u = (dx * c + dy * s) / max(e.a, 1e-9)
+    v = (-dx * s + dy * c) / max(e.b, 1e-9)
+    return np.sqrt(u * u + v * v)
+
+
+def ellipse_points(e: Ellipse, n: int = 360, scale: float = 1.0) -> np.ndarray:
+    """``(n, 2)`` points (x, y) on the ellipse with axes times ``scale``."""
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    c, s = math.cos(e.angle_rad), math.sin(e.angle_rad)
+    u, v = e.a * scale * np.cos(t), e.b * scale * np.sin(t)
+    return np.stack([e.cx + u * c - v * s, e.cy + u * s + v * c], axis=1)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Sørensen-Dice overlap of two boolean masks (1.0 when both are empty)."""
+    a, b = a.astype(bool), b.astype(bool)
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_image(data: bytes, min_side_px: int = 1, max_side_px: int = 1 << 16) -> np.ndarray:
+    """Decode PNG/JPEG bytes into a 2-D uint8 array, or raise :class:`ImageError`.
+
+    Identical colour channels (grayscale saved as RGB by redistributors) are accepted and
+    collapsed; differing channels mean an overlay or a colour Doppler image and are refused.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()  # decodes every row: a truncated file fails here, not later
+            mode = im.mode
+            if mode not in _EIGHT_BIT_MODES:
+                raise ImageError("not_8bit", f"mode {mode}")
+            if mode == "P":
+                im = im.convert("RGB")
+            arr = np.asarray(im)
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError("undecodable", f"{type(exc).__name__}: {exc}") from exc
+    if arr.ndim == 3:
+        colour = arr[..., :3] if arr.shape[2] >= 3 else arr[..., :1]
+        if colour.shape[2] > 1 and not all(
+            np.array_equal(colour[..., 0], colour[..., k]) for k in range(1, colour.shape[2])
+        ):
+            raise ImageError("multichannel", f"{colour.shape[2]} differing channels")
+        arr = colour[..., 0]
+    h, w = arr.shape
+    if min(h, w) < min_side_px:
+        raise ImageError("too_small", f"{w}x{h} px < {min_side_px}")
+    if max(h, w) > max_side_px:
+        raise ImageError("too_large", f"{w}x{h} px > {max_side_px}")
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def read_image(path: str | Path, min_side_px: int = 1, max_side_px: int = 1 << 16) -> np.ndarray:
+    """Read an image file as 2-D uint8 (see :func:`decode_image`)."""
+    return decode_image(Path(path).read_bytes(), min_side_px, max_side_px)
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    """PNG bytes of a 2-D uint8 array."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(img)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def resize_to_width(img: np.ndarray, width: int, order: int = 1) -> tuple[np.ndarray, float]:
+    """Resize ``img`` (float) to ``width`` columns; returns the image and the scale factor."""
+    from skimage.transform import resize
+
+    s = width / img.shape[1]
+    h = max(1, round(img.shape[0] * s))
+    out = resize(img, (h, width), order=order, anti_aliasing=s < 1, preserve_range=True)
+    return out, s
+
+
+# --------------------------------------------------------------------------- image stores
+#
+# A store is a folder of images keyed by name. Two layouts, chosen by measurement (see
+# bench/ultrasound.py: DVC hashes every file of an output folder, so 12,400 small files make
+# `dvc status`/`dvc add` slow, while a handful of shards stay fast):
+#   png:    <name>.png, one per image
+#   shards: shard-NNN.npz, each holding many images as separate arrays keyed by name
+
+
+def _write_png_store(folder: Path, items: Iterable[tuple[str, np.ndarray]], shard: int) -> None:
+    for name, img in items:
+        (folder / f"{name}.png").write_bytes(encode_png(img))
+
+
+def _write_shard_store(folder: Path, items: Iterable[tuple[str, np.ndarray]], shard: int) -> None:
+    arrays = {name: img for name, img in items}
+    if arrays:
+        with open(folder / f"shard-{shard:03d}.npz", "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+
+STORE_WRITERS: dict[str, Callable[[Path, Iterable[tuple[str, np.ndarray]], int], None]] = {
+    "png": _write_png_store,
+    "shards": _write_shard_store,
+}
+
+
+def write_store_chunk(
+    folder: str | Path, items: Iterable[tuple[str, np.ndarray]], layout: str, shard: int
+) -> None:
+    """Write one chunk of ``(name, uint8 image)`` into ``folder`` with ``layout``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    STORE_WRITERS[layout](folder, items, shard)
+
+
+def iter_store(folder: str | Path) -> Iterator[tuple[str, np.ndarray]]:
+    """Every ``(name, image)`` of a store, whatever its layout (shards first, then PNGs)."""
+    folder = Path(folder)
+    for shard in sorted(folder.glob("shard-*.npz")):
+        with np.load(shard) as z:
+            for name in z.files:
+                yield name, z[name]
+    for png in sorted(folder.glob("*.png")):
+        yield png.stem, read_image(png)
+
+
+def store_items(folder: str | Path) -> list[tuple[str, str]]:
+    """``(name, locator)`` of every image in a store; :func:`load_item` reads one locator.
+
+    Workers get locators, not pixels: ``shard-000.npz::name`` (a zip member, read alone) or a
+    PNG path.
+    """
+    folder = Path(folder)
+    out: list[tuple[str, str]] = []
+    for shard in sorted(folder.glob("shard-*.npz")):
+        with np.load(shard) as z:
+            out.extend((name, f"{shard}::{name}") for name in z.files)
+    out.extend((p.stem, str(p)) for p in sorted(folder.glob("*.png")))
+    return out
+
+
+def load_item(locator: str) -> np.ndarray:
+    """The image behind a locator from :func:`store_items` (or any image path)."""
+    if "::" in locator:
+        path, name = locator.split("::", 1)
+        with np.load(path) as z:
+            return z[name]
+    return read_image(locator)
+
+
+def store_names(folder: str | Path) -> list[str]:
+    """Names held by a store without decoding the images."""
+    folder = Path(folder)
+    names: list[str] = []
+    for shard in sorted(folder.glob("shard-*.npz")):
+        with np.load(shard) as z:
+            names.extend(z.files)
+    names.extend(p.stem for p in sorted(folder.glob("*.png")))
+    return names

@@ -1,0 +1,358 @@
+"""Keras models for brain ultrasound: a convolutional autoencoder and a small plane classifier.
+
+Both are built from params (no hub weights: everything is trained from scratch on the brain
+crops), saved as ``model.keras`` + ``config.json`` (nothing pickled) and loaded back with
+:func:`load_model_dir`. Keras is imported inside the functions: importing this module stays
+cheap and never touches TensorFlow.
+
+References
+----------
+The autoencoder mirrors the original project's design (conv 32-64-128 with max pooling, a
+mirrored up-sampling decoder, MSE loss); the plane labels are those of FETAL_PLANES_DB
+(Burgos-Artizzu et al. 2020, Sci Rep 10:10200).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stages.ultrasound.split_planes import image_stem
+
+PLANES: tuple[str, ...] = ("Trans-thalamic", "Trans-cerebellum", "Trans-ventricular")
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.json"
+# What the registered pyfunc needs besides mlflow itself (the stage code ships with it).
+PIP_REQUIREMENTS = [
+    "keras==3.15.1",
+    "tensorflow-cpu==2.21.0",
+    "numpy",
+    "pandas",
+    "scipy",
+    "scikit-image",
+    "pillow",
+]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow and make TF ops deterministic (same seed, same model)."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(int(seed))
+    tf.config.experimental.enable_op_determinism()
+
+
+def to_unit_float(images_u8: np.ndarray, size: int) -> np.ndarray:
+    """uint8 images (N, H, W) -> float32 (N, size, size, 1) in [0, 1] (bilinear resize if needed).
+
+    Parameters
+    ----------
+    images_u8
+        Gray-level images, 0-255, all the same shape.
+    size
+        Network input side in pixels.
+    """
+    x = np.asarray(images_u8)
+    if x.ndim == 2:
+        x = x[None]
+    x = x.astype(np.float32) / 255.0
+    if x.shape[1:3] != (size, size):
+        from skimage.transform import resize
+
+        x = np.stack(
+            [resize(im, (size, size), order=1, anti_aliasing=True, preserve_range=True) for im in x]
+        ).astype(np.float32)
+    return x[..., None]
+
+
+def plane_one_hot(planes: Sequence[str], names: Sequence[str] = PLANES) -> np.ndarray:
+    """One-hot (N, len(names)) float32 rows for plane names; unknown names raise KeyError."""
+    index = {p: i for i, p in enumerate(names)}
+    out = np.zeros((len(planes), len(names)), dtype=np.float32)
+    for row, plane in enumerate(planes):
+        out[row, index[plane]] = 1.0
+    return out
+
+
+def build_autoencoder(
+    input_size: int,
+    filters: Sequence[int] = (32, 64, 128),
+    n_planes: int = len(PLANES),
+    plane_embedding: int = 8,
+    learning_rate: float = 1e-3,
+) -> Any:
+    """Convolutional autoencoder conditioned on the brain plane.
+
+    Encoder: for each of ``filters`` a 3x3 ReLU convolution and 2x2 max pooling; decoder: the
+    mirror (3x3 convolution then 2x2 up-sampling), a sigmoid 3x3 convolution back to one channel.
+    The plane (one-hot) enters at the bottleneck as ``plane_embedding`` extra channels tiled over
+    the feature map, so one network learns the three planes' appearance without three small
+    training sets.
+
+    Parameters
+    ----------
+    input_size
+        Side of the square grayscale input in pixels; must be divisible by ``2**len(filters)``.
+    filters
+        Encoder channel counts (the decoder uses them reversed).
+    n_planes
+        Length of the one-hot plane input.
+    plane_embedding
+        Channels of the tiled plane code.
+    learning_rate
+        Adam step size.
+
+    Returns
+    -------
+    keras.Model
+        Inputs ``{"image": (S, S, 1) in [0, 1], "plane": (n_planes,)}``, output (S, S, 1); compiled
+        with MSE.
+    """
+    import keras
+    from keras import layers
+
+    scale = 2 ** len(filters)
+    if input_size % scale:
+        raise ValueError(f"input_size {input_size} must be divisible by {scale}")
+    image = keras.Input((input_size, input_size, 1), name="image")
+    plane = keras.Input((n_planes,), name="plane")
+    x = image
+    for f in filters:
+        x = layers.Conv2D(f, 3, padding="same", activation="relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+    side = input_size // scale
+    code = layers.Dense(plane_embedding, activation="relu")(plane)
+    code = layers.Reshape((1, 1, plane_embedding))(code)
+    code = layers.UpSampling2D(size=(side, side))(code)
+    x = layers.Concatenate()([x, code])
+    for f in reversed(filters):
+        x = layers.Conv2D(f, 3, padding="same", activation="relu")(x)
+        x = layers.UpSampling2D(2)(x)
+    out = layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="reconstruction")(x)
+    model = keras.Model({"image": image, "plane": plane}, out, name="us_brain_autoencoder")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
+    return model
+
+
+def build_plane_classifier(
+    input_size: int,
+    n_classes: int = len(PLANES),
+    filters: Sequence[int] = (16, 32, 64, 128),
+    dropout: float = 0.3,
+    learning_rate: float = 1e-3,
+    augment: dict[str, float] | None = None,
+    batch_norm: bool = True,
+    seed: int = 0,
+) -> Any:
+    """A small from-scratch CNN for the brain plane, with augmentation layers.
+
+    Each block is 3x3 convolution, (optional) batch normalisation, ReLU and 2x2 max pooling;
+    global average pooling, dropout and a softmax head follow. Augmentation runs only in
+    training: shifts, small rotations, zoom, flips (the crop puts the skull's long axis
+    horizontal, so a mirrored head, in either axis, is still the same plane: the posterior
+    fossa may lie at either end) and brightness/contrast jitter.
+
+    Parameters
+    ----------
+    input_size
+        Side of the square grayscale input in pixels.
+    n_classes
+        Number of planes.
+    filters
+        Channels of the convolution blocks.
+    dropout
+        Dropout rate before the head.
+    learning_rate
+        Adam step size.
+    augment
+        ``shift`` (fraction of the side), ``rotation_deg``, ``zoom`` (fraction), ``flip``
+        (``horizontal``, ``vertical`` or ``horizontal_and_vertical``), ``brightness`` (fraction of the [0, 1] range), ``contrast`` (factor); None or
+        zeros turn a transform off.
+    batch_norm
+        Batch normalisation after each convolution. Its running statistics use momentum 0.9,
+        not Keras' 0.99: with ~10 batches per epoch the default averages have not converged
+        after a few hundred steps and inference collapses onto one plane; without
+        normalisation the network trained far more slowly in our runs.
+    seed
+        Seed of the augmentation layers.
+
+    Returns
+    -------
+    keras.Model
+        Input (S, S, 1) in [0, 1], output class probabilities; compiled with categorical
+        cross-entropy and accuracy.
+    """
+    import keras
+    from keras import layers
+
+    aug = augment or {}
+    image = keras.Input((input_size, input_size, 1), name="image")
+    x = image
+    if aug.get("flip"):
+        x = layers.RandomFlip(aug["flip"], seed=seed)(x)
+    if aug.get("rotation_deg"):
+        x = layers.RandomRotation(aug["rotation_deg"] / 360.0, fill_mode="constant", seed=seed)(x)
+    if aug.get("shift"):
+        x = layers.RandomTranslation(aug["shift"], aug["shift"], fill_mode="constant", seed=seed)(x)
+    if aug.get("zoom"):
+        x = layers.RandomZoom(aug["zoom"], fill_mode="constant", seed=seed)(x)
+    if aug.get("brightness"):
+        x = layers.RandomBrightness(aug["brightness"], value_range=(0.0, 1.0), seed=seed)(x)
+    if aug.get("contrast"):
+        x = layers.RandomContrast(aug["contrast"], seed=seed)(x)
+    for f in filters:
+        x = layers.Conv2D(f, 3, padding="same", use_bias=not batch_norm)(x)
+        if batch_norm:
+            x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.Activation("relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(dropout, seed=seed)(x)
+    out = layers.Dense(n_classes, activation="softmax", name="plane")(x)
+    model = keras.Model(image, out, name="us_plane_classifier")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
+    """Balanced class weights ``n / (k * count)``; a class with no example gets weight 0."""
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=n_classes).astype(float)
+    n = counts.sum()
+    return {i: (n / (n_classes * c) if c else 0.0) for i, c in enumerate(counts)}
+
+
+def reconstruction_mse(
+    model: Any, x: np.ndarray, planes: np.ndarray, batch_size: int = 32
+) -> np.ndarray:
+    """Per-image mean squared reconstruction error (N,) of an autoencoder on [0, 1] images."""
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.float32)
+    recon = model.predict({"image": x, "plane": planes}, batch_size=batch_size, verbose=0)
+    return np.mean((recon - x) ** 2, axis=(1, 2, 3)).astype(np.float32)
+
+
+def save_model_dir(model: Any, folder: Path, config: dict[str, Any]) -> None:
+    """Write ``model.keras`` and ``config.json`` (threshold, input size, ...) in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / MODEL_FILE)
+    with open(folder / CONFIG_FILE, "w", encoding="utf-8") as fh:
+        json.dump(config, fh, indent=2, sort_keys=True)
+
+
+def load_model_dir(folder: str | Path) -> tuple[Any, dict[str, Any]]:
+    """Load ``model.keras`` (without the optimizer state) and ``config.json`` from ``folder``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    folder = Path(folder)
+    with open(folder / CONFIG_FILE, encoding="utf-8") as fh:
+        config = json.load(fh)
+    model = keras.models.load_model(folder / MODEL_FILE, compile=False)
+    return model, config
+
+
+def crops_for(manifest: pd.DataFrame, names: Sequence[str], images: np.ndarray) -> np.ndarray:
+    """The crops (len(manifest), S, S) of the manifest's ``image`` rows, matched by file stem.
+
+    Raises KeyError naming the manifest images that have no crop.
+    """
+    index = {image_stem(n): i for i, n in enumerate(names)}
+    missing = [im for im in manifest["image"] if image_stem(im) not in index]
+    if missing:
+        raise KeyError(f"{len(missing)} manifest images have no crop, e.g. {missing[:5]}")
+    rows = [index[image_stem(im)] for im in manifest["image"]]
+    return np.asarray(images)[rows]
+
+
+def brain_rows(manifest: pd.DataFrame, split: str, planes: Sequence[str] = PLANES) -> pd.DataFrame:
+    """Manifest rows of one split whose brain plane is one of ``planes``."""
+    keep = manifest["is_brain"].astype(bool) & manifest["brain_plane"].isin(list(planes))
+    return manifest[keep & manifest["split"].eq(split)].reset_index(drop=True)
+
+
+def epoch_timer() -> tuple[Any, list[float]]:
+    """A Keras callback recording each epoch's wall time (s) into the returned list."""
+    import time
+
+    import keras
+
+    times: list[float] = []
+
+    class _Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self._t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            times.append(time.perf_counter() - self._t0)
+
+    return _Timer(), times
+
+
+def publish(
+    model_dir: Path,
+    loader: str,
+    registered_name: str,
+    metrics: dict[str, float],
+    promote_metric: str,
+    promote_margin: float,
+    eval_paths: list[Path],
+    key_parts: dict[str, Any],
+) -> dict[str, Any]:
+    """Log ``model_dir`` as a pyfunc in the active run, register it, promote it if better.
+
+    The version is tagged with every metric and with ``eval_data_hash`` (the inputs it was
+    evaluated on); the idempotency key hashes those inputs and ``key_parts`` (the params), so a
+    rerun after a crash reuses the version. Returns the promotion decision as a dict.
+    """
+    import hashlib
+
+    from stages.common import tracking
+
+    eval_hash = tracking.data_hash(eval_paths)
+    key = hashlib.sha256(
+        (eval_hash + json.dumps(key_parts, sort_keys=True, default=str)).encode()
+    ).hexdigest()[:24]
+    uri = tracking.log_predictor_model(
+        name="model",
+        loader=loader,
+        artifacts={"model_dir": str(model_dir)},
+        pip_requirements=PIP_REQUIREMENTS,
+    )
+    tags = {**{k: f"{v:.6g}" for k, v in metrics.items()}, "eval_data_hash": eval_hash}
+    version = tracking.register_model(uri, registered_name, tags, idempotency_key=key)
+    decision = tracking.promote_if_better(registered_name, version, promote_metric, promote_margin)
+    tracking.set_tags({"registered_version": version, "promoted": decision.promoted})
+    return decision.to_dict()
+
+
+def predict_planes(model: Any, x: np.ndarray, tta: bool = False) -> np.ndarray:
+    """Plane probabilities (N, 3) for crops (N, S, S, 1) in [0, 1].
+
+    With ``tta`` the probabilities of the image and its three mirrors (left-right, up-down,
+    both) are averaged: in the ellipse-aligned crop these are plane-preserving views.
+    """
+    if len(x) == 0:
+        return np.zeros((0, len(PLANES)), dtype=np.float32)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        # A direct call, not model.predict: no tf.data pipeline, ~10x faster for one image.
+        return np.concatenate(
+            [np.asarray(model(batch[i : i + 64], training=False)) for i in range(0, len(batch), 64)]
+        )
+
+    prob = run(x)
+    if tta:
+        views = [x[:, :, ::-1], x[:, ::-1], x[:, ::-1, ::-1]]
+        prob = (prob + sum(run(np.ascontiguousarray(v)) for v in views)) / 4.0
+    return prob.astype(np.float32)

@@ -1,0 +1,576 @@
+"""Stage ``segment_us``: skull ellipse, cranium and brain masks, brain crops, head circumference.
+
+Classical method (``classical``), at ``work_width`` columns:
+
+1. Smooth; from a few candidate centres cast rays and keep, on each ray, the radii where the
+   profile falls from bright (skull) to dark (fluid/soft tissue) the most: the outer skull edge,
+   which is where HC18 sonographers draw the outline.
+2. RANSAC over those points with a vectorised 5-point conic fit (thousands of hypotheses per
+   millisecond), then a least-squares refit on the inliers, re-casting rays from the new centre.
+3. Every candidate ellipse is scored by its boundary contrast (mean brightness just inside the
+   outline minus just outside, over the part of the outline inside the image) times the share
+   of rays that support it; the best one wins.
+
+The original study's method (threshold 180 + largest contour, then an ellipse fit) is kept as
+``threshold`` for the ablation.
+
+Head circumference: Ramanujan perimeter of the fitted ellipse times the pixel size (mm/px).
+Evaluation data: van den Heuvel TLA et al. PLoS ONE 2018;13(8):e0200412 (HC18).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stages.ultrasound.imaging import (
+    Ellipse,
+    dice,
+    ellipse_mask,
+    ellipse_points,
+    ellipse_radius,
+    ramanujan_perimeter,
+    resize_to_width,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Segmentation:
+    """A segmented head in ORIGINAL image pixels.
+
+    ``ellipse`` is the outer skull outline (None when nothing was found, ``ok`` False);
+    ``cranium`` is the filled ellipse; ``brain`` the interior shrunk by the skull thickness;
+    ``skull_px`` the estimated skull thickness; ``score`` the boundary contrast (0-1 scale).
+    """
+
+    ok: bool
+    ellipse: Ellipse | None
+    shape: tuple[int, int]
+    skull_px: float = float("nan")
+    score: float = float("nan")
+    reason: str = ""
+    _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def cranium(self) -> np.ndarray:
+        if "cranium" not in self._cache:
+            self._cache["cranium"] = (
+                ellipse_mask(self.shape, self.ellipse)
+                if self.ellipse is not None
+                else np.zeros(self.shape, bool)
+            )
+        return self._cache["cranium"]
+
+    @property
+    def brain(self) -> np.ndarray:
+        if "brain" not in self._cache:
+            if self.ellipse is None:
+                self._cache["brain"] = np.zeros(self.shape, bool)
+            else:
+                shrink = 1 - self.skull_px / max(min(self.ellipse.a, self.ellipse.b), 1.0)
+                self._cache["brain"] = ellipse_mask(self.shape, self.ellipse, max(shrink, 0.5))
+        return self._cache["brain"]
+
+    def label_image(self) -> np.ndarray:
+        """uint8 labels: 0 background, 1 skull (cranium minus brain), 2 brain."""
+        out = self.cranium.astype(np.uint8)
+        out[self.brain] = 2
+        return out
+
+    def hc_px(self) -> float:
+        e = self.ellipse
+        return float(ramanujan_perimeter(e.a, e.b)) if e is not None else float("nan")
+
+
+# --------------------------------------------------------------------------- conic fitting
+
+
+def conic_to_ellipse(coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Geometric ellipses from conics ``A x^2 + B xy + C y^2 + D x + E y = 1`` (batched).
+
+    Returns ``(params (n, 5) = cx, cy, a, b, angle), valid (n,) bool``; coordinates are those
+    the conic was fitted in.
+    """
+    A, B, C, D, E = (coef[:, k] for k in range(5))
+    det = 4 * A * C - B * B
+    valid = det > 1e-12
+    det = np.where(valid, det, 1.0)
+    x0 = (B * E - 2 * C * D) / det
+    y0 = (B * D - 2 * A * E) / det
+    f0 = A * x0 * x0 + B * x0 * y0 + C * y0 * y0 + D * x0 + E * y0 - 1
+    th = 0.5 * np.arctan2(B, A - C)
+    c, s = np.cos(th), np.sin(th)
+    l1 = A * c * c + B * c * s + C * s * s
+    l2 = A * s * s - B * c * s + C * c * c
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.sqrt(-f0 / l1)
+        b = np.sqrt(-f0 / l2)
+    valid &= np.isfinite(a) & np.isfinite(b) & (l1 * l2 > 0) & (f0 < 0)
+    return np.stack([x0, y0, a, b, th], axis=1), valid
+
+
+def fit_conic(x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+    """Least-squares conic through points (x, y) (relative to a point inside the ellipse)."""
+    M = np.stack([x * x, x * y, y * y, x, y], axis=1)
+    coef, *_ = np.linalg.lstsq(M, np.ones_like(x), rcond=None)
+    return coef
+
+
+# --------------------------------------------------------------------------- classical method
+
+
+def _boundary_points(
+    g: np.ndarray, cx: float, cy: float, n_rays: int, r_max: float, top_k: int, step_px: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per ray, the ``top_k`` radii where the profile drops most (bright inside, dark outside).
+
+    Returns points (n_rays, top_k, 2) relative to (cx, cy) and their strengths (n_rays, top_k).
+    """
+    from scipy.ndimage import map_coordinates
+
+    t = np.linspace(0, 2 * np.pi, n_rays, endpoint=False)
+    r = np.arange(3.0, r_max, 1.0)
+    xs = cx + np.cos(t)[:, None] * r[None, :]
+    ys = cy + np.sin(t)[:, None] * r[None, :]
+    prof = map_coordinates(g, [ys, xs], order=1, mode="constant", cval=np.nan)
+    inside = np.isfinite(prof)
+    prof = np.where(inside, prof, 0.0)
+    k = max(1, int(step_px))
+    cs = np.concatenate([np.zeros((n_rays, 1)), np.cumsum(prof, axis=1)], axis=1)
+    n = prof.shape[1]
+    idx = np.arange(n)
+    lo = np.clip(idx - k, 0, n)
+    hi = np.clip(idx + k, 0, n)
+    before = (cs[:, idx] - cs[:, lo]) / np.maximum(idx - lo, 1)
+    after = (cs[:, hi] - cs[:, idx]) / np.maximum(hi - idx, 1)
+    drop = np.where(inside, before - after, -np.inf)
+    drop[:, : 2 * k] = -np.inf
+    # non-maximum suppression along the ray so the top-k are distinct edges
+    from scipy.ndimage import maximum_filter1d
+
+    peak = (drop == maximum_filter1d(drop, size=2 * k + 1, axis=1)) & np.isfinite(drop)
+    drop_nms = np.where(peak, drop, -np.inf)
+    order = np.argsort(-drop_nms, axis=1)[:, :top_k]
+    strength = np.take_along_axis(drop_nms, order, axis=1)
+    rr = r[order]
+    pts = np.stack([np.cos(t)[:, None] * rr, np.sin(t)[:, None] * rr], axis=2)
+    return pts, strength
+
+
+def _contrast_score(g: np.ndarray, params: np.ndarray, n: int = 96, band: float = 0.06):
+    """Boundary contrast of ellipses ``params`` (m, 5): mean(inside band) - mean(outside band).
+
+    Points outside the image do not count; the score is multiplied by the covered share of the
+    outline, so an ellipse mostly out of view cannot win on a small bright arc.
+    """
+    from scipy.ndimage import map_coordinates
+
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    cx, cy, a, b, th = (params[:, k : k + 1] for k in range(5))
+    c, s = np.cos(th), np.sin(th)
+    h, w = g.shape
+
+    def sample(scale: float) -> np.ndarray:
+        u, v = a * scale * np.cos(t), b * scale * np.sin(t)
+        x, y = cx + u * c - v * s, cy + u * s + v * c
+        return map_coordinates(g, [y.ravel(), x.ravel()], order=1, cval=np.nan).reshape(x.shape)
+
+    inner = np.nanmean(np.stack([sample(1 - band), sample(1 - band / 2)]), axis=0)
+    outer = np.nanmean(np.stack([sample(1 + band), sample(1 + band * 1.5)]), axis=0)
+    diff = inner - outer
+    covered = np.isfinite(diff)
+    mean = np.where(covered.any(axis=1), np.nanmean(np.where(covered, diff, np.nan), axis=1), 0)
+    return np.nan_to_num(mean) * covered.mean(axis=1)
+
+
+def _ransac_from_centre(
+    g: np.ndarray,
+    cx: float,
+    cy: float,
+    rng: np.random.Generator,
+    p: dict[str, Any],
+) -> tuple[np.ndarray, float] | None:
+    """Best ellipse (cx, cy, a, b, th) from rays cast at (cx, cy) and its inlier share."""
+    h, w = g.shape
+    n_rays = int(p.get("n_rays", 72))
+    pts, strength = _boundary_points(
+        g, cx, cy, n_rays, r_max=float(np.hypot(h, w)) * 0.6, top_k=int(p.get("top_k", 3)),
+        step_px=float(p.get("edge_px", 3)),
+    )
+    ok = np.isfinite(strength) & (strength > 0)
+    flat = pts.reshape(-1, 2)[ok.ravel()]
+    ray_id = np.repeat(np.arange(n_rays), pts.shape[1])[ok.ravel()]
+    if len(flat) < 8:
+        return None
+    m = int(p.get("n_hypotheses", 1500))
+    idx = rng.integers(0, len(flat), size=(m, 5))
+    P = flat[idx]  # (m, 5, 2)
+    x, y = P[..., 0], P[..., 1]
+    M = np.stack([x * x, x * y, y * y, x, y], axis=2)
+    with np.errstate(all="ignore"):
+        good = np.abs(np.linalg.det(M)) > 1e-9
+        coef = np.full((m, 5), np.nan)
+        coef[good] = np.linalg.solve(M[good], np.ones((int(good.sum()), 5, 1)))[..., 0]
+    ell, valid = conic_to_ellipse(np.nan_to_num(coef))
+    valid &= good
+    min_ax, max_ax = float(p.get("min_axis_frac", 0.08)) * w, float(p.get("max_axis_frac", 0.7)) * w
+    a, b = ell[:, 2], ell[:, 3]
+    ratio = np.minimum(a, b) / np.maximum(np.maximum(a, b), 1e-9)
+    valid &= (np.minimum(a, b) > min_ax) & (np.maximum(a, b) < max_ax)
+    valid &= ratio > float(p.get("min_axis_ratio", 0.55))
+    if not valid.any():
+        return None
+    ell = ell[valid]
+    # inliers: each ray supports a hypothesis at most once (distance in px along the ray)
+    tol = float(p.get("inlier_px", 2.5))
+    e_all = ell
+    d = _ray_residual(flat, e_all)  # (m', npts)
+    inl = d < tol
+    support = np.zeros((len(e_all), n_rays), bool)
+    for j in range(len(flat)):
+        support[:, ray_id[j]] |= inl[:, j]
+    share = support.mean(axis=1)
+    best = int(np.argmax(share))
+    e = e_all[best]
+    # least-squares refits on the inliers
+    for _ in range(3):
+        d = _ray_residual(flat, e[None, :])[0]
+        sel = d < tol * 1.5
+        if sel.sum() < 6:
+            break
+        coef = fit_conic(flat[sel, 0], flat[sel, 1])
+        ee, vv = conic_to_ellipse(coef[None, :])
+        if not vv[0]:
+            break
+        e = ee[0]
+    share = float(np.isin(np.arange(n_rays), ray_id[_ray_residual(flat, e[None, :])[0] < tol]).mean())
+    e = e.copy()
+    e[0] += cx
+    e[1] += cy
+    return e, share
+
+
+def _ray_residual(pts: np.ndarray, ell: np.ndarray) -> np.ndarray:
+    """Approximate distance (px) of points (n, 2) from ellipses ``ell`` (m, 5): |r_norm - 1| * R."""
+    cx, cy, a, b, th = (ell[:, k : k + 1] for k in range(5))
+    c, s = np.cos(th), np.sin(th)
+    dx, dy = pts[None, :, 0] - cx, pts[None, :, 1] - cy
+    u = (dx * c + dy * s) / a
+    v = (-dx * s + dy * c) / b
+    rn = np.sqrt(u * u + v * v)
+    return np.abs(rn - 1) * np.hypot(dx, dy) / np.maximum(rn, 1e-9)
+
+
+def _classical(img_u8: np.ndarray, params: dict[str, Any]) -> tuple[Ellipse | None, float, str]:
+    from scipy.ndimage import gaussian_filter
+
+    work_width = int(params.get("work_width", 320))
+    x = img_u8.astype(np.float64) / 255.0
+    small, scale = resize_to_width(x, min(work_width, img_u8.shape[1]))
+    g = gaussian_filter(small, float(params.get("smooth_px", 1.5)))
+    h, w = g.shape
+    rng = np.random.default_rng(int(params.get("seed", 0)))
+    # candidate centres: a grid over the middle of the image plus bright-blob centroids
+    fx = np.linspace(0.25, 0.75, int(params.get("grid", 4)))
+    fy = np.linspace(0.3, 0.7, int(params.get("grid", 4)))
+    centres = [(w * a, h * b) for a in fx for b in fy]
+    cands: list[np.ndarray] = []
+    shares: list[float] = []
+    for cx, cy in centres:
+        res = _ransac_from_centre(g, cx, cy, rng, params)
+        if res is None:
+            continue
+        e, share = res
+        # re-cast from the fitted centre: rays then hit the outline nearly perpendicularly
+        for _ in range(int(params.get("recast", 1))):
+            if not (0 <= e[0] < w and 0 <= e[1] < h):
+                break
+            res2 = _ransac_from_centre(g, e[0], e[1], rng, params)
+            if res2 is None:
+                break
+            e, share = res2
+        cands.append(e)
+        shares.append(share)
+    if not cands:
+        return None, float("nan"), "no ellipse candidate"
+    E = np.array(cands)
+    contrast = _contrast_score(g, E)
+    score = contrast * np.asarray(shares)
+    best = int(np.argmax(score))
+    if not np.isfinite(score[best]) or score[best] <= 0:
+        return None, float(score[best]), "no ellipse with positive boundary contrast"
+    cx, cy, a, b, th = E[best]
+    e = Ellipse(float(cx), float(cy), float(a), float(b), float(th)).scaled(1 / scale)
+    return e.canonical(), float(score[best]), ""
+
+
+def _threshold(img_u8: np.ndarray, params: dict[str, Any]) -> tuple[Ellipse | None, float, str]:
+    """The original study's method: threshold (180) + largest contour + ellipse fit."""
+    from skimage.measure import find_contours
+
+    mask = img_u8 >= int(params.get("threshold", 180))
+    contours = find_contours(mask.astype(float), 0.5)
+    if not contours:
+        return None, float("nan"), "no contour above threshold"
+    c = max(contours, key=len)
+    if len(c) < 6:
+        return None, float("nan"), "contour too short"
+    e = fit_ellipse_points(c[:, 1], c[:, 0])
+    if e is None:
+        return None, float("nan"), "ellipse fit failed"
+    return e, float("nan"), ""
+
+
+SEGMENTERS: dict[str, Callable[[np.ndarray, dict[str, Any]], tuple[Ellipse | None, float, str]]] = {
+    "classical": _classical,
+    "threshold": _threshold,
+}
+
+
+def skull_thickness_px(img_u8: np.ndarray, e: Ellipse, frac_max: float = 0.15) -> float:
+    """Skull thickness (px): width of the bright band just inside the outline.
+
+    The mean radial profile (normalised radius 1-frac_max .. 1) is thresholded half-way between
+    its peak and the brain level; the thickness is the band above it, times the mean semi-axis.
+    """
+    h, w = img_u8.shape
+    pts_r = np.linspace(1 - frac_max * 2, 1.0, 31)
+    from scipy.ndimage import map_coordinates
+
+    prof = []
+    for r in pts_r:
+        p = ellipse_points(e, 90, r)
+        v = map_coordinates(img_u8.astype(float), [p[:, 1], p[:, 0]], order=1, cval=np.nan)
+        prof.append(np.nanmean(v) if np.isfinite(v).any() else np.nan)
+    prof = np.asarray(prof)
+    R = 0.5 * (e.a + e.b)
+    if not np.isfinite(prof).any():
+        return 0.05 * R
+    peak = np.nanmax(prof)
+    base = np.nanmin(prof[: len(prof) // 2]) if np.isfinite(prof[: len(prof) // 2]).any() else 0
+    above = prof >= base + 0.5 * (peak - base)
+    width = above[len(prof) // 3 :].sum() * (pts_r[1] - pts_r[0]) * R
+    return float(np.clip(width, 0.02 * R, frac_max * R))
+
+
+def segment_image(img_u8: np.ndarray, params: dict[str, Any]) -> Segmentation:
+    """Find the fetal skull ellipse in one 2-D uint8 (enhanced) image.
+
+    ``params`` is the ``segment_us`` section (``method``, ``work_width``, ...). Never raises on
+    an image without a head: returns ``ok=False`` with a reason.
+    """
+    if img_u8.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {img_u8.shape}")
+    e, score, reason = SEGMENTERS[params.get("method", "classical")](img_u8, params)
+    if e is None:
+        return Segmentation(False, None, img_u8.shape, score=score, reason=reason)
+    t = skull_thickness_px(img_u8, e)
+    return Segmentation(True, e, img_u8.shape, skull_px=t, score=score)
+
+
+def brain_crop(img_u8: np.ndarray, seg: Segmentation, size: int, margin: float = 1.1) -> np.ndarray:
+    """The head as a ``size`` x ``size`` uint8 square: the ellipse's box, rotated and scaled.
+
+    The ellipse's major axis becomes horizontal and both axes span the square (times
+    ``margin``), so heads of every size and orientation look alike to the models. Without an
+    ellipse (``seg.ok`` False) the whole image is resized to the square.
+    """
+    from skimage.transform import resize, warp
+
+    x = img_u8.astype(np.float64)
+    if not seg.ok or seg.ellipse is None:
+        return np.clip(np.round(resize(x, (size, size), preserve_range=True, anti_aliasing=True)),
+                       0, 255).astype(np.uint8)
+    e = seg.ellipse
+    c, s = math.cos(e.angle_rad), math.sin(e.angle_rad)
+    # output (row, col) -> normalised (u, v) in [-margin, margin] -> input (x, y)
+    sa, sb = e.a * margin * 2 / size, e.b * margin * 2 / size
+    # smoothing before the shrink avoids aliasing of speckle
+    from scipy.ndimage import gaussian_filter
+
+    sigma = max(0.0, 0.5 * (min(sa, sb) - 1))
+    if sigma > 0:
+        x = gaussian_filter(x, sigma)
+
+    def inverse_map(rc: np.ndarray) -> np.ndarray:
+        col, row = rc[:, 0], rc[:, 1]
+        u = (col - (size - 1) / 2) * sa
+        v = (row - (size - 1) / 2) * sb
+        return np.stack([e.cx + u * c - v * s, e.cy + u * s + v * c], axis=1)
+
+    out = warp(x, inverse_map, output_shape=(size, size), order=1, mode="constant", cval=0.0,
+               preserve_range=True)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def fit_ellipse_points(xs: np.ndarray, ys: np.ndarray) -> Ellipse | None:
+    """Least-squares ellipse through points (px), or None when they do not make one."""
+    if len(xs) < 6:
+        return None
+    mx, my = float(np.mean(xs)), float(np.mean(ys))
+    coef = fit_conic(xs - mx, ys - my)
+    ell, valid = conic_to_ellipse(coef[None, :])
+    if not valid[0]:
+        return None
+    cx, cy, a, b, th = ell[0]
+    return Ellipse(cx + mx, cy + my, a, b, th).canonical()
+
+
+def ellipse_from_outline(outline: np.ndarray) -> Ellipse | None:
+    """Least-squares ellipse through the pixels of a thin annotation outline (HC18)."""
+    ys, xs = np.nonzero(outline > 0)
+    return fit_ellipse_points(xs.astype(float), ys.astype(float))
+
+
+def filled_outline(outline: np.ndarray) -> np.ndarray:
+    """The region inside a closed outline (HC18 ground truth), outline included."""
+    from scipy.ndimage import binary_fill_holes
+
+    return binary_fill_holes(outline > 0)
+
+
+def truth_mask(outline: np.ndarray) -> tuple[np.ndarray, Ellipse | None, bool]:
+    """Ground-truth head mask of an HC18 annotation; ``degenerate`` when filling fails.
+
+    An outline that runs off the image (HC18 ``628_2HC``) is not closed, so filling it leaves
+    only the outline; then the mask is the ellipse fitted to the outline pixels instead.
+    """
+    filled = filled_outline(outline)
+    e = ellipse_from_outline(outline)
+    degenerate = filled.sum() < 2 * (outline > 0).sum()
+    if degenerate and e is not None:
+        filled = ellipse_mask(outline.shape, e)
+    return filled, e, bool(degenerate)
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def _segment_item(item: tuple[str, str, str, str, float, float], params: dict[str, Any]) -> dict:
+    """Segment one enhanced image; for HC18 also score it against the sonographer outline."""
+    from stages.ultrasound.imaging import load_item, read_image
+
+    dataset, name, locator, ann_path, pixel_mm, hc_true_mm = item
+    img = load_item(locator)
+    seg = segment_image(img, params)
+    crop = brain_crop(img, seg, int(params["crop_size"]))
+    e = seg.ellipse
+    row: dict[str, Any] = {
+        "dataset": dataset, "image": name, "ok": seg.ok, "reason": seg.reason,
+        "cx": e.cx if e else np.nan, "cy": e.cy if e else np.nan,
+        "semi_major_px": e.a if e else np.nan, "semi_minor_px": e.b if e else np.nan,
+        "angle_rad": e.angle_rad if e else np.nan, "skull_px": seg.skull_px, "score": seg.score,
+        "hc_px": seg.hc_px(), "pixel_mm": pixel_mm, "hc_mm": seg.hc_px() * pixel_mm,
+    }
+    if ann_path:
+        truth, te, degenerate = truth_mask(read_image(ann_path))
+        row["dice"] = dice(seg.cranium, truth)
+        row["truth_degenerate"] = degenerate
+        row["hc_true_mm"] = hc_true_mm
+        row["hc_error_mm"] = abs(row["hc_mm"] - hc_true_mm) if seg.ok else np.nan
+    return {"row": row, "crop": crop, "labels": seg.label_image()}
+
+
+def overlays_figure(tiles: list[tuple[str, np.ndarray, np.ndarray, str]], path: Any) -> None:
+    """A grid of images with their cranium (red) and brain (green) outlines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stages.common.io import atomic_path
+
+    cols = 4
+    rows = max(1, math.ceil(len(tiles) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (name, img, labels, note) in zip(axes.ravel(), tiles, strict=False):
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+        ax.contour(labels >= 1, levels=[0.5], colors="r", linewidths=0.8)
+        ax.contour(labels >= 2, levels=[0.5], colors="lime", linewidths=0.6)
+        ax.set_title(f"{name} {note}", fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+
+
+def main() -> None:
+    import functools
+
+    import pandas as pd
+
+    from stages.common.io import atomic_dir, write_csv, write_json, write_npz
+    from stages.common.parallel import map_images
+    from stages.common.params import load_params, project_root
+    from stages.ultrasound.imaging import load_item, store_items, write_store_chunk
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    p, pdask, layout = load_params("segment_us"), load_params("dask"), load_params("enhance_us")
+    root = project_root()
+    enhanced, reports = root / "data/interim/us/enhanced", root / "data/reports"
+    hc_csv = pd.read_csv(root / "data/raw/hc18/pixel_size_and_HC.csv")
+    hc_info = {str(f)[:-4]: (float(px), float(hc)) for f, px, hc in hc_csv.itertuples(index=False)}
+    items = []
+    for dataset in ("fetal_planes", "hc18"):
+        for name, loc in store_items(enhanced / dataset):
+            px, hc = hc_info.get(name, (np.nan, np.nan)) if dataset == "hc18" else (np.nan, np.nan)
+            ann = str(root / "data/raw/hc18/images" / f"{name}_Annotation.png") if dataset == "hc18" else ""
+            items.append((dataset, name, loc, ann, px, hc))
+    res = map_images(functools.partial(_segment_item, params=p), items, pdask, desc="segment")
+    done = [(it, r.value) for it, r in zip(items, res, strict=True) if r.ok]
+    failures = [f"{it[0]}/{it[1]}: {r.error}" for it, r in zip(items, res, strict=True) if not r.ok]
+    df = pd.DataFrame([v["row"] for _, v in done])
+    with atomic_dir(root / "data/interim/us/segmented") as out:
+        for dataset in ("fetal_planes", "hc18"):
+            write_store_chunk(out / dataset, [(it[1], v["labels"]) for it, v in done
+                                              if it[0] == dataset], layout["layout"], 0)
+    write_npz(root / "data/processed/us/crops.npz",
+              images=np.stack([v["crop"] for _, v in done]).astype(np.uint8),
+              names=np.array([it[1] for it, _ in done]), datasets=np.array([it[0] for it, _ in done]))
+    write_csv(root / "data/processed/us/segmentation.csv", df)
+    hc = df[df["dataset"] == "hc18"]
+    report = {
+        "method": p["method"], "n": len(df), "n_hc18": len(hc), "n_failed": len(failures),
+        "failures": failures, "n_no_ellipse": int((~df["ok"]).sum()),
+        "dice_mean": float(hc["dice"].mean()), "dice_median": float(hc["dice"].median()),
+        "hc_error_mm_mean": float(hc["hc_error_mm"].mean()),
+        "hc_error_mm_median": float(hc["hc_error_mm"].median()),
+        "degenerate_truth": list(hc.loc[hc["truth_degenerate"].astype(bool), "image"]),
+    } if len(hc) else {"method": p["method"], "n": len(df), "n_failed": len(failures),
+                        "failures": failures}
+    write_json(reports / "segment_us.json", report)
+    show = hc.sort_values("dice").iloc[np.linspace(0, len(hc) - 1, min(8, len(hc))).astype(int)]
+    show_items = {(it[0], it[1]): (it, v) for it, v in done}
+    tiles = []
+    for rr in list(show.itertuples()) + list(df[df["dataset"] == "fetal_planes"].head(4).itertuples()):
+        it, v = show_items[(rr.dataset, rr.image)]
+        note = f"Dice {rr.dice:.3f}" if rr.dataset == "hc18" else ""
+        tiles.append((rr.image, load_item(it[2]), v["labels"], note))
+    (reports / "segment_us").mkdir(parents=True, exist_ok=True)
+    overlays_figure(tiles, reports / "segment_us/overlays.png")
+    log.info("segment_us: %s", {k: v for k, v in report.items() if k != "failures"})
+
+
+__all__ = [
+    "SEGMENTERS",
+    "Segmentation",
+    "brain_crop",
+    "dice",
+    "ellipse_from_outline",
+    "ellipse_radius",
+    "segment_image",
+    "truth_mask",
+]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Stage ``train_autoencoder_us``: a plane-conditioned convolutional autoencoder of brain crops.
+
+Trained on the train split's brain crops only (grayscale, scaled to [0, 1]); the anomaly
+threshold is the ``threshold_percentile`` of the validation images' reconstruction errors.
+FETAL_PLANES_DB has no anomaly labels: the autoencoder flags images unlike its training images
+(quality, plane or possibly pathology); it is not a diagnosis.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stages.common import tracking
+from stages.common.io import atomic_dir, write_json
+from stages.common.params import load_params, project_root
+from stages.ultrasound import models as M
+
+log = logging.getLogger(__name__)
+
+CROPS = Path("data/processed/us/crops.npz")
+MANIFEST = Path("data/processed/us/planes_manifest.csv")
+MODEL_DIR = Path("data/models/us/autoencoder")
+REPORT = Path("data/reports/train_autoencoder_us.json")
+LOADER = "stages.ultrasound.score:load_autoencoder_predictor"
+
+
+def train_autoencoder(
+    x_train: np.ndarray,
+    planes_train: np.ndarray,
+    x_val: np.ndarray,
+    planes_val: np.ndarray,
+    params: dict[str, Any],
+) -> tuple[Any, dict[str, Any]]:
+    """Fit the autoencoder and derive its anomaly threshold.
+
+    Parameters
+    ----------
+    x_train, x_val
+        Crops (N, S, S, 1) in [0, 1], S = ``params["input_size"]``.
+    planes_train, planes_val
+        One-hot planes (N, 3).
+    params
+        The ``train_autoencoder_us`` section.
+
+    Returns
+    -------
+    model, result
+        The fitted Keras model and ``val_mse`` (mean per-image MSE on val), ``train_mse``,
+        ``threshold`` (the percentile of val errors, MSE units), ``epoch_times_s``.
+    """
+    M.seed_everything(params["seed"])
+    model = M.build_autoencoder(
+        params["input_size"], params["filters"], learning_rate=params["learning_rate"]
+    )
+    timer, times = M.epoch_timer()
+    inputs = {"image": x_train, "plane": planes_train}
+    model.fit(
+        inputs,
+        x_train,
+        epochs=params["epochs"],
+        batch_size=params["batch_size"],
+        shuffle=True,
+        verbose=0,
+        callbacks=[timer],
+    )
+    train_err = M.reconstruction_mse(model, x_train, planes_train)
+    # With no val image (tiny test sets) the threshold falls back to the training errors.
+    val_err = M.reconstruction_mse(model, x_val, planes_val) if len(x_val) else train_err
+    result = {
+        "train_mse": float(np.mean(train_err)),
+        "val_mse": float(np.mean(val_err)),
+        "threshold": float(np.percentile(val_err, params["threshold_percentile"])),
+        "n_train": len(x_train),
+        "n_val": len(x_val),
+        "epoch_times_s": [round(t, 3) for t in times],
+    }
+    return model, result
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_params("train_autoencoder_us")
+    crop_params = {"enhance_us": load_params("enhance_us"), "segment_us": load_params("segment_us")}
+    root = project_root()
+    manifest = pd.read_csv(root / MANIFEST)
+    with np.load(root / CROPS) as z:
+        names, images = z["names"], z["images"]
+    size = params["input_size"]
+    data = {}
+    for split in ("train", "val"):
+        rows = M.brain_rows(manifest, split)
+        data[split] = (
+            M.to_unit_float(M.crops_for(rows, names, images), size),
+            M.plane_one_hot(rows["brain_plane"]),
+        )
+    with tracking.run(
+        "us-brain-autoencoder", "train_autoencoder_us", params, stage="train_autoencoder_us"
+    ):
+        model, result = train_autoencoder(*data["train"], *data["val"], params)
+        config = {
+            "kind": "autoencoder",
+            "input_size": size,
+            "planes": list(M.PLANES),
+            "threshold": result["threshold"],
+            "val_mse": result["val_mse"],
+            "threshold_percentile": params["threshold_percentile"],
+            **crop_params,
+        }
+        with atomic_dir(root / MODEL_DIR) as tmp:
+            M.save_model_dir(model, tmp, config)
+        times = result["epoch_times_s"]
+        report = {k: v for k, v in result.items() if k != "epoch_times_s"}
+        report |= {
+            "val_mse_neg": -result["val_mse"],
+            "epoch_time_s_mean": float(np.mean(times)),
+            "train_time_s": float(np.sum(times)),
+            "epoch_times_s": times,
+        }
+        tracking.log_metrics({k: v for k, v in report.items() if not isinstance(v, list)})
+        decision = M.publish(
+            root / MODEL_DIR,
+            LOADER,
+            params["registered_name"],
+            {k: report[k] for k in ("val_mse", "val_mse_neg", "threshold")},
+            params["promote_metric"],
+            params["promote_margin"],
+            [root / CROPS, root / MANIFEST],
+            {"params": params, **crop_params},
+        )
+    write_json(root / REPORT, report)
+    log.info(
+        "val MSE %.5f, threshold %.5f; %s",
+        report["val_mse"],
+        report["threshold"],
+        decision["reason"],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Browser end to end: the Prefect UI shows the scheduled retraining, the MLflow UI the champions.
+
+Real processes on free loopback ports: ``prefect server start``, ``python -m flows.deploy``
+(serving the deployments), ``mlflow server`` on sqlite; headless chromium (apt) driven by
+Playwright. Screenshots go to ``docs/screenshots/`` (shown in the README).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.integration.services import BIN, free_port, mlflow_server, require_env, stop, wait_http
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+SHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+MODELS = ["ctg-distress", "us-brain-autoencoder", "us-plane-classifier"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    chromium = require_env("FETAL_TEST_CHROMIUM", "chromium")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A Prefect server, then the served deployments; stopped serve first, server last."""
+    home = tmp_path_factory.mktemp("prefect")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api,
+        "PREFECT_UI_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # the scheduler creates the next runs within seconds instead of a minute
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+        "PYTHONPATH": str(ROOT),
+    }
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=open(home / "server.log", "w"), stderr=subprocess.STDOUT, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    serve = None
+    try:
+        wait_http(f"{api}/health", 120, server)
+        serve = subprocess.Popen(
+            [str(BIN / "python"), "-m", "flows.deploy"], cwd=ROOT, env=env,
+            stdout=open(home / "serve.log", "w"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        yield env
+    finally:
+        if serve is not None:
+            stop(serve)  # a serving process outliving its server hangs on shutdown
+        stop(server)
+
+
+def _api(env: dict[str, str], path: str, body: dict | None = None) -> object:
+    req = urllib.request.Request(
+        env["PREFECT_API_URL"] + path,
+        data=json.dumps(body or {}).encode(),
+        headers={"content-type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.load(resp)
+
+
+def _wait_for_scheduled_run(env: dict[str, str], timeout_s: float = 120) -> tuple[dict, dict]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        deps = {d["name"]: d for d in _api(env, "/deployments/filter")}
+        dep = deps.get("weekly-retraining")
+        if dep:
+            runs = _api(
+                env,
+                "/flow_runs/filter",
+                {"flow_runs": {"deployment_id": {"any_": [dep["id"]]},
+                               "state": {"type": {"any_": ["SCHEDULED"]}}},
+                 "sort": "EXPECTED_START_TIME_ASC", "limit": 1},
+            )  # fmt: skip
+            if runs:
+                return dep, runs[0]
+        time.sleep(1)
+    raise TimeoutError("no scheduled run of weekly-retraining appeared")
+
+
+def test_prefect_ui_shows_scheduled_retraining(browser, prefect_env):
+    dep, run = _wait_for_scheduled_run(prefect_env)
+    assert dep["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"
+    assert dep["global_concurrency_limit"]["limit"] == 1  # two retrainings never overlap
+    assert dep["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+
+    ui = prefect_env["PREFECT_API_URL"].removesuffix("/api")
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{ui}/deployments", timeout=60_000)
+    page.get_by_text("weekly-retraining").first.click(timeout=60_000)
+    page.get_by_text("Next Run").first.wait_for(timeout=60_000)
+    page.get_by_text(run["name"]).first.wait_for(timeout=30_000)  # the next scheduled run
+    body = page.inner_text("body")
+    assert "Scheduled" in body and "only on Monday" in body
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "prefect-weekly-retraining.png"))
+    page.goto(f"{ui}/deployments", timeout=60_000)
+    page.get_by_text("bedside").first.wait_for(timeout=60_000)
+    page.screenshot(path=str(SHOTS / "prefect-deployments.png"))
+    page.close()
+
+
+def test_mlflow_ui_shows_each_model_with_its_champion(browser, tmp_path: Path, monkeypatch):
+    from flows.tasks import log_baseline_model
+    from stages.common import tracking
+
+    db = tmp_path / "mlflow.db"
+    with mlflow_server(f"sqlite:///{db}", tmp_path / "artifacts", tmp_path / "mlflow.log") as url:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        with tracking.run("e2e", "baseline"):
+            uri = log_baseline_model(str(tmp_path / "config.json"))
+        for name in MODELS:
+            for score, key in [(0.70, "a"), (0.80, "b")]:
+                v = tracking.register_model(
+                    uri, name, {"cv_auc": score, "eval_data_hash": "h"}, key
+                )
+                tracking.promote_if_better(name, v, "cv_auc", 0.005)
+
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(f"{url}/#/models", timeout=60_000)
+        for name in MODELS:
+            page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "mlflow-registered-models.png"))
+        for name in MODELS:
+            page.goto(f"{url}/#/models/{name}", timeout=60_000)
+            page.get_by_text("@ champion").or_(page.get_by_text("champion")).first.wait_for(
+                timeout=60_000
+            )
+            body = page.inner_text("body")
+            assert "champion" in body and "challenger" in body, body[:2000]
+            if name == MODELS[0]:
+                page.screenshot(path=str(SHOTS / "mlflow-ctg-distress-champion.png"))
+        page.close()

@@ -1,0 +1,107 @@
+"""Test helpers for real services: free ports, an MLflow server, the CI-provided PostgreSQL.
+
+``.ci/services.sh`` starts PostgreSQL and checks chromium, exporting ``FETAL_TEST_POSTGRES_URI``
+and ``FETAL_TEST_CHROMIUM``. Locally a missing service skips the test with the reason; in CI
+(``CI=true``) it fails it, so a broken service setup can never pass silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def require_env(var: str, what: str) -> str:
+    """The value of ``var``; skip locally (fail in CI) when it is unset or empty."""
+    value = os.environ.get(var, "").strip()
+    if value:
+        return value
+    message = f"{what} not available: {var} is unset (run `source .ci/services.sh`)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until it answers 200; fail early when ``proc`` died."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except Exception as exc:  # not up yet
+            last = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout_s} s: {last}")
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 15) -> None:
+    """SIGTERM the process group (servers fork workers), then SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, artifacts: Path, log: Path) -> Iterator[str]:
+    """``mlflow server`` on a free loopback port; yields its URL."""
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri,
+             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "1"],
+            stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", 120, proc)
+        yield url
+    finally:
+        stop(proc)
+
+
+def create_database(admin_uri: str, prefix: str) -> str:
+    """A fresh database on the PostgreSQL server of ``admin_uri``; returns its URI."""
+    import uuid
+
+    import psycopg2
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    conn = psycopg2.connect(admin_uri)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    return admin_uri.rsplit("/", 1)[0] + "/" + name

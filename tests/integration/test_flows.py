@@ -1,0 +1,193 @@
+"""The training flow on a toy two-branch pipeline: real ``dvc repro`` and registry, Prefect API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from flows import training
+from stages.common import tracking
+from tests.conftest import ROOT, set_params
+from tests.integration.toy_pipeline import install_toy_pipeline
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture
+def toy(toy_repo: Path, tmp_path: Path) -> Path:
+    install_toy_pipeline(toy_repo, remote=tmp_path / "remote")
+    return toy_repo
+
+
+def _artifact_markdown(key: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=1
+        )
+    assert arts, f"no Prefect artifact with key {key}"
+    return arts[0].data
+
+
+@pytest.mark.unit
+def test_stage_order_follows_data_dependencies_of_the_real_pipeline():
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    order = training.stage_order(pipeline)
+    assert sorted(order) == sorted(pipeline["stages"])
+    pos = {s: i for i, s in enumerate(order)}
+    for up, down in [
+        ("ingest_ctg", "validate_ctg"),
+        ("validate_ctg", "preprocess_ctg"),
+        ("split_ctg", "train_ctg"),
+        ("train_ctg", "evaluate_ctg"),
+        ("enhance_us", "segment_us"),
+        ("segment_us", "split_planes_us"),
+        ("train_plane_classifier_us", "evaluate_us"),
+    ]:
+        assert pos[up] < pos[down], (up, down, order)
+    plan = training.branches(order)
+    assert set(plan) == {"ctg", "us"}
+    assert all(s.endswith("_ctg") for s in plan["ctg"])
+    assert all(s.endswith("_us") for s in plan["us"])
+
+
+@pytest.mark.unit
+def test_stage_order_rejects_a_cycle():
+    cyclic = {
+        "stages": {
+            "a": {"deps": ["y"], "outs": ["x"]},
+            "b": {"deps": ["x"], "outs": ["y"]},
+        }
+    }
+    with pytest.raises(ValueError, match="cycle"):
+        training.stage_order(cyclic)
+
+
+def test_training_flow_reproduces_promotes_by_margin_and_pushes(toy: Path, prefect_api):
+    set_params(toy, {"prep_ctg": {"sleep_s": 2}, "prep_us": {"sleep_s": 2}})
+    out = training.training_flow(repo=str(toy), retries=0)
+
+    # every stage ran once, through DVC: dvc.lock holds the lineage of all five
+    assert {s["stage"] for s in out["stages"]} == set(
+        yaml.safe_load((toy / "dvc.yaml").read_text())["stages"]
+    )
+    lock = yaml.safe_load((toy / "dvc.lock").read_text())["stages"]
+    assert set(lock) == {"prep_ctg", "train_ctg", "evaluate_ctg", "prep_us", "train_us"}
+    # the CTG and US branches overlapped in time (each prep sleeps 2 s)
+    t = {s: json.loads((toy / f"data/times/{s}.json").read_text()) for s in ("prep_ctg", "prep_us")}
+    overlap = min(t["prep_ctg"]["end"], t["prep_us"]["end"]) - max(
+        t["prep_ctg"]["start"], t["prep_us"]["start"]
+    )
+    assert overlap > 0.5, t
+    # first model becomes champion; the table is published (Prefect + file logged to MLflow)
+    assert tracking.alias_version("toy-ctg", "champion") == "1"
+    assert out["decisions"][0]["promoted"] is True
+    assert "PROMOTED" in _artifact_markdown("registry-comparison")
+    # dvc push filled the local remote with the cached outputs
+    assert any(p.is_file() for p in (toy.parent / "remote").rglob("*"))
+
+    # nothing changed: no stage runs, no new version, champion unchanged
+    again = training.training_flow(repo=str(toy), retries=0, push=False)
+    assert not any(s["ran"] for s in again["stages"])
+    assert len(tracking.compare_versions("toy-ctg")) == 1
+
+    # a challenger better by less than the margin (0.003 < 0.005) is registered, not promoted
+    set_params(toy, {"train_ctg": {"score": 0.703}})
+    out = training.training_flow(repo=str(toy), retries=0, push=False)
+    ran = {s["stage"] for s in out["stages"] if s["ran"]}
+    assert ran == {"train_ctg", "evaluate_ctg"}  # only what changed
+    assert tracking.alias_version("toy-ctg", "challenger") == "2"
+    assert tracking.alias_version("toy-ctg", "champion") == "1"
+    assert "not more than margin" in out["decisions"][0]["reason"]
+
+
+def test_failed_stage_promotes_nothing_and_champion_stays(toy: Path, prefect_api):
+    training.training_flow(repo=str(toy), retries=0, push=False)
+    assert tracking.alias_version("toy-ctg", "champion") == "1"
+    # a much better model is trained, but its evaluation fails: it must not become champion
+    set_params(toy, {"train_ctg": {"score": 0.95}, "evaluate_ctg": {"fail": True}})
+    with pytest.raises(Exception, match="evaluate_ctg"):
+        training.training_flow(repo=str(toy), retries=0, push=False)
+    assert tracking.alias_version("toy-ctg", "champion") == "1"
+    assert not (toy / "data/reports/evaluate_ctg.json").exists() or json.loads(
+        (toy / "data/reports/evaluate_ctg.json").read_text()
+    )["auc"] == pytest.approx(0.70)
+    # evaluation fixed: the rerun completes and now promotes the better model
+    set_params(toy, {"evaluate_ctg": {"fail": False}})
+    training.training_flow(repo=str(toy), retries=0, push=False)
+    assert tracking.alias_version("toy-ctg", "champion") == "2"
+    assert len(tracking.compare_versions("toy-ctg")) == 2
+
+
+# --------------------------------------------------------------------------- monitoring
+
+
+def _champion_baseline(tmp_path: Path, name: str = "toy-ctg-monitor") -> str:
+    from flows.tasks import log_baseline_model
+
+    with tracking.run("monitor-test", "baseline"):
+        uri = log_baseline_model(str(tmp_path / "config.json"))
+    v = tracking.register_model(uri, name, {"cv_auc": 0.5, "eval_data_hash": "h"}, "k")
+    tracking.promote_if_better(name, v, "cv_auc", 0.0)
+    return f"models:/{name}@champion"
+
+
+@pytest.mark.unit
+def test_window_ends_and_crossings():
+    from flows.monitor import crossings, window_ends
+
+    assert window_ends(4 * 60 * 9, 4.0, 10, 5) == []
+    assert window_ends(4 * 60 * 22, 4.0, 10, 5) == [10, 15, 20]
+    assert list(crossings(np.array([0.1, 0.6, 0.7, 0.2, 0.9]), 0.5)) == [1, 4]
+
+
+def test_monitor_follows_a_replayed_recording_and_alerts(tmp_path: Path, prefect_api):
+    import threading
+
+    from flows import monitor, replay
+    from tests.synth_ctg import write_ctg_record
+
+    # 60 min at 4 Hz: normal (140 bpm) then bradycardia (95 bpm) from minute 32
+    rng = np.random.default_rng(0)
+    n = 60 * 60 * 4
+    fhr_bpm = 140 + rng.normal(0, 3, n)
+    fhr_bpm[32 * 240 :] = 95 + rng.normal(0, 3, n - 32 * 240)
+    fhr_bpm[5 * 240 : 6 * 240] = 300.0  # minute 5: an implausible chunk, kept as signal loss
+    uc = np.clip(20 + rng.normal(0, 2, n), 0, 100)
+    write_ctg_record(tmp_path / "rec", "2001", np.round(fhr_bpm * 4) / 4, uc, ph=7.0)
+    uri = _champion_baseline(tmp_path)
+    live = tmp_path / "live"
+
+    feeder = threading.Thread(
+        target=replay.main, args=([str(tmp_path / "rec" / "2001"), str(live), "--speed", "600"],)
+    )
+    feeder.start()
+    result = monitor.monitor_flow(
+        str(live), model_uri=uri, threshold=0.5, window_min=10, step_min=5, poll_s=0.2,
+        idle_timeout_s=30,
+    )  # fmt: skip
+    feeder.join()
+
+    timeline = pd.read_csv(result["timeline"])
+    assert list(timeline["t_end_min"]) == [float(t) for t in range(10, 61, 5)]
+    assert result["alerts_min"] == [40.0]  # window 30-40 min is 80 % bradycardia
+    assert (timeline["probability"][timeline["t_end_min"] <= 30] < 0.5).all()
+    assert (timeline["probability"][timeline["t_end_min"] >= 45] > 0.9).all()
+    assert result["bad_chunks"] == ["chunk_00005.csv"]
+    assert timeline["fhr_loss_frac"].iloc[0] == pytest.approx(0.1, abs=0.01)
+    assert "40 min" in _artifact_markdown("labour-alert")

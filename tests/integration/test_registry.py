@@ -1,0 +1,46 @@
+"""``fetal compare-models``: versions side by side with the champion named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows import registry
+from flows.tasks import log_baseline_model
+from stages.common import tracking
+
+pytestmark = pytest.mark.integration
+
+
+def test_compare_models_prints_versions_side_by_side(tmp_path: Path, capsys):
+    with tracking.run("registry-test", "baseline", params={"brady_bpm": 110}):
+        tracking.log_metrics({"cv_auc": 0.7})
+        uri = log_baseline_model(str(tmp_path / "config.json"))
+    for score, key, ehash in [(0.70, "a", "h1"), (0.76, "b", "h1")]:
+        v = tracking.register_model(
+            uri, "cmp-model", {"cv_auc": score, "eval_data_hash": ehash}, key
+        )
+        tracking.promote_if_better("cmp-model", v, "cv_auc", 0.005)
+
+    assert registry.main(["cmp-model"]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert header == ["field", "v2", "v1"]  # newest first
+    line = {ln.split()[0]: ln.split()[1:] for ln in out.splitlines()[2:] if ln.strip()}
+    assert line["cv_auc"] == ["0.76", "0.7"]
+    assert line["eval_data_hash"] == ["h1", "h1"]
+    assert line["aliases"] == ["challenger,champion"]  # v1 has no alias left: empty cell
+    assert "param.brady_bpm" in line and "git_commit" in line
+    assert "champion is v2" in out
+
+    assert registry.main(["cmp-model", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["version"] for r in rows] == [2, 1]
+
+
+def test_compare_models_unknown_name_fails_clearly(capsys):
+    assert registry.main(["no-such-model"]) == 1
+    err = capsys.readouterr().err
+    assert "no-such-model" in err and "cannot read" in err

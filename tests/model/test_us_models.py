@@ -1,0 +1,92 @@
+"""Behaviour of the ultrasound models on tiny seeded synthetic heads (no real data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stages.ultrasound import models as M
+from stages.ultrasound.segment import Segmentation, brain_crop
+from tests.synth_us import phantom_head
+
+SIZE = 32
+
+
+def _crops(n_per_plane: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Head crops (N, SIZE, SIZE) of phantom heads with each plane's feature, and labels."""
+    rng = np.random.default_rng(seed)
+    crops, labels = [], []
+    for k, plane in enumerate(M.PLANES):
+        for _ in range(n_per_plane):
+            a = rng.uniform(50, 60)
+            img, e = phantom_head(
+                (150, 200), axes=(a, a * rng.uniform(0.75, 0.9)), angle=rng.uniform(0, np.pi),
+                seed=int(rng.integers(1 << 31)), feature=plane, noise=0.15,
+            )
+            seg = Segmentation(True, e, img.shape, skull_px=0.06 * a)
+            crops.append(brain_crop(img, seg, SIZE))
+            labels.append(k)
+    return np.stack(crops), np.array(labels)
+
+
+@pytest.fixture(scope="module")
+def heads() -> dict[str, np.ndarray]:
+    x_tr, y_tr = _crops(12, seed=0)
+    x_te, y_te = _crops(4, seed=1)
+    return {"x_tr": x_tr, "y_tr": y_tr, "x_te": x_te, "y_te": y_te}
+
+
+def _train_classifier(x: np.ndarray, y: np.ndarray, seed: int, epochs: int = 30):
+    import keras
+
+    M.seed_everything(seed)
+    aug = {"flip": "horizontal", "brightness": 0.1}
+    model = M.build_plane_classifier(SIZE, 3, (8, 16, 16), 0.1, 3e-3, aug, seed=seed)
+    model.fit(M.to_unit_float(x, SIZE), keras.utils.to_categorical(y, 3), epochs=epochs,
+              batch_size=12, verbose=0, shuffle=True)
+    return model
+
+
+@pytest.mark.model
+def test_autoencoder_reconstructs_heads_better_than_blank_or_noise(heads) -> None:
+    from stages.ultrasound.train_autoencoder import train_autoencoder
+
+    params = {"seed": 0, "input_size": SIZE, "filters": [8, 16, 16], "epochs": 60,
+              "batch_size": 8, "learning_rate": 3e-3, "threshold_percentile": 95}
+    x_tr = M.to_unit_float(heads["x_tr"], SIZE)
+    x_te = M.to_unit_float(heads["x_te"], SIZE)
+    p_tr = M.plane_one_hot([M.PLANES[i] for i in heads["y_tr"]])
+    p_te = M.plane_one_hot([M.PLANES[i] for i in heads["y_te"]])
+    model, res = train_autoencoder(x_tr, p_tr, x_te, p_te, params)
+    normal = M.reconstruction_mse(model, x_te, p_te)
+    rng = np.random.default_rng(2)
+    noise = rng.random(x_te.shape).astype(np.float32)
+    blank = np.full_like(x_te, 0.5)
+    inverted = 1.0 - x_te
+    for name, bad in {"noise": noise, "blank": blank, "inverted": inverted}.items():
+        err = M.reconstruction_mse(model, bad, p_te)
+        assert np.median(err) > 2 * np.median(normal), name
+        assert np.mean(err > res["threshold"]) >= 0.9, name
+    assert res["threshold"] >= np.percentile(normal, 90) - 1e-9
+    assert len(res["epoch_times_s"]) == params["epochs"]
+
+
+@pytest.mark.model
+def test_classifier_is_deterministic_with_seed(heads) -> None:
+    x = M.to_unit_float(heads["x_te"], SIZE)
+    p1 = M.predict_planes(_train_classifier(heads["x_tr"], heads["y_tr"], 3, epochs=4), x)
+    p2 = M.predict_planes(_train_classifier(heads["x_tr"], heads["y_tr"], 3, epochs=4), x)
+    p3 = M.predict_planes(_train_classifier(heads["x_tr"], heads["y_tr"], 4, epochs=4), x)
+    np.testing.assert_allclose(p1, p2, atol=1e-6)
+    assert not np.allclose(p1, p3, atol=1e-6)
+
+
+@pytest.mark.model
+def test_small_brightness_change_does_not_flip_planes(heads) -> None:
+    model = _train_classifier(heads["x_tr"], heads["y_tr"], 0)
+    x = M.to_unit_float(heads["x_te"], SIZE)
+    base = M.predict_planes(model, x, tta=True).argmax(1)
+    assert np.mean(base == heads["y_te"]) >= 0.75  # the tiny model did learn the planes
+    for delta in (-0.04, 0.04):
+        moved = M.predict_planes(model, np.clip(x + delta, 0, 1), tta=True).argmax(1)
+        assert np.mean(moved == base) >= 0.9, delta

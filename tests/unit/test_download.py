@@ -1,0 +1,209 @@
+"""Downloads against a local threaded HTTP server serving a synthetic PhysioNet-layout mirror."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from stages.common.download import (
+    ChecksumError,
+    DownloadError,
+    UnsafeArchiveError,
+    download_file,
+    parse_sha256sums,
+    safe_extract_zip,
+    sha256_file,
+)
+from stages.ctg.ingest import IngestError, run_ingest
+from tests.synth_ctg import make_ctg_mirror
+
+pytestmark = pytest.mark.unit
+
+HTTP = {"timeout_s": 10, "retries": 2}
+
+
+@dataclass
+class ServerState:
+    """What the handler saw and how it should misbehave."""
+
+    range_requests: list[str] = field(default_factory=list)
+    fail_next: dict[str, int] = field(default_factory=dict)  # path -> number of 500s to send
+    requests: list[str] = field(default_factory=list)
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with HTTP Range support (PhysioNet's server honours Range too)."""
+
+    state: ServerState
+
+    def log_message(self, *args: object) -> None:  # keep test output quiet
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server API
+        self.state.requests.append(self.path)
+        if self.state.fail_next.get(self.path, 0) > 0:
+            self.state.fail_next[self.path] -= 1
+            self.send_error(500, "flaky")
+            return
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404, "not found")
+            return
+        data = path.read_bytes()
+        rng = self.headers.get("Range")
+        if rng:
+            self.state.range_requests.append(f"{self.path} {rng}")
+            start = int(rng.split("=")[1].split("-")[0])
+            if start >= len(data):
+                self.send_error(416, "range not satisfiable")
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            data = data[start:]
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Path:
+    return make_ctg_mirror(tmp_path / "mirror", n_records=4, seed=3, duration_min=(5, 8))
+
+
+@pytest.fixture
+def server(mirror: Path) -> Iterator[tuple[str, ServerState]]:
+    """A threaded HTTP server on 127.0.0.1 (random port) serving the mirror's parent folder."""
+    state = ServerState()
+    handler = type("Handler", (RangeHandler,), {"state": state})
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(handler, directory=str(mirror.parent))
+    )
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/ctu-uhb/", state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def test_parse_sha256sums_formats() -> None:
+    h = "a" * 64
+    sums = parse_sha256sums(f"{h} 1001.hea\n{h}  1001.dat\n{h} *RECORDS\nnot a line\n")
+    assert sums == {"1001.hea": h, "1001.dat": h, "RECORDS": h}
+
+
+def test_ingest_over_http_then_skip_on_rerun(
+    server: tuple[str, ServerState], mirror: Path, tmp_path: Path
+) -> None:
+    url, _ = server
+    out = tmp_path / "raw"
+    out.mkdir()
+    report = run_ingest(url, out, {**HTTP, "max_records": 0})
+    assert report["n_records"] == 4 and report["n_quarantined"] == 0
+    assert report["bytes_transferred"] == report["bytes_total"] > 0
+    for name in (mirror / "RECORDS").read_text().split():
+        for ext in (".hea", ".dat"):
+            assert sha256_file(out / f"{name}{ext}") == sha256_file(mirror / f"{name}{ext}")
+    assert not list(out.glob("*.part"))
+    again = run_ingest(url, out, {**HTTP, "max_records": 2})
+    assert again["n_records"] == 2 and again["n_files_skipped"] == 4
+    assert again["bytes_transferred"] == 0
+    assert (out / "RECORDS").read_text().split() == ["1001", "1002"]
+    assert not (out / "1004.dat").exists()  # beyond max_records: removed
+
+
+def test_wrong_checksum_is_named_and_quarantined(
+    server: tuple[str, ServerState], mirror: Path, tmp_path: Path
+) -> None:
+    url, _ = server
+    dat = mirror / "1002.dat"
+    dat.write_bytes(dat.read_bytes()[::-1])  # corrupt after SHA256SUMS.txt was written
+    sums = parse_sha256sums((mirror / "SHA256SUMS.txt").read_text())
+    with pytest.raises(ChecksumError, match="1002.dat"):
+        download_file(url + "1002.dat", tmp_path / "one" / "1002.dat", sums["1002.dat"])
+    assert not (tmp_path / "one" / "1002.dat").exists()
+    assert not (tmp_path / "one" / "1002.dat.part").exists()
+    out = tmp_path / "raw"
+    out.mkdir()
+    report = run_ingest(url, out, {**HTTP, "max_fail_fraction": 0.5})
+    assert report["n_records"] == 3
+    [row] = report["quarantined"]
+    assert row["item"] == "1002" and "checksum mismatch for 1002.dat" in row["reason"]
+    assert "1002" not in (out / "RECORDS").read_text().split()
+
+
+def test_resume_part_file_with_range(
+    server: tuple[str, ServerState], mirror: Path, tmp_path: Path
+) -> None:
+    url, state = server
+    src = (mirror / "1001.dat").read_bytes()
+    dest = tmp_path / "dl" / "1001.dat"
+    dest.parent.mkdir()
+    half = len(src) // 2
+    (dest.parent / "1001.dat.part").write_bytes(src[:half])
+    result = download_file(url + "1001.dat", dest, sha256_file(mirror / "1001.dat"), **HTTP)
+    assert result.resumed and result.transferred_bytes == len(src) - half
+    assert dest.read_bytes() == src
+    assert state.range_requests == [f"/ctu-uhb/1001.dat bytes={half}-"]
+
+
+def test_retries_server_errors_and_fails_fast_on_404(
+    server: tuple[str, ServerState], mirror: Path, tmp_path: Path
+) -> None:
+    url, state = server
+    state.fail_next["/ctu-uhb/1003.hea"] = 2
+    digest = sha256_file(mirror / "1003.hea")
+    result = download_file(url + "1003.hea", tmp_path / "1003.hea", digest, backoff_s=0.0, **HTTP)
+    assert result.size_bytes > 0 and state.requests.count("/ctu-uhb/1003.hea") == 3
+    with pytest.raises(DownloadError, match="nope.dat.*404"):
+        download_file(url + "nope.dat", tmp_path / "nope.dat", None, backoff_s=0.0, **HTTP)
+    assert state.requests.count("/ctu-uhb/nope.dat") == 1
+
+
+def test_missing_or_empty_records_give_clear_errors(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DownloadError, match="cannot read RECORDS"):
+        run_ingest(empty, tmp_path / "out", HTTP)
+    (empty / "RECORDS").write_text("\n")
+    with pytest.raises(IngestError, match="lists no records"):
+        run_ingest(empty, tmp_path / "out", HTTP)
+
+
+def _zip(path: Path, entries: dict[str, bytes], symlink: str | None = None) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = 0o120777 << 16  # S_IFLNK
+            zf.writestr(info, "/etc/passwd")
+    return path
+
+
+def test_safe_extract_rejects_traversal_absolute_and_symlinks(tmp_path: Path) -> None:
+    good = _zip(tmp_path / "good.zip", {"a/b.png": b"x", "c.csv": b"1,2"})
+    files = safe_extract_zip(good, tmp_path / "out")
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in files) == ["a/b.png", "c.csv"]
+    bad = {
+        "dotdot": _zip(tmp_path / "d.zip", {"ok.txt": b"1", "../evil.txt": b"x"}),
+        "absolute": _zip(tmp_path / "a.zip", {"/tmp/evil.txt": b"x"}),
+        "symlink": _zip(tmp_path / "s.zip", {"ok.txt": b"1"}, symlink="link"),
+    }
+    for case, path in bad.items():
+        dest = tmp_path / f"bad_{case}"
+        with pytest.raises(UnsafeArchiveError, match=path.name):
+            safe_extract_zip(path, dest)
+        assert not dest.exists(), case  # nothing written before the check
+    assert not (tmp_path / "evil.txt").exists()

@@ -1,0 +1,129 @@
+"""``fetal score-us`` on unseen synthetic images, with tiny local models (no registry)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from stages.common.params import load_params
+from stages.ultrasound import models as M
+from stages.ultrasound.imaging import ramanujan_perimeter
+from tests.conftest import ROOT
+from tests.synth_us import phantom_head, phantom_non_brain
+
+SHAPE = (150, 210)
+
+
+def _model_dirs(folder: Path) -> tuple[Path, Path]:
+    """Untrained tiny models saved as the stages save them (the CLI path is what is tested)."""
+    crop = {
+        "enhance_us": load_params("enhance_us", ROOT / "params.yaml"),
+        "segment_us": load_params("segment_us", ROOT / "params.yaml"),
+    }
+    M.seed_everything(0)
+    plane_dir, ae_dir = folder / "plane", folder / "ae"
+    M.save_model_dir(
+        M.build_plane_classifier(32, 3, (4, 8)),
+        plane_dir,
+        {"input_size": 32, "planes": list(M.PLANES), "tta": True, **crop},
+    )
+    M.save_model_dir(
+        M.build_autoencoder(32, (4, 8)),
+        ae_dir,
+        {"input_size": 32, "planes": list(M.PLANES), "threshold": 0.01, **crop},
+    )
+    return plane_dir, ae_dir
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from stages.ultrasound.score import main
+
+    tmp = tmp_path_factory.mktemp("score_us")
+    plane_dir, ae_dir = _model_dirs(tmp / "models")
+    images = tmp / "images"
+    images.mkdir()
+    truth = {}
+    for i, plane in enumerate(M.PLANES):
+        img, e = phantom_head(SHAPE, axes=(60 + 5 * i, 50), angle=0.4 * i, seed=100 + i,
+                              feature=plane)
+        Image.fromarray(img).save(images / f"head_{i}.png")
+        truth[f"head_{i}"] = e
+    Image.fromarray(phantom_head(SHAPE, seed=7)[0]).save(images / "head_jpg.jpg", quality=95)
+    Image.fromarray(phantom_non_brain(SHAPE, seed=3)).save(images / "abdomen.png")
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (images / "notes.txt").write_text("ignored")
+    pixel_csv = tmp / "px.csv"
+    pixel_csv.write_text(
+        "filename,pixel size(mm),head circumference (mm)\r\n"
+        "head_0.png,0.2,1\r\nhead_1.png,0.1,1\r\n"
+    )
+    out, masks = tmp / "preds.csv", tmp / "masks"
+    rc = main([str(images), "--out", str(out), "--pixel-size-csv", str(pixel_csv),
+               "--masks-out", str(masks), "--plane-model", str(plane_dir),
+               "--ae-model", str(ae_dir)])
+    return {"rc": rc, "preds": pd.read_csv(out), "masks": masks, "truth": truth}
+
+
+@pytest.mark.unit
+def test_scores_every_readable_image_and_reports_the_broken_one(scored, capsys) -> None:
+    preds = scored["preds"]
+    assert scored["rc"] == 0
+    assert list(preds.columns) == ["image", "plane", "plane_probability", "anomaly_score",
+                                   "anomalous", "hc_mm"]
+    assert sorted(preds["image"]) == sorted(
+        ["head_0.png", "head_1.png", "head_2.png", "head_jpg.jpg", "abdomen.png"]
+    )
+    assert set(preds["plane"]) <= set(M.PLANES)
+    assert preds["plane_probability"].between(1 / 3 - 1e-6, 1).all()
+    assert (preds["anomaly_score"] > 0).all()
+    assert preds["anomalous"].isin([True, False]).all()
+
+
+@pytest.mark.unit
+def test_hc_only_with_pixel_size_and_close_to_truth(scored) -> None:
+    preds = scored["preds"].set_index("image")
+    assert preds.loc[["head_2.png", "head_jpg.jpg", "abdomen.png"], "hc_mm"].isna().all()
+    for name, px in (("head_0", 0.2), ("head_1", 0.1)):
+        e = scored["truth"][name]
+        true_mm = ramanujan_perimeter(e.a, e.b) * px
+        assert math.isclose(preds.loc[f"{name}.png", "hc_mm"], true_mm, rel_tol=0.1)
+
+
+@pytest.mark.unit
+def test_masks_have_image_size_and_binary_values(scored) -> None:
+    masks = sorted(p.name for p in scored["masks"].iterdir())
+    assert masks == sorted(["head_0.png", "head_1.png", "head_2.png", "head_jpg.png",
+                            "abdomen.png"])
+    for name, e in scored["truth"].items():
+        m = np.asarray(Image.open(scored["masks"] / f"{name}.png"))
+        assert m.shape == SHAPE and m.dtype == np.uint8
+        assert set(np.unique(m)) == {0, 255}
+        # the mask covers the true head: area within 20 % of the ellipse's
+        assert abs((m > 0).sum() / (math.pi * e.a * e.b) - 1) < 0.2
+        assert m[int(e.cy), int(e.cx)] == 255 and m[0, 0] == 0
+
+
+@pytest.mark.unit
+def test_missing_folder_is_an_error(tmp_path: Path) -> None:
+    from stages.ultrasound.score import main
+
+    assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "p.csv")]) == 2
+
+
+@pytest.mark.unit
+def test_scorer_api_scores_one_array(tmp_path: Path) -> None:
+    from stages.ultrasound.score import load_scorer
+
+    plane_dir, ae_dir = _model_dirs(tmp_path)
+    scorer = load_scorer(str(plane_dir), str(ae_dir))
+    img = phantom_head((330, 480), seed=1, feature="Trans-thalamic")[0]
+    first, again = scorer.score_image(img, pixel_mm=0.1), scorer.score_image(img, pixel_mm=0.1)
+    assert first["plane"] in M.PLANES and first["seg"].ok
+    assert first["anomaly_score"] == again["anomaly_score"]  # inference is deterministic
+    assert first["hc_mm"] > 0

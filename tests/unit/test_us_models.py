@@ -1,0 +1,161 @@
+"""Unit tests of the ultrasound plane split, model builders and evaluation helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages.ultrasound import models as M
+from stages.ultrasound.split_planes import (
+    assert_patient_disjoint,
+    build_manifest,
+    image_stem,
+    split_train_val,
+)
+
+
+def _labels(seed: int = 0, n_patients: int = 40) -> pd.DataFrame:
+    """A FETAL_PLANES_DB-like label table: patients with 1-4 images, both Train values."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(1, n_patients + 1):
+        train = int(rng.random() < 0.5)
+        for k in range(int(rng.integers(1, 5))):
+            brain = rng.random() < 0.85
+            plane = "Fetal brain" if brain else "Fetal femur"
+            bp = str(rng.choice(M.PLANES)) if brain else "Not A Brain"
+            rows.append((f"Patient{p:05d}_Plane3_{k + 1}_of_4", p, plane, bp, train))
+    return pd.DataFrame(rows, columns=["Image_name", "Patient_num", "Plane", "Brain_plane", "Train"])
+
+
+@pytest.mark.unit
+def test_manifest_is_patient_disjoint_and_test_is_train0() -> None:
+    labels = _labels()
+    usable = set(labels["Image_name"])
+    man = build_manifest(labels, usable, dict.fromkeys(usable, True), M.PLANES, 0.25, seed=1)
+    assert len(man) == len(labels)
+    sides = man.groupby("patient")["split"].nunique()
+    assert sides.max() == 1
+    merged = man.merge(labels.assign(image=labels["Image_name"]), on="image")
+    assert (merged["split"].eq("test") == merged["Train"].eq(0)).all()
+    assert set(man["split"]) == {"train", "val", "test"}
+    # val holds about val_fraction of the Train==1 patients
+    pool = man[man["split"] != "test"].groupby("patient")["split"].first()
+    assert 0.1 <= (pool == "val").mean() <= 0.4
+    assert man.loc[man["plane"].eq("Fetal femur"), "is_brain"].eq(False).all()
+
+
+@pytest.mark.unit
+def test_manifest_keeps_only_usable_and_segmented_brain_images() -> None:
+    labels = _labels(seed=3)
+    names = list(labels["Image_name"])
+    usable = set(names[::2])  # the others failed validation
+    seg_ok = {n: i % 3 != 0 for i, n in enumerate(names)}
+    man = build_manifest(labels, usable, seg_ok, M.PLANES, 0.2, seed=0)
+    assert set(man["image"]) <= usable
+    brain = man[man["is_brain"]]
+    assert brain["image"].map(seg_ok).all()
+    # non-brain images stay even when no skull was found (the anomaly evaluation uses them)
+    non_brain = labels[(labels["Plane"] != "Fetal brain") & labels["Image_name"].isin(usable)]
+    assert set(non_brain["Image_name"]) <= set(man["image"])
+
+
+@pytest.mark.unit
+def test_split_is_seeded_and_stratified() -> None:
+    patients = [f"P{i}" for i in range(30)]
+    strata = ["a"] * 20 + ["b"] * 10
+    s1 = split_train_val(patients, strata, 0.2, seed=5)
+    assert s1 == split_train_val(patients, strata, 0.2, seed=5)
+    assert s1 != split_train_val(patients, strata, 0.2, seed=6)
+    val = [p for p, side in s1.items() if side == "val"]
+    assert sum(p in patients[:20] for p in val) == 4
+    assert sum(p in patients[20:] for p in val) == 2
+
+
+@pytest.mark.data
+def test_leaked_patient_fails() -> None:
+    ok = pd.DataFrame({"patient": ["A", "A", "B"], "split": ["train", "train", "test"]})
+    assert_patient_disjoint(ok)
+    leaked = pd.DataFrame({"patient": ["A", "A", "B"], "split": ["train", "test", "test"]})
+    with pytest.raises(ValueError, match="A"):
+        assert_patient_disjoint(leaked)
+
+
+@pytest.mark.data
+def test_label_table_with_patient_in_both_train_values_fails() -> None:
+    labels = pd.DataFrame(
+        [("P1_a", 1, "Fetal brain", "Trans-thalamic", 1), ("P1_b", 1, "Fetal brain",
+         "Trans-cerebellum", 0), ("P2_a", 2, "Fetal brain", "Trans-thalamic", 1)],
+        columns=["Image_name", "Patient_num", "Plane", "Brain_plane", "Train"],
+    )
+    usable = set(labels["Image_name"])
+    with pytest.raises(ValueError, match="both"):
+        build_manifest(labels, usable, dict.fromkeys(usable, True), M.PLANES, 0.2, 0)
+
+
+@pytest.mark.unit
+def test_image_stem_and_crop_lookup() -> None:
+    assert image_stem("a/b/Patient1_x.png") == "Patient1_x"
+    assert image_stem("Patient1_x") == "Patient1_x"
+    images = np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4)
+    man = pd.DataFrame({"image": ["c", "a"]})
+    out = M.crops_for(man, np.array(["a.png", "b.png", "c.png"]), images)
+    assert np.array_equal(out, images[[2, 0]])
+    with pytest.raises(KeyError):
+        M.crops_for(pd.DataFrame({"image": ["zz"]}), np.array(["a"]), images[:1])
+
+
+@pytest.mark.unit
+def test_unit_float_and_one_hot() -> None:
+    x = M.to_unit_float(np.full((2, 20, 20), 255, np.uint8), 16)
+    assert x.shape == (2, 16, 16, 1) and x.dtype == np.float32
+    assert np.allclose(x, 1.0)
+    oh = M.plane_one_hot(["Trans-cerebellum", "Trans-thalamic"])
+    assert oh.tolist() == [[0, 1, 0], [1, 0, 0]]
+    with pytest.raises(KeyError):
+        M.plane_one_hot(["Fetal femur"])
+    w = M.class_weights(np.array([0, 0, 0, 1]), 3)
+    assert w[0] < w[1] and w[2] == 0.0
+
+
+@pytest.mark.unit
+def test_autoencoder_shapes() -> None:
+    model = M.build_autoencoder(32, (4, 8, 8))
+    x = np.random.default_rng(0).random((2, 32, 32, 1)).astype(np.float32)
+    out = np.asarray(model({"image": x, "plane": M.plane_one_hot(M.PLANES[:2])}))
+    assert out.shape == x.shape
+    assert out.min() >= 0 and out.max() <= 1
+    assert [layer.filters for layer in model.layers if type(layer).__name__ == "Conv2D"] == [
+        4, 8, 8, 8, 8, 4, 1,
+    ]
+    with pytest.raises(ValueError):
+        M.build_autoencoder(36, (4, 8, 8))
+
+
+@pytest.mark.unit
+def test_plane_classifier_shapes() -> None:
+    aug = {"shift": 0.1, "rotation_deg": 10, "flip": "horizontal", "brightness": 0.1, "contrast": 0.1}
+    model = M.build_plane_classifier(32, 3, (4, 8), augment=aug)
+    x = np.random.default_rng(0).random((5, 32, 32, 1)).astype(np.float32)
+    prob = M.predict_planes(model, x, tta=True)
+    assert prob.shape == (5, 3)
+    assert np.allclose(prob.sum(axis=1), 1.0, atol=1e-5)
+    # augmentation is off at inference: the same input gives the same output
+    assert np.allclose(prob, M.predict_planes(model, x, tta=True))
+
+
+@pytest.mark.unit
+def test_corruptions_keep_shape_and_change_images() -> None:
+    from stages.ultrasound.evaluate import CORRUPTIONS, anomaly_auc
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(40, 200, size=(4, 32, 32), dtype=np.uint8)
+    p = {"occlusion_frac": 0.3, "noise_std": 0.2}
+    for kind, fn in CORRUPTIONS.items():
+        y = fn(x, np.random.default_rng(1), p)
+        assert y.shape == x.shape and y.dtype == np.uint8, kind
+        assert not np.array_equal(y, x), kind
+    res = anomaly_auc(np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.6]), 50, 0)
+    assert res["auroc"] == 1.0
+    assert anomaly_auc(np.array([0.5, 0.6]), np.array([0.1, 0.2]), 50, 0)["auroc"] == 0.0
