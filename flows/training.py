@@ -178,9 +178,51 @@ def workspace_lock(repo: Path, logger: Any) -> Iterator[None]:
             logger.warning("another training run holds %s: waiting for it to finish", path)
             fcntl.flock(fh, fcntl.LOCK_EX)
         try:
+            released = release_stale_dvc_locks(repo)
+            if released:
+                logger.warning("released DVC locks of dead processes: %s", released)
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _is_dead(pid: int) -> bool:
+    """True when ``pid`` is gone or a zombie (killed, but never reaped by its new parent)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def release_stale_dvc_locks(repo: Path) -> list[int]:
+    """Drop entries of DVC's stage rwlock held by dead processes; the PIDs released.
+
+    DVC clears entries of processes that no longer exist, but a ``dvc`` killed in a container
+    whose PID 1 does not reap orphans stays a zombie, which DVC takes for a live holder: every
+    later ``dvc repro`` of those outputs then fails as "busy". Live holders are left alone.
+    """
+    from dvc.fs import localfs
+    from dvc.rwlock import _edit_rwlock  # DVC's own guarded editor (pinned dvc version)
+
+    lock_dir = repo / ".dvc" / "tmp"
+    if not (lock_dir / "rwlock").is_file():
+        return []
+    dead: set[int] = set()
+    with _edit_rwlock(str(lock_dir), localfs, False) as lock:
+        for path, info in list(lock["write"].items()):
+            if _is_dead(int(info["pid"])):
+                dead.add(int(info["pid"]))
+                del lock["write"][path]
+        for path, infos in list(lock["read"].items()):
+            keep = [i for i in infos if not _is_dead(int(i["pid"]))]
+            dead.update(int(i["pid"]) for i in infos if i not in keep)
+            if keep:
+                lock["read"][path] = keep
+            else:
+                del lock["read"][path]
+    return sorted(dead)
 
 
 # --------------------------------------------------------------------------- tasks

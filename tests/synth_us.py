@@ -106,8 +106,11 @@ def phantom_non_brain(
         base = np.where(r < 1, 90.0, base)
         base = np.where(np.hypot(xx - w / 2 - 20, yy - h / 2) < 0.05 * w, 10.0, base)
     elif kind == "Fetal femur":
-        base = np.where((np.abs(yy - h / 2 - 0.2 * (xx - w / 2)) < 6) & (np.abs(xx - w / 2) < 0.3 * w),
-                        230.0, base)
+        base = np.where(
+            (np.abs(yy - h / 2 - 0.2 * (xx - w / 2)) < 6) & (np.abs(xx - w / 2) < 0.3 * w),
+            230.0,
+            base,
+        )
     img = _speckle(shape, 1.0, 0.25, rng) * base
     return np.clip(img, 0, 255).astype(np.uint8)
 
@@ -149,7 +152,7 @@ def make_us_mirror(
     rows = ["Image_name,Patient_num,Plane,Brain_plane,Operator,US_Machine,Train"]
     k = 0
     for plane in BRAIN_PLANES + NON_BRAIN:
-        for i in range(n_per_plane):
+        for _i in range(n_per_plane):
             patient = 1 + k % max(2, (6 * n_per_plane) // 2)
             train = int(patient % 3 != 0)
             name = f"Patient{patient:05d}_Plane{3 if plane in BRAIN_PLANES else 1}_{k + 1}_of_99"
@@ -157,8 +160,11 @@ def make_us_mirror(
             if plane in BRAIN_PLANES:
                 a = shape[1] * rng.uniform(0.26, 0.32)
                 img, _ = phantom_head(
-                    shape, axes=(a, a * rng.uniform(0.75, 0.9)), angle=rng.uniform(0, np.pi),
-                    seed=img_seed, feature=plane,
+                    shape,
+                    axes=(a, a * rng.uniform(0.75, 0.9)),
+                    angle=rng.uniform(0, np.pi),
+                    seed=img_seed,
+                    feature=plane,
                 )
                 label, brain = "Fetal brain", plane
             else:
@@ -168,8 +174,10 @@ def make_us_mirror(
             rows.append(f"{name},{patient},{label},{brain},Op. 1,Voluson E6,{train}")
             k += 1
     for j in range(n_missing):
-        rows.append(f"Patient09{j:03d}_Plane3_1_of_1,{9000 + j},Fetal brain,Trans-thalamic,"
-                    f"Op. 1,Voluson E6,0")
+        rows.append(
+            f"Patient09{j:03d}_Plane3_1_of_1,{9000 + j},Fetal brain,Trans-thalamic,"
+            f"Op. 1,Voluson E6,0"
+        )
     (fp / "FETAL_PLANES_DB_data.csv").write_text("\n".join(rows) + "\n")
 
     hc = root / "hc18"
@@ -178,13 +186,17 @@ def make_us_mirror(
         name = f"{j * 7 + 2:03d}_HC"
         a = shape[1] * rng.uniform(0.22, 0.32)
         img, e = phantom_head(
-            shape, axes=(a, a * rng.uniform(0.75, 0.9)), angle=rng.uniform(0, np.pi),
-            seed=int(rng.integers(1 << 31)), feature="Trans-thalamic",
+            shape,
+            axes=(a, a * rng.uniform(0.75, 0.9)),
+            angle=rng.uniform(0, np.pi),
+            seed=int(rng.integers(1 << 31)),
+            feature="Trans-thalamic",
         )
         pixel_mm = float(rng.uniform(0.1, 0.3))
         _save(hc / "images" / f"{name}.png", img)
         _save(hc / "images" / f"{name}_Annotation.png", outline_annotation(shape, e))
-        lines.append(f"{name}.png,{pixel_mm!r},{ramanujan_perimeter(e.a, e.b) * pixel_mm!r}")
+        hc_mm = float(ramanujan_perimeter(e.a, e.b)) * pixel_mm
+        lines.append(f"{name}.png,{pixel_mm!r},{hc_mm!r}")
     with open(hc / "pixel_size_and_HC.csv", "w", newline="") as fh:
         fh.write("\r\n".join(lines) + "\r\n")
     return root

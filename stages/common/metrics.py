@@ -89,7 +89,9 @@ def binary_metrics(
     }
 
 
-def youden_threshold(y_true: Sequence[int] | np.ndarray, prob: Sequence[float] | np.ndarray) -> float:
+def youden_threshold(
+    y_true: Sequence[int] | np.ndarray, prob: Sequence[float] | np.ndarray
+) -> float:
     """The probability threshold maximising Youden's J = sensitivity + specificity - 1.
 
     Ties go to the highest threshold (fewest alerts). Choosing it on the data the metrics are
@@ -229,7 +231,8 @@ def multiclass_metrics(
     return {
         "accuracy": accuracy(y_true, y_pred),
         "macro_f1": macro_f1(y_true, y_pred, n_classes),
-        "balanced_accuracy": float(np.nanmean(recall)) if np.isfinite(recall).any()
+        "balanced_accuracy": float(np.nanmean(recall))
+        if np.isfinite(recall).any()
         else float("nan"),
         "n": int(cm.sum()),
     }

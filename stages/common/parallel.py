@@ -1,10 +1,11 @@
 """Run a function over many images on every core with Dask, one bad image never stopping the run.
 
 ``map_images(func, items, params_dask)`` uses a ``LocalCluster`` of processes (one worker per
-core, one thread each: scikit-image filters hold the GIL) unless ``params_dask["scheduler_address"]``
-names a running scheduler. Results come back in input order as :class:`Result` (value or error
-text), with a tqdm progress bar. Inputs shorter than ``serial_below`` run in a plain loop: a
-cluster takes seconds to start, more than a few images take to process.
+core, one thread each: scikit-image filters hold the GIL) unless
+``params_dask["scheduler_address"]`` names a running scheduler. Results come back in input
+order as :class:`Result` (value or error text), with a tqdm progress bar. Inputs shorter than
+``serial_below`` run in a plain loop: a cluster takes seconds to start, more than a few images
+take to process.
 """
 
 from __future__ import annotations

@@ -59,24 +59,25 @@ def pr_figure(
     return fig
 
 
-def calibration_figure(
-    tables: Mapping[str, Mapping[str, Any]], title: str = "Calibration"
-) -> Any:
+def calibration_figure(tables: Mapping[str, Mapping[str, Any]], title: str = "Calibration") -> Any:
     """Reliability diagram; ``tables`` maps a label to ``{predicted, observed}``."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     for label, t in tables.items():
         ax.plot(t["predicted"], t["observed"], marker="o", label=label)
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8, label="perfect")
-    ax.set(xlabel="mean predicted probability", ylabel="observed rate", title=title,
-           xlim=(0, 1), ylim=(0, 1))
+    ax.set(
+        xlabel="mean predicted probability",
+        ylabel="observed rate",
+        title=title,
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     ax.legend(loc="upper left", fontsize=8)
     return fig
 
 
-def confusion_figure(
-    cm: np.ndarray, labels: Sequence[str], title: str = "Confusion matrix"
-) -> Any:
+def confusion_figure(cm: np.ndarray, labels: Sequence[str], title: str = "Confusion matrix") -> Any:
     """Counts ``cm[actual, predicted]`` as an annotated heat map."""
     plt = _plt()
     cm = np.asarray(cm)
@@ -88,8 +89,14 @@ def confusion_figure(
     high = cm.max() / 2 if cm.size else 0
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
-                    color="white" if cm[i, j] > high else "black")
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                color="white" if cm[i, j] > high else "black",
+            )
     return fig
 
 
@@ -120,8 +127,13 @@ def ctg_risk_figure(
     fhr[fhr <= 0] = np.nan
     t_min = np.arange(fhr.size) / fs_hz / 60.0
     n_axes = 3 if risk is not None else 2
-    fig, axes = plt.subplots(n_axes, 1, figsize=(11, 2.2 * n_axes), sharex=True,
-                             gridspec_kw={"height_ratios": [2, 1, 1][:n_axes]})
+    fig, axes = plt.subplots(
+        n_axes,
+        1,
+        figsize=(11, 2.2 * n_axes),
+        sharex=True,
+        gridspec_kw={"height_ratios": [2, 1, 1][:n_axes]},
+    )
     axes[0].plot(t_min, fhr, lw=0.6, c="tab:red")
     axes[0].set(ylabel="FHR (bpm)", ylim=(50, 210), title=title)
     axes[0].axhspan(110, 160, color="tab:green", alpha=0.08)

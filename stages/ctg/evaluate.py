@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages.common import io, tracking
+from stages.common import io, plots, tracking
 from stages.common import metrics as M
-from stages.common import plots
 from stages.common.params import load_params, project_root
 
 log = logging.getLogger(__name__)
@@ -34,8 +33,16 @@ FOLDS = Path("data/processed/ctg/folds.csv")
 REPORT = Path("data/reports/evaluate_ctg.json")
 OUT_DIR = Path("data/reports/evaluate_ctg")
 # Thresholded metrics copied into the report (counts tp/fp/... go to the confusion CSV).
-REPORTED = ("auc", "sensitivity", "specificity", "balanced_accuracy", "precision", "f1",
-            "n_pos", "n_neg")
+REPORTED = (
+    "auc",
+    "sensitivity",
+    "specificity",
+    "balanced_accuracy",
+    "precision",
+    "f1",
+    "n_pos",
+    "n_neg",
+)
 
 
 def baseline_oof(
@@ -71,12 +78,17 @@ def baseline_oof(
 
 def operating_threshold(setting: Any, y: np.ndarray, prob: np.ndarray) -> tuple[float, str]:
     """(threshold, how it was chosen) from the ``operating_threshold`` param."""
-    rules = {"youden": lambda: (M.youden_threshold(y, prob),
-                                "youden on out-of-fold probabilities (optimistic)")}
+    rules = {
+        "youden": lambda: (
+            M.youden_threshold(y, prob),
+            "youden on out-of-fold probabilities (optimistic)",
+        )
+    }
     if isinstance(setting, str):
         if setting not in rules:
-            raise ValueError(f"operating_threshold {setting!r}: use one of {sorted(rules)} "
-                             "or a probability")
+            raise ValueError(
+                f"operating_threshold {setting!r}: use one of {sorted(rules)} or a probability"
+            )
         return rules[setting]()
     return float(setting), "fixed probability from params.yaml"
 
@@ -87,14 +99,18 @@ def ph_key(ph: float) -> str:
 
 
 def evaluate(
-    table: pd.DataFrame, scores: Mapping[str, np.ndarray], thresholds: Mapping[str, float],
-    ph_thresholds: list[float], n_bootstrap: int, seed: int,
+    table: pd.DataFrame,
+    scores: Mapping[str, np.ndarray],
+    thresholds: Mapping[str, float],
+    ph_thresholds: list[float],
+    n_bootstrap: int,
+    seed: int,
 ) -> dict[str, Any]:
     """Flat metrics ``{model}.{metric}`` (first pH) and ``{model}.{phNNN}.{metric}`` (others)."""
     out: dict[str, Any] = {}
     ph = table["ph"].to_numpy(float)
     for i, ph_t in enumerate(ph_thresholds):
-        y = (table["label"].to_numpy(int) if i == 0 else (ph < ph_t).astype(int))
+        y = table["label"].to_numpy(int) if i == 0 else (ph < ph_t).astype(int)
         for name, prob in scores.items():
             prefix = name if i == 0 else f"{name}.{ph_key(ph_t)}"
             ok = ~np.isnan(prob)
@@ -109,8 +125,12 @@ def evaluate(
     return out
 
 
-def write_curves(root: Path, table: pd.DataFrame, scores: Mapping[str, np.ndarray],
-                 thresholds: Mapping[str, float]) -> dict[str, Any]:
+def write_curves(
+    root: Path,
+    table: pd.DataFrame,
+    scores: Mapping[str, np.ndarray],
+    thresholds: Mapping[str, float],
+) -> dict[str, Any]:
     """DVC plot CSVs (the network) and PNG figures (network beside baseline); the figures."""
     y = table["label"].to_numpy(int)
     lstm = scores["lstm"]
@@ -119,20 +139,28 @@ def write_curves(root: Path, table: pd.DataFrame, scores: Mapping[str, np.ndarra
     io.write_csv(root / OUT_DIR / "calibration.csv", pd.DataFrame(M.calibration_table(y, lstm)))
     pred = (lstm >= thresholds["lstm"]).astype(int)
     names = np.array(["normal", "acidemic"])
-    io.write_csv(root / OUT_DIR / "confusion.csv",
-                 pd.DataFrame({"record": table["record"], "actual": names[y],
-                               "predicted": names[pred]}))
+    io.write_csv(
+        root / OUT_DIR / "confusion.csv",
+        pd.DataFrame({"record": table["record"], "actual": names[y], "predicted": names[pred]}),
+    )
     labels = {n: f"{n} (AUC {M.auc(y, p):.3f})" for n, p in scores.items()}
     figs = {
-        "roc.png": plots.roc_figure({labels[n]: M.roc_table(y, p) for n, p in scores.items()},
-                                    "ROC, out-of-fold"),
-        "pr.png": plots.pr_figure({labels[n]: M.pr_table(y, p) for n, p in scores.items()},
-                                  float(y.mean()), "Precision-recall, out-of-fold"),
+        "roc.png": plots.roc_figure(
+            {labels[n]: M.roc_table(y, p) for n, p in scores.items()}, "ROC, out-of-fold"
+        ),
+        "pr.png": plots.pr_figure(
+            {labels[n]: M.pr_table(y, p) for n, p in scores.items()},
+            float(y.mean()),
+            "Precision-recall, out-of-fold",
+        ),
         "calibration.png": plots.calibration_figure(
-            {n: M.calibration_table(y, p) for n, p in scores.items() if n != "signal_loss"}),
+            {n: M.calibration_table(y, p) for n, p in scores.items() if n != "signal_loss"}
+        ),
         "confusion.png": plots.confusion_figure(
-            M.confusion_matrix(y, pred, 2), list(names),
-            f"LSTM at threshold {thresholds['lstm']:.3f}"),
+            M.confusion_matrix(y, pred, 2),
+            list(names),
+            f"LSTM at threshold {thresholds['lstm']:.3f}",
+        ),
     }
     return figs
 
@@ -144,40 +172,58 @@ def main() -> None:
     oof = pd.read_csv(root / OOF, dtype={"record": str})
     feats = pd.read_csv(root / FEATURES, dtype={"record": str})
     recs = pd.read_csv(root / RECORDS, dtype={"record": str})
-    table = oof.merge(feats, on="record", how="inner").merge(
-        recs[["record", "signal_loss_frac"]], on="record", how="left")
+    # The signal-loss reference score comes from records.csv under its own name (features.csv
+    # may hold a column of the same name, which stays a baseline feature).
+    ref = recs[["record", "signal_loss_frac"]].rename(columns={"signal_loss_frac": "_loss_ref"})
+    table = oof.merge(feats, on="record", how="inner").merge(ref, on="record", how="left")
     if len(table) < len(oof):
         log.warning("%d OOF records have no features", len(oof) - len(table))
     y = table["label"].to_numpy(int)
-    feature_cols = [c for c in feats.columns if c != "record"
-                    and pd.api.types.is_numeric_dtype(feats[c])]
+    feature_cols = [
+        c for c in feats.columns if c != "record" and pd.api.types.is_numeric_dtype(feats[c])
+    ]
     scores = {
         "lstm": table["probability"].to_numpy(float),
-        "baseline": baseline_oof(table[feature_cols], y, table["fold"].to_numpy(int),
-                                 float(params["baseline_c"]), int(params["seed"])),
-        "signal_loss": table["signal_loss_frac"].to_numpy(float),
+        "baseline": baseline_oof(
+            table[feature_cols],
+            y,
+            table["fold"].to_numpy(int),
+            float(params["baseline_c"]),
+            int(params["seed"]),
+        ),
+        "signal_loss": table["_loss_ref"].to_numpy(float),
     }
     thresholds = {}
     how = ""
     for name in ("lstm", "baseline"):
         thresholds[name], how = operating_threshold(params["operating_threshold"], y, scores[name])
-    report = evaluate(table, scores, thresholds, list(params["ph_thresholds"]),
-                      int(params["n_bootstrap"]), int(params["seed"]))
+    report = evaluate(
+        table,
+        scores,
+        thresholds,
+        list(params["ph_thresholds"]),
+        int(params["n_bootstrap"]),
+        int(params["seed"]),
+    )
     report["n_records"] = int(len(table))
     report["n_features"] = len(feature_cols)
     report["threshold_rule"] = how
     figs = write_curves(root, table, scores, thresholds)
-    with tracking.run("ctg", "evaluate_ctg", params={"evaluate_ctg": params},
-                      stage="evaluate_ctg"):
+    with tracking.run("ctg", "evaluate_ctg", params={"evaluate_ctg": params}, stage="evaluate_ctg"):
         tracking.log_metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
         for name, fig in figs.items():
             tracking.log_figure(fig, f"figures/{name}")
             plots.save_figure(fig, root / OUT_DIR / "figures" / name)
         tracking.log_artifact(root / OUT_DIR, "evaluate_ctg")
     io.write_json(root / REPORT, report)
-    log.info("LSTM AUC %.3f [%.3f, %.3f]; baseline AUC %.3f; signal loss AUC %.3f",
-             report["lstm.auc"], report["lstm.auc_ci_low"], report["lstm.auc_ci_high"],
-             report["baseline.auc"], report["signal_loss.auc"])
+    log.info(
+        "LSTM AUC %.3f [%.3f, %.3f]; baseline AUC %.3f; signal loss AUC %.3f",
+        report["lstm.auc"],
+        report["lstm.auc_ci_low"],
+        report["lstm.auc_ci_high"],
+        report["baseline.auc"],
+        report["signal_loss.auc"],
+    )
 
 
 if __name__ == "__main__":

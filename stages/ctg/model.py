@@ -59,6 +59,63 @@ def model_inputs(fhr_bpm: np.ndarray, uc: np.ndarray, norm: Mapping[str, float])
     return np.stack([fhr_n, present.astype(np.float32), uc_n], axis=-1).astype(np.float32)
 
 
+def window_steps(train_params: Mapping[str, Any], preprocess_params: Mapping[str, Any]) -> int:
+    """Time steps the network sees: the last ``window_minutes`` of the preprocessed sequence."""
+    minutes = float(train_params.get("window_minutes") or preprocess_params["last_minutes"])
+    minutes = min(minutes, float(preprocess_params["last_minutes"]))
+    return int(round(minutes * 60 * float(preprocess_params["fs_out_hz"])))
+
+
+def crop_steps(train_params: Mapping[str, Any], preprocess_params: Mapping[str, Any]) -> int:
+    """Length in steps of the random training crops, 0 when cropping is off.
+
+    Cropping is off when ``crop_minutes`` is 0 (or absent) or not shorter than the window.
+    """
+    minutes = float(train_params.get("crop_minutes") or 0.0)
+    n = int(round(minutes * 60 * float(preprocess_params["fs_out_hz"])))
+    return n if 0 < n < window_steps(train_params, preprocess_params) else 0
+
+
+def crop_offsets(seq_len: int, crop_len: int, n_crops: int) -> np.ndarray:
+    """Start indices of ``n_crops`` evenly spaced crops of ``crop_len`` steps in ``seq_len``.
+
+    The last crop always ends at the end of the window (the most recent minutes); with
+    ``n_crops >= 2`` the first starts at 0. Duplicates (window barely longer than the crop)
+    are dropped.
+    """
+    last = int(seq_len) - int(crop_len)
+    if last < 0:
+        raise ValueError(f"crop of {crop_len} steps is longer than the window ({seq_len})")
+    if int(n_crops) <= 1:
+        return np.array([last], dtype=int)
+    return np.unique(np.round(np.linspace(0, last, int(n_crops))).astype(int))
+
+
+def random_crops(x: np.ndarray, crop_len: int, rng: np.random.Generator) -> np.ndarray:
+    """One crop of ``crop_len`` steps per sequence, at a uniformly random start.
+
+    Parameters
+    ----------
+    x : array, shape (n, T, c)
+    crop_len : int
+        Steps per crop, at most T.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    array, shape (n, crop_len, c)
+    """
+    starts = rng.integers(0, x.shape[1] - crop_len + 1, size=x.shape[0])
+    idx = starts[:, None] + np.arange(crop_len)[None, :]
+    return np.take_along_axis(x, idx[:, :, None], axis=1)
+
+
+def fixed_crops(x: np.ndarray, crop_len: int, offsets: np.ndarray) -> np.ndarray:
+    """The crops at ``offsets`` of every sequence, stacked offset-major: ``(len(offsets) * n,
+    crop_len, c)``."""
+    return np.concatenate([x[:, o : o + crop_len] for o in offsets], axis=0)
+
+
 def normalisation(params: Mapping[str, Any]) -> dict[str, float]:
     """The normalisation constants from the ``train_ctg`` params."""
     return {
@@ -83,7 +140,7 @@ def set_determinism(seed: int) -> None:
         pass
 
 
-def build_model(seq_len: int, params: Mapping[str, Any]) -> Any:
+def build_model(seq_len: int, params: Mapping[str, Any], name: str = "ctg_lstm") -> Any:
     """Conv1D front-end (optional) -> LSTM -> dense -> dense(sigmoid), compiled.
 
     Parameters
@@ -92,8 +149,11 @@ def build_model(seq_len: int, params: Mapping[str, Any]) -> Any:
         Input time steps (``last_minutes * 60 * fs_out_hz``).
     params : mapping
         ``train_ctg`` section: ``conv_layers`` (0 = the plain LSTM of the original study),
-        ``conv_filters``, ``conv_kernel``, ``conv_pool``, ``units``, ``dense_units``,
-        ``dropout``, ``learning_rate``.
+        ``conv_filters``, ``conv_kernel``, ``conv_pool``, ``units``, ``summary_skip`` (append
+        the window means of the input channels to the LSTM state), ``dense_units``,
+        ``dropout``, ``l2`` (weight decay on the LSTM and dense kernels), ``learning_rate``.
+    name : str
+        Model name (unique per member when several networks are averaged).
     """
     import keras
 
@@ -108,12 +168,21 @@ def build_model(seq_len: int, params: Mapping[str, Any]) -> Any:
             name=f"conv{i}",
         )(x)
         x = keras.layers.MaxPooling1D(int(params["conv_pool"]), name=f"pool{i}")(x)
-    x = keras.layers.LSTM(int(params["units"]), name="lstm")(x)
+    l2 = float(params.get("l2", 0.0))
+    reg = keras.regularizers.L2(l2) if l2 > 0 else None
+    x = keras.layers.LSTM(int(params["units"]), kernel_regularizer=reg, name="lstm")(x)
+    if params.get("summary_skip", False):
+        # Whole-window means of the input channels (mean FHR level, fraction of signal present,
+        # mean UC) beside the LSTM state: signal loss alone predicts acidemia (AUC ~0.6).
+        summary = keras.layers.GlobalAveragePooling1D(name="summary")(inp)
+        x = keras.layers.Concatenate(name="with_summary")([x, summary])
     x = keras.layers.Dropout(float(params["dropout"]))(x)
-    x = keras.layers.Dense(int(params["dense_units"]), activation="relu", name="dense")(x)
+    x = keras.layers.Dense(
+        int(params["dense_units"]), activation="relu", kernel_regularizer=reg, name="dense"
+    )(x)
     x = keras.layers.Dropout(float(params["dropout"]))(x)
     out = keras.layers.Dense(1, activation="sigmoid", name="distress")(x)
-    model = keras.Model(inp, out, name="ctg_lstm")
+    model = keras.Model(inp, out, name=name)
     model.compile(
         optimizer=keras.optimizers.Adam(float(params["learning_rate"])),
         loss="binary_crossentropy",
@@ -122,12 +191,59 @@ def build_model(seq_len: int, params: Mapping[str, Any]) -> Any:
     return model
 
 
+def averaged_model(
+    members: list[Any], seq_len: int, crop_len: int = 0, offsets: np.ndarray | None = None
+) -> Any:
+    """One model that averages ``members`` over fixed crops of the window: what is served.
+
+    Parameters
+    ----------
+    members : list of keras.Model
+        Trained networks (distinct names), each taking ``crop_len`` steps (``seq_len`` when
+        ``crop_len`` is 0).
+    seq_len : int
+        Steps of the window the returned model takes (``window_steps``).
+    crop_len : int
+        0 = the members see the whole window; otherwise each member scores the crops starting
+        at ``offsets`` (test-time averaging over crops, ``crop_offsets``).
+    offsets : array of int, optional
+        Crop starts; required when ``crop_len`` > 0.
+
+    Returns
+    -------
+    keras.Model
+        Input ``(seq_len, 3)``, output the mean probability ``(1,)``; the single member itself
+        when there is one member and no cropping. Built only from standard layers
+        (``Cropping1D``, ``Average``), so ``model.keras`` loads without custom objects.
+    """
+    import keras
+
+    if len(members) == 1 and not crop_len:
+        return members[0]
+    inp = keras.Input(shape=(int(seq_len), N_CHANNELS), name="ctg")
+    views = [inp]
+    if crop_len:
+        if offsets is None:
+            raise ValueError("offsets are required with crop_len > 0")
+        views = [
+            keras.layers.Cropping1D(
+                (int(o), int(seq_len) - int(o) - int(crop_len)), name=f"crop{o}"
+            )(inp)
+            for o in offsets
+        ]
+    outs = [m(v) for m in members for v in views]
+    out = outs[0] if len(outs) == 1 else keras.layers.Average(name="mean_probability")(outs)
+    return keras.Model(inp, out, name="ctg_average")
+
+
 def predict_proba(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Probabilities ``(n,)`` from a compiled or loaded model, without Keras' per-call retracing."""
     if len(x) == 0:
         return np.zeros(0, dtype=np.float64)
-    out = [np.asarray(model(x[i : i + batch_size], training=False)) for i in
-           range(0, len(x), batch_size)]
+    out = [
+        np.asarray(model(x[i : i + batch_size], training=False))
+        for i in range(0, len(x), batch_size)
+    ]
     return np.concatenate(out).ravel().astype(np.float64)
 
 
@@ -182,8 +298,12 @@ class CtgPredictor:
             data = dict(model_input)
             fhr = data.get("fhr_bpm")
             # One record given as flat sample lists -> one row.
-            if fhr is not None and np.ndim(np.asarray(fhr, dtype=object)) == 1 and len(fhr) and \
-                    np.isscalar(fhr[0]):
+            if (
+                fhr is not None
+                and np.ndim(np.asarray(fhr, dtype=object)) == 1
+                and len(fhr)
+                and np.isscalar(fhr[0])
+            ):
                 data = {k: [v] for k, v in data.items()}
             try:
                 model_input = pd.DataFrame(data)
@@ -206,7 +326,9 @@ class CtgPredictor:
 
     def _signal(self, value: Any, column: str, row: int) -> np.ndarray:
         if isinstance(value, str) or np.isscalar(value) or value is None:
-            raise ValueError(f"row {row}: {column} must be a sequence of samples, got {value!r:.40}")
+            raise ValueError(
+                f"row {row}: {column} must be a sequence of samples, got {value!r:.40}"
+            )
         try:
             arr = np.asarray(value, dtype=np.float64).ravel()
         except (TypeError, ValueError) as exc:
@@ -224,15 +346,18 @@ class CtgPredictor:
             fhr = self._signal(rec["fhr_bpm"], "fhr_bpm", i)
             uc = self._signal(rec["uc"], "uc", i)
             fs_raw = rec.get("fs_hz", self.fs_in_hz)
-            fs = self.fs_in_hz if fs_raw is None or (isinstance(fs_raw, float) and
-                                                     math.isnan(fs_raw)) else fs_raw
+            fs = (
+                self.fs_in_hz
+                if fs_raw is None or (isinstance(fs_raw, float) and math.isnan(fs_raw))
+                else fs_raw
+            )
             try:
                 fs = float(fs)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"row {i}: fs_hz {fs_raw!r} is not a number") from exc
             if fs != self.fs_in_hz:
                 raise ValueError(
-                    f"row {i}: sampling rate {fs:g} Hz, the model takes {self.fs_in_hz:g} Hz records"
+                    f"row {i}: sampling rate {fs:g} Hz; the model takes {self.fs_in_hz:g} Hz"
                 )
             if fhr.size != uc.size:
                 raise ValueError(f"row {i}: fhr_bpm has {fhr.size} samples but uc has {uc.size}")
@@ -247,7 +372,9 @@ class CtgPredictor:
                 raise ValueError(f"row {i}: no valid FHR sample in the analysed window")
             fhr_rows.append(f_out)
             uc_rows.append(u_out)
-        return model_inputs(np.stack(fhr_rows), np.stack(uc_rows), self.norm)
+        x = model_inputs(np.stack(fhr_rows), np.stack(uc_rows), self.norm)
+        # The network sees the last seq_len steps (train_ctg.window_minutes), as in training.
+        return x[:, x.shape[1] - int(self.config.get("seq_len", x.shape[1])) :]
 
     def predict(self, model_input: Any) -> pd.DataFrame:
         """``probability`` per row, plus ``alert`` (probability >= threshold) when one is stored."""

@@ -69,7 +69,11 @@ def score_records(scorer: Any, folder: Path) -> pd.DataFrame:
 
 
 def risk_over_time(
-    scorer: Any, fhr_bpm: np.ndarray, uc: np.ndarray, fs_hz: float, step_min: float,
+    scorer: Any,
+    fhr_bpm: np.ndarray,
+    uc: np.ndarray,
+    fs_hz: float,
+    step_min: float,
     min_minutes: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The model on the record as it grew: (end time in minutes, probability) every step."""
@@ -79,19 +83,26 @@ def risk_over_time(
         ends = np.r_[ends, n_min]
     ends = ends[ends >= min(min_minutes, n_min)]
     cut = [int(round(e * 60 * fs_hz)) for e in ends]
-    frame = pd.DataFrame({"fhr_bpm": [fhr_bpm[:c] for c in cut], "uc": [uc[:c] for c in cut],
-                          "fs_hz": [fs_hz] * len(cut)})
+    frame = pd.DataFrame(
+        {
+            "fhr_bpm": [fhr_bpm[:c] for c in cut],
+            "uc": [uc[:c] for c in cut],
+            "fs_hz": [fs_hz] * len(cut),
+        }
+    )
     return ends, np.asarray(scorer.predict(frame)["probability"], dtype=float)
 
 
-def plot_record(scorer: Any, folder: Path, record: str, out: Path, step_min: float,
-                min_minutes: float) -> None:
+def plot_record(
+    scorer: Any, folder: Path, record: str, out: Path, step_min: float, min_minutes: float
+) -> None:
     from stages.common import plots
 
     rec = read_ctg_record(Path(folder) / record)
     t, risk = risk_over_time(scorer, rec.fhr_bpm, rec.uc, rec.fs_hz, step_min, min_minutes)
-    fig = plots.ctg_risk_figure(rec.fhr_bpm, rec.uc, rec.fs_hz, t, risk, alert_threshold(scorer),
-                                f"record {record}")
+    fig = plots.ctg_risk_figure(
+        rec.fhr_bpm, rec.uc, rec.fs_hz, t, risk, alert_threshold(scorer), f"record {record}"
+    )
     plots.save_figure(fig, out)
 
 
@@ -99,14 +110,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fetal score-ctg", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="folder of WFDB records (NNNN.hea + NNNN.dat)")
     parser.add_argument("--out", type=Path, required=True, help="CSV to write")
-    parser.add_argument("--model", default=None,
-                        help="MLflow model URI or local model folder "
-                             f"(default models:/{DEFAULT_MODEL_NAME}@champion)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="MLflow model URI or local model folder "
+        f"(default models:/{DEFAULT_MODEL_NAME}@champion)",
+    )
     parser.add_argument("--plot", metavar="RECORD", help="record to draw with its risk over time")
     parser.add_argument("--plot-out", type=Path, help="PNG for --plot")
     parser.add_argument("--step-min", type=float, default=5.0, help="risk curve step (minutes)")
-    parser.add_argument("--min-minutes", type=float, default=15.0,
-                        help="first window of the risk curve (minutes of record)")
+    parser.add_argument(
+        "--min-minutes",
+        type=float,
+        default=15.0,
+        help="first window of the risk curve (minutes of record)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.plot and not args.plot_out:
@@ -120,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     n_ok = int((preds["error"] == "").sum())
     print(f"score-ctg: scored {n_ok} of {len(preds)} records -> {args.out}", file=sys.stderr)
     if args.plot:
-        plot_record(scorer, args.folder, args.plot, args.plot_out, args.step_min,
-                    args.min_minutes)
+        plot_record(scorer, args.folder, args.plot, args.plot_out, args.step_min, args.min_minutes)
     return 0 if n_ok else 1
 
 

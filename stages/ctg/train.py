@@ -177,8 +177,9 @@ def cross_validate(
             }
         )
         curves.append(c.assign(fold=str(int(k))))
-        log.info("fold %s: AUC %.3f, %d epochs, %.1f s", k, per_fold[-1]["auc"], len(epoch_s),
-                 fold_s)
+        log.info(
+            "fold %s: AUC %.3f, %d epochs, %.1f s", k, per_fold[-1]["auc"], len(epoch_s), fold_s
+        )
     return oof, per_fold, pd.concat(curves, ignore_index=True)
 
 
@@ -223,7 +224,10 @@ def learning_curve_figure(curves: pd.DataFrame) -> Any:
 
 
 def register(
-    root: Path, params: Mapping[str, Any], report: dict[str, Any], input_paths: list[Path],
+    root: Path,
+    params: Mapping[str, Any],
+    report: dict[str, Any],
+    input_paths: list[Path],
     x_example: dict[str, Any],
 ) -> dict[str, Any]:
     """Log the pyfunc model in the active run, register it, promote if better; the Decision."""
@@ -257,9 +261,7 @@ def register(
 def example_input(n_min: float = 12.0, fs_hz: float = 4.0) -> pd.DataFrame:
     """A one-row raw input (flat 140 bpm, resting UC) for the MLflow signature/example."""
     n = int(n_min * 60 * fs_hz)
-    return pd.DataFrame(
-        {"fhr_bpm": [[140.0] * n], "uc": [[10.0] * n], "fs_hz": [fs_hz]}
-    )
+    return pd.DataFrame({"fhr_bpm": [[140.0] * n], "uc": [[10.0] * n], "fs_hz": [fs_hz]})
 
 
 def main() -> None:
@@ -269,16 +271,23 @@ def main() -> None:
     root = project_root()
     fhr, uc, table = load_inputs(root)
     norm = ctg_model.normalisation(params)
-    x = ctg_model.model_inputs(fhr, uc, norm)
+    n_steps = ctg_model.window_steps(params, pre)
+    x = ctg_model.model_inputs(fhr, uc, norm)[:, -n_steps:]
     y = table["label"].to_numpy(int)
     t0 = time.perf_counter()
     oof, per_fold, curves = cross_validate(x, y, table["fold"].to_numpy(int), params)
     final, final_curves, final_epoch_s = fit_network(x, y, params, int(params["seed"]))
     threshold = youden_threshold(y, oof)
     with io.atomic_dir(root / MODEL_DIR) as tmp:
-        ctg_model.save_model_dir(tmp, final, pre, norm, threshold,
-                                 float(params["min_input_minutes"]),
-                                 {"threshold_rule": "youden on out-of-fold probabilities"})
+        ctg_model.save_model_dir(
+            tmp,
+            final,
+            pre,
+            norm,
+            threshold,
+            float(params["min_input_minutes"]),
+            {"threshold_rule": "youden on out-of-fold probabilities"},
+        )
     oof_df = table[["record", "fold", "label", "ph"]].assign(probability=oof)
     io.write_csv(root / OOF, oof_df)
     all_curves = pd.concat([curves, final_curves.assign(fold="final")], ignore_index=True)
@@ -296,15 +305,19 @@ def main() -> None:
     }
     log.info("CV AUC (pooled out-of-fold, %d records): %.4f", y.size, report["cv_auc"])
     inputs = [root / SEQUENCES, root / RECORDS, root / FOLDS]
-    with tracking.run("ctg", "train_ctg", params={"train_ctg": params, "preprocess_ctg": pre},
-                      stage="train_ctg"):
+    with tracking.run(
+        "ctg", "train_ctg", params={"train_ctg": params, "preprocess_ctg": pre}, stage="train_ctg"
+    ):
         tracking.log_metrics({k: report[k] for k in ("cv_auc", "mean_epoch_s", "mean_fold_s")})
         for f in per_fold:
-            tracking.log_metrics({f"fold{f['fold']}.auc": f["auc"],
-                                  f"fold{f['fold']}.epochs": f["epochs"]})
+            tracking.log_metrics(
+                {f"fold{f['fold']}.auc": f["auc"], f"fold{f['fold']}.epochs": f["epochs"]}
+            )
         for r in curves.itertuples():
-            tracking.log_metrics({f"fold{r.fold}.val_loss": r.val_loss,
-                                  f"fold{r.fold}.val_auc": r.val_auc}, step=int(r.epoch))
+            tracking.log_metrics(
+                {f"fold{r.fold}.val_loss": r.val_loss, f"fold{r.fold}.val_auc": r.val_auc},
+                step=int(r.epoch),
+            )
         tracking.log_figure(learning_curve_figure(all_curves), "learning_curves.png")
         tracking.log_artifact(root / CURVES)
         tracking.log_artifact(root / OOF)

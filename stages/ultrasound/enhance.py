@@ -186,8 +186,9 @@ def before_after_figure(pairs: list[tuple[str, list[np.ndarray]]], titles: list[
 
     from stages.common.io import atomic_path
 
-    fig, axes = plt.subplots(len(pairs), len(titles), figsize=(3.2 * len(titles), 2.4 * len(pairs)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(pairs), len(titles), figsize=(3.2 * len(titles), 2.4 * len(pairs)), squeeze=False
+    )
     for r, (name, imgs) in enumerate(pairs):
         for c, img in enumerate(imgs):
             axes[r, c].imshow(img, cmap="gray", vmin=0, vmax=255)
@@ -223,22 +224,44 @@ def main() -> None:
                 names = list(grp["image"])
                 for k in range(0, len(names), chunk):
                     part = names[k : k + chunk]
-                    res = map_images(functools.partial(_enhance_file, params=p),
-                                     [str(raw_path(raw, dataset, n)) for n in part], pdask,
-                                     client=client, desc=f"enhance {dataset}")
-                    failed += [f"{dataset}/{n}: {r.error}" for n, r in zip(part, res) if not r.ok]
-                    write_store_chunk(out / dataset, [(n, r.value) for n, r in zip(part, res)
-                                                      if r.ok], p["layout"], k // chunk)
+                    res = map_images(
+                        functools.partial(_enhance_file, params=p),
+                        [str(raw_path(raw, dataset, n)) for n in part],
+                        pdask,
+                        client=client,
+                        desc=f"enhance {dataset}",
+                    )
+                    pairs = list(zip(part, res, strict=True))
+                    failed += [f"{dataset}/{n}: {r.error}" for n, r in pairs if not r.ok]
+                    write_store_chunk(
+                        out / dataset,
+                        [(n, r.value) for n, r in zip(part, res, strict=False) if r.ok],
+                        p["layout"],
+                        k // chunk,
+                    )
         hc = ok[ok["dataset"] == "hc18"].head(int(p.get("compare_n", 60)))
         methods = list(p.get("compare_methods", list(ENHANCERS)))
-        items = [(str(raw_path(raw, "hc18", n)), str(raw / "hc18/images" / f"{n}_Annotation.png"))
-                 for n in hc["image"]]
-        cnr = map_images(functools.partial(_cnr_methods, params=p, methods=methods), items, pdask,
-                         client=client, desc="cnr")
+        items = [
+            (str(raw_path(raw, "hc18", n)), str(raw / "hc18/images" / f"{n}_Annotation.png"))
+            for n in hc["image"]
+        ]
+        cnr = map_images(
+            functools.partial(_cnr_methods, params=p, methods=methods),
+            items,
+            pdask,
+            client=client,
+            desc="cnr",
+        )
     table = pd.DataFrame([r.value for r in cnr if r.ok])
-    report = {"method": p["method"], "layout": p["layout"], "n_enhanced": len(ok) - len(failed),
-              "n_failed": len(failed), "failed": failed, "cnr_n_images": len(table),
-              **{f"cnr_{m}": float(table[m].mean()) for m in table.columns}}
+    report = {
+        "method": p["method"],
+        "layout": p["layout"],
+        "n_enhanced": len(ok) - len(failed),
+        "n_failed": len(failed),
+        "failed": failed,
+        "cnr_n_images": len(table),
+        **{f"cnr_{m}": float(table[m].mean()) for m in table.columns},
+    }
     write_json(reports / "enhance_us.json", report)
     demo = list(hc["image"][:3]) + list(ok[ok["dataset"] == "fetal_planes"]["image"][:1])
     grid = []
@@ -246,8 +269,11 @@ def main() -> None:
         ds = "hc18" if n in set(hc["image"]) else "fetal_planes"
         img = read_image(raw_path(raw, ds, n))
         grid.append((n, [img, enhance_original(img, p), enhance_image(img, p)]))
-    before_after_figure(grid, ["raw", "original (hist-eq + median)", p["method"]],
-                        reports / "enhance_us/before_after.png")
+    before_after_figure(
+        grid,
+        ["raw", "original (hist-eq + median)", p["method"]],
+        reports / "enhance_us/before_after.png",
+    )
     log.info("enhance_us: %s", {k: v for k, v in report.items() if k != "failed"})
 
 

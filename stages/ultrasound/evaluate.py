@@ -140,8 +140,10 @@ def evaluate(
     plane_metrics, cm = plane_report(y_true, y_pred)
     out |= plane_metrics
     pred_planes = [M.PLANES[i] for i in y_pred]
-    clean = ae.errors(test_x, pred_planes)
-    out["ae_test_brain_mse"] = float(np.mean(clean)) if len(clean) else float("nan")
+    clean = ae.anomaly_scores(test_x, pred_planes)
+    out["ae_test_brain_mse"] = (
+        float(np.mean(ae.errors(test_x, pred_planes))) if len(test_x) else float("nan")
+    )
     out["ae_test_brain_flagged_rate"] = (
         float(np.mean(clean > ae.threshold)) if len(clean) else float("nan")
     )
@@ -150,10 +152,10 @@ def evaluate(
     if len(other):
         other_x = M.crops_for(other, names, images)
         other_planes = [M.PLANES[i] for i in plane.proba(other_x).argmax(axis=1)]
-        scores["non-brain"] = ae.errors(other_x, other_planes)
+        scores["non-brain"] = ae.anomaly_scores(other_x, other_planes)
         out["ae_nonbrain_flagged_rate"] = float(np.mean(scores["non-brain"] > ae.threshold))
     for kind, corrupt in CORRUPTIONS.items():
-        scores[kind] = ae.errors(corrupt(test_x, rng, params), pred_planes)
+        scores[kind] = ae.anomaly_scores(corrupt(test_x, rng, params), pred_planes)
     for kind, s in scores.items():
         if kind != "test brain" and len(clean) and len(s):
             res = anomaly_auc(clean, s, nb, seed)
@@ -187,7 +189,12 @@ def write_figures(folder: Path, tables: dict[str, Any], threshold: float) -> Non
     for k, v in scores.items():
         ax.hist(v, bins=bins, histtype="step", label=f"{k} (n={len(v)})")
     ax.axvline(threshold, color="k", ls="--", lw=0.8, label="threshold")
-    ax.set(xscale="log", xlabel="reconstruction MSE", ylabel="images", title="Anomaly scores")
+    ax.set(
+        xscale="log",
+        xlabel="anomaly score (MSE / image variance)",
+        ylabel="images",
+        title="Anomaly scores",
+    )
     ax.legend(fontsize=7)
     plots.save_figure(fig, folder / "anomaly_hist.png")
     clean = scores["test brain"]

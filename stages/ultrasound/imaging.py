@@ -44,7 +44,10 @@ class Ellipse:
     def scaled(self, s: float) -> Ellipse:
         """The same ellipse in an image resized by factor ``s`` (pixel centres kept aligned)."""
         return Ellipse(
-            (self.cx + 0.5) * s - 0.5, (self.cy + 0.5) * s - 0.5, self.a * s, self.b * s,
+            (self.cx + 0.5) * s - 0.5,
+            (self.cy + 0.5) * s - 0.5,
+            self.a * s,
+            self.b * s,
             self.angle_rad,
         )
 

@@ -109,8 +109,12 @@ def ingest_planes_download(p: dict[str, Any], out: Path, work: Path) -> None:
     from stages.common import download as dl
 
     zpath = work / "FETAL_PLANES_ZENODO.zip"
-    dl.download_file(p["fetal_planes_url"], zpath, sha256=p.get("fetal_planes_sha256") or None,
-                     timeout_s=float(p.get("timeout_s", 120)))
+    dl.download_file(
+        p["fetal_planes_url"],
+        zpath,
+        sha256=p.get("fetal_planes_sha256") or None,
+        timeout_s=float(p.get("timeout_s", 120)),
+    )
     ex = work / "fetal_planes"
     dl.safe_extract_zip(zpath, ex)
     csv = _find(ex, PLANES_CSV)
@@ -132,8 +136,12 @@ def ingest_hc18_download(p: dict[str, Any], out: Path, work: Path) -> None:
     from stages.common import download as dl
 
     zpath = work / "training_set.zip"
-    dl.download_file(p["hc18_url"], zpath, sha256=p.get("hc18_sha256") or None,
-                     timeout_s=float(p.get("timeout_s", 120)))
+    dl.download_file(
+        p["hc18_url"],
+        zpath,
+        sha256=p.get("hc18_sha256") or None,
+        timeout_s=float(p.get("timeout_s", 120)),
+    )
     dl.download_file(p["hc18_csv_url"], out / HC18_CSV, timeout_s=float(p.get("timeout_s", 120)))
     ex = work / "hc18"
     dl.safe_extract_zip(zpath, ex)

@@ -173,8 +173,9 @@ def build_plane_classifier(
         Adam step size.
     augment
         ``shift`` (fraction of the side), ``rotation_deg``, ``zoom`` (fraction), ``flip``
-        (``horizontal``, ``vertical`` or ``horizontal_and_vertical``), ``brightness`` (fraction of the [0, 1] range), ``contrast`` (factor); None or
-        zeros turn a transform off.
+        (``horizontal``, ``vertical`` or ``horizontal_and_vertical``), ``brightness``
+        (fraction of the [0, 1] range), ``contrast`` (factor); None or zeros turn a transform
+        off.
     batch_norm
         Batch normalisation after each convolution. Its running statistics use momentum 0.9,
         not Keras' 0.99: with ~10 batches per epoch the default averages have not converged
@@ -232,14 +233,37 @@ def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
     return {i: (n / (n_classes * c) if c else 0.0) for i, c in enumerate(counts)}
 
 
-def reconstruction_mse(
-    model: Any, x: np.ndarray, planes: np.ndarray, batch_size: int = 32
-) -> np.ndarray:
+def reconstruct(model: Any, x: np.ndarray, planes: np.ndarray) -> np.ndarray:
+    """Autoencoder output (N, S, S, 1) for [0, 1] images and one-hot planes (batched calls)."""
+    if len(x) == 0:
+        return np.zeros_like(x)
+    # A direct call, not model.predict: no tf.data pipeline, much faster for one image.
+    return np.concatenate(
+        [
+            np.asarray(model({"image": x[i : i + 64], "plane": planes[i : i + 64]}, training=False))
+            for i in range(0, len(x), 64)
+        ]
+    )
+
+
+def reconstruction_mse(model: Any, x: np.ndarray, planes: np.ndarray) -> np.ndarray:
     """Per-image mean squared reconstruction error (N,) of an autoencoder on [0, 1] images."""
     if len(x) == 0:
         return np.zeros(0, dtype=np.float32)
-    recon = model.predict({"image": x, "plane": planes}, batch_size=batch_size, verbose=0)
-    return np.mean((recon - x) ** 2, axis=(1, 2, 3)).astype(np.float32)
+    return np.mean((reconstruct(model, x, planes) - x) ** 2, axis=(1, 2, 3)).astype(np.float32)
+
+
+def anomaly_score(x: np.ndarray, recon: np.ndarray, eps: float = 1e-3) -> np.ndarray:
+    """Normalised reconstruction error: per-image MSE / (variance of the image + ``eps``).
+
+    Plain MSE rewards images that are simply easy to reconstruct: a blank or nearly flat frame
+    scored as the *most* normal image in our evaluation (AUROC 0 for blank frames). Dividing by
+    the image's own variance makes the score scale-free, so a flat frame that the autoencoder
+    turns into a textured head scores high. ``eps`` (in [0, 1]-intensity variance units) keeps
+    exactly constant images finite.
+    """
+    mse = np.mean((recon - x) ** 2, axis=(1, 2, 3))
+    return (mse / (np.var(x, axis=(1, 2, 3)) + eps)).astype(np.float32)
 
 
 def save_model_dir(model: Any, folder: Path, config: dict[str, Any]) -> None:
@@ -312,16 +336,19 @@ def publish(
     """Log ``model_dir`` as a pyfunc in the active run, register it, promote it if better.
 
     The version is tagged with every metric and with ``eval_data_hash`` (the inputs it was
-    evaluated on); the idempotency key hashes those inputs and ``key_parts`` (the params), so a
-    rerun after a crash reuses the version. Returns the promotion decision as a dict.
+    evaluated on); the idempotency key hashes those inputs, the ultrasound stage code and
+    ``key_parts`` (the params), so a rerun after a crash reuses the version. Returns the
+    promotion decision as a dict.
     """
     import hashlib
 
     from stages.common import tracking
 
     eval_hash = tracking.data_hash(eval_paths)
+    # The code is part of the key: retraining with changed code on the same data is a new model.
+    code_hash = tracking.data_hash([Path(__file__).parent])
     key = hashlib.sha256(
-        (eval_hash + json.dumps(key_parts, sort_keys=True, default=str)).encode()
+        (eval_hash + code_hash + json.dumps(key_parts, sort_keys=True, default=str)).encode()
     ).hexdigest()[:24]
     uri = tracking.log_predictor_model(
         name="model",
@@ -351,8 +378,9 @@ def predict_planes(model: Any, x: np.ndarray, tta: bool = False) -> np.ndarray:
             [np.asarray(model(batch[i : i + 64], training=False)) for i in range(0, len(batch), 64)]
         )
 
-    prob = run(x)
-    if tta:
-        views = [x[:, :, ::-1], x[:, ::-1], x[:, ::-1, ::-1]]
-        prob = (prob + sum(run(np.ascontiguousarray(v)) for v in views)) / 4.0
+    if not tta:
+        return run(x).astype(np.float32)
+    # The four views go through the network as one batch: one call instead of four.
+    views = np.concatenate([x, x[:, :, ::-1], x[:, ::-1], x[:, ::-1, ::-1]])
+    prob = run(views).reshape(4, len(x), -1).mean(axis=0)
     return prob.astype(np.float32)

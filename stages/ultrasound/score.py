@@ -82,32 +82,32 @@ class PlanePredictor(_Predictor):
 
 
 class AutoencoderPredictor(_Predictor):
-    """The autoencoder: (crops, planes) -> reconstruction MSE; above ``threshold`` = anomalous."""
+    """The autoencoder: (crops, planes) -> anomaly score; above ``threshold`` = anomalous."""
 
     @property
     def threshold(self) -> float:
         return float(self.config["threshold"])
 
-    def errors(self, crops_u8: np.ndarray, planes: list[str]) -> np.ndarray:
+    def _run(self, crops_u8: np.ndarray, planes: list[str]) -> tuple[np.ndarray, np.ndarray]:
         x = M.to_unit_float(crops_u8, self.size)
-        if len(x) == 0:
+        return x, M.reconstruct(self.model, x, M.plane_one_hot(planes, self.planes))
+
+    def errors(self, crops_u8: np.ndarray, planes: list[str]) -> np.ndarray:
+        """Per-image reconstruction MSE ([0, 1] intensity units squared)."""
+        if len(crops_u8) == 0:
             return np.zeros(0, dtype=np.float32)
-        onehot = M.plane_one_hot(planes, self.planes)
-        recon = np.concatenate(
-            [
-                np.asarray(
-                    self.model(
-                        {"image": x[i : i + 64], "plane": onehot[i : i + 64]}, training=False
-                    )
-                )
-                for i in range(0, len(x), 64)
-            ]
-        )
+        x, recon = self._run(crops_u8, planes)
         return np.mean((recon - x) ** 2, axis=(1, 2, 3)).astype(np.float32)
+
+    def anomaly_scores(self, crops_u8: np.ndarray, planes: list[str]) -> np.ndarray:
+        """Normalised reconstruction error (:func:`models.anomaly_score`), thresholded."""
+        if len(crops_u8) == 0:
+            return np.zeros(0, dtype=np.float32)
+        return M.anomaly_score(*self._run(crops_u8, planes))
 
     def predict(self, model_input: pd.DataFrame) -> pd.DataFrame:
         """``model_input``: ``image`` (raw uint8) and ``plane`` -> anomaly_score, anomalous."""
-        err = self.errors(self._crops(model_input["image"]), list(model_input["plane"]))
+        err = self.anomaly_scores(self._crops(model_input["image"]), list(model_input["plane"]))
         return pd.DataFrame({"anomaly_score": err, "anomalous": err > self.threshold})
 
 
@@ -158,7 +158,7 @@ class Scorer:
         prob = self.plane.proba(crop[None])[0]
         k = int(prob.argmax())
         plane = self.plane.planes[k]
-        err = float(self.autoencoder.errors(crop[None], [plane])[0])
+        err = float(self.autoencoder.anomaly_scores(crop[None], [plane])[0])
         hc_mm = seg.hc_px() * pixel_mm if seg.ok else float("nan")
         return {
             "plane": plane,

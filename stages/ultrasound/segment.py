@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,11 +183,14 @@ def _contrast_score(g: np.ndarray, params: np.ndarray, n: int = 96, band: float 
         x, y = cx + u * c - v * s, cy + u * s + v * c
         return map_coordinates(g, [y.ravel(), x.ravel()], order=1, cval=np.nan).reshape(x.shape)
 
-    inner = np.nanmean(np.stack([sample(1 - band), sample(1 - band / 2)]), axis=0)
-    outer = np.nanmean(np.stack([sample(1 + band), sample(1 + band * 1.5)]), axis=0)
-    diff = inner - outer
-    covered = np.isfinite(diff)
-    mean = np.where(covered.any(axis=1), np.nanmean(np.where(covered, diff, np.nan), axis=1), 0)
+    # out-of-image samples are NaN; averaging over none of them is expected, not a problem
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        inner = np.nanmean(np.stack([sample(1 - band), sample(1 - band / 2)]), axis=0)
+        outer = np.nanmean(np.stack([sample(1 + band), sample(1 + band * 1.5)]), axis=0)
+        diff = inner - outer
+        covered = np.isfinite(diff)
+        mean = np.nanmean(np.where(covered, diff, np.nan), axis=1)
     return np.nan_to_num(mean) * covered.mean(axis=1)
 
 
@@ -197,60 +201,59 @@ def _ransac_from_centre(
     rng: np.random.Generator,
     p: dict[str, Any],
 ) -> tuple[np.ndarray, float] | None:
-    """Best ellipse (cx, cy, a, b, th) from rays cast at (cx, cy) and its inlier share."""
+    """Best ellipse (cx, cy, a, b, th) from rays cast at (cx, cy) and the share of rays on it."""
     h, w = g.shape
     n_rays = int(p.get("n_rays", 72))
+    top_k = int(p.get("top_k", 3))
     pts, strength = _boundary_points(
-        g, cx, cy, n_rays, r_max=float(np.hypot(h, w)) * 0.6, top_k=int(p.get("top_k", 3)),
+        g,
+        cx,
+        cy,
+        n_rays,
+        r_max=float(np.hypot(h, w)) * 0.6,
+        top_k=top_k,
         step_px=float(p.get("edge_px", 3)),
     )
     ok = np.isfinite(strength) & (strength > 0)
-    flat = pts.reshape(-1, 2)[ok.ravel()]
-    ray_id = np.repeat(np.arange(n_rays), pts.shape[1])[ok.ravel()]
+    grid = np.where(ok[..., None], pts, np.nan).reshape(-1, 2)  # (n_rays * top_k, 2)
+    flat = grid[ok.ravel()]
     if len(flat) < 8:
         return None
-    m = int(p.get("n_hypotheses", 1500))
-    idx = rng.integers(0, len(flat), size=(m, 5))
-    P = flat[idx]  # (m, 5, 2)
+    m = int(p.get("n_hypotheses", 800))
+    P = flat[rng.integers(0, len(flat), size=(m, 5))]  # (m, 5, 2)
     x, y = P[..., 0], P[..., 1]
     M = np.stack([x * x, x * y, y * y, x, y], axis=2)
     with np.errstate(all="ignore"):
         good = np.abs(np.linalg.det(M)) > 1e-9
-        coef = np.full((m, 5), np.nan)
+        coef = np.zeros((m, 5))
         coef[good] = np.linalg.solve(M[good], np.ones((int(good.sum()), 5, 1)))[..., 0]
-    ell, valid = conic_to_ellipse(np.nan_to_num(coef))
-    valid &= good
-    min_ax, max_ax = float(p.get("min_axis_frac", 0.08)) * w, float(p.get("max_axis_frac", 0.7)) * w
-    a, b = ell[:, 2], ell[:, 3]
-    ratio = np.minimum(a, b) / np.maximum(np.maximum(a, b), 1e-9)
-    valid &= (np.minimum(a, b) > min_ax) & (np.maximum(a, b) < max_ax)
-    valid &= ratio > float(p.get("min_axis_ratio", 0.55))
+        ell, valid = conic_to_ellipse(coef)
+        valid &= good
+        a, b = ell[:, 2], ell[:, 3]
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        valid &= lo > float(p.get("min_axis_frac", 0.08)) * w
+        valid &= hi < float(p.get("max_axis_frac", 0.7)) * w
+        valid &= lo / np.maximum(hi, 1e-9) > float(p.get("min_axis_ratio", 0.55))
     if not valid.any():
         return None
     ell = ell[valid]
-    # inliers: each ray supports a hypothesis at most once (distance in px along the ray)
     tol = float(p.get("inlier_px", 2.5))
-    e_all = ell
-    d = _ray_residual(flat, e_all)  # (m', npts)
-    inl = d < tol
-    support = np.zeros((len(e_all), n_rays), bool)
-    for j in range(len(flat)):
-        support[:, ray_id[j]] |= inl[:, j]
-    share = support.mean(axis=1)
-    best = int(np.argmax(share))
-    e = e_all[best]
-    # least-squares refits on the inliers
-    for _ in range(3):
-        d = _ray_residual(flat, e[None, :])[0]
-        sel = d < tol * 1.5
+    # a ray supports an ellipse once, whichever of its top-k edges lies on it
+    with np.errstate(invalid="ignore"):
+        d = _ray_residual(grid, ell).reshape(len(ell), n_rays, top_k)
+        share = (np.nan_to_num(d, nan=np.inf) < tol).any(axis=2).mean(axis=1)
+    e = ell[int(np.argmax(share))]
+    for _ in range(3):  # least-squares refits on the inliers
+        sel = _ray_residual(flat, e[None, :])[0] < tol * 1.5
         if sel.sum() < 6:
             break
-        coef = fit_conic(flat[sel, 0], flat[sel, 1])
-        ee, vv = conic_to_ellipse(coef[None, :])
+        ee, vv = conic_to_ellipse(fit_conic(flat[sel, 0], flat[sel, 1])[None, :])
         if not vv[0]:
             break
         e = ee[0]
-    share = float(np.isin(np.arange(n_rays), ray_id[_ray_residual(flat, e[None, :])[0] < tol]).mean())
+    with np.errstate(invalid="ignore"):
+        d = _ray_residual(grid, e[None, :]).reshape(n_rays, top_k)
+        share = float((np.nan_to_num(d, nan=np.inf) < tol).any(axis=1).mean())
     e = e.copy()
     e[0] += cx
     e[1] += cy
@@ -268,6 +271,69 @@ def _ray_residual(pts: np.ndarray, ell: np.ndarray) -> np.ndarray:
     return np.abs(rn - 1) * np.hypot(dx, dy) / np.maximum(rn, 1e-9)
 
 
+def _refine(g: np.ndarray, e: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    """Re-fit ``e`` (cx, cy, a, b, th, in ``g`` pixels) to the strongest drop near its outline.
+
+    Rays from the centre, searched only in a band of +-``refine_band`` of the radius, give one
+    edge per ray at the finer resolution of ``g``; a robust least-squares conic through them
+    (two rounds, dropping points more than 2 MAD away) is the result.
+    """
+    from scipy.ndimage import map_coordinates
+
+    cx, cy, a, b, th = e
+    n = int(p.get("refine_rays", 180))
+    band = float(p.get("refine_band", 0.12))
+    k = max(
+        1, int(round(float(p.get("edge_px", 3)) * g.shape[1] / float(p.get("work_width", 320))))
+    )
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    base = np.stack([a * np.cos(t), b * np.sin(t)], axis=1)
+    c, s = np.cos(th), np.sin(th)
+    dirs = np.stack([base[:, 0] * c - base[:, 1] * s, base[:, 0] * s + base[:, 1] * c], axis=1)
+    rad = np.linalg.norm(dirs, axis=1)
+    unit = dirs / rad[:, None]
+    rs = np.arange(-band, band + 1e-9, 0.5 / max(rad.mean(), 1))  # fraction of radius
+    R = rad[:, None] * (1 + rs[None, :])
+    xs, ys = cx + unit[:, 0:1] * R, cy + unit[:, 1:2] * R
+    prof = map_coordinates(g, [ys, xs], order=1, cval=np.nan)
+    step = R[:, 1] - R[:, 0]
+    kk = np.maximum(1, np.round(k / step)).astype(int)
+    kk = int(np.median(kk))
+    cs = np.nancumsum(np.concatenate([np.zeros((n, 1)), prof], axis=1), axis=1)
+    j = np.arange(kk, prof.shape[1] - kk)
+    drop = (cs[:, j] - cs[:, j - kk]) / kk - (cs[:, j + kk] - cs[:, j]) / kk
+    valid_ray = np.isfinite(prof).all(axis=1)
+    if valid_ray.sum() < 12:
+        return e
+    best = j[np.argmax(drop, axis=1)]
+    px = xs[np.arange(n), best][valid_ray] - cx
+    py = ys[np.arange(n), best][valid_ray] - cy
+    sel = np.ones(len(px), bool)
+    out = e
+    for _ in range(2):
+        if sel.sum() < 8:
+            break
+        ee, vv = conic_to_ellipse(fit_conic(px[sel], py[sel])[None, :])
+        if not vv[0]:
+            break
+        out = ee[0].copy()
+        out[0] += cx
+        out[1] += cy
+        res = _ray_residual(np.stack([px + cx, py + cy], axis=1), out[None, :])[0]
+        mad = np.median(res) + 1e-6
+        sel = res < max(2.5 * mad, 1.0)
+    return out
+
+
+def _dedupe(cands: list[np.ndarray], tol_px: float) -> list[int]:
+    """Indices of candidates that differ (centre or axes) by more than ``tol_px``."""
+    keep: list[int] = []
+    for i, e in enumerate(cands):
+        if all(np.abs(e[:4] - cands[j][:4]).max() > tol_px for j in keep):
+            keep.append(i)
+    return keep
+
+
 def _classical(img_u8: np.ndarray, params: dict[str, Any]) -> tuple[Ellipse | None, float, str]:
     from scipy.ndimage import gaussian_filter
 
@@ -277,38 +343,39 @@ def _classical(img_u8: np.ndarray, params: dict[str, Any]) -> tuple[Ellipse | No
     g = gaussian_filter(small, float(params.get("smooth_px", 1.5)))
     h, w = g.shape
     rng = np.random.default_rng(int(params.get("seed", 0)))
-    # candidate centres: a grid over the middle of the image plus bright-blob centroids
-    fx = np.linspace(0.25, 0.75, int(params.get("grid", 4)))
-    fy = np.linspace(0.3, 0.7, int(params.get("grid", 4)))
-    centres = [(w * a, h * b) for a in fx for b in fy]
+    # candidate centres: a grid over the middle of the image (the head is rarely at the rim)
+    n = int(params.get("grid", 3))
+    centres = [(w * a, h * b) for a in np.linspace(0.25, 0.75, n) for b in np.linspace(0.3, 0.7, n)]
+    first = [r for r in (_ransac_from_centre(g, cx, cy, rng, params) for cx, cy in centres) if r]
     cands: list[np.ndarray] = []
     shares: list[float] = []
-    for cx, cy in centres:
-        res = _ransac_from_centre(g, cx, cy, rng, params)
-        if res is None:
-            continue
-        e, share = res
-        # re-cast from the fitted centre: rays then hit the outline nearly perpendicularly
-        for _ in range(int(params.get("recast", 1))):
-            if not (0 <= e[0] < w and 0 <= e[1] < h):
-                break
-            res2 = _ransac_from_centre(g, e[0], e[1], rng, params)
-            if res2 is None:
-                break
-            e, share = res2
+    # re-cast from each distinct fitted centre: rays then cross the outline nearly at right angles
+    for i in _dedupe([e for e, _ in first], 0.03 * w):
+        e, share = first[i]
+        if 0 <= e[0] < w and 0 <= e[1] < h:
+            res = _ransac_from_centre(g, e[0], e[1], rng, params)
+            if res is not None:
+                e, share = res
         cands.append(e)
         shares.append(share)
     if not cands:
         return None, float("nan"), "no ellipse candidate"
     E = np.array(cands)
-    contrast = _contrast_score(g, E)
-    score = contrast * np.asarray(shares)
+    score = _contrast_score(g, E) * np.asarray(shares)
     best = int(np.argmax(score))
-    if not np.isfinite(score[best]) or score[best] <= 0:
-        return None, float(score[best]), "no ellipse with positive boundary contrast"
-    cx, cy, a, b, th = E[best]
-    e = Ellipse(float(cx), float(cy), float(a), float(b), float(th)).scaled(1 / scale)
-    return e.canonical(), float(score[best]), ""
+    if not np.isfinite(score[best]) or score[best] <= float(params.get("min_score", 0.01)):
+        return None, float(score[best]), "no ellipse with enough boundary contrast"
+    e = E[best]
+    fine_w = int(params.get("refine_width", 0))
+    if fine_w:
+        fine, fscale = resize_to_width(x, min(fine_w, img_u8.shape[1]))
+        fine = gaussian_filter(fine, float(params.get("smooth_px", 1.5)) * fscale / scale)
+        ef = Ellipse(*e).scaled(fscale / scale)
+        e2 = _refine(fine, np.array([ef.cx, ef.cy, ef.a, ef.b, ef.angle_rad]), params)
+        out = Ellipse(*map(float, e2)).scaled(1 / fscale)
+    else:
+        out = Ellipse(*map(float, e)).scaled(1 / scale)
+    return out.canonical(), float(score[best]), ""
 
 
 def _threshold(img_u8: np.ndarray, params: dict[str, Any]) -> tuple[Ellipse | None, float, str]:
@@ -386,8 +453,9 @@ def brain_crop(img_u8: np.ndarray, seg: Segmentation, size: int, margin: float =
 
     x = img_u8.astype(np.float64)
     if not seg.ok or seg.ellipse is None:
-        return np.clip(np.round(resize(x, (size, size), preserve_range=True, anti_aliasing=True)),
-                       0, 255).astype(np.uint8)
+        return np.clip(
+            np.round(resize(x, (size, size), preserve_range=True, anti_aliasing=True)), 0, 255
+        ).astype(np.uint8)
     e = seg.ellipse
     c, s = math.cos(e.angle_rad), math.sin(e.angle_rad)
     # output (row, col) -> normalised (u, v) in [-margin, margin] -> input (x, y)
@@ -405,8 +473,15 @@ def brain_crop(img_u8: np.ndarray, seg: Segmentation, size: int, margin: float =
         v = (row - (size - 1) / 2) * sb
         return np.stack([e.cx + u * c - v * s, e.cy + u * s + v * c], axis=1)
 
-    out = warp(x, inverse_map, output_shape=(size, size), order=1, mode="constant", cval=0.0,
-               preserve_range=True)
+    out = warp(
+        x,
+        inverse_map,
+        output_shape=(size, size),
+        order=1,
+        mode="constant",
+        cval=0.0,
+        preserve_range=True,
+    )
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
@@ -463,11 +538,20 @@ def _segment_item(item: tuple[str, str, str, str, float, float], params: dict[st
     crop = brain_crop(img, seg, int(params["crop_size"]))
     e = seg.ellipse
     row: dict[str, Any] = {
-        "dataset": dataset, "image": name, "ok": seg.ok, "reason": seg.reason,
-        "cx": e.cx if e else np.nan, "cy": e.cy if e else np.nan,
-        "semi_major_px": e.a if e else np.nan, "semi_minor_px": e.b if e else np.nan,
-        "angle_rad": e.angle_rad if e else np.nan, "skull_px": seg.skull_px, "score": seg.score,
-        "hc_px": seg.hc_px(), "pixel_mm": pixel_mm, "hc_mm": seg.hc_px() * pixel_mm,
+        "dataset": dataset,
+        "image": name,
+        "ok": seg.ok,
+        "reason": seg.reason,
+        "cx": e.cx if e else np.nan,
+        "cy": e.cy if e else np.nan,
+        "semi_major_px": e.a if e else np.nan,
+        "semi_minor_px": e.b if e else np.nan,
+        "angle_rad": e.angle_rad if e else np.nan,
+        "skull_px": seg.skull_px,
+        "score": seg.score,
+        "hc_px": seg.hc_px(),
+        "pixel_mm": pixel_mm,
+        "hc_mm": seg.hc_px() * pixel_mm,
     }
     if ann_path:
         truth, te, degenerate = truth_mask(read_image(ann_path))
@@ -523,7 +607,11 @@ def main() -> None:
     for dataset in ("fetal_planes", "hc18"):
         for name, loc in store_items(enhanced / dataset):
             px, hc = hc_info.get(name, (np.nan, np.nan)) if dataset == "hc18" else (np.nan, np.nan)
-            ann = str(root / "data/raw/hc18/images" / f"{name}_Annotation.png") if dataset == "hc18" else ""
+            ann = (
+                str(root / "data/raw/hc18/images" / f"{name}_Annotation.png")
+                if dataset == "hc18"
+                else ""
+            )
             items.append((dataset, name, loc, ann, px, hc))
     res = map_images(functools.partial(_segment_item, params=p), items, pdask, desc="segment")
     done = [(it, r.value) for it, r in zip(items, res, strict=True) if r.ok]
@@ -531,27 +619,44 @@ def main() -> None:
     df = pd.DataFrame([v["row"] for _, v in done])
     with atomic_dir(root / "data/interim/us/segmented") as out:
         for dataset in ("fetal_planes", "hc18"):
-            write_store_chunk(out / dataset, [(it[1], v["labels"]) for it, v in done
-                                              if it[0] == dataset], layout["layout"], 0)
-    write_npz(root / "data/processed/us/crops.npz",
-              images=np.stack([v["crop"] for _, v in done]).astype(np.uint8),
-              names=np.array([it[1] for it, _ in done]), datasets=np.array([it[0] for it, _ in done]))
+            write_store_chunk(
+                out / dataset,
+                [(it[1], v["labels"]) for it, v in done if it[0] == dataset],
+                layout["layout"],
+                0,
+            )
+    write_npz(
+        root / "data/processed/us/crops.npz",
+        images=np.stack([v["crop"] for _, v in done]).astype(np.uint8),
+        names=np.array([it[1] for it, _ in done]),
+        datasets=np.array([it[0] for it, _ in done]),
+    )
     write_csv(root / "data/processed/us/segmentation.csv", df)
     hc = df[df["dataset"] == "hc18"]
-    report = {
-        "method": p["method"], "n": len(df), "n_hc18": len(hc), "n_failed": len(failures),
-        "failures": failures, "n_no_ellipse": int((~df["ok"]).sum()),
-        "dice_mean": float(hc["dice"].mean()), "dice_median": float(hc["dice"].median()),
-        "hc_error_mm_mean": float(hc["hc_error_mm"].mean()),
-        "hc_error_mm_median": float(hc["hc_error_mm"].median()),
-        "degenerate_truth": list(hc.loc[hc["truth_degenerate"].astype(bool), "image"]),
-    } if len(hc) else {"method": p["method"], "n": len(df), "n_failed": len(failures),
-                        "failures": failures}
+    report = (
+        {
+            "method": p["method"],
+            "n": len(df),
+            "n_hc18": len(hc),
+            "n_failed": len(failures),
+            "failures": failures,
+            "n_no_ellipse": int((~df["ok"]).sum()),
+            "dice_mean": float(hc["dice"].mean()),
+            "dice_median": float(hc["dice"].median()),
+            "hc_error_mm_mean": float(hc["hc_error_mm"].mean()),
+            "hc_error_mm_median": float(hc["hc_error_mm"].median()),
+            "degenerate_truth": list(hc.loc[hc["truth_degenerate"].astype(bool), "image"]),
+        }
+        if len(hc)
+        else {"method": p["method"], "n": len(df), "n_failed": len(failures), "failures": failures}
+    )
     write_json(reports / "segment_us.json", report)
     show = hc.sort_values("dice").iloc[np.linspace(0, len(hc) - 1, min(8, len(hc))).astype(int)]
     show_items = {(it[0], it[1]): (it, v) for it, v in done}
     tiles = []
-    for rr in list(show.itertuples()) + list(df[df["dataset"] == "fetal_planes"].head(4).itertuples()):
+    for rr in list(show.itertuples()) + list(
+        df[df["dataset"] == "fetal_planes"].head(4).itertuples()
+    ):
         it, v = show_items[(rr.dataset, rr.image)]
         note = f"Dice {rr.dice:.3f}" if rr.dataset == "hc18" else ""
         tiles.append((rr.image, load_item(it[2]), v["labels"], note))

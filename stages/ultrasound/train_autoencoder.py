@@ -1,7 +1,8 @@
 """Stage ``train_autoencoder_us``: a plane-conditioned convolutional autoencoder of brain crops.
 
 Trained on the train split's brain crops only (grayscale, scaled to [0, 1]); the anomaly
-threshold is the ``threshold_percentile`` of the validation images' reconstruction errors.
+threshold is the ``threshold_percentile`` of the validation images' anomaly scores
+(reconstruction MSE divided by the image's variance).
 FETAL_PLANES_DB has no anomaly labels: the autoencoder flags images unlike its training images
 (quality, plane or possibly pathology); it is not a diagnosis.
 """
@@ -51,7 +52,8 @@ def train_autoencoder(
     -------
     model, result
         The fitted Keras model and ``val_mse`` (mean per-image MSE on val), ``train_mse``,
-        ``threshold`` (the percentile of val errors, MSE units), ``epoch_times_s``.
+        ``threshold`` (the percentile of the val images' anomaly scores, see
+        :func:`stages.ultrasound.models.anomaly_score`), ``epoch_times_s``.
     """
     M.seed_everything(params["seed"])
     model = M.build_autoencoder(
@@ -68,13 +70,17 @@ def train_autoencoder(
         verbose=0,
         callbacks=[timer],
     )
-    train_err = M.reconstruction_mse(model, x_train, planes_train)
-    # With no val image (tiny test sets) the threshold falls back to the training errors.
-    val_err = M.reconstruction_mse(model, x_val, planes_val) if len(x_val) else train_err
+    recon_tr = M.reconstruct(model, x_train, planes_train)
+    train_mse = np.mean((recon_tr - x_train) ** 2)
+    # With no val image (tiny test sets) the threshold falls back to the training images.
+    x_thr, p_thr = (x_val, planes_val) if len(x_val) else (x_train, planes_train)
+    recon = M.reconstruct(model, x_thr, p_thr)
     result = {
-        "train_mse": float(np.mean(train_err)),
-        "val_mse": float(np.mean(val_err)),
-        "threshold": float(np.percentile(val_err, params["threshold_percentile"])),
+        "train_mse": float(train_mse),
+        "val_mse": float(np.mean((recon - x_thr) ** 2)),
+        "threshold": float(
+            np.percentile(M.anomaly_score(x_thr, recon), params["threshold_percentile"])
+        ),
         "n_train": len(x_train),
         "n_val": len(x_val),
         "epoch_times_s": [round(t, 3) for t in times],

@@ -56,8 +56,10 @@ def check_label_table(table: pd.DataFrame, p: dict[str, Any]) -> pd.DataFrame:
             reasons[i].append(text(i) if callable(text) else text)
 
     flag(~t["Plane"].isin(p["planes"]), lambda i: f"unknown plane {t['Plane'].iloc[i]!r}")
-    flag(~t["Brain_plane"].isin(p["brain_planes"]),
-         lambda i: f"unknown brain plane {t['Brain_plane'].iloc[i]!r}")
+    flag(
+        ~t["Brain_plane"].isin(p["brain_planes"]),
+        lambda i: f"unknown brain plane {t['Brain_plane'].iloc[i]!r}",
+    )
     flag(~t["Train"].isin(["0", "1"]), lambda i: f"Train not 0/1: {t['Train'].iloc[i]!r}")
     flag(t["Image_name"].duplicated(keep=False), "duplicate Image_name")
     pid = pd.to_numeric(t["Patient_num"], errors="coerce")
@@ -76,8 +78,12 @@ def check_image_file(path: str, min_side_px: int, max_side_px: int) -> dict[str,
         return {"width": np.nan, "height": np.nan, "reason": str(exc)}
     except OSError as exc:
         return {"width": np.nan, "height": np.nan, "reason": f"unreadable: {exc}"}
-    return {"width": img.shape[1], "height": img.shape[0], "reason": "",
-            "mean_gray": float(img.mean())}
+    return {
+        "width": img.shape[1],
+        "height": img.shape[0],
+        "reason": "",
+        "mean_gray": float(img.mean()),
+    }
 
 
 def check_hc18(hc_dir: Path, csv: pd.DataFrame, image_checks: dict[str, dict]) -> dict[str, list]:
@@ -113,17 +119,20 @@ def validate(raw: Path, p: dict[str, Any], params_dask: dict[str, Any]) -> pd.Da
     labels = check_label_table(table, p).set_index("Image_name")
     fp_files = sorted(q for q in (fp / "images").iterdir() if q.suffix.lower() == ".png")
     hc_files = hc18_images(hc / "images")
-    check = functools.partial(check_image_file, min_side_px=int(p["min_side_px"]),
-                              max_side_px=int(p["max_side_px"]))
+    check = functools.partial(
+        check_image_file, min_side_px=int(p["min_side_px"]), max_side_px=int(p["max_side_px"])
+    )
     results = map_images(check, [str(f) for f in fp_files + hc_files], params_dask, desc="validate")
     checks = [r.value if r.ok else {"reason": f"check crashed: {r.error}"} for r in results]
     hc_csv = pd.read_csv(hc / HC18_CSV)
-    hc_checks = {f.stem: c for f, c in zip(hc_files, checks[len(fp_files):], strict=True)}
+    hc_checks = {f.stem: c for f, c in zip(hc_files, checks[len(fp_files) :], strict=True)}
     hc_reasons = check_hc18(hc, hc_csv, hc_checks)
-    pixel = dict(zip(hc_csv.iloc[:, 0].map(lambda f: Path(str(f)).stem), hc_csv.iloc[:, 1],
-                     strict=True))
-    hc_true = dict(zip(hc_csv.iloc[:, 0].map(lambda f: Path(str(f)).stem), hc_csv.iloc[:, 2],
-                       strict=True))
+    pixel = dict(
+        zip(hc_csv.iloc[:, 0].map(lambda f: Path(str(f)).stem), hc_csv.iloc[:, 1], strict=True)
+    )
+    hc_true = dict(
+        zip(hc_csv.iloc[:, 0].map(lambda f: Path(str(f)).stem), hc_csv.iloc[:, 2], strict=True)
+    )
     rows = []
     for f, c in zip(fp_files, checks[: len(fp_files)], strict=True):
         r = [c["reason"]] if c.get("reason") else []
@@ -134,8 +143,15 @@ def validate(raw: Path, p: dict[str, Any], params_dask: dict[str, Any]) -> pd.Da
         rows.append({"dataset": "fetal_planes", "image": f.stem, **_row(c, r)})
     for name, c in hc_checks.items():
         r = ([c["reason"]] if c.get("reason") else []) + hc_reasons[name]
-        rows.append({"dataset": "hc18", "image": name, **_row(c, r),
-                     "pixel_mm": pixel.get(name, np.nan), "hc_true_mm": hc_true.get(name, np.nan)})
+        rows.append(
+            {
+                "dataset": "hc18",
+                "image": name,
+                **_row(c, r),
+                "pixel_mm": pixel.get(name, np.nan),
+                "hc_true_mm": hc_true.get(name, np.nan),
+            }
+        )
     df = pd.DataFrame(rows)
     for col in ("pixel_mm", "hc_true_mm"):
         if col not in df:
@@ -144,9 +160,13 @@ def validate(raw: Path, p: dict[str, Any], params_dask: dict[str, Any]) -> pd.Da
 
 
 def _row(check: dict[str, Any], reasons: list[str]) -> dict[str, Any]:
-    return {"passed": not reasons, "reasons": ";".join(reasons),
-            "width": check.get("width", np.nan), "height": check.get("height", np.nan),
-            "mean_gray": check.get("mean_gray", np.nan)}
+    return {
+        "passed": not reasons,
+        "reasons": ";".join(reasons),
+        "width": check.get("width", np.nan),
+        "height": check.get("height", np.nan),
+        "mean_gray": check.get("mean_gray", np.nan),
+    }
 
 
 def gx_label_expectations(p: dict[str, Any]) -> list[dict[str, Any]]:
@@ -154,14 +174,22 @@ def gx_label_expectations(p: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "Image_name"}},
         {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "Image_name"}},
-        {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "Plane",
-                                                                  "value_set": p["planes"]}},
-        {"type": "expect_column_values_to_be_in_set",
-         "kwargs": {"column": "Brain_plane", "value_set": p["brain_planes"]}},
-        {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "Train",
-                                                                  "value_set": ["0", "1"]}},
-        {"type": "expect_column_values_to_match_regex",
-         "kwargs": {"column": "Patient_num", "regex": r"^[1-9][0-9]*$"}},
+        {
+            "type": "expect_column_values_to_be_in_set",
+            "kwargs": {"column": "Plane", "value_set": p["planes"]},
+        },
+        {
+            "type": "expect_column_values_to_be_in_set",
+            "kwargs": {"column": "Brain_plane", "value_set": p["brain_planes"]},
+        },
+        {
+            "type": "expect_column_values_to_be_in_set",
+            "kwargs": {"column": "Train", "value_set": ["0", "1"]},
+        },
+        {
+            "type": "expect_column_values_to_match_regex",
+            "kwargs": {"column": "Patient_num", "regex": r"^[1-9][0-9]*$"},
+        },
     ]
 
 
@@ -169,13 +197,26 @@ def gx_image_expectations(p: dict[str, Any]) -> list[dict[str, Any]]:
     """The per-image suite: decodable (size known), size range, HC18 pixel size positive."""
     return [
         {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "width"}},
-        {"type": "expect_column_values_to_be_between",
-         "kwargs": {"column": "width", "min_value": p["min_side_px"], "max_value": p["max_side_px"]}},
-        {"type": "expect_column_values_to_be_between",
-         "kwargs": {"column": "height", "min_value": p["min_side_px"],
-                    "max_value": p["max_side_px"]}},
-        {"type": "expect_column_values_to_be_between",
-         "kwargs": {"column": "pixel_mm", "min_value": 1e-6, "mostly": 1.0}},
+        {
+            "type": "expect_column_values_to_be_between",
+            "kwargs": {
+                "column": "width",
+                "min_value": p["min_side_px"],
+                "max_value": p["max_side_px"],
+            },
+        },
+        {
+            "type": "expect_column_values_to_be_between",
+            "kwargs": {
+                "column": "height",
+                "min_value": p["min_side_px"],
+                "max_value": p["max_side_px"],
+            },
+        },
+        {
+            "type": "expect_column_values_to_be_between",
+            "kwargs": {"column": "pixel_mm", "min_value": 1e-6, "mostly": 1.0},
+        },
     ]
 
 
@@ -190,8 +231,9 @@ def run_gx(raw: Path, df: pd.DataFrame, p: dict[str, Any], docs: Path) -> dict[s
 
     def build(specs: list[dict[str, Any]]) -> list[Any]:
         names = ["".join(w.capitalize() for w in s["type"].split("_")) for s in specs]
-        return [getattr(gx.expectations, n)(**s["kwargs"]) for n, s in zip(names, specs,
-                                                                            strict=True)]
+        return [
+            getattr(gx.expectations, n)(**s["kwargs"]) for n, s in zip(names, specs, strict=True)
+        ]
 
     table = pd.read_csv(raw / "fetal_planes" / PLANES_CSV, dtype=str, keep_default_na=False)
     images = df.assign(
@@ -222,10 +264,15 @@ def main() -> None:
     q.write(interim / "quarantine.csv")
     gx = run_gx(raw, df, p, reports / "gx" / "us")
     fail_frac = float((~df["passed"]).mean()) if len(df) else 1.0
-    report = {"n_images": len(df), "n_passed": int(df["passed"].sum()),
-              "n_quarantined": len(q), "fail_fraction": fail_frac,
-              **{f"n_{d}": int((df["dataset"] == d).sum()) for d in ("fetal_planes", "hc18")},
-              "quarantined": q.items(), **gx}
+    report = {
+        "n_images": len(df),
+        "n_passed": int(df["passed"].sum()),
+        "n_quarantined": len(q),
+        "fail_fraction": fail_frac,
+        **{f"n_{d}": int((df["dataset"] == d).sum()) for d in ("fetal_planes", "hc18")},
+        "quarantined": q.items(),
+        **gx,
+    }
     write_json(reports / "validate_us.json", report)
     log.info("validate_us: %d images, %d quarantined", len(df), len(q))
     if fail_frac > float(p["max_fail_fraction"]):

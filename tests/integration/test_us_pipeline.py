@@ -1,4 +1,4 @@
-"""The real ``dvc repro evaluate_us`` on a toy copy of the repository and a tiny synthetic mirror."""
+"""The real ``dvc repro evaluate_us`` on a toy copy of the repo and a tiny synthetic mirror."""
 
 from __future__ import annotations
 
@@ -13,10 +13,14 @@ from tests.synth_us import make_us_mirror
 
 TINY = {
     "segment_us": {"crop_size": 64},
-    "train_autoencoder_us": {"input_size": 32, "filters": [4, 8, 8], "epochs": 2,
-                             "batch_size": 8},
-    "train_plane_classifier_us": {"input_size": 32, "filters": [4, 8], "epochs": 2,
-                                  "patience": 1, "batch_size": 8},
+    "train_autoencoder_us": {"input_size": 32, "filters": [4, 8, 8], "epochs": 2, "batch_size": 8},
+    "train_plane_classifier_us": {
+        "input_size": 32,
+        "filters": [4, 8],
+        "epochs": 2,
+        "patience": 1,
+        "batch_size": 8,
+    },
     "evaluate_us": {"n_bootstrap": 20},
     "split_planes_us": {"val_fraction": 0.3},
 }
@@ -60,7 +64,7 @@ def test_dvc_repro_evaluate_us(toy_repo, tmp_path, monkeypatch) -> None:
         c = tracking.client()
         champion = c.get_model_version_by_alias(name, "champion")
         challenger = c.get_model_version_by_alias(name, "challenger")
-        assert champion.version == challenger.version == "1"
+        assert str(champion.version) == str(challenger.version) == "1"
         assert "eval_data_hash" in champion.tags
     # the registered champion scores raw images (pyfunc with the stage code)
     from PIL import Image

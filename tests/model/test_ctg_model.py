@@ -48,8 +48,9 @@ def records() -> list[tuple[np.ndarray, np.ndarray, int]]:
 
 def training_arrays(recs: list, pre: dict, norm: dict) -> tuple[np.ndarray, np.ndarray]:
     pairs = [preprocess_signals(f, u, FS_HZ, pre) for f, u, _ in recs]
-    x = ctg_model.model_inputs(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]),
-                               norm)
+    x = ctg_model.model_inputs(
+        np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), norm
+    )
     return x, np.array([lab for _, _, lab in recs])
 
 
@@ -62,8 +63,15 @@ def trained(records: list, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     folder = tmp_path_factory.mktemp("ctg_model")
     ctg_model.save_model_dir(folder, net, pre, norm, 0.5, params["min_input_minutes"])
     predictor = ctg_model.load_predictor({"model_dir": str(folder)})
-    return {"x": x, "y": y, "net": net, "dir": folder, "predictor": predictor, "params": params,
-            "curves": curves}
+    return {
+        "x": x,
+        "y": y,
+        "net": net,
+        "dir": folder,
+        "predictor": predictor,
+        "params": params,
+        "curves": curves,
+    }
 
 
 def raw_frame(recs: list) -> pd.DataFrame:
@@ -116,8 +124,10 @@ def test_same_seed_same_model(trained: dict) -> None:
         (pd.DataFrame({"fhr_bpm": [["a"] * 4000], "uc": [[1.0] * 4000]}), "non-numeric"),
         (pd.DataFrame({"fhr_bpm": [[140.0] * 100], "uc": [[10.0] * 100]}), "at least"),
         (pd.DataFrame({"fhr_bpm": [[140.0] * 4000], "uc": [[10.0] * 3000]}), "samples but"),
-        (pd.DataFrame({"fhr_bpm": [[140.0] * 4000], "uc": [[10.0] * 4000], "fs_hz": [8]}),
-         "sampling rate"),
+        (
+            pd.DataFrame({"fhr_bpm": [[140.0] * 4000], "uc": [[10.0] * 4000], "fs_hz": [8]}),
+            "sampling rate",
+        ),
         (pd.DataFrame({"fhr_bpm": [140.0], "uc": [10.0]}), "sequence"),
         (pd.DataFrame({"fhr_bpm": [[0.0] * 4000], "uc": [[10.0] * 4000]}), "no valid FHR"),
         ("not a table", "DataFrame"),
@@ -149,16 +159,18 @@ def _log(trained: dict) -> str:
 
 def test_pyfunc_roundtrip_through_the_registry(trained: dict, records: list) -> None:
     uri = _log(trained)
-    version = tracking.register_model(uri, "ctg-test", {"cv_auc": 0.7, "eval_data_hash": "h"},
-                                      idempotency_key="k1")
+    version = tracking.register_model(
+        uri, "ctg-test", {"cv_auc": 0.7, "eval_data_hash": "h"}, idempotency_key="k1"
+    )
     decision = tracking.promote_if_better("ctg-test", version, "cv_auc", 0.005)
     assert decision.promoted
     served = tracking.load_model(tracking.champion_uri("ctg-test"))
     frame = raw_frame(records[:3])
     got = served.predict(frame)
     want = trained["predictor"].predict(frame)
-    np.testing.assert_allclose(got["probability"].to_numpy(), want["probability"].to_numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        got["probability"].to_numpy(), want["probability"].to_numpy(), atol=1e-6
+    )
     with pytest.raises(Exception, match="missing column"):
         served.predict(pd.DataFrame({"fhr_bpm": frame["fhr_bpm"]}))
 

@@ -75,28 +75,35 @@ def test_scores_good_records_and_names_bad_ones(
         assert name in err
 
 
-def test_exit_code_nonzero_when_nothing_scored(model_dir: Path, records_dir: Path,
-                                               tmp_path: Path) -> None:
+def test_exit_code_nonzero_when_nothing_scored(
+    model_dir: Path, records_dir: Path, tmp_path: Path
+) -> None:
     for p in records_dir.glob("200*"):
         p.unlink()
-    code = fetal(["score-ctg", str(records_dir), "--out", str(tmp_path / "p.csv"),
-                  "--model", str(model_dir)])
+    code = fetal(
+        ["score-ctg", str(records_dir), "--out", str(tmp_path / "p.csv"), "--model", str(model_dir)]
+    )
     assert code == 1
 
 
-def test_risk_plot_and_champion_from_registry(model_dir: Path, records_dir: Path,
-                                              tmp_path: Path) -> None:
+def test_risk_plot_and_champion_from_registry(
+    model_dir: Path, records_dir: Path, tmp_path: Path
+) -> None:
     with tracking.run("test-ctg", "score"):
         uri = tracking.log_predictor_model(
-            name="model", loader="stages.ctg.model:load_predictor",
-            artifacts={"model_dir": str(model_dir)}, pip_requirements=train.PIP_REQUIREMENTS,
-            input_example=train.example_input(), signature=False,
+            name="model",
+            loader="stages.ctg.model:load_predictor",
+            artifacts={"model_dir": str(model_dir)},
+            pip_requirements=train.PIP_REQUIREMENTS,
+            input_example=train.example_input(),
+            signature=False,
         )
     version = tracking.register_model(uri, "ctg-distress", {"cv_auc": 0.7}, idempotency_key="s")
     tracking.promote_if_better("ctg-distress", version, "cv_auc", 0.0)
     out, png = tmp_path / "preds.csv", tmp_path / "risk.png"
-    code = fetal(["score-ctg", str(records_dir), "--out", str(out),
-                  "--plot", "2002", "--plot-out", str(png)])
+    code = fetal(
+        ["score-ctg", str(records_dir), "--out", str(out), "--plot", "2002", "--plot-out", str(png)]
+    )
     assert code == 0
     local = tmp_path / "local.csv"
     fetal(["score-ctg", str(records_dir), "--out", str(local), "--model", str(model_dir)])

@@ -50,8 +50,9 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> dict:
     images.mkdir()
     truth = {}
     for i, plane in enumerate(M.PLANES):
-        img, e = phantom_head(SHAPE, axes=(60 + 5 * i, 50), angle=0.4 * i, seed=100 + i,
-                              feature=plane)
+        img, e = phantom_head(
+            SHAPE, axes=(60 + 5 * i, 50), angle=0.4 * i, seed=100 + i, feature=plane
+        )
         Image.fromarray(img).save(images / f"head_{i}.png")
         truth[f"head_{i}"] = e
     Image.fromarray(phantom_head(SHAPE, seed=7)[0]).save(images / "head_jpg.jpg", quality=95)
@@ -64,9 +65,21 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "head_0.png,0.2,1\r\nhead_1.png,0.1,1\r\n"
     )
     out, masks = tmp / "preds.csv", tmp / "masks"
-    rc = main([str(images), "--out", str(out), "--pixel-size-csv", str(pixel_csv),
-               "--masks-out", str(masks), "--plane-model", str(plane_dir),
-               "--ae-model", str(ae_dir)])
+    rc = main(
+        [
+            str(images),
+            "--out",
+            str(out),
+            "--pixel-size-csv",
+            str(pixel_csv),
+            "--masks-out",
+            str(masks),
+            "--plane-model",
+            str(plane_dir),
+            "--ae-model",
+            str(ae_dir),
+        ]
+    )
     return {"rc": rc, "preds": pd.read_csv(out), "masks": masks, "truth": truth}
 
 
@@ -74,8 +87,14 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_scores_every_readable_image_and_reports_the_broken_one(scored, capsys) -> None:
     preds = scored["preds"]
     assert scored["rc"] == 0
-    assert list(preds.columns) == ["image", "plane", "plane_probability", "anomaly_score",
-                                   "anomalous", "hc_mm"]
+    assert list(preds.columns) == [
+        "image",
+        "plane",
+        "plane_probability",
+        "anomaly_score",
+        "anomalous",
+        "hc_mm",
+    ]
     assert sorted(preds["image"]) == sorted(
         ["head_0.png", "head_1.png", "head_2.png", "head_jpg.jpg", "abdomen.png"]
     )
@@ -98,8 +117,9 @@ def test_hc_only_with_pixel_size_and_close_to_truth(scored) -> None:
 @pytest.mark.unit
 def test_masks_have_image_size_and_binary_values(scored) -> None:
     masks = sorted(p.name for p in scored["masks"].iterdir())
-    assert masks == sorted(["head_0.png", "head_1.png", "head_2.png", "head_jpg.png",
-                            "abdomen.png"])
+    assert masks == sorted(
+        ["head_0.png", "head_1.png", "head_2.png", "head_jpg.png", "abdomen.png"]
+    )
     for name, e in scored["truth"].items():
         m = np.asarray(Image.open(scored["masks"] / f"{name}.png"))
         assert m.shape == SHAPE and m.dtype == np.uint8

@@ -26,7 +26,9 @@ def _labels(seed: int = 0, n_patients: int = 40) -> pd.DataFrame:
             plane = "Fetal brain" if brain else "Fetal femur"
             bp = str(rng.choice(M.PLANES)) if brain else "Not A Brain"
             rows.append((f"Patient{p:05d}_Plane3_{k + 1}_of_4", p, plane, bp, train))
-    return pd.DataFrame(rows, columns=["Image_name", "Patient_num", "Plane", "Brain_plane", "Train"])
+    return pd.DataFrame(
+        rows, columns=["Image_name", "Patient_num", "Plane", "Brain_plane", "Train"]
+    )
 
 
 @pytest.mark.unit
@@ -85,8 +87,11 @@ def test_leaked_patient_fails() -> None:
 @pytest.mark.data
 def test_label_table_with_patient_in_both_train_values_fails() -> None:
     labels = pd.DataFrame(
-        [("P1_a", 1, "Fetal brain", "Trans-thalamic", 1), ("P1_b", 1, "Fetal brain",
-         "Trans-cerebellum", 0), ("P2_a", 2, "Fetal brain", "Trans-thalamic", 1)],
+        [
+            ("P1_a", 1, "Fetal brain", "Trans-thalamic", 1),
+            ("P1_b", 1, "Fetal brain", "Trans-cerebellum", 0),
+            ("P2_a", 2, "Fetal brain", "Trans-thalamic", 1),
+        ],
         columns=["Image_name", "Patient_num", "Plane", "Brain_plane", "Train"],
     )
     usable = set(labels["Image_name"])
@@ -127,7 +132,13 @@ def test_autoencoder_shapes() -> None:
     assert out.shape == x.shape
     assert out.min() >= 0 and out.max() <= 1
     assert [layer.filters for layer in model.layers if type(layer).__name__ == "Conv2D"] == [
-        4, 8, 8, 8, 8, 4, 1,
+        4,
+        8,
+        8,
+        8,
+        8,
+        4,
+        1,
     ]
     with pytest.raises(ValueError):
         M.build_autoencoder(36, (4, 8, 8))
@@ -135,7 +146,13 @@ def test_autoencoder_shapes() -> None:
 
 @pytest.mark.unit
 def test_plane_classifier_shapes() -> None:
-    aug = {"shift": 0.1, "rotation_deg": 10, "flip": "horizontal", "brightness": 0.1, "contrast": 0.1}
+    aug = {
+        "shift": 0.1,
+        "rotation_deg": 10,
+        "flip": "horizontal",
+        "brightness": 0.1,
+        "contrast": 0.1,
+    }
     model = M.build_plane_classifier(32, 3, (4, 8), augment=aug)
     x = np.random.default_rng(0).random((5, 32, 32, 1)).astype(np.float32)
     prob = M.predict_planes(model, x, tta=True)

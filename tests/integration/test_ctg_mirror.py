@@ -1,0 +1,45 @@
+"""Smoke run of the CTG branch (ingest .. evaluate) with real ``dvc repro`` on the real mirror.
+
+Five folds as in ``params.yaml`` (fewer would change what the printed AUC means) but a small
+network trained for 2 epochs, so it finishes in CI: the AUC it prints is a SMOKE number, not the
+model's performance (see ``data/reports/train_ctg.json`` of a full ``make pipeline``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_dvc, set_params, shared_mirror
+
+pytestmark = [pytest.mark.integration, pytest.mark.mirror]
+
+
+def test_ctg_branch_on_real_mirror(toy_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror = shared_mirror("ctu-uhb")
+    monkeypatch.setenv("FETAL_MIRROR", str(mirror.parent))
+    set_params(
+        toy_repo,
+        {
+            "train_ctg": {"epochs": 2, "patience": 2, "units": 16, "conv_filters": 16},
+            "evaluate_ctg": {"n_bootstrap": 200},
+        },
+    )
+    run_dvc(toy_repo, "repro", "evaluate_ctg", timeout=600)
+    shown = run_dvc(toy_repo, "metrics", "show").stdout
+    train = json.loads((toy_repo / "data/reports/train_ctg.json").read_text())
+    ev = json.loads((toy_repo / "data/reports/evaluate_ctg.json").read_text())
+    print("\nSMOKE RUN (2 epochs, small network, 5 folds): not the model's real performance")
+    print(shown)
+    print(
+        f"smoke: lstm AUC {ev['lstm.auc']:.3f} [{ev['lstm.auc_ci_low']:.3f}, "
+        f"{ev['lstm.auc_ci_high']:.3f}], FIGO baseline AUC {ev['baseline.auc']:.3f}, "
+        f"signal loss AUC {ev['signal_loss.auc']:.3f}, {train['mean_epoch_s']:.1f} s/epoch"
+    )
+    assert len(train["fold"]) == 5
+    assert ev["n_records"] >= 400 and ev["lstm.n_pos"] >= 70
+    # The FIGO baseline is deterministic and known to carry signal on this data.
+    assert ev["baseline.auc"] > 0.6
+    assert 0.0 <= ev["lstm.auc"] <= 1.0

@@ -1,0 +1,108 @@
+"""The ultrasound model stages on a subset of the real FETAL_PLANES_DB mirror (few epochs).
+
+Crops come from the same functions the pipeline uses (enhance, segment, brain crop); the split,
+the two trainings and the evaluation are the stages' own functions. Metrics are printed (run with
+``-s``); the assertions check the wiring and the split, not the (few-epoch) quality.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages.common.params import load_params
+from stages.ultrasound import models as M
+from tests.conftest import ROOT, shared_mirror
+
+PER_PLANE = {1: 10, 0: 8}  # images per brain plane from Train==1 / Train==0
+N_NON_BRAIN = 8
+
+
+def _subset(labels: pd.DataFrame, images: set[str]) -> pd.DataFrame:
+    have = labels[labels["Image_name"].isin(images)]
+    parts = []
+    for train, n in PER_PLANE.items():
+        for plane in M.PLANES:
+            rows = have[(have["Train"] == train) & (have["Brain_plane"] == plane)]
+            parts.append(rows.sort_values("Image_name").head(n))
+    parts.append(have[have["Plane"] != "Fetal brain"].sort_values("Image_name").head(N_NON_BRAIN))
+    return pd.concat(parts)
+
+
+@pytest.mark.integration
+@pytest.mark.mirror
+@pytest.mark.slow
+def test_us_models_on_real_mirror(tmp_path) -> None:
+    from stages.ultrasound.evaluate import evaluate
+    from stages.ultrasound.imaging import read_image
+    from stages.ultrasound.score import AutoencoderPredictor, PlanePredictor, Preprocessor
+    from stages.ultrasound.split_planes import assert_patient_disjoint, build_manifest
+    from stages.ultrasound.train_autoencoder import train_autoencoder
+    from stages.ultrasound.train_plane_classifier import train_plane_classifier
+
+    mirror = shared_mirror("fetal_planes")
+    labels = pd.read_csv(mirror / "FETAL_PLANES_DB_data.csv")
+    subset = _subset(labels, {p.stem for p in (mirror / "images").glob("*.png")})
+    params = {
+        s: load_params(s, ROOT / "params.yaml")
+        for s in (
+            "enhance_us",
+            "segment_us",
+            "split_planes_us",
+            "train_autoencoder_us",
+            "train_plane_classifier_us",
+            "evaluate_us",
+        )
+    }
+    prep = Preprocessor(params["enhance_us"], params["segment_us"])
+    crops, ok = [], {}
+    for name in subset["Image_name"]:
+        crop, seg = prep(read_image(mirror / "images" / f"{name}.png"))
+        crops.append(crop)
+        ok[name] = seg.ok
+    names, images = np.array(list(subset["Image_name"])), np.stack(crops)
+    sp = params["split_planes_us"]
+    manifest = build_manifest(subset, set(ok), ok, sp["planes"], 0.25, sp["seed"])
+    assert_patient_disjoint(manifest)
+    assert (
+        manifest.loc[manifest["split"] == "test", "image"].isin(
+            labels.loc[labels["Train"] == 0, "Image_name"]
+        )
+    ).all()
+
+    ae_p = params["train_autoencoder_us"] | {"input_size": 64, "epochs": 3}
+    pc_p = params["train_plane_classifier_us"] | {"input_size": 64, "epochs": 4, "patience": 2}
+    data = {}
+    for split in ("train", "val"):
+        rows = M.brain_rows(manifest, split)
+        data[split] = (M.to_unit_float(M.crops_for(rows, names, images), 64), rows)
+    onehot = {k: M.plane_one_hot(v[1]["brain_plane"]) for k, v in data.items()}
+    ae, ae_res = train_autoencoder(
+        data["train"][0], onehot["train"], data["val"][0], onehot["val"], ae_p
+    )
+    labels_idx = {k: v[1]["brain_plane"].map(M.PLANES.index).to_numpy() for k, v in data.items()}
+    clf, clf_res = train_plane_classifier(
+        data["train"][0], labels_idx["train"], data["val"][0], labels_idx["val"], pc_p
+    )
+    crop_cfg = {"enhance_us": params["enhance_us"], "segment_us": params["segment_us"]}
+    M.save_model_dir(
+        ae,
+        tmp_path / "ae",
+        {"input_size": 64, "planes": list(M.PLANES), "threshold": ae_res["threshold"], **crop_cfg},
+    )
+    M.save_model_dir(
+        clf, tmp_path / "pc", {"input_size": 64, "planes": list(M.PLANES), "tta": True, **crop_cfg}
+    )
+    report, tables = evaluate(
+        PlanePredictor(tmp_path / "pc"),
+        AutoencoderPredictor(tmp_path / "ae"),
+        manifest,
+        names,
+        images,
+        params["evaluate_us"] | {"n_bootstrap": 50},
+    )
+    print({k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()})
+    assert report["n_test"] == 3 * PER_PLANE[0]
+    assert 0 <= report["plane_accuracy"] <= 1 and report["ae_val_mse"] > 0
+    assert tables["cm"].sum() == report["n_test"]

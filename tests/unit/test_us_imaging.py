@@ -1,0 +1,129 @@
+"""Ultrasound imaging helpers: decoding and its refusals, ellipses, stores, enhancement."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages.ultrasound.enhance import ENHANCERS, enhance_image, skull_brain_cnr
+from stages.ultrasound.imaging import (
+    Ellipse,
+    ImageError,
+    decode_image,
+    ellipse_mask,
+    iter_store,
+    load_item,
+    ramanujan_perimeter,
+    store_items,
+    write_store_chunk,
+)
+from tests.synth_us import make_us_mirror, phantom_head
+
+pytestmark = pytest.mark.unit
+
+ENH = {
+    "method": "nlm_clahe",
+    "median_size": 5,
+    "clahe_clip": 0.01,
+    "denoise_h": 0.06,
+    "work_width": 240,
+}
+
+
+def _png(arr: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_ramanujan_matches_circle_and_numeric_perimeter():
+    assert ramanujan_perimeter(10.0, 10.0) == pytest.approx(2 * math.pi * 10, rel=1e-12)
+    t = np.linspace(0, 2 * np.pi, 200001)
+    x, y = 120 * np.cos(t), 70 * np.sin(t)
+    numeric = np.sum(np.hypot(np.diff(x), np.diff(y)))
+    assert ramanujan_perimeter(120.0, 70.0) == pytest.approx(numeric, rel=1e-6)
+
+
+def test_ellipse_mask_area_is_pi_ab():
+    e = Ellipse(100.0, 80.0, 60.0, 35.0, 0.4)
+    area = ellipse_mask((160, 200), e).sum()
+    assert area == pytest.approx(math.pi * 60 * 35, rel=0.01)
+
+
+def test_decode_accepts_gray_and_identical_rgb_channels():
+    g = np.random.default_rng(0).integers(0, 256, (70, 90), dtype=np.uint8)
+    assert np.array_equal(decode_image(_png(g)), g)
+    assert np.array_equal(decode_image(_png(np.stack([g, g, g], axis=2))), g)
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"this is not a png at all", "undecodable"),
+        ("truncated", "undecodable"),
+        ("sixteen_bit", "not_8bit"),
+        ("one_px", "too_small"),
+        ("colour", "multichannel"),
+    ],
+)
+def test_decode_refuses_bad_images_with_a_named_reason(data, reason):
+    rng = np.random.default_rng(1)
+    g = rng.integers(0, 256, (80, 100), dtype=np.uint8)
+    if data == "truncated":
+        full = _png(g)
+        data = full[: len(full) // 2]
+    elif data == "sixteen_bit":
+        data = _png(g.astype(np.uint16) * 257)
+    elif data == "one_px":
+        data = _png(np.zeros((1, 1), np.uint8))
+    elif data == "colour":
+        rgb = np.stack([g, g, g], axis=2)
+        rgb[10:20, 10:20, 0] = 255  # a red overlay
+        data = _png(rgb)
+    with pytest.raises(ImageError) as exc:
+        decode_image(data, min_side_px=64)
+    assert exc.value.reason == reason
+
+
+@pytest.mark.parametrize("layout", ["png", "shards"])
+def test_store_round_trip(tmp_path, layout):
+    rng = np.random.default_rng(2)
+    imgs = {f"img{i}": rng.integers(0, 256, (20 + i, 30), dtype=np.uint8) for i in range(5)}
+    write_store_chunk(tmp_path, list(imgs.items())[:3], layout, 0)
+    write_store_chunk(tmp_path, list(imgs.items())[3:], layout, 1)
+    back = dict(iter_store(tmp_path))
+    assert back.keys() == imgs.keys()
+    for name, loc in store_items(tmp_path):
+        assert np.array_equal(load_item(loc), imgs[name])
+        assert np.array_equal(back[name], imgs[name])
+
+
+@pytest.mark.parametrize("method", sorted(ENHANCERS))
+def test_every_enhancer_keeps_shape_and_dtype(method):
+    img, _ = phantom_head((120, 160), seed=3)
+    out = ENHANCERS[method](img, ENH)
+    assert out.shape == img.shape and out.dtype == np.uint8
+
+
+def test_enhancement_improves_cnr_on_a_noisy_phantom():
+    img, e = phantom_head((240, 320), noise=0.6, skull_intensity=150, seed=4)
+    raw = skull_brain_cnr(img, e)
+    new = skull_brain_cnr(enhance_image(img, ENH), e)
+    assert new > 1.3 * raw, (raw, new)
+
+
+def test_enhance_rejects_non_uint8():
+    with pytest.raises(ValueError):
+        enhance_image(np.zeros((10, 10), np.float32), ENH)
+
+
+def test_mirror_has_both_train_values_and_hc18_crlf(tmp_path):
+    root = make_us_mirror(tmp_path, n_per_plane=2, n_hc18=2, seed=5)
+    table = (root / "fetal_planes/FETAL_PLANES_DB_data.csv").read_text().splitlines()
+    assert {r.rsplit(",", 1)[1] for r in table[1:]} == {"0", "1"}
+    raw = (root / "hc18/pixel_size_and_HC.csv").read_bytes()
+    assert raw.startswith(b"filename,pixel size(mm),head circumference (mm)\r\n")
