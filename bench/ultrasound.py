@@ -1,7 +1,17 @@
-"""Ultrasound benchmark: images/s for enhance and segment, scoring latency, training times, and
-the DVC cost of 12,400 per-image files vs a few shards. Prints a markdown table.
+"""Ultrasound performance table: ``python -m bench.ultrasound`` (after ``dvc repro`` has run).
 
-``python -m bench.ultrasound [--n 40] [--dvc-n 12400]`` (needs the raw data from ingest_us).
+Rows:
+
+- enhance + segment throughput (images/s) on the raw FETAL_PLANES_DB images, on 1 worker and on
+  a Dask LocalCluster of 2 workers (the stages' own ``map_images``), after a warm-up;
+- scoring latency of one image (enhance, segment, crop, plane classifier, autoencoder) through
+  ``stages.ultrasound.score.Scorer`` on the local model folders, median and p95;
+- training times, from the stages' reports;
+- the DVC cost of 12,400 images (the size of FETAL_PLANES_DB) stored one PNG per image vs in
+  shards of 1,000: ``dvc add`` (hash + cache) and a ``dvc status`` with nothing changed. This is
+  the measurement behind ``enhance_us.layout: shards``.
+
+``--n`` images for the throughput rows, ``--dvc-n`` for the DVC rows (0 skips them).
 """
 
 from __future__ import annotations
@@ -9,80 +19,145 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from stages.common.parallel import dask_client, map_images
+import numpy as np
+
 from stages.common.params import load_params, project_root
-from stages.ultrasound.enhance import enhance_image
-from stages.ultrasound.imaging import read_image, write_store_chunk
-from stages.ultrasound.segment import segment_image
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def _enhance_segment(path: str, pe: dict, ps: dict) -> bool:
+def _enhance_segment(path: str, pe: dict[str, Any], ps: dict[str, Any]) -> bool:
+    from stages.ultrasound.enhance import enhance_image
+    from stages.ultrasound.imaging import read_image
+    from stages.ultrasound.segment import segment_image
+
     return segment_image(enhance_image(read_image(path), pe), ps).ok
 
 
-def throughput(paths: list[str], n_workers: int = 2) -> float:
-    pe, ps = load_params("enhance_us"), load_params("segment_us")
+def throughput(paths: list[str], n_workers: int) -> float:
+    """Images per second of enhance + segment over ``paths`` on ``n_workers`` Dask workers."""
+    from stages.common.parallel import dask_client, map_images
+
+    func = functools.partial(
+        _enhance_segment, pe=load_params("enhance_us"), ps=load_params("segment_us")
+    )
     pdask = {"scheduler_address": "", "n_workers": n_workers}
     with dask_client(pdask) as client:
-        map_images(functools.partial(_enhance_segment, pe=pe, ps=ps), paths[:4], pdask, client)
-        t = time.perf_counter()
-        map_images(functools.partial(_enhance_segment, pe=pe, ps=ps), paths, pdask, client)
-        return len(paths) / (time.perf_counter() - t)
+        map_images(func, paths[: 2 * n_workers], pdask, client, serial_below=0)  # warm-up
+        t0 = time.perf_counter()
+        results = map_images(func, paths, pdask, client, serial_below=0)
+        seconds = time.perf_counter() - t0
+    failed = sum(not r.ok for r in results)
+    if failed:
+        print(f"warning: {failed} images failed in the throughput run", file=sys.stderr)
+    return len(paths) / seconds
 
 
-def dvc_timing(src: list[Path], n: int, layout: str) -> tuple[float, float]:
-    """Seconds for ``dvc add`` and then ``dvc status`` of ``n`` images stored with ``layout``."""
-    with tempfile.TemporaryDirectory() as d:
+def scoring_latency(project: Path, paths: list[str]) -> tuple[float, float] | None:
+    """(median, p95) seconds to score one image with the local models, after a warm-up."""
+    from stages.ultrasound.imaging import read_image
+    from stages.ultrasound.score import load_scorer
+
+    base = project / "data" / "models" / "us"
+    if not (base / "plane_classifier").is_dir() or not (base / "autoencoder").is_dir():
+        return None
+    scorer = load_scorer(str(base / "plane_classifier"), str(base / "autoencoder"), project)
+    images = [read_image(p) for p in paths]
+    scorer.score_image(images[0], 0.1)  # warm-up: graph tracing
+    times = []
+    for img in images:
+        t0 = time.perf_counter()
+        scorer.score_image(img, 0.1)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), float(np.percentile(times, 95))
+
+
+def _dvc(repo: Path, *args: str) -> float:
+    dvc = str(Path(sys.executable).parent / "dvc")
+    t0 = time.perf_counter()
+    subprocess.run([dvc, *args], cwd=repo, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def dvc_timing(src: list[Path], n: int, layout: str, shard_size: int) -> tuple[float, float]:
+    """Seconds of ``dvc add`` and of a no-change ``dvc status`` for ``n`` images in ``layout``."""
+    from stages.ultrasound.imaging import read_image, write_store_chunk
+
+    with tempfile.TemporaryDirectory(prefix="bench_dvc_") as d:
         repo = Path(d)
         subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-        subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True)
-        imgs = [read_image(p) for p in src]
-        items = ((f"img{i:05d}", imgs[i % len(imgs)]) for i in range(n))
+        _dvc(repo, "init", "-q")
+        _dvc(repo, "config", "core.analytics", "false")
+        data = repo / "data"
+        data.mkdir()
         if layout == "png":
-            (repo / "data").mkdir()
-            for i in range(n):  # byte copies of real PNGs, as the png layout would hold
-                shutil.copy2(src[i % len(src)], repo / "data" / f"img{i:05d}.png")
+            for i in range(n):  # byte copies of the real PNGs, as the png layout holds them
+                shutil.copy2(src[i % len(src)], data / f"img{i:05d}.png")
         else:
-            chunk = 1000
-            batch = list(items)
-            for k in range(0, n, chunk):
-                write_store_chunk(repo / "data", batch[k : k + chunk], "shards", k // chunk)
-        t = time.perf_counter()
-        subprocess.run(["dvc", "add", "-q", "data"], cwd=repo, check=True)
-        t_add = time.perf_counter() - t
-        t = time.perf_counter()
-        subprocess.run(["dvc", "status", "-q"], cwd=repo)
-        return t_add, time.perf_counter() - t
+            imgs = [read_image(p) for p in src]
+            for k in range(0, n, shard_size):
+                chunk = [(f"img{i:05d}", imgs[i % len(imgs)]) for i in range(k, min(n, k + shard_size))]
+                write_store_chunk(data, chunk, "shards", k // shard_size)
+        t_add = _dvc(repo, "add", "-q", "data")
+        t_status = _dvc(repo, "status", "-q")
+        return t_add, t_status
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--n", type=int, default=40)
-    ap.add_argument("--dvc-n", type=int, default=12400)
-    args = ap.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--project", type=Path, default=ROOT, help="project root with data/")
+    ap.add_argument("--n", type=int, default=60, help="images for throughput and latency")
+    ap.add_argument("--dvc-n", type=int, default=12400, help="images for the DVC rows (0: skip)")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("FETAL_PROJECT_ROOT", str(args.project))
     root = project_root()
-    paths = sorted(str(p) for p in (root / "data/raw/fetal_planes/images").glob("*.png"))[: args.n]
-    rows = [("enhance+segment, 2 workers (img/s)", f"{throughput(paths):.2f}")]
-    for name in ("train_autoencoder_us", "train_plane_classifier_us"):
-        f = root / "data/reports" / f"{name}.json"
-        val = json.loads(f.read_text()).get("train_seconds", "n/a") if f.exists() else "not run"
-        rows.append((f"{name} training time (s)", str(val)))
-    rows.append(("scoring latency per image", "not measured (helper D's score predictor)"))
-    src = [Path(p) for p in paths]
-    for layout in ("png", "shards"):
-        t_add, t_status = dvc_timing(src, args.dvc_n, layout)
-        rows.append((f"dvc add, {args.dvc_n} images, {layout} (s)", f"{t_add:.1f}"))
-        rows.append((f"dvc status, {args.dvc_n} images, {layout} (s)", f"{t_status:.1f}"))
-    print("| measure | value |\n|---|---|")
-    for k, v in rows:
-        print(f"| {k} | {v} |")
+    src = sorted((root / "data/raw/fetal_planes/images").glob("*.png"))
+    if not src:
+        print("no data/raw/fetal_planes/images: run `dvc repro ingest_us` first", file=sys.stderr)
+        return 2
+    paths = [str(p) for p in src[: args.n]]
+    from stages.ultrasound.imaging import read_image
+
+    shapes = np.array([read_image(p).shape for p in paths[:20]])
+    size = f"{int(np.median(shapes[:, 1]))}x{int(np.median(shapes[:, 0]))} px (median w x h)"
+    rows: list[tuple[str, str, str]] = []
+    for workers in (1, 2):
+        rate = throughput(paths, workers)
+        rows.append((f"enhance + segment, {workers} worker(s)", f"{rate:.1f} img/s", size))
+    lat = scoring_latency(root, paths)
+    rows.append(
+        (
+            "score one image (enhance, segment, crop, 2 models)",
+            "n/a" if lat is None else f"{1000 * lat[0]:.0f} ms",
+            "no data/models/us yet" if lat is None else f"median of {len(paths)}; p95 {1000 * lat[1]:.0f} ms",
+        )
+    )
+    for stage in ("train_autoencoder_us", "train_plane_classifier_us"):
+        f = root / "data/reports" / f"{stage}.json"
+        r = json.loads(f.read_text()) if f.is_file() else {}
+        value = f"{r['train_time_s']:.0f} s" if "train_time_s" in r else "n/a"
+        rows.append((f"{stage} training", value, f"{r.get('n_train', '?')} train images"))
+    if args.dvc_n:
+        shard = int(load_params("enhance_us").get("shard_size", 1000))
+        for layout in ("png", "shards"):
+            t_add, t_status = dvc_timing(src, args.dvc_n, layout, shard)
+            note = "one file per image" if layout == "png" else f"{shard} images per shard"
+            rows.append((f"dvc add, {args.dvc_n} images, {layout}", f"{t_add:.1f} s", note))
+            rows.append((f"dvc status, {args.dvc_n} images, {layout}", f"{t_status:.2f} s", note))
+    print("| measure | value | note |\n|---|---:|---|")
+    for k, v, note in rows:
+        print(f"| {k} | {v} | {note} |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -7,22 +7,31 @@ Playwright. Screenshots go to ``docs/screenshots/`` (shown in the README).
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.integration.services import BIN, free_port, mlflow_server, require_env, stop, wait_http
+from tests.integration.services import (
+    mlflow_server,
+    prefect_api_post,
+    prefect_server,
+    require_env,
+    serving_deployments,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
-SHOTS = ROOT / "docs" / "screenshots"
+# Screenshots refresh the README's copies only when asked (FETAL_UPDATE_SCREENSHOTS=1): a test
+# run must not modify tracked files.
+SHOTS = (
+    ROOT / "docs" / "screenshots"
+    if os.environ.get("FETAL_UPDATE_SCREENSHOTS") == "1"
+    else Path(os.environ.get("TMPDIR", "/tmp")) / "fetal-screenshots"
+)
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -44,56 +53,19 @@ def browser() -> Iterator[object]:
 def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A Prefect server, then the served deployments; stopped serve first, server last."""
     home = tmp_path_factory.mktemp("prefect")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": api,
-        "PREFECT_UI_API_URL": api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        # the scheduler creates the next runs within seconds instead of a minute
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
-        "PYTHONPATH": str(ROOT),
-    }
-    server = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=open(home / "server.log", "w"), stderr=subprocess.STDOUT, env=env,
-        start_new_session=True,
-    )  # fmt: skip
-    serve = None
-    try:
-        wait_http(f"{api}/health", 120, server)
-        serve = subprocess.Popen(
-            [str(BIN / "python"), "-m", "flows.deploy"], cwd=ROOT, env=env,
-            stdout=open(home / "serve.log", "w"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        yield env
-    finally:
-        if serve is not None:
-            stop(serve)  # a serving process outliving its server hangs on shutdown
-        stop(server)
-
-
-def _api(env: dict[str, str], path: str, body: dict | None = None) -> object:
-    req = urllib.request.Request(
-        env["PREFECT_API_URL"] + path,
-        data=json.dumps(body or {}).encode(),
-        headers={"content-type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.load(resp)
+    with prefect_server(home) as env:
+        env["PYTHONPATH"] = str(ROOT)
+        with serving_deployments(env, home / "serve.log", ROOT):
+            yield env
 
 
 def _wait_for_scheduled_run(env: dict[str, str], timeout_s: float = 120) -> tuple[dict, dict]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        deps = {d["name"]: d for d in _api(env, "/deployments/filter")}
+        deps = {d["name"]: d for d in prefect_api_post(env, "/deployments/filter")}
         dep = deps.get("weekly-retraining")
         if dep:
-            runs = _api(
+            runs = prefect_api_post(
                 env,
                 "/flow_runs/filter",
                 {"flow_runs": {"deployment_id": {"any_": [dep["id"]]},

@@ -105,3 +105,63 @@ def create_database(admin_uri: str, prefix: str) -> str:
         cur.execute(f'CREATE DATABASE "{name}"')
     conn.close()
     return admin_uri.rsplit("/", 1)[0] + "/" + name
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path) -> Iterator[dict[str, str]]:
+    """``prefect server start`` on a free loopback port; yields the environment pointing at it.
+
+    The scheduler loop runs every 2 s (instead of 60 s) so scheduled runs appear quickly; the
+    UI is told the API's port too (it assumes 4200 otherwise).
+    """
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api,
+        "PREFECT_UI_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+    }
+    with open(home / "server.log", "w") as fh:
+        server = subprocess.Popen(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_http(f"{api}/health", 120, server)
+        yield env
+    finally:
+        stop(server)
+
+
+@contextlib.contextmanager
+def serving_deployments(env: dict[str, str], log: Path, cwd: Path) -> Iterator[subprocess.Popen]:
+    """``python -m flows.deploy`` (serves the deployments) until the block ends.
+
+    Leave this block before the server's: a serving process outliving its server hangs.
+    """
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [str(BIN / "python"), "-m", "flows.deploy"], cwd=cwd, env=env,
+            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def prefect_api_post(env: dict[str, str], path: str, body: dict | None = None) -> object:
+    """POST ``body`` to the Prefect REST API of ``env``; the decoded JSON answer."""
+    import json
+
+    req = urllib.request.Request(
+        env["PREFECT_API_URL"] + path,
+        data=json.dumps(body or {}).encode(),
+        headers={"content-type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.load(resp)
