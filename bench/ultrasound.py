@@ -105,7 +105,9 @@ def dvc_timing(src: list[Path], n: int, layout: str, shard_size: int) -> tuple[f
         else:
             imgs = [read_image(p) for p in src]
             for k in range(0, n, shard_size):
-                chunk = [(f"img{i:05d}", imgs[i % len(imgs)]) for i in range(k, min(n, k + shard_size))]
+                chunk = [
+                    (f"img{i:05d}", imgs[i % len(imgs)]) for i in range(k, min(n, k + shard_size))
+                ]
                 write_store_chunk(data, chunk, "shards", k // shard_size)
         t_add = _dvc(repo, "add", "-q", "data")
         t_status = _dvc(repo, "status", "-q")
@@ -138,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         (
             "score one image (enhance, segment, crop, 2 models)",
             "n/a" if lat is None else f"{1000 * lat[0]:.0f} ms",
-            "no data/models/us yet" if lat is None else f"median of {len(paths)}; p95 {1000 * lat[1]:.0f} ms",
+            "no data/models/us yet"
+            if lat is None
+            else f"median of {len(paths)}; p95 {1000 * lat[1]:.0f} ms",
         )
     )
     for stage in ("train_autoencoder_us", "train_plane_classifier_us"):

@@ -153,9 +153,16 @@ def serving_deployments(env: dict[str, str], log: Path, cwd: Path) -> Iterator[s
         stop(proc)
 
 
-def prefect_api_post(env: dict[str, str], path: str, body: dict | None = None) -> object:
-    """POST ``body`` to the Prefect REST API of ``env``; the decoded JSON answer."""
+def prefect_api_post(
+    env: dict[str, str], path: str, body: dict | None = None, timeout_s: float = 60
+) -> object:
+    """POST ``body`` to the Prefect REST API of ``env``; the decoded JSON answer.
+
+    A server that has just started (or is busy on a loaded machine) answers 503 for a while:
+    that is retried until ``timeout_s``; any other HTTP error is raised at once.
+    """
     import json
+    import urllib.error
 
     req = urllib.request.Request(
         env["PREFECT_API_URL"] + path,
@@ -163,5 +170,12 @@ def prefect_api_post(env: dict[str, str], path: str, body: dict | None = None) -
         headers={"content-type": "application/json"},
         method="POST",
     )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.load(resp)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.load(resp)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or time.monotonic() > deadline:
+                raise
+        time.sleep(1)
