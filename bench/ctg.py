@@ -184,33 +184,13 @@ def bench_branch(mirror_root: Path) -> list[dict[str, Any]]:
     step = "CTG branch: dvc repro evaluate_ctg"
     if not (mirror_root / "ctu-uhb" / "RECORDS").is_file():
         return [_row(step, None, None, f"no mirror at {mirror_root}/ctu-uhb")]
-    bin_dir = Path(sys.executable).parent
+    from bench.scratch import make_scratch_project, run_dvc
+
     with tempfile.TemporaryDirectory(prefix="bench_ctg_branch_") as tmp:
         repo = Path(tmp)
-        for item in ("stages", "flows", "params.yaml", "dvc.yaml", "pyproject.toml"):
-            src = ROOT / item
-            if src.is_dir():
-                shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy2(src, repo / item)
-        env = {
-            **os.environ,
-            "FETAL_MIRROR": str(mirror_root),
-            "PYTHONPATH": str(repo),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}",
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        }
-        env.pop("FETAL_PROJECT_ROOT", None)
-        for cmd in (["git", "init", "-q"], [str(bin_dir / "dvc"), "init", "-q"]):
-            subprocess.run(cmd, cwd=repo, check=True, env=env)
+        make_scratch_project(repo)
         t0 = time.perf_counter()
-        proc = subprocess.run(
-            [str(bin_dir / "dvc"), "repro", "evaluate_ctg"],
-            cwd=repo,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        proc = run_dvc(repo, mirror_root, "repro", "evaluate_ctg")
         wall = time.perf_counter() - t0
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
