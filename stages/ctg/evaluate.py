@@ -31,6 +31,8 @@ FEATURES = Path("data/processed/ctg/features.csv")
 RECORDS = Path("data/processed/ctg/records.csv")
 FOLDS = Path("data/processed/ctg/folds.csv")
 REPORT = Path("data/reports/evaluate_ctg.json")
+MODEL_DIR = Path("data/models/ctg")
+RAW = Path("data/raw/ctu-uhb")
 OUT_DIR = Path("data/reports/evaluate_ctg")
 # Thresholded metrics copied into the report (counts tp/fp/... go to the confusion CSV).
 REPORTED = (
@@ -165,6 +167,44 @@ def write_curves(
     return figs
 
 
+def example_records(table: pd.DataFrame, prob: np.ndarray, ph_max: float) -> dict[str, str]:
+    """Two records to draw: the acidemic one (pH < ``ph_max``) the network ranked highest
+    out-of-fold, and the normal one (label 0) it ranked lowest; {caption: record}."""
+    acid = table.assign(p=prob)[table["ph"] < ph_max].dropna(subset=["p"])
+    normal = table.assign(p=prob)[table["label"] == 0].dropna(subset=["p"])
+    out = {}
+    if len(acid):
+        r = acid.loc[acid["p"].idxmax()]
+        out[f"acidemic, pH {r['ph']:.2f}"] = str(r["record"])
+    if len(normal):
+        r = normal.loc[normal["p"].idxmin()]
+        out[f"normal, pH {r['ph']:.2f}"] = str(r["record"])
+    return out
+
+
+def trace_figures(root: Path, examples: dict[str, str]) -> dict[str, Any]:
+    """CTG traces with the risk over time of the final model, one figure per example record.
+
+    The final model was trained on every record, these included: the traces illustrate what a
+    clinician would see, they are not evidence of performance (the OOF metrics are).
+    """
+    from stages.ctg.model import load_predictor
+    from stages.ctg.score import alert_threshold, risk_over_time
+    from stages.ctg.signal import read_ctg_record
+
+    predictor = load_predictor({"model_dir": str(root / MODEL_DIR)})
+    min_minutes = float(predictor.config.get("min_input_minutes", 10))
+    figs = {}
+    for caption, record in examples.items():
+        rec = read_ctg_record(root / RAW / record)
+        t, risk = risk_over_time(predictor, rec.fhr_bpm, rec.uc, rec.fs_hz, 5.0, min_minutes)
+        figs[f"trace_{record}.png"] = plots.ctg_risk_figure(
+            rec.fhr_bpm, rec.uc, rec.fs_hz, t, risk, alert_threshold(predictor),
+            f"record {record} ({caption}); risk of the final model, which saw this record",
+        )  # fmt: skip
+    return figs
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params("evaluate_ctg")
@@ -209,6 +249,8 @@ def main() -> None:
     report["n_features"] = len(feature_cols)
     report["threshold_rule"] = how
     figs = write_curves(root, table, scores, thresholds)
+    examples = example_records(table, scores["lstm"], min(params["ph_thresholds"]))
+    figs.update(trace_figures(root, examples))
     with tracking.run("ctg", "evaluate_ctg", params={"evaluate_ctg": params}, stage="evaluate_ctg"):
         tracking.log_metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
         for name, fig in figs.items():
