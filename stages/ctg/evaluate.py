@@ -127,6 +127,34 @@ def evaluate(
     return out
 
 
+def metrics_table(report: Mapping[str, Any], ph_thresholds: list[float]) -> str:
+    """The report as a markdown table: one row per model and pH threshold."""
+    cols = ["auc", "sensitivity", "specificity", "balanced_accuracy", "precision", "f1"]
+    lines = [
+        "| model | label | AUC [95% CI] | sens. | spec. | bal. acc. | precision | F1 | pos/neg |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, ph in enumerate(ph_thresholds):
+        for name in ("lstm", "baseline", "signal_loss"):
+            key = name if i == 0 else f"{name}.{ph_key(ph)}"
+            if f"{key}.auc" not in report:
+                continue
+            auc_txt = (
+                f"{report[f'{key}.auc']:.3f} [{report[f'{key}.auc_ci_low']:.3f}, "
+                f"{report[f'{key}.auc_ci_high']:.3f}]"
+            )
+            cells = [f"{report[f'{key}.{c}']:.3f}" if f"{key}.{c}" in report else "" for c in cols]
+            n_pos = report.get(f"{key}.n_pos", report.get(f"lstm.{ph_key(ph)}.n_pos", ""))
+            n_neg = report.get(f"{key}.n_neg", "")
+            balance = f"{n_pos}/{n_neg}" if n_neg != "" else ""
+            lines.append(
+                f"| {name} | pH < {ph:.2f} | {auc_txt} | "
+                + " | ".join(cells[1:])
+                + f" | {balance} |"
+            )
+    return "\n".join(lines)
+
+
 def write_curves(
     root: Path,
     table: pd.DataFrame,
@@ -258,6 +286,9 @@ def main() -> None:
             plots.save_figure(fig, root / OUT_DIR / "figures" / name)
         tracking.log_artifact(root / OUT_DIR, "evaluate_ctg")
     io.write_json(root / REPORT, report)
+    io.write_text(
+        root / OUT_DIR / "metrics.md", metrics_table(report, list(params["ph_thresholds"])) + "\n"
+    )
     log.info(
         "LSTM AUC %.3f [%.3f, %.3f]; baseline AUC %.3f; signal loss AUC %.3f",
         report["lstm.auc"],

@@ -13,7 +13,7 @@ import pytest
 
 from stages.common.params import load_params
 from stages.ultrasound import models as M
-from tests.conftest import ROOT, shared_mirror
+from tests.conftest import ROOT, ci_report, shared_mirror
 
 PER_PLANE = {1: 10, 0: 8}  # images per brain plane from Train==1 / Train==0
 N_NON_BRAIN = 8
@@ -102,7 +102,13 @@ def test_us_models_on_real_mirror(tmp_path) -> None:
         images,
         params["evaluate_us"] | {"n_bootstrap": 50},
     )
-    print({k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()})
+    shown = ["plane_accuracy", "plane_macro_f1", "ae_val_mse", "anomaly_nonbrain_auroc"]
+    ci_report(
+        "us_mirror",
+        "Ultrasound models on a subset of the real mirror, SMOKE RUN (3-4 epochs, "
+        f"{len(names)} images): not the models' real performance\n"
+        + "\n".join(f"- {k}: {report[k]:.4f}" for k in shown if k in report),
+    )
     assert report["n_test"] == 3 * PER_PLANE[0]
     assert 0 <= report["plane_accuracy"] <= 1 and report["ae_val_mse"] > 0
     assert tables["cm"].sum() == report["n_test"]
