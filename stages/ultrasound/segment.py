@@ -9,7 +9,14 @@ Classical method (``classical``), at ``work_width`` columns:
    millisecond), then a least-squares refit on the inliers, re-casting rays from the new centre.
 3. Every candidate ellipse is scored by its boundary contrast (mean brightness just inside the
    outline minus just outside, over the part of the outline inside the image) times the share
-   of rays that support it; the best one wins.
+   of rays that support it; the best one wins. With ``rescore_top`` > 0 the best few are first
+   refined (step 4) at ``work_width`` and ranked again with ``score`` (:data:`SCORERS`): the
+   ``ring`` scores also ask the skull to be brighter than the brain inside it, which rejects
+   outlines drawn around the uterine wall or along a bright arc inside the head.
+4. With ``refine_width`` > 0 the winner is refitted at that width to one edge per ray, placed on
+   the skull band as ``refine_edge`` says (:data:`EDGE_LOCATORS`). HC18 sonographers draw on the
+   outer flank of the skull echo, about three quarters of the way up from the dark outside to
+   the ridge (``level`` 0.75); the strongest box-filter drop lands ~2.5 % outside it.
 
 The original study's method (threshold 180 + largest contour, then an ellipse fit) is kept as
 ``threshold`` for the ablation.
@@ -20,6 +27,7 @@ Evaluation data: van den Heuvel TLA et al. PLoS ONE 2018;13(8):e0200412 (HC18).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
@@ -194,6 +202,46 @@ def _contrast_score(g: np.ndarray, params: np.ndarray, n: int = 96, band: float 
     return np.nan_to_num(mean) * covered.mean(axis=1)
 
 
+def _ring_score(
+    g: np.ndarray, params: np.ndarray, n: int = 96, band: float = 0.06, combine: str = "max"
+):
+    """Skull-ring contrast of ellipses ``params`` (m, 5): the band just inside the outline (the
+    skull) minus the brighter of the band just outside and the brain further in (at 1 - 4 x
+    ``band``). A head's skull is brighter than both; an outline around the uterine wall or a
+    bright arc inside the brain is not. Weighted by the covered share like
+    :func:`_contrast_score`.
+    """
+    from scipy.ndimage import map_coordinates
+
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    cx, cy, a, b, th = (params[:, k : k + 1] for k in range(5))
+    c, s = np.cos(th), np.sin(th)
+
+    def sample(scale: float) -> np.ndarray:
+        u, v = a * scale * np.cos(t), b * scale * np.sin(t)
+        x, y = cx + u * c - v * s, cy + u * s + v * c
+        return map_coordinates(g, [y.ravel(), x.ravel()], order=1, cval=np.nan).reshape(x.shape)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        skull = np.nanmean(np.stack([sample(1 - band), sample(1 - band / 2)]), axis=0)
+        outer = np.nanmean(np.stack([sample(1 + band), sample(1 + band * 1.5)]), axis=0)
+        brain = np.nanmean(np.stack([sample(1 - 4 * band), sample(1 - 5 * band)]), axis=0)
+        dark = np.fmax(outer, brain) if combine == "max" else 0.5 * (outer + brain)
+        diff = skull - dark
+        covered = np.isfinite(diff)
+        mean = np.nanmean(np.where(covered, diff, np.nan), axis=1)
+    return np.nan_to_num(mean) * covered.mean(axis=1)
+
+
+# how candidate ellipses are ranked (``score``)
+SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "contrast": _contrast_score,
+    "ring": _ring_score,
+    "ring_mean": functools.partial(_ring_score, combine="mean"),
+}
+
+
 def _ransac_from_centre(
     g: np.ndarray,
     cx: float,
@@ -283,8 +331,12 @@ def _refine(g: np.ndarray, e: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     cx, cy, a, b, th = e
     n = int(p.get("refine_rays", 180))
     band = float(p.get("refine_band", 0.12))
+    k_fine = p.get("refine_edge_px")  # half-window of the edge detector in ``g`` pixels
     k = max(
-        1, int(round(float(p.get("edge_px", 3)) * g.shape[1] / float(p.get("work_width", 320))))
+        1,
+        int(round(float(k_fine)))
+        if k_fine is not None
+        else int(round(float(p.get("edge_px", 3)) * g.shape[1] / float(p.get("work_width", 320)))),
     )
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
     base = np.stack([a * np.cos(t), b * np.sin(t)], axis=1)
@@ -299,6 +351,8 @@ def _refine(g: np.ndarray, e: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     step = R[:, 1] - R[:, 0]
     kk = np.maximum(1, np.round(k / step)).astype(int)
     kk = int(np.median(kk))
+    if prof.shape[1] < 2 * kk + 3:  # search band too short for the edge filter: keep ``e``
+        return e
     cs = np.nancumsum(np.concatenate([np.zeros((n, 1)), prof], axis=1), axis=1)
     j = np.arange(kk, prof.shape[1] - kk)
     drop = (cs[:, j] - cs[:, j - kk]) / kk - (cs[:, j + kk] - cs[:, j]) / kk
@@ -306,8 +360,20 @@ def _refine(g: np.ndarray, e: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     if valid_ray.sum() < 12:
         return e
     best = j[np.argmax(drop, axis=1)]
-    px = xs[np.arange(n), best][valid_ray] - cx
-    py = ys[np.arange(n), best][valid_ray] - cy
+    # weak edges (the lateral skull, parallel to the beam, echoes faintly; there the strongest
+    # drop is often soft tissue or the sector border) are left out of the fit
+    strength = np.max(np.where(np.isfinite(drop), drop, -np.inf), axis=1)
+    min_rel = float(p.get("refine_min_strength", 0.0))
+    if min_rel > 0 and valid_ray.any():
+        strong = strength >= min_rel * np.median(strength[valid_ray])
+        if (valid_ray & strong).sum() >= 12:
+            valid_ray = valid_ray & strong
+    pos = EDGE_LOCATORS[str(p.get("refine_edge", "drop"))](
+        np.where(np.isfinite(prof), prof, 0.0), best, 3 * kk, float(p.get("refine_level", 0.5))
+    )
+    rad_at = rad * (1 + rs[0] + pos * (rs[1] - rs[0]))  # fractional sample index -> radius
+    px = (unit[:, 0] * rad_at)[valid_ray]
+    py = (unit[:, 1] * rad_at)[valid_ray]
     sel = np.ones(len(px), bool)
     out = e
     for _ in range(2):
@@ -323,6 +389,61 @@ def _refine(g: np.ndarray, e: np.ndarray, p: dict[str, Any]) -> np.ndarray:
         mad = np.median(res) + 1e-6
         sel = res < max(2.5 * mad, 1.0)
     return out
+
+
+def _edge_drop(prof: np.ndarray, drop_idx: np.ndarray, win: int, level: float) -> np.ndarray:
+    """The strongest bright-to-dark drop itself (box-filter difference; biased outward by up to
+    the filter half-width when the skull band is thinner than it)."""
+    return drop_idx.astype(float)
+
+
+def _edge_ridge(prof: np.ndarray, drop_idx: np.ndarray, win: int, level: float) -> np.ndarray:
+    """The brightest sample of the skull band within ``win`` samples inside the drop."""
+    n, m = prof.shape
+    off = np.arange(-win, 1)
+    idx = np.clip(drop_idx[:, None] + off[None, :], 0, m - 1)
+    return idx[np.arange(n), np.argmax(prof[np.arange(n)[:, None], idx], axis=1)].astype(float)
+
+
+def _edge_level(prof: np.ndarray, drop_idx: np.ndarray, win: int, level: float) -> np.ndarray:
+    """Where the profile, going out from the skull ridge, first falls below
+    ``floor + level * (ridge - floor)``; floor is the darkest sample within ``win`` outside the
+    drop. ``level`` 0.5 is the half-maximum of the outer flank, 1 the ridge, 0 the dark floor.
+    Sub-sample position by linear interpolation.
+    """
+    n, m = prof.shape
+    rows = np.arange(n)[:, None]
+    ridge = _edge_ridge(prof, drop_idx, win, level).astype(int)
+    out_idx = np.clip(ridge[:, None] + np.arange(0, 2 * win + 1)[None, :], 0, m - 1)
+    seg = prof[rows, out_idx]
+    floor = np.min(seg, axis=1)
+    thr = floor + level * (seg[:, 0] - floor)
+    below = seg < thr[:, None]
+    first = np.where(below.any(axis=1), np.argmax(below, axis=1), seg.shape[1] - 1)
+    first = np.maximum(first, 1)
+    v0 = seg[np.arange(n), first - 1]
+    v1 = seg[np.arange(n), first]
+    frac = np.clip((v0 - thr) / np.maximum(v0 - v1, 1e-9), 0, 1)
+    return np.minimum(ridge + first - 1 + frac, m - 1)
+
+
+# how ``_refine`` places the outline on each ray across the bright skull band (``refine_edge``)
+EDGE_LOCATORS: dict[str, Callable[[np.ndarray, np.ndarray, int, float], np.ndarray]] = {
+    "drop": _edge_drop,
+    "ridge": _edge_ridge,
+    "level": _edge_level,
+}
+
+
+def _plausible(E: np.ndarray, w: int, p: dict[str, Any]) -> np.ndarray:
+    """Which ellipses (m, 5) pass the RANSAC size and axis-ratio limits (image width ``w``)."""
+    lo, hi = np.minimum(E[:, 2], E[:, 3]), np.maximum(E[:, 2], E[:, 3])
+    return (
+        np.isfinite(E).all(axis=1)
+        & (lo > float(p.get("min_axis_frac", 0.08)) * w)
+        & (hi < float(p.get("max_axis_frac", 0.7)) * w)
+        & (lo / np.maximum(hi, 1e-9) > float(p.get("min_axis_ratio", 0.55)))
+    )
 
 
 def _dedupe(cands: list[np.ndarray], tol_px: float) -> list[int]:
@@ -361,21 +482,35 @@ def _classical(img_u8: np.ndarray, params: dict[str, Any]) -> tuple[Ellipse | No
     if not cands:
         return None, float("nan"), "no ellipse candidate"
     E = np.array(cands)
-    score = _contrast_score(g, E) * np.asarray(shares)
+    shares_a = np.asarray(shares)
+    score = _contrast_score(g, E) * shares_a
     best = int(np.argmax(score))
     if not np.isfinite(score[best]) or score[best] <= float(params.get("min_score", 0.01)):
         return None, float(score[best]), "no ellipse with enough boundary contrast"
-    e = E[best]
+    top = int(params.get("rescore_top", 0))
+    if top:
+        # refine the best few at work resolution, then rank them again: a roughly placed head
+        # outline snaps onto the skull and can overtake a candidate that merely looked better
+        idx = np.argsort(-score)[:top]
+        R = np.array([_refine(g, E[i], params) for i in idx])
+        bad = ~_plausible(R, w, params)  # a refit that collapsed or ran away is not used
+        R[bad] = E[idx[bad]]
+        rank = SCORERS[str(params.get("score", "contrast"))](g, R) * shares_a[idx]
+        j = int(np.argmax(rank))
+        e = R[j]
+        best_score = float(_contrast_score(g, e[None, :])[0] * shares_a[idx[j]])
+    else:
+        e, best_score = E[best], float(score[best])
     fine_w = int(params.get("refine_width", 0))
+    out = Ellipse(*map(float, e)).scaled(1 / scale)
     if fine_w:
         fine, fscale = resize_to_width(x, min(fine_w, img_u8.shape[1]))
         fine = gaussian_filter(fine, float(params.get("smooth_px", 1.5)) * fscale / scale)
         ef = Ellipse(*e).scaled(fscale / scale)
         e2 = _refine(fine, np.array([ef.cx, ef.cy, ef.a, ef.b, ef.angle_rad]), params)
-        out = Ellipse(*map(float, e2)).scaled(1 / fscale)
-    else:
-        out = Ellipse(*map(float, e)).scaled(1 / scale)
-    return out.canonical(), float(score[best]), ""
+        if _plausible(e2[None, :], fine.shape[1], params)[0]:
+            out = Ellipse(*map(float, e2)).scaled(1 / fscale)
+    return out.canonical(), best_score, ""
 
 
 def _threshold(img_u8: np.ndarray, params: dict[str, Any]) -> tuple[Ellipse | None, float, str]:

@@ -123,3 +123,81 @@ def test_hc_recovered_within_a_few_percent_across_sizes():
         errs.append(abs(seg.hc_px() / ramanujan_perimeter(true.a, true.b) - 1))
     assert max(errs) < 0.04, errs
     assert math.isfinite(sum(errs))
+
+
+# --------------------------------------------------------------------------- edge placement
+
+
+def _ring_image(shape=(300, 400), axes=(110.0, 85.0), thick=12.0, blur=1.5):
+    """A noise-free bright elliptic ring (outer semi-axes ``axes``) on a dark field, blurred."""
+    from scipy.ndimage import gaussian_filter
+
+    e = Ellipse(shape[1] / 2, shape[0] / 2, axes[0], axes[1], 0.3)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64)
+    from stages.ultrasound.imaging import ellipse_radius
+
+    r = np.maximum(ellipse_radius(xx, yy, e), 1e-6)
+    # px inwards from the outer outline along the ray from the centre (how _refine looks)
+    depth = np.hypot(xx - e.cx, yy - e.cy) * (1 / r - 1)
+    img = np.where((depth >= 0) & (depth <= thick), 220.0, np.where(depth > 0, 60.0, 20.0))
+    return np.clip(gaussian_filter(img, blur), 0, 255).astype(np.uint8), e
+
+
+def test_edge_locators_on_a_gaussian_skull_profile():
+    from stages.ultrasound.segment import EDGE_LOCATORS
+
+    j = np.arange(80, dtype=float)
+    prof = np.exp(-0.5 * ((j - 30) / 5.0) ** 2)[None, :]  # skull ridge at 30, sigma 5
+    drop = np.array([36])
+    ridge = EDGE_LOCATORS["ridge"](prof, drop, 20, 0.5)
+    half = EDGE_LOCATORS["level"](prof, drop, 20, 0.5)
+    three_q = EDGE_LOCATORS["level"](prof, drop, 20, 0.75)
+    assert ridge[0] == pytest.approx(30)
+    assert half[0] == pytest.approx(30 + 5 * math.sqrt(2 * math.log(2)), abs=0.15)
+    assert three_q[0] == pytest.approx(30 + 5 * math.sqrt(2 * math.log(4 / 3)), abs=0.15)
+    assert EDGE_LOCATORS["drop"](prof, drop, 20, 0.5)[0] == 36
+
+
+@pytest.mark.parametrize(
+    "edge, level, inward_px",
+    [("level", 0.5, 0.0), ("ridge", 0.5, 6.0), ("level", 0.75, None)],
+)
+def test_refined_outline_lands_on_the_chosen_edge_of_the_skull_band(edge, level, inward_px):
+    img, e = _ring_image(thick=12.0)
+    p = dict(SEG, refine_width=img.shape[1], refine_edge=edge, refine_level=level)
+    seg = segment_image(img, p)
+    assert seg.ok, seg.reason
+    got = 0.5 * (seg.ellipse.a + seg.ellipse.b)
+    outer = 0.5 * (e.a + e.b)
+    if inward_px is None:  # between the ridge (6 px in) and the half-maximum of the outer flank
+        assert outer - 6.0 < got < outer - 0.3
+    else:
+        assert got == pytest.approx(outer - inward_px, abs=1.0)
+
+
+def test_ring_scores_prefer_the_skull_to_an_outline_around_or_inside_it():
+    from stages.ultrasound.segment import SCORERS
+
+    img, e = _ring_image()
+    g = img / 255.0
+    E = np.array([[e.cx, e.cy, e.a * s, e.b * s, e.angle_rad] for s in (1.0, 1.3, 0.7)])
+    for name in ("ring", "ring_mean"):
+        sc = SCORERS[name](g, E)
+        assert sc[0] > sc[1] and sc[0] > sc[2], (name, sc)
+
+
+@pytest.mark.parametrize("seed, angle", [(0, 0.3), (1, 1.2)])
+def test_rescored_and_refined_phantom_heads(seed, angle):
+    img, true = phantom_head((260, 380), axes=(110, 85), angle=angle, noise=0.3, seed=seed)
+    p = dict(
+        SEG,
+        rescore_top=4,
+        score="ring_mean",
+        refine_width=380,
+        refine_edge="level",
+        refine_level=0.75,
+    )
+    seg = segment_image(img, p)
+    assert seg.ok, seg.reason
+    assert seg.hc_px() == pytest.approx(ramanujan_perimeter(true.a, true.b), rel=0.03)
+    assert dice(seg.cranium, ellipse_mask(img.shape, true)) > 0.95
