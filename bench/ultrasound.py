@@ -114,19 +114,8 @@ def dvc_timing(src: list[Path], n: int, layout: str, shard_size: int) -> tuple[f
         return t_add, t_status
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--project", type=Path, default=ROOT, help="project root with data/")
-    ap.add_argument("--n", type=int, default=60, help="images for throughput and latency")
-    ap.add_argument("--dvc-n", type=int, default=12400, help="images for the DVC rows (0: skip)")
-    args = ap.parse_args(argv)
-    os.environ.setdefault("FETAL_PROJECT_ROOT", str(args.project))
-    root = project_root()
-    src = sorted((root / "data/raw/fetal_planes/images").glob("*.png"))
-    if not src:
-        print("no data/raw/fetal_planes/images: run `dvc repro ingest_us` first", file=sys.stderr)
-        return 2
-    paths = [str(p) for p in src[: args.n]]
+def speed_rows(root: Path, paths: list[str]) -> list[tuple[str, str, str]]:
+    """Throughput, scoring latency and training-time rows."""
     from stages.ultrasound.imaging import read_image
 
     shapes = np.array([read_image(p).shape for p in paths[:20]])
@@ -150,6 +139,26 @@ def main(argv: list[str] | None = None) -> int:
         r = json.loads(f.read_text()) if f.is_file() else {}
         value = f"{r['train_time_s']:.0f} s" if "train_time_s" in r else "n/a"
         rows.append((f"{stage} training", value, f"{r.get('n_train', '?')} train images"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--project", type=Path, default=ROOT, help="project root with data/")
+    ap.add_argument("--n", type=int, default=60, help="images for throughput and latency")
+    ap.add_argument("--dvc-n", type=int, default=12400, help="images for the DVC rows (0: skip)")
+    ap.add_argument("--dvc-only", action="store_true", help="only the DVC rows")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("FETAL_PROJECT_ROOT", str(args.project))
+    root = project_root()
+    src = sorted((root / "data/raw/fetal_planes/images").glob("*.png"))
+    if not src:
+        print("no data/raw/fetal_planes/images: run `dvc repro ingest_us` first", file=sys.stderr)
+        return 2
+    paths = [str(p) for p in src[: args.n]]
+    rows: list[tuple[str, str, str]] = []
+    if not args.dvc_only:
+        rows += speed_rows(root, paths)
     if args.dvc_n:
         shard = int(load_params("enhance_us").get("shard_size", 1000))
         for layout in ("png", "shards"):
