@@ -8,8 +8,11 @@ CPUs (Petrozziello et al. 2019, IEEE Access 7:112026, use convolutions on the sa
 
 Inputs per time step: normalised FHR ``(fhr_bpm - centre) / scale`` with missing samples set to
 0, a mask channel (1 = FHR present) so the network can tell "missing" from "at the centre", and
-UC / ``uc_scale``. The model directory holds ``model.keras`` and ``preprocess.json`` (the
-``preprocess_ctg`` params, the normalisation, the alert threshold): nothing pickled.
+UC / ``uc_scale``. With ``n_members`` > 1 or ``crop_minutes`` set, the saved model is one Keras
+model that averages the members over fixed crops of the window (``averaged_model``, standard
+layers only), so the predictor's windowing is unchanged. The model directory holds
+``model.keras`` and ``preprocess.json`` (the ``preprocess_ctg`` params, the normalisation, the
+alert threshold): nothing pickled.
 
 Keras and TensorFlow are imported inside functions: importing this module is cheap.
 """
@@ -151,7 +154,7 @@ def build_model(seq_len: int, params: Mapping[str, Any], name: str = "ctg_lstm")
         ``train_ctg`` section: ``conv_layers`` (0 = the plain LSTM of the original study),
         ``conv_filters``, ``conv_kernel``, ``conv_pool``, ``units``, ``summary_skip`` (append
         the window means of the input channels to the LSTM state), ``dense_units``,
-        ``dropout``, ``l2`` (weight decay on the LSTM and dense kernels), ``learning_rate``.
+        ``lstm_readout`` (``last`` | ``mean``), ``dropout``, ``learning_rate``.
     name : str
         Model name (unique per member when several networks are averaged).
     """
@@ -168,18 +171,25 @@ def build_model(seq_len: int, params: Mapping[str, Any], name: str = "ctg_lstm")
             name=f"conv{i}",
         )(x)
         x = keras.layers.MaxPooling1D(int(params["conv_pool"]), name=f"pool{i}")(x)
-    l2 = float(params.get("l2", 0.0))
-    reg = keras.regularizers.L2(l2) if l2 > 0 else None
-    x = keras.layers.LSTM(int(params["units"]), kernel_regularizer=reg, name="lstm")(x)
+    # readout "last": the final LSTM state (the original study); "mean": the LSTM outputs
+    # averaged over all steps, so evidence from the whole window reaches the dense layers.
+    readout = str(params.get("lstm_readout", "last"))
+    if readout not in ("last", "mean"):
+        raise ValueError(f"lstm_readout must be 'last' or 'mean', got {readout!r}")
+    x = keras.layers.LSTM(
+        int(params["units"]),
+        return_sequences=readout == "mean",
+        name="lstm",
+    )(x)
+    if readout == "mean":
+        x = keras.layers.GlobalAveragePooling1D(name="lstm_mean")(x)
     if params.get("summary_skip", False):
         # Whole-window means of the input channels (mean FHR level, fraction of signal present,
         # mean UC) beside the LSTM state: signal loss alone predicts acidemia (AUC ~0.6).
         summary = keras.layers.GlobalAveragePooling1D(name="summary")(inp)
         x = keras.layers.Concatenate(name="with_summary")([x, summary])
     x = keras.layers.Dropout(float(params["dropout"]))(x)
-    x = keras.layers.Dense(
-        int(params["dense_units"]), activation="relu", kernel_regularizer=reg, name="dense"
-    )(x)
+    x = keras.layers.Dense(int(params["dense_units"]), activation="relu", name="dense")(x)
     x = keras.layers.Dropout(float(params["dropout"]))(x)
     out = keras.layers.Dense(1, activation="sigmoid", name="distress")(x)
     model = keras.Model(inp, out, name=name)

@@ -3,9 +3,13 @@
 For each fold of ``folds.csv`` a network is trained on the other folds, with early stopping on an
 inner validation split (record-level, stratified, seeded) and class weights for the ~1:4
 imbalance; its predictions on the held-out fold are the out-of-fold (OOF) probabilities that
-every reported AUC comes from. A final network trained the same way on all records is saved in
-``data/models/ctg`` and registered in MLflow as ``ctg-distress`` (alias ``challenger``;
-``champion`` moves only when the CV AUC beats the champion's by ``promote_margin``).
+every reported AUC comes from. Optionally (``n_members``, ``crop_minutes``, ``tta_crops``) each
+fold trains several seeded networks, on random crops of the window redrawn every epoch, and
+scores a record by averaging them over fixed crops; the averaging is part of the saved model, so
+the out-of-fold predictions and the served model are the same computation. A final model trained
+the same way on all records is saved in ``data/models/ctg`` and registered in MLflow as
+``ctg-distress`` (alias ``challenger``; ``champion`` moves only when the CV AUC beats the
+champion's by ``promote_margin``).
 
 The alert threshold stored with the model is Youden's J on the OOF probabilities.
 """
@@ -101,22 +105,76 @@ class _EpochTimer:
         return Timer()
 
 
+class _RandomCropBatches:
+    """Training batches of fresh random crops every epoch, as a Keras ``PyDataset`` built
+    lazily (keras imported inside). Class weights travel as sample weights."""
+
+    @staticmethod
+    def make(
+        x: np.ndarray,
+        y: np.ndarray,
+        weights: np.ndarray,
+        batch_size: int,
+        crop_len: int,
+        rng: np.random.Generator,
+    ) -> Any:
+        import keras
+
+        class Batches(keras.utils.PyDataset):
+            def __init__(self) -> None:
+                super().__init__(workers=1, use_multiprocessing=False)
+                self.on_epoch_end()
+
+            def __len__(self) -> int:
+                return int(np.ceil(len(x) / batch_size))
+
+            def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                idx = self._order[i * batch_size : (i + 1) * batch_size]
+                return self._x[idx], y[idx].astype(np.float32), weights[idx].astype(np.float32)
+
+            def on_epoch_end(self) -> None:
+                self._order = rng.permutation(len(x))
+                self._x = ctg_model.random_crops(x, crop_len, rng)
+
+        return Batches()
+
+
 def fit_network(
-    x: np.ndarray, y: np.ndarray, params: Mapping[str, Any], seed: int
+    x: np.ndarray,
+    y: np.ndarray,
+    params: Mapping[str, Any],
+    seed: int,
+    crop_len: int = 0,
+    name: str = "ctg_lstm",
 ) -> tuple[Any, pd.DataFrame, list[float]]:
     """Train one network with early stopping on an inner validation split.
+
+    Parameters
+    ----------
+    x, y : arrays, shapes (n, T, 3) and (n,)
+    params : mapping
+        ``train_ctg`` section.
+    seed : int
+        Seeds the weights, the inner split and the crops.
+    crop_len : int
+        0 = train on the whole window; otherwise on random crops of ``crop_len`` steps drawn
+        afresh every epoch (augmentation), validated on the ``tta_crops`` fixed crops of each
+        validation record.
+    name : str
+        Model name (unique per member of an average).
 
     Returns
     -------
     (model, curves, epoch_s)
-        The model with the best validation weights restored, per-epoch ``loss, val_loss,
-        val_auc`` and the wall time of each epoch in seconds.
+        The model (input ``crop_len`` steps when cropping, else T) with the best validation
+        weights restored, per-epoch ``loss, val_loss, val_auc`` and the wall time of each epoch
+        in seconds.
     """
     import keras
 
     ctg_model.set_determinism(seed)
     tr, va = inner_split(y, float(params["val_fraction"]), seed)
-    net = ctg_model.build_model(x.shape[1], params)
+    net = ctg_model.build_model(crop_len or x.shape[1], params, name=name)
     monitor = str(params.get("monitor", "val_loss"))
     timer = _EpochTimer.make()
     callbacks = [timer]
@@ -129,15 +187,33 @@ def fit_network(
                 restore_best_weights=True,
             )
         )
+    weights = class_weights(y[tr])
+    if crop_len:
+        offsets = ctg_model.crop_offsets(x.shape[1], crop_len, int(params.get("tta_crops", 1)))
+        validation = (
+            (ctg_model.fixed_crops(x[va], crop_len, offsets), np.tile(y[va], len(offsets)))
+            if va.size
+            else None
+        )
+        w = np.array([weights[int(v)] for v in y[tr]])
+        batches = _RandomCropBatches.make(
+            x[tr], y[tr], w, int(params["batch_size"]), crop_len, np.random.default_rng(seed)
+        )
+        fit_data: dict[str, Any] = {"x": batches}
+    else:
+        validation = (x[va], y[va]) if va.size else None
+        fit_data = {
+            "x": x[tr],
+            "y": y[tr],
+            "batch_size": int(params["batch_size"]),
+            "class_weight": weights,
+            "shuffle": True,
+        }
     hist = net.fit(
-        x[tr],
-        y[tr],
-        validation_data=(x[va], y[va]) if va.size else None,
+        **fit_data,
+        validation_data=validation,
         epochs=int(params["epochs"]),
-        batch_size=int(params["batch_size"]),
-        class_weight=class_weights(y[tr]),
         callbacks=callbacks,
-        shuffle=True,
         verbose=0,
     )
     h = hist.history
@@ -153,10 +229,49 @@ def fit_network(
     return net, curves, list(timer.times)
 
 
+def fit_average(
+    x: np.ndarray, y: np.ndarray, params: Mapping[str, Any], seed: int, crop_len: int = 0
+) -> tuple[Any, pd.DataFrame, list[float]]:
+    """Train ``n_members`` networks (seeds ``seed + 1000 j``) and average them over crops.
+
+    Each member has its own initial weights, inner validation split and crops. The returned
+    model takes the whole window and averages every member over the ``tta_crops`` fixed crops
+    (``ctg_model.averaged_model``): the out-of-fold predictions and the served model are the
+    same computation.
+
+    Returns
+    -------
+    (model, curves, epoch_s)
+        The averaged model, the members' learning curves (column ``member``) and the wall time
+        of every epoch of every member in seconds.
+    """
+    members, curves, epoch_s = [], [], []
+    for j in range(max(int(params.get("n_members", 1)), 1)):
+        net, c, t = fit_network(x, y, params, seed + 1000 * j, crop_len, name=f"ctg_lstm_{j}")
+        members.append(net)
+        curves.append(c.assign(member=j))
+        epoch_s += t
+    offsets = (
+        ctg_model.crop_offsets(x.shape[1], crop_len, int(params.get("tta_crops", 1)))
+        if crop_len
+        else None
+    )
+    model = ctg_model.averaged_model(members, x.shape[1], crop_len, offsets)
+    return model, pd.concat(curves, ignore_index=True), epoch_s
+
+
 def cross_validate(
-    x: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any]
+    x: np.ndarray,
+    y: np.ndarray,
+    folds: np.ndarray,
+    params: Mapping[str, Any],
+    crop_len: int = 0,
 ) -> tuple[np.ndarray, list[dict[str, float]], pd.DataFrame]:
-    """Out-of-fold probabilities, per-fold summaries and learning curves."""
+    """Out-of-fold probabilities, per-fold summaries and learning curves.
+
+    ``crop_len`` (``ctg_model.crop_steps``): 0 = train on the whole window, else on random
+    crops of that many steps, scored by averaging over fixed crops.
+    """
     seed = int(params["seed"])
     oof = np.full(y.size, np.nan)
     per_fold: list[dict[str, float]] = []
@@ -164,7 +279,7 @@ def cross_validate(
     for k in sorted(np.unique(folds)):
         test = folds == k
         t0 = time.perf_counter()
-        net, c, epoch_s = fit_network(x[~test], y[~test], params, seed + int(k))
+        net, c, epoch_s = fit_average(x[~test], y[~test], params, seed + int(k), crop_len)
         oof[test] = ctg_model.predict_proba(net, x[test])
         fold_s = time.perf_counter() - t0
         per_fold.append(
@@ -213,9 +328,12 @@ def learning_curve_figure(curves: pd.DataFrame) -> Any:
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for fold, c in curves.groupby("fold"):
-        axes[0].plot(c["epoch"], c["val_loss"], label=f"fold {fold}")
-        axes[1].plot(c["epoch"], c["val_auc"], label=f"fold {fold}")
+    several = "member" in curves.columns and curves["member"].nunique() > 1
+    keys = ["fold", "member"] if several else ["fold"]
+    for key, c in curves.groupby(keys):
+        label = "fold " + ".".join(str(k) for k in key)
+        axes[0].plot(c["epoch"], c["val_loss"], label=label)
+        axes[1].plot(c["epoch"], c["val_auc"], label=label)
     axes[0].set(xlabel="epoch", ylabel="validation loss")
     axes[1].set(xlabel="epoch", ylabel="validation AUC")
     axes[0].legend(fontsize=7)
@@ -274,9 +392,10 @@ def main() -> None:
     n_steps = ctg_model.window_steps(params, pre)
     x = ctg_model.model_inputs(fhr, uc, norm)[:, -n_steps:]
     y = table["label"].to_numpy(int)
+    crop_len = ctg_model.crop_steps(params, pre)
     t0 = time.perf_counter()
-    oof, per_fold, curves = cross_validate(x, y, table["fold"].to_numpy(int), params)
-    final, final_curves, final_epoch_s = fit_network(x, y, params, int(params["seed"]))
+    oof, per_fold, curves = cross_validate(x, y, table["fold"].to_numpy(int), params, crop_len)
+    final, final_curves, final_epoch_s = fit_average(x, y, params, int(params["seed"]), crop_len)
     threshold = youden_threshold(y, oof)
     with io.atomic_dir(root / MODEL_DIR) as tmp:
         ctg_model.save_model_dir(
@@ -291,7 +410,9 @@ def main() -> None:
     oof_df = table[["record", "fold", "label", "ph"]].assign(probability=oof)
     io.write_csv(root / OOF, oof_df)
     all_curves = pd.concat([curves, final_curves.assign(fold="final")], ignore_index=True)
-    io.write_csv(root / CURVES, all_curves[["fold", "epoch", "loss", "val_loss", "val_auc"]])
+    io.write_csv(
+        root / CURVES, all_curves[["fold", "member", "epoch", "loss", "val_loss", "val_auc"]]
+    )
     report: dict[str, Any] = {
         "cv_auc": auc(y, oof),
         "n_records": int(y.size),
