@@ -88,8 +88,9 @@ def _dvc(repo: Path, *args: str) -> float:
     return time.perf_counter() - t0
 
 
-def dvc_timing(src: list[Path], n: int, layout: str, shard_size: int) -> tuple[float, float]:
-    """Seconds of ``dvc add`` and of a no-change ``dvc status`` for ``n`` images in ``layout``."""
+def dvc_timing(src: list[Path], n: int, layout: str, shard_size: int) -> dict[str, float]:
+    """Seconds of ``dvc add``, a no-change ``dvc status``, ``dvc push`` to a local remote and
+    ``dvc checkout`` of the deleted folder, for ``n`` images stored with ``layout``."""
     from stages.ultrasound.imaging import read_image, write_store_chunk
 
     with tempfile.TemporaryDirectory(prefix="bench_dvc_") as d:
@@ -109,9 +110,13 @@ def dvc_timing(src: list[Path], n: int, layout: str, shard_size: int) -> tuple[f
                     (f"img{i:05d}", imgs[i % len(imgs)]) for i in range(k, min(n, k + shard_size))
                 ]
                 write_store_chunk(data, chunk, "shards", k // shard_size)
-        t_add = _dvc(repo, "add", "-q", "data")
-        t_status = _dvc(repo, "status", "-q")
-        return t_add, t_status
+        out = {"add": _dvc(repo, "add", "-q", "data"), "status": _dvc(repo, "status", "-q")}
+        _dvc(repo, "remote", "add", "-d", "local", str(repo / "remote"))
+        out["push"] = _dvc(repo, "push", "-q")
+        shutil.rmtree(data)
+        out["checkout"] = _dvc(repo, "checkout", "-q")
+        out["mb"] = sum(p.stat().st_size for p in data.rglob("*") if p.is_file()) / 2**20
+        return out
 
 
 def speed_rows(root: Path, paths: list[str]) -> list[tuple[str, str, str]]:
@@ -162,10 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.dvc_n:
         shard = int(load_params("enhance_us").get("shard_size", 1000))
         for layout in ("png", "shards"):
-            t_add, t_status = dvc_timing(src, args.dvc_n, layout, shard)
+            t = dvc_timing(src, args.dvc_n, layout, shard)
             note = "one file per image" if layout == "png" else f"{shard} images per shard"
-            rows.append((f"dvc add, {args.dvc_n} images, {layout}", f"{t_add:.1f} s", note))
-            rows.append((f"dvc status, {args.dvc_n} images, {layout}", f"{t_status:.2f} s", note))
+            note += f", {t['mb']:.0f} MB"
+            for op in ("add", "status", "push", "checkout"):
+                rows.append((f"dvc {op}, {args.dvc_n} images, {layout}", f"{t[op]:.2f} s", note))
     print("| measure | value | note |\n|---|---:|---|")
     for k, v, note in rows:
         print(f"| {k} | {v} | {note} |")
