@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from stages.ultrasound.split_planes import image_stem
 PLANES: tuple[str, ...] = ("Trans-thalamic", "Trans-cerebellum", "Trans-ventricular")
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
+LATENT_FILE = "latent.npz"  # the training codes' Gaussian (latent anomaly score); plain arrays
+BOTTLENECK = "bottleneck"
 # What the registered pyfunc needs besides mlflow itself (the stage code ships with it).
 PIP_REQUIREMENTS = [
     "keras==3.15.1",
@@ -124,9 +127,10 @@ def build_autoencoder(
     image = keras.Input((input_size, input_size, 1), name="image")
     plane = keras.Input((n_planes,), name="plane")
     x = image
-    for f in filters:
+    for i, f in enumerate(filters):
         x = layers.Conv2D(f, 3, padding="same", activation="relu")(x)
-        x = layers.MaxPooling2D(2)(x)
+        # The last pooling is the bottleneck (named: the latent anomaly score reads it).
+        x = layers.MaxPooling2D(2, name=BOTTLENECK if i == len(filters) - 1 else None)(x)
     side = input_size // scale
     code = layers.Dense(plane_embedding, activation="relu")(plane)
     code = layers.Reshape((1, 1, plane_embedding))(code)
@@ -150,6 +154,8 @@ def build_plane_classifier(
     augment: dict[str, float] | None = None,
     batch_norm: bool = True,
     seed: int = 0,
+    label_smoothing: float = 0.0,
+    standardize: bool = False,
 ) -> Any:
     """A small from-scratch CNN for the brain plane, with augmentation layers.
 
@@ -177,12 +183,17 @@ def build_plane_classifier(
         (fraction of the [0, 1] range), ``contrast`` (factor); None or zeros turn a transform
         off.
     batch_norm
-        Batch normalisation after each convolution. Its running statistics use momentum 0.9,
-        not Keras' 0.99: with ~10 batches per epoch the default averages have not converged
-        after a few hundred steps and inference collapses onto one plane; without
-        normalisation the network trained far more slowly in our runs.
+        Batch normalisation after each convolution (running statistics with momentum 0.9).
+        On ~110 real crops in batches of 16 it made inference swing from epoch to epoch
+        (validation accuracy 0.16-0.52, often one plane for every image); without it training
+        is slower but validation accuracy is stable, so params.yaml turns it off.
     seed
         Seed of the augmentation layers.
+    label_smoothing
+        Cross-entropy label smoothing (0 = off); tempers over-confidence on ~100 images.
+    standardize
+        Standardise each image (zero mean, unit variance over its pixels) inside the network,
+        after augmentation, so overall gain and brightness carry no information.
 
     Returns
     -------
@@ -208,6 +219,9 @@ def build_plane_classifier(
         x = layers.RandomBrightness(aug["brightness"], value_range=(0.0, 1.0), seed=seed)(x)
     if aug.get("contrast"):
         x = layers.RandomContrast(aug["contrast"], seed=seed)(x)
+    if standardize:
+        # Per-image standardisation as a built-in (serialisable) layer: no scale, no shift.
+        x = layers.LayerNormalization(axis=(1, 2, 3), center=False, scale=False)(x)
     for f in filters:
         x = layers.Conv2D(f, 3, padding="same", use_bias=not batch_norm)(x)
         if batch_norm:
@@ -220,7 +234,7 @@ def build_plane_classifier(
     model = keras.Model(image, out, name="us_plane_classifier")
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss="categorical_crossentropy",
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=["accuracy"],
     )
     return model
@@ -266,12 +280,135 @@ def anomaly_score(x: np.ndarray, recon: np.ndarray, eps: float = 1e-3) -> np.nda
     return (mse / (np.var(x, axis=(1, 2, 3)) + eps)).astype(np.float32)
 
 
-def save_model_dir(model: Any, folder: Path, config: dict[str, Any]) -> None:
-    """Write ``model.keras`` and ``config.json`` (threshold, input size, ...) in ``folder``."""
+_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def latent_codes(model: Any, x: np.ndarray) -> np.ndarray:
+    """Bottleneck summary (N, 2C) of an autoencoder: per-channel mean and std over positions.
+
+    The encoder never sees the plane, so the code does not depend on the plane classifier.
+    Pooling over positions keeps the code short (2 x 128 for 32-64-128 filters) next to ~100
+    training images, and makes it insensitive to where in the crop a structure sits.
+    """
+    encoder = _ENCODERS.get(model)
+    if encoder is None:
+        import keras
+
+        # Built once per model: a sub-model sharing the autoencoder's layers and weights.
+        encoder = keras.Model(model.get_layer("image").output, model.get_layer(BOTTLENECK).output)
+        _ENCODERS[model] = encoder
+    if len(x) == 0:
+        return np.zeros((0, 2 * encoder.output.shape[-1]), dtype=np.float32)
+    feats = np.concatenate(
+        [np.asarray(encoder(x[i : i + 64], training=False)) for i in range(0, len(x), 64)]
+    )
+    return np.concatenate([feats.mean(axis=(1, 2)), feats.std(axis=(1, 2))], axis=1).astype(
+        np.float32
+    )
+
+
+def fit_gaussian(codes: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and precision matrix of ``codes`` (N, D) with shrinkage towards a scaled identity.
+
+    ``cov = (1 - shrinkage) * S + shrinkage * trace(S) / D * I`` (S the sample covariance):
+    with ~100 codes of 256 dimensions S is singular, the shrunk matrix is not (Ledoit & Wolf
+    2004 use the same target; here the weight is a parameter).
+    """
+    codes = np.asarray(codes, dtype=np.float64)
+    d = codes.shape[1]
+    # One code has no spread: its covariance is zero and the identity target alone remains.
+    cov = np.cov(codes, rowvar=False).reshape(d, d) if len(codes) > 1 else np.zeros((d, d))
+    target = np.trace(cov) / d if np.trace(cov) > 0 else 1.0
+    cov = (1.0 - shrinkage) * cov + shrinkage * target * np.eye(d)
+    return codes.mean(axis=0), np.linalg.inv(cov)
+
+
+def mahalanobis(codes: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Mahalanobis distance (N,) of each code to a Gaussian (``mean``, ``precision``)."""
+    diff = np.asarray(codes, dtype=np.float64) - mean
+    sq = np.einsum("ij,jk,ik->i", diff, precision, diff)
+    return np.sqrt(np.maximum(sq, 0.0)).astype(np.float32)
+
+
+def _score_mse(model: Any, x: np.ndarray, planes: np.ndarray, latent: dict) -> np.ndarray:
+    return reconstruction_mse(model, x, planes)
+
+
+def _score_normalised_mse(
+    model: Any, x: np.ndarray, planes: np.ndarray, latent: dict
+) -> np.ndarray:
+    return anomaly_score(x, reconstruct(model, x, planes))
+
+
+def _score_latent_mahalanobis(
+    model: Any, x: np.ndarray, planes: np.ndarray, latent: dict
+) -> np.ndarray:
+    return mahalanobis(latent_codes(model, x), latent["mean"], latent["precision"])
+
+
+# Anomaly scores of the autoencoder, by the name ``train_autoencoder_us.anomaly_score`` uses.
+# ``mse``: raw reconstruction error (rewards dark, smooth frames: non-brain AUROC ~0.4, blank 0);
+# ``normalised_mse``: MSE / image variance (blank frames fixed, non-brain still ~0.4);
+# ``latent_mahalanobis``: distance of the bottleneck code to the training brain codes (the
+# feature-space Mahalanobis detector of Lee et al. 2018, NeurIPS, on the autoencoder's encoder);
+# non-brain AUROC 0.95 on the same model.
+ANOMALY_SCORES = {
+    "mse": _score_mse,
+    "normalised_mse": _score_normalised_mse,
+    "latent_mahalanobis": _score_latent_mahalanobis,
+}
+
+
+def score_anomaly(
+    kind: str,
+    model: Any,
+    x: np.ndarray,
+    planes: np.ndarray,
+    latent: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Anomaly score (N,) named ``kind`` (see :data:`ANOMALY_SCORES`), higher = more unusual.
+
+    Parameters
+    ----------
+    kind
+        A key of :data:`ANOMALY_SCORES`.
+    model
+        The autoencoder.
+    x
+        Crops (N, S, S, 1) in [0, 1].
+    planes
+        One-hot planes (N, 3) (the latent score ignores them: the encoder never sees them).
+    latent
+        ``mean`` and ``precision`` of the training codes (:func:`fit_gaussian`); latent score only.
+    """
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.float32)
+    return ANOMALY_SCORES[kind](model, x, planes, latent or {}).astype(np.float32)
+
+
+def save_model_dir(
+    model: Any,
+    folder: Path,
+    config: dict[str, Any],
+    arrays: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Write ``model.keras``, ``config.json`` (threshold, input size, ...) and, when given,
+    ``arrays`` as ``latent.npz`` (plain arrays, read back without pickle) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / MODEL_FILE)
     with open(folder / CONFIG_FILE, "w", encoding="utf-8") as fh:
         json.dump(config, fh, indent=2, sort_keys=True)
+    if arrays:
+        np.savez(folder / LATENT_FILE, **arrays)
+
+
+def load_arrays(folder: str | Path) -> dict[str, np.ndarray]:
+    """The ``latent.npz`` arrays of a model folder ({} when it has none)."""
+    path = Path(folder) / LATENT_FILE
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
 
 
 def load_model_dir(folder: str | Path) -> tuple[Any, dict[str, Any]]:

@@ -82,7 +82,21 @@ class PlanePredictor(_Predictor):
 
 
 class AutoencoderPredictor(_Predictor):
-    """The autoencoder: (crops, planes) -> anomaly score; above ``threshold`` = anomalous."""
+    """The autoencoder: (crops, planes) -> anomaly score; above ``threshold`` = anomalous.
+
+    The score is the one the model was trained with (``config["anomaly_score"]``, a key of
+    :data:`stages.ultrasound.models.ANOMALY_SCORES`; folders saved before that option used
+    ``normalised_mse``), so ``fetal score-us`` and ``evaluate_us`` agree with the threshold.
+    """
+
+    def __init__(self, model_dir: str | Path) -> None:
+        super().__init__(model_dir)
+        self.score_kind = str(self.config.get("anomaly_score", "normalised_mse"))
+        self.latent = M.load_arrays(model_dir)
+        if self.score_kind not in M.ANOMALY_SCORES:
+            raise ValueError(f"unknown anomaly_score {self.score_kind!r} in {model_dir}")
+        if self.score_kind == "latent_mahalanobis" and not self.latent:
+            raise FileNotFoundError(f"{model_dir} has no {M.LATENT_FILE} for the latent score")
 
     @property
     def threshold(self) -> float:
@@ -100,10 +114,12 @@ class AutoencoderPredictor(_Predictor):
         return np.mean((recon - x) ** 2, axis=(1, 2, 3)).astype(np.float32)
 
     def anomaly_scores(self, crops_u8: np.ndarray, planes: list[str]) -> np.ndarray:
-        """Normalised reconstruction error (:func:`models.anomaly_score`), thresholded."""
+        """The model's anomaly score (:func:`models.score_anomaly`), compared to ``threshold``."""
         if len(crops_u8) == 0:
             return np.zeros(0, dtype=np.float32)
-        return M.anomaly_score(*self._run(crops_u8, planes))
+        x = M.to_unit_float(crops_u8, self.size)
+        onehot = M.plane_one_hot(planes, self.planes)
+        return M.score_anomaly(self.score_kind, self.model, x, onehot, self.latent)
 
     def predict(self, model_input: pd.DataFrame) -> pd.DataFrame:
         """``model_input``: ``image`` (raw uint8) and ``plane`` -> anomaly_score, anomalous."""

@@ -147,3 +147,38 @@ def test_scorer_api_scores_one_array(tmp_path: Path) -> None:
     assert first["plane"] in M.PLANES and first["seg"].ok
     assert first["anomaly_score"] == again["anomaly_score"]  # inference is deterministic
     assert first["hc_mm"] > 0
+
+
+@pytest.mark.unit
+def test_latent_score_is_computed_by_the_predictor(tmp_path: Path) -> None:
+    from stages.ultrasound.score import AutoencoderPredictor, load_scorer
+
+    plane_dir, ae_dir = _model_dirs(tmp_path)
+    model, config = M.load_model_dir(ae_dir)
+    rng = np.random.default_rng(0)
+    crops = rng.integers(60, 140, (12, 32, 32), dtype=np.uint8)
+    x = M.to_unit_float(crops, 32)
+    mean, precision = M.fit_gaussian(M.latent_codes(model, x), 0.1)
+    latent_dir = tmp_path / "ae_latent"
+    M.save_model_dir(
+        model,
+        latent_dir,
+        {**config, "anomaly_score": "latent_mahalanobis"},
+        {"mean": mean, "precision": precision},
+    )
+    ae = AutoencoderPredictor(latent_dir)
+    planes = [M.PLANES[0]] * len(crops)
+    expected = M.mahalanobis(M.latent_codes(ae.model, x), mean, precision)
+    np.testing.assert_allclose(ae.anomaly_scores(crops, planes), expected, rtol=1e-5)
+    # the CLI path (score_image) reports the same score the predictor computes
+    scorer = load_scorer(str(plane_dir), str(latent_dir))
+    img = phantom_head((330, 480), seed=1, feature="Trans-thalamic")[0]
+    res = scorer.score_image(img)
+    crop = scorer.plane.preprocess(img)[0]
+    assert res["anomaly_score"] == pytest.approx(
+        float(ae.anomaly_scores(crop[None], [res["plane"]])[0]), rel=1e-5
+    )
+    # a latent model folder without its code statistics is refused, not scored silently
+    (latent_dir / M.LATENT_FILE).unlink()
+    with pytest.raises(FileNotFoundError):
+        AutoencoderPredictor(latent_dir)

@@ -145,6 +145,45 @@ def test_autoencoder_shapes() -> None:
 
 
 @pytest.mark.unit
+def test_mahalanobis_known_answers() -> None:
+    mean, precision = np.zeros(2), np.diag([1.0, 0.25])  # variances 1 and 4
+    d = M.mahalanobis(np.array([[3.0, 0.0], [0.0, 4.0], [0.0, 0.0]]), mean, precision)
+    np.testing.assert_allclose(d, [3.0, 2.0, 0.0], atol=1e-6)
+
+
+@pytest.mark.unit
+def test_fit_gaussian_shrinks_towards_scaled_identity() -> None:
+    codes = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 3.0], [0.0, -3.0]])
+    # sample covariance diag(2/3, 6); trace / D = 10/3
+    mean, precision = M.fit_gaussian(codes, 0.0)
+    np.testing.assert_allclose(mean, [0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(np.linalg.inv(precision), np.diag([2 / 3, 6.0]), atol=1e-9)
+    _, full = M.fit_gaussian(codes, 1.0)
+    np.testing.assert_allclose(np.linalg.inv(full), np.eye(2) * 10 / 3, atol=1e-9)
+    # more codes than dimensions is not needed: shrinkage keeps a singular sample invertible
+    _, p1 = M.fit_gaussian(np.array([[0.0, 0.0, 1.0], [1.0, 1.0, 0.0]]), 0.1)
+    assert np.all(np.isfinite(p1))
+
+
+@pytest.mark.unit
+def test_latent_score_flags_codes_far_from_training() -> None:
+    model = M.build_autoencoder(32, (4, 8, 8))
+    rng = np.random.default_rng(0)
+    heads = (0.4 + 0.05 * rng.standard_normal((20, 32, 32, 1))).clip(0, 1).astype(np.float32)
+    codes = M.latent_codes(model, heads)
+    assert codes.shape == (20, 16)  # mean and std of 8 bottleneck channels
+    mean, precision = M.fit_gaussian(codes, 0.1)
+    planes = M.plane_one_hot([M.PLANES[0]] * 20)
+    latent = {"mean": mean, "precision": precision}
+    normal = M.score_anomaly("latent_mahalanobis", model, heads, planes, latent)
+    odd = M.score_anomaly("latent_mahalanobis", model, 1.0 - heads, planes, latent)
+    assert np.median(odd) > 2 * np.median(normal)
+    mse = M.score_anomaly("mse", model, heads, planes)
+    np.testing.assert_allclose(mse, M.reconstruction_mse(model, heads, planes), rtol=1e-6)
+    assert M.score_anomaly("mse", model, heads[:0], planes[:0]).shape == (0,)
+
+
+@pytest.mark.unit
 def test_plane_classifier_shapes() -> None:
     aug = {
         "shift": 0.1,
