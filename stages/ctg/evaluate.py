@@ -224,8 +224,12 @@ def trace_figures(root: Path, examples: dict[str, str]) -> dict[str, Any]:
     min_minutes = float(predictor.config.get("min_input_minutes", 10))
     figs = {}
     for caption, record in examples.items():
-        rec = read_ctg_record(root / RAW / record)
-        t, risk = risk_over_time(predictor, rec.fhr_bpm, rec.uc, rec.fs_hz, 5.0, min_minutes)
+        try:
+            rec = read_ctg_record(root / RAW / record)
+            t, risk = risk_over_time(predictor, rec.fhr_bpm, rec.uc, rec.fs_hz, 5.0, min_minutes)
+        except Exception as exc:  # an illustration must not fail the evaluation
+            log.warning("no trace figure for record %s: %s", record, exc)
+            continue
         figs[f"trace_{record}.png"] = plots.ctg_risk_figure(
             rec.fhr_bpm, rec.uc, rec.fs_hz, t, risk, alert_threshold(predictor),
             f"record {record} ({caption}); risk of the final model, which saw this record",

@@ -90,7 +90,17 @@ def risk_over_time(
             "fs_hz": [fs_hz] * len(cut),
         }
     )
-    return ends, np.asarray(scorer.predict(frame)["probability"], dtype=float)
+    try:
+        return ends, np.asarray(scorer.predict(frame)["probability"], dtype=float)
+    except ValueError:
+        # Some prefix cannot be scored (e.g. no valid FHR yet): score each alone, NaN for those.
+        risk = np.full(len(cut), np.nan)
+        for i in range(len(cut)):
+            try:
+                risk[i] = float(np.asarray(scorer.predict(frame.iloc[[i]])["probability"])[0])
+            except ValueError:
+                continue
+        return ends, risk
 
 
 def plot_record(

@@ -120,3 +120,15 @@ def test_risk_over_time_grows_with_the_record(model_dir: Path) -> None:
     t, risk = risk_over_time(scorer, fhr, uc, 4.0, step_min=5.0, min_minutes=15.0)
     assert t[0] == 15.0 and t[-1] == pytest.approx(32.0) and np.all(np.diff(t) > 0)
     assert risk.shape == t.shape and np.all((risk >= 0) & (risk <= 1))
+
+
+def test_risk_over_time_is_nan_where_a_prefix_cannot_be_scored(model_dir: Path) -> None:
+    from stages.ctg.score import risk_over_time
+
+    scorer = ctg_model.load_predictor({"model_dir": str(model_dir)})
+    fhr, uc, _ = synth_record(np.random.default_rng(3), acidemic=False, duration_min=40.0)
+    fhr[: 4 * 60 * 20] = 0.0  # the first 20 minutes are all signal loss
+    t, risk = risk_over_time(scorer, fhr, uc, 4.0, step_min=5.0, min_minutes=10.0)
+    assert t.tolist() == [10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0]
+    assert np.isnan(risk[t <= 20]).all()  # nothing valid yet: not scored, not a crash
+    assert np.isfinite(risk[t > 20]).all()
