@@ -173,33 +173,41 @@ def _boundary_points(
     return pts, strength
 
 
-def _contrast_score(g: np.ndarray, params: np.ndarray, n: int = 96, band: float = 0.06):
-    """Boundary contrast of ellipses ``params`` (m, 5): mean(inside band) - mean(outside band).
-
-    Points outside the image do not count; the score is multiplied by the covered share of the
-    outline, so an ellipse mostly out of view cannot win on a small bright arc.
-    """
+def _band_sampler(g: np.ndarray, params: np.ndarray, n: int) -> Callable[[float], np.ndarray]:
+    """``sample(scale)``: ``g`` at ``n`` points of each ellipse of ``params`` (m, 5) scaled by
+    ``scale``, shape (m, n); points outside the image are NaN."""
     from scipy.ndimage import map_coordinates
 
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
     cx, cy, a, b, th = (params[:, k : k + 1] for k in range(5))
     c, s = np.cos(th), np.sin(th)
-    h, w = g.shape
 
     def sample(scale: float) -> np.ndarray:
         u, v = a * scale * np.cos(t), b * scale * np.sin(t)
         x, y = cx + u * c - v * s, cy + u * s + v * c
         return map_coordinates(g, [y.ravel(), x.ravel()], order=1, cval=np.nan).reshape(x.shape)
 
+    return sample
+
+
+def _covered_mean(diff: np.ndarray) -> np.ndarray:
+    """Mean of ``diff`` (m, n) over its finite points, times the finite share: an ellipse mostly
+    out of view cannot win on a small bright arc."""
+    covered = np.isfinite(diff)
+    mean = np.nanmean(np.where(covered, diff, np.nan), axis=1)
+    return np.nan_to_num(mean) * covered.mean(axis=1)
+
+
+def _contrast_score(g: np.ndarray, params: np.ndarray, n: int = 96, band: float = 0.06):
+    """Boundary contrast of ellipses ``params`` (m, 5): mean(inside band) - mean(outside band),
+    weighted by the covered share of the outline (:func:`_covered_mean`)."""
+    sample = _band_sampler(g, params, n)
     # out-of-image samples are NaN; averaging over none of them is expected, not a problem
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         inner = np.nanmean(np.stack([sample(1 - band), sample(1 - band / 2)]), axis=0)
         outer = np.nanmean(np.stack([sample(1 + band), sample(1 + band * 1.5)]), axis=0)
-        diff = inner - outer
-        covered = np.isfinite(diff)
-        mean = np.nanmean(np.where(covered, diff, np.nan), axis=1)
-    return np.nan_to_num(mean) * covered.mean(axis=1)
+        return _covered_mean(inner - outer)
 
 
 def _ring_score(
@@ -211,27 +219,14 @@ def _ring_score(
     bright arc inside the brain is not. Weighted by the covered share like
     :func:`_contrast_score`.
     """
-    from scipy.ndimage import map_coordinates
-
-    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    cx, cy, a, b, th = (params[:, k : k + 1] for k in range(5))
-    c, s = np.cos(th), np.sin(th)
-
-    def sample(scale: float) -> np.ndarray:
-        u, v = a * scale * np.cos(t), b * scale * np.sin(t)
-        x, y = cx + u * c - v * s, cy + u * s + v * c
-        return map_coordinates(g, [y.ravel(), x.ravel()], order=1, cval=np.nan).reshape(x.shape)
-
+    sample = _band_sampler(g, params, n)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         skull = np.nanmean(np.stack([sample(1 - band), sample(1 - band / 2)]), axis=0)
         outer = np.nanmean(np.stack([sample(1 + band), sample(1 + band * 1.5)]), axis=0)
         brain = np.nanmean(np.stack([sample(1 - 4 * band), sample(1 - 5 * band)]), axis=0)
         dark = np.fmax(outer, brain) if combine == "max" else 0.5 * (outer + brain)
-        diff = skull - dark
-        covered = np.isfinite(diff)
-        mean = np.nanmean(np.where(covered, diff, np.nan), axis=1)
-    return np.nan_to_num(mean) * covered.mean(axis=1)
+        return _covered_mean(skull - dark)
 
 
 # how candidate ellipses are ranked (``score``)
