@@ -2,12 +2,11 @@
 
 Real processes on free loopback ports: ``prefect server start``, ``python -m flows.deploy``
 (serving the deployments), ``mlflow server`` on sqlite; headless chromium (apt) driven by
-Playwright. Screenshots go to ``docs/screenshots/`` (shown in the README).
+Playwright. Screenshots go to ``docs/screenshots/`` (git-ignored; the README links them).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +24,8 @@ from tests.integration.services import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
-# Screenshots refresh the README's copies only when asked (FETAL_UPDATE_SCREENSHOTS=1): a test
-# run must not modify tracked files.
-SHOTS = (
-    ROOT / "docs" / "screenshots"
-    if os.environ.get("FETAL_UPDATE_SCREENSHOTS") == "1"
-    else Path(os.environ.get("TMPDIR", "/tmp")) / "fetal-screenshots"
-)
+# Written on every run; git ignores them (no images in git), the README links them.
+SHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
