@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,41 +35,6 @@ AE_DIR = Path("data/models/us/autoencoder")
 PLANE_DIR = Path("data/models/us/plane_classifier")
 REPORT = Path("data/reports/evaluate_us.json")
 FIGURES = Path("data/reports/evaluate_us/figures")
-
-
-def _occlusion(x: np.ndarray, rng: np.random.Generator, p: dict[str, Any]) -> np.ndarray:
-    """A black square of ``occlusion_frac`` of the side at a random place (shadowing, a hand)."""
-    out = x.copy()
-    n, h, w = x.shape
-    side = max(1, int(round(p["occlusion_frac"] * min(h, w))))
-    for i in range(n):
-        r, c = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        out[i, r : r + side, c : c + side] = 0
-    return out
-
-
-def _noise(x: np.ndarray, rng: np.random.Generator, p: dict[str, Any]) -> np.ndarray:
-    """Additive Gaussian noise of ``noise_std`` (fraction of the 0-255 range)."""
-    noisy = x.astype(np.float64) + rng.normal(0, 255 * p["noise_std"], x.shape)
-    return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
-
-
-def _blank(x: np.ndarray, rng: np.random.Generator, p: dict[str, Any]) -> np.ndarray:
-    """Every pixel at the image's mean grey (a frozen or disconnected probe)."""
-    return np.broadcast_to(x.mean(axis=(1, 2), keepdims=True), x.shape).round().astype(np.uint8)
-
-
-def _inverted(x: np.ndarray, rng: np.random.Generator, p: dict[str, Any]) -> np.ndarray:
-    """Negative image (255 - x)."""
-    return (255 - x).astype(np.uint8)
-
-
-CORRUPTIONS: dict[str, Callable[[np.ndarray, np.random.Generator, dict[str, Any]], np.ndarray]] = {
-    "occlusion": _occlusion,
-    "noise": _noise,
-    "blank": _blank,
-    "inverted": _inverted,
-}
 
 
 def anomaly_auc(normal: np.ndarray, abnormal: np.ndarray, n_bootstrap: int, seed: int) -> dict:
@@ -159,7 +123,7 @@ def evaluate(
         scores["non-brain"] = ae.anomaly_scores(other_x, other_planes)
         mse_scores["non-brain"] = ae.errors(other_x, other_planes)
         out["ae_nonbrain_flagged_rate"] = float(np.mean(scores["non-brain"] > ae.threshold))
-    for kind, corrupt in CORRUPTIONS.items():
+    for kind, corrupt in M.CORRUPTIONS.items():
         bad = corrupt(test_x, rng, params)
         scores[kind] = ae.anomaly_scores(bad, pred_planes)
         mse_scores[kind] = ae.errors(bad, pred_planes)

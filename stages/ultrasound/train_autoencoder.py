@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages.common import tracking
+from stages.common import metrics, tracking
 from stages.common.io import atomic_dir, write_json
 from stages.common.params import load_params, project_root
 from stages.ultrasound import models as M
@@ -99,6 +99,35 @@ def train_autoencoder(
     return model, result
 
 
+def corruption_auroc(
+    model: Any,
+    crops_u8: np.ndarray,
+    planes: np.ndarray,
+    latent: dict[str, np.ndarray],
+    params: dict[str, Any],
+) -> float:
+    """AUROC of the anomaly score separating ``crops_u8`` from corrupted copies of them.
+
+    Every corruption of :data:`stages.ultrasound.models.CORRUPTIONS` (occlusion, noise, blank,
+    inverted; strengths from ``params["val_corruption"]``) is applied to every crop and the
+    corrupted crops are pooled as the abnormal class. This is the promotion metric: validation
+    MSE rewards an autoencoder that reconstructs anything well, non-brain images included,
+    which is the opposite of what a detector should do. NaN without crops.
+    """
+    if len(crops_u8) == 0:
+        return float("nan")
+    kind, size = params.get("anomaly_score", "normalised_mse"), params["input_size"]
+    rng = np.random.default_rng(params["seed"])
+
+    def score(x_u8: np.ndarray) -> np.ndarray:
+        return M.score_anomaly(kind, model, M.to_unit_float(x_u8, size), planes, latent)
+
+    clean = score(crops_u8)
+    bad = [score(fn(crops_u8, rng, params["val_corruption"])) for fn in M.CORRUPTIONS.values()]
+    y = np.r_[np.zeros(len(clean)), np.ones(len(clean) * len(bad))].astype(int)
+    return metrics.auc(y, np.concatenate([clean, *bad]))
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params("train_autoencoder_us")
@@ -108,17 +137,21 @@ def main() -> None:
     with np.load(root / CROPS) as z:
         names, images = z["names"], z["images"]
     size = params["input_size"]
-    data = {}
+    data, crops_u8 = {}, {}
     for split in ("train", "val"):
         rows = M.brain_rows(manifest, split)
+        crops_u8[split] = M.crops_for(rows, names, images)
         data[split] = (
-            M.to_unit_float(M.crops_for(rows, names, images), size),
+            M.to_unit_float(crops_u8[split], size),
             M.plane_one_hot(rows["brain_plane"]),
         )
     with tracking.run(
         "us-brain-autoencoder", "train_autoencoder_us", params, stage="train_autoencoder_us"
     ):
         model, result = train_autoencoder(*data["train"], *data["val"], params)
+        result["val_corruption_auroc"] = corruption_auroc(
+            model, crops_u8["val"], data["val"][1], result["latent"], params
+        )
         config = {
             "kind": "autoencoder",
             "input_size": size,
@@ -144,7 +177,7 @@ def main() -> None:
             root / MODEL_DIR,
             LOADER,
             params["registered_name"],
-            {k: report[k] for k in ("val_mse", "val_mse_neg", "threshold")},
+            {k: report[k] for k in ("val_mse", "val_mse_neg", "val_corruption_auroc", "threshold")},
             params["promote_metric"],
             params["promote_margin"],
             [root / CROPS, root / MANIFEST],
@@ -152,8 +185,9 @@ def main() -> None:
         )
     write_json(root / REPORT, report)
     log.info(
-        "val MSE %.5f, threshold %.5f; %s",
+        "val MSE %.5f, val corruption AUROC %.3f, threshold %.5f; %s",
         report["val_mse"],
+        report["val_corruption_auroc"],
         report["threshold"],
         decision["reason"],
     )

@@ -203,7 +203,8 @@ def test_plane_classifier_shapes() -> None:
 
 @pytest.mark.unit
 def test_corruptions_keep_shape_and_change_images() -> None:
-    from stages.ultrasound.evaluate import CORRUPTIONS, anomaly_auc
+    from stages.ultrasound.evaluate import anomaly_auc
+    from stages.ultrasound.models import CORRUPTIONS
 
     rng = np.random.default_rng(0)
     x = rng.integers(40, 200, size=(4, 32, 32), dtype=np.uint8)
