@@ -1,0 +1,179 @@
+"""HC18 segmentation accuracy and enhance + segment speed: ``python -m bench.segmentation``.
+
+Reads the HC18 images and FETAL_PLANES_DB images straight from the mirror (``FETAL_MIRROR``,
+default ``../shared/data``; nothing is copied into the project) and runs the stages' own
+functions with the ``enhance_us`` and ``segment_us`` sections of ``params.yaml``:
+
+- accuracy: ``enhance_image`` then ``segment_image`` on every HC18 image, Dice against the filled
+  sonographer outline (``truth_mask``) and |HC error| in mm (Ramanujan perimeter x pixel size),
+  for the **tune** half (the first 100 images by name, on which the settings were chosen), the
+  **held-out** half (the other 100, the honest figure) and all of them;
+- speed: enhance + segment images/s on the first ``--n`` FETAL_PLANES_DB images (~960 x 660),
+  serially on one process and on a Dask LocalCluster of 2 workers (``map_images``), after a
+  warm-up. The machine may be shared: the figures are as loaded as the machine was.
+
+``--per-image CSV`` writes one row per HC18 image; ``--workers`` spreads the accuracy run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from stages.common.params import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+N_TUNE = 100  # the first 100 HC18 images by name: the settings were tuned on them
+
+
+def _mirror() -> Path:
+    return Path(os.environ.get("FETAL_MIRROR", ROOT.parent / "shared" / "data")).resolve()
+
+
+def score_hc18(item: tuple[str, str, float, float], pe: dict[str, Any], ps: dict[str, Any]):
+    """Dice and HC error of one HC18 image: (name, dice, hc_mm, hc_true_mm, seconds)."""
+    from stages.ultrasound.enhance import enhance_image
+    from stages.ultrasound.imaging import dice, read_image
+    from stages.ultrasound.segment import segment_image, truth_mask
+
+    img_path, ann_path, pixel_mm, hc_true_mm = item
+    img = read_image(img_path)
+    t0 = time.perf_counter()
+    seg = segment_image(enhance_image(img, pe), ps)
+    seconds = time.perf_counter() - t0
+    truth, _, _ = truth_mask(read_image(ann_path))
+    hc_mm = seg.hc_px() * pixel_mm if seg.ok else float("nan")
+    return dice(seg.cranium, truth), hc_mm, hc_true_mm, seconds
+
+
+def _enhance_segment(path: str, pe: dict[str, Any], ps: dict[str, Any]) -> bool:
+    from stages.ultrasound.enhance import enhance_image
+    from stages.ultrasound.imaging import read_image
+    from stages.ultrasound.segment import segment_image
+
+    return segment_image(enhance_image(read_image(path), pe), ps).ok
+
+
+def throughput(paths: list[str], n_workers: int, pe: dict, ps: dict) -> tuple[float, float]:
+    """(images/s, CPU s/image) of enhance + segment, decoding included: serial for 1 worker,
+    else on a Dask LocalCluster (CPU time then NaN). CPU time is what a busy machine leaves
+    roughly unchanged; the wall-clock rate drops when another process shares the cores."""
+    from stages.common.parallel import dask_client, map_images
+
+    func = functools.partial(_enhance_segment, pe=pe, ps=ps)
+    if n_workers == 1:
+        func(paths[0])  # warm-up: imports
+        t0, c0 = time.perf_counter(), time.process_time()
+        for p in paths:
+            func(p)
+        cpu = (time.process_time() - c0) / len(paths)
+        return len(paths) / (time.perf_counter() - t0), cpu
+    pdask = {"scheduler_address": "", "n_workers": n_workers}
+    with dask_client(pdask) as client:
+        map_images(func, paths[: 2 * n_workers], pdask, client, serial_below=0)  # warm-up
+        t0 = time.perf_counter()
+        map_images(func, paths, pdask, client, serial_below=0)
+        return len(paths) / (time.perf_counter() - t0), float("nan")
+
+
+def hc18_table(per_image: pd.DataFrame) -> str:
+    """Markdown table: Dice and |HC error| (mean, median), Dice < 0.9 count, per half."""
+    rows = [
+        "| HC18 images | n | Dice mean | Dice median | HC err mean mm | HC err median mm "
+        "| Dice < 0.9 | s/image |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    halves = {
+        "tune (first 100 by name)": per_image[per_image["tune"]],
+        "held-out (last 100)": per_image[~per_image["tune"]],
+        "all": per_image,
+    }
+    for label, d in halves.items():
+        err = d["hc_err_mm"].fillna(np.inf)  # no ellipse counts as an unbounded error
+        rows.append(
+            f"| {label} | {len(d)} | {d['dice'].mean():.3f} | {d['dice'].median():.3f} "
+            f"| {err.mean():.2f} | {err.median():.2f} | {int((d['dice'] < 0.9).sum())} "
+            f"| {d['seconds'].mean():.3f} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=60, help="FETAL_PLANES_DB images for the speed rows")
+    ap.add_argument("--workers", type=int, default=1, help="processes for the accuracy run")
+    ap.add_argument("--limit", type=int, default=0, help="only every k-th HC18 image (0: all)")
+    ap.add_argument("--no-speed", action="store_true", help="skip the speed rows")
+    ap.add_argument("--no-accuracy", action="store_true", help="skip the HC18 rows")
+    ap.add_argument("--per-image", type=Path, help="write per-image HC18 results to this CSV")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a param for this run only (YAML value), e.g. segment_us.grid=3",
+    )
+    args = ap.parse_args(argv)
+    sections = {"enhance_us": load_params("enhance_us"), "segment_us": load_params("segment_us")}
+    for assignment in args.set:
+        key, value = assignment.split("=", 1)
+        section, name = key.split(".", 1)
+        sections[section][name] = yaml.safe_load(value)
+    pe, ps = sections["enhance_us"], sections["segment_us"]
+    mirror = _mirror()
+    if not (mirror / "hc18").is_dir():
+        print(f"no HC18 mirror at {mirror}: set FETAL_MIRROR", file=sys.stderr)
+        return 2
+    if not args.no_accuracy:
+        csv = pd.read_csv(mirror / "hc18/pixel_size_and_HC.csv")
+        csv.columns = ["file", "pixel_mm", "hc_mm"]
+        csv = csv.sort_values("file").reset_index(drop=True)
+        csv["tune"] = csv.index < N_TUNE
+        if args.limit:
+            csv = csv.iloc[:: args.limit]
+        img_dir = mirror / "hc18/images"
+        items = [
+            (str(img_dir / f), str(img_dir / f.replace(".png", "_Annotation.png")), px, hc)
+            for f, px, hc in csv[["file", "pixel_mm", "hc_mm"]].itertuples(index=False)
+        ]
+        func = functools.partial(score_hc18, pe=pe, ps=ps)
+        if args.workers > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(args.workers) as pool:
+                res = list(pool.map(func, items, chunksize=4))
+        else:
+            res = [func(it) for it in items]
+        out = pd.DataFrame(res, columns=["dice", "hc_mm", "hc_true_mm", "seconds"])
+        out.insert(0, "image", csv["file"].str[:-4].to_numpy())
+        out.insert(1, "tune", csv["tune"].to_numpy())
+        out["hc_err_mm"] = (out["hc_mm"] - out["hc_true_mm"]).abs()
+        if args.per_image:
+            out.to_csv(args.per_image, index=False)
+        print(hc18_table(out), flush=True)
+    if not args.no_speed:
+        paths = sorted(str(p) for p in (mirror / "fetal_planes/images").glob("*.png"))[: args.n]
+        from stages.ultrasound.imaging import read_image
+
+        h, w = np.median([read_image(p).shape for p in paths[:10]], axis=0).astype(int)
+        print(
+            f"\n| enhance + segment, {len(paths)} FETAL_PLANES_DB images ({w}x{h}) "
+            "| img/s | CPU ms/image |\n|---|---:|---:|"
+        )
+        for workers in (1, 2):
+            rate, cpu = throughput(paths, workers, pe, ps)
+            print(f"| {workers} worker(s) | {rate:.1f} | {1000 * cpu:.0f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
