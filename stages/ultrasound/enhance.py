@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages.ultrasound.imaging import Ellipse, ellipse_radius, resize_to_width
+from stages.ultrasound.imaging import Ellipse, ellipse_radius, resize_to_shape, resize_to_width
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,10 @@ def _at_work_width(
     Speckle grains are a few pixels wide at ~960 px; filtering at ~480 px is 4x cheaper and
     the downscale itself averages speckle.
     """
-    from skimage.transform import resize
-
     x = img_u8.astype(np.float64) / 255.0
     if work_width and work_width < img_u8.shape[1]:
         small, _ = resize_to_width(x, int(work_width))
-        out = resize(fn(small), img_u8.shape, order=1, preserve_range=True)
+        out = resize_to_shape(fn(small), img_u8.shape)
     else:
         out = fn(x)
     return _to_u8(out)

@@ -148,14 +148,32 @@ def encode_png(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# Pillow resampling filter per interpolation order (0 nearest, 1 linear, 3 cubic)
+_PIL_FILTERS = {
+    0: Image.Resampling.NEAREST,
+    1: Image.Resampling.BILINEAR,
+    3: Image.Resampling.BICUBIC,
+}
+
+
+def resize_to_shape(img: np.ndarray, shape: tuple[int, int], order: int = 1) -> np.ndarray:
+    """Resize a float image to ``shape`` (rows, cols); float64 out.
+
+    Pillow's resampling on float32 (mode ``F``): its filters widen with the shrink factor, so a
+    downscale is anti-aliased as scikit-image's ``resize(anti_aliasing=True)`` is, at a fifth of
+    the time (about 2 vs 7-11 ms for a 960 x 660 image; enhance + segment resize four times per
+    image). Pixel centres stay aligned, as ``Ellipse.scaled`` assumes. ``order``: 0, 1 or 3.
+    """
+    im = Image.fromarray(np.ascontiguousarray(img, dtype=np.float32), mode="F")
+    out = im.resize((int(shape[1]), int(shape[0])), _PIL_FILTERS[order])
+    return np.asarray(out, dtype=np.float64)
+
+
 def resize_to_width(img: np.ndarray, width: int, order: int = 1) -> tuple[np.ndarray, float]:
     """Resize ``img`` (float) to ``width`` columns; returns the image and the scale factor."""
-    from skimage.transform import resize
-
     s = width / img.shape[1]
     h = max(1, round(img.shape[0] * s))
-    out = resize(img, (h, width), order=order, anti_aliasing=s < 1, preserve_range=True)
-    return out, s
+    return resize_to_shape(img, (h, int(width)), order), s
 
 
 # --------------------------------------------------------------------------- image stores

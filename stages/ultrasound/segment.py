@@ -243,8 +243,10 @@ def _ransac_from_centre(
     cy: float,
     rng: np.random.Generator,
     p: dict[str, Any],
+    n_hypotheses: int,
 ) -> tuple[np.ndarray, float] | None:
-    """Best ellipse (cx, cy, a, b, th) from rays cast at (cx, cy) and the share of rays on it."""
+    """Best ellipse (cx, cy, a, b, th) from rays cast at (cx, cy) and the share of rays on it,
+    out of ``n_hypotheses`` random 5-point conics."""
     h, w = g.shape
     n_rays = int(p.get("n_rays", 72))
     top_k = int(p.get("top_k", 3))
@@ -262,14 +264,27 @@ def _ransac_from_centre(
     flat = grid[ok.ravel()]
     if len(flat) < 8:
         return None
-    m = int(p.get("n_hypotheses", 800))
-    P = flat[rng.integers(0, len(flat), size=(m, 5))]  # (m, 5, 2)
+    m = int(n_hypotheses)
+    pick = rng.integers(0, len(flat), size=(m, 5))
+    P = flat[pick]  # (m, 5, 2)
     x, y = P[..., 0], P[..., 1]
     M = np.stack([x * x, x * y, y * y, x, y], axis=2)
+    # The 5x5 system is singular (np.linalg.solve raises) when a point is drawn twice or three
+    # points lie on one line through the centre (one ray and its opposite: y = kx makes their
+    # rows span two dimensions). Finding those draws is 5x cheaper than a determinant of every
+    # system, which is only the fallback for a rare singular system left.
+    n_lines = n_rays // 2 if n_rays % 2 == 0 else n_rays
+    line = (np.flatnonzero(ok.ravel()) // top_k % n_lines)[pick]
+    line.sort(axis=1)
+    pick.sort(axis=1)
+    good = (np.diff(pick, axis=1) != 0).all(axis=1) & (line[:, 2:] != line[:, :-2]).all(axis=1)
     with np.errstate(all="ignore"):
-        good = np.abs(np.linalg.det(M)) > 1e-9
         coef = np.zeros((m, 5))
-        coef[good] = np.linalg.solve(M[good], np.ones((int(good.sum()), 5, 1)))[..., 0]
+        try:
+            coef[good] = np.linalg.solve(M[good], np.ones((int(good.sum()), 5, 1)))[..., 0]
+        except np.linalg.LinAlgError:
+            good &= np.abs(np.linalg.det(M)) > 1e-9
+            coef[good] = np.linalg.solve(M[good], np.ones((int(good.sum()), 5, 1)))[..., 0]
         ell, valid = conic_to_ellipse(coef)
         valid &= good
         a, b = ell[:, 2], ell[:, 3]
@@ -462,14 +477,20 @@ def _classical(img_u8: np.ndarray, params: dict[str, Any]) -> tuple[Ellipse | No
     # candidate centres: a grid over the middle of the image (the head is rarely at the rim)
     n = int(params.get("grid", 3))
     centres = [(w * a, h * b) for a in np.linspace(0.25, 0.75, n) for b in np.linspace(0.3, 0.7, n)]
-    first = [r for r in (_ransac_from_centre(g, cx, cy, rng, params) for cx, cy in centres) if r]
+    # the grid pass only has to land near the head: its centres are re-cast below with the full
+    # ``n_hypotheses``, so it can afford fewer (``n_hypotheses_grid``)
+    m_full = int(params.get("n_hypotheses", 800))
+    m_grid = int(params.get("n_hypotheses_grid", m_full))
+    first = [
+        r for r in (_ransac_from_centre(g, cx, cy, rng, params, m_grid) for cx, cy in centres) if r
+    ]
     cands: list[np.ndarray] = []
     shares: list[float] = []
     # re-cast from each distinct fitted centre: rays then cross the outline nearly at right angles
     for i in _dedupe([e for e, _ in first], 0.03 * w):
         e, share = first[i]
         if 0 <= e[0] < w and 0 <= e[1] < h:
-            res = _ransac_from_centre(g, e[0], e[1], rng, params)
+            res = _ransac_from_centre(g, e[0], e[1], rng, params, m_full)
             if res is not None:
                 e, share = res
         cands.append(e)
@@ -541,12 +562,13 @@ def skull_thickness_px(img_u8: np.ndarray, e: Ellipse, frac_max: float = 0.15) -
     pts_r = np.linspace(1 - frac_max * 2, 1.0, 31)
     from scipy.ndimage import map_coordinates
 
-    prof = []
-    for r in pts_r:
-        p = ellipse_points(e, 90, r)
-        v = map_coordinates(img_u8.astype(float), [p[:, 1], p[:, 0]], order=1, cval=np.nan)
-        prof.append(np.nanmean(v) if np.isfinite(v).any() else np.nan)
-    prof = np.asarray(prof)
+    # all 31 x 90 samples in one call (a per-radius loop converted the image 31 times)
+    pts = np.concatenate([ellipse_points(e, 90, r) for r in pts_r])
+    v = map_coordinates(img_u8, [pts[:, 1], pts[:, 0]], order=1, cval=np.nan, output=np.float64)
+    v = v.reshape(len(pts_r), 90)
+    with warnings.catch_warnings():  # a radius wholly outside the image has no mean: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        prof = np.nanmean(v, axis=1)
     R = 0.5 * (e.a + e.b)
     if not np.isfinite(prof).any():
         return 0.05 * R

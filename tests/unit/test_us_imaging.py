@@ -18,6 +18,8 @@ from stages.ultrasound.imaging import (
     iter_store,
     load_item,
     ramanujan_perimeter,
+    resize_to_shape,
+    resize_to_width,
     store_items,
     write_store_chunk,
 )
@@ -114,6 +116,24 @@ def test_enhancement_improves_cnr_on_a_noisy_phantom():
     raw = skull_brain_cnr(img, e)
     new = skull_brain_cnr(enhance_image(img, ENH), e)
     assert new > 1.3 * raw, (raw, new)
+
+
+def test_resize_keeps_levels_and_pixel_centres():
+    """A flat image stays flat; a blob's centroid lands where ``Ellipse.scaled`` puts it."""
+    flat = np.full((66, 96), 0.4)
+    assert np.allclose(resize_to_shape(flat, (33, 48)), 0.4, atol=1e-6)
+    yy, xx = np.mgrid[0:240, 0:360].astype(np.float64)
+    blob = np.exp(-((xx - 150.0) ** 2 + (yy - 90.0) ** 2) / (2 * 6.0**2))
+    small, s = resize_to_width(blob, 120)
+    assert small.shape == (80, 120) and s == pytest.approx(1 / 3)
+    ys, xs = np.mgrid[0:80, 0:120]
+    w = small / small.sum()
+    expect = Ellipse(150.0, 90.0, 1.0, 1.0, 0.0).scaled(s)
+    assert (w * xs).sum() == pytest.approx(expect.cx, abs=0.05)
+    assert (w * ys).sum() == pytest.approx(expect.cy, abs=0.05)
+    # a shrink is anti-aliased: one-pixel stripes average out instead of aliasing
+    stripes = (np.arange(360) % 2).astype(float)[None, :].repeat(60, axis=0)
+    assert np.ptp(resize_to_width(stripes, 90)[0][5:-5, 5:-5]) < 0.05
 
 
 def test_enhance_rejects_non_uint8():

@@ -201,3 +201,21 @@ def test_rescored_and_refined_phantom_heads(seed, angle):
     assert seg.ok, seg.reason
     assert seg.hc_px() == pytest.approx(ramanujan_perimeter(true.a, true.b), rel=0.03)
     assert dice(seg.cranium, ellipse_mask(img.shape, true)) > 0.95
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ransac_survives_singular_draws_and_finds_the_ring(seed):
+    """Few rays with three edges each make many 5-point draws singular (three points on one
+    line through the centre, or one point twice; with 12 rays ``np.linalg.solve`` raises on
+    these draws); they are skipped, never raised, whatever the seed."""
+    from stages.ultrasound.segment import _ransac_from_centre
+
+    img, e = _ring_image()
+    g = img / 255.0
+    p = {"n_rays": 12, "top_k": 3, "edge_px": 3, "inlier_px": 2.5, "min_axis_ratio": 0.55}
+    res = _ransac_from_centre(g, e.cx + 7, e.cy - 5, np.random.default_rng(seed), p, 1500)
+    assert res is not None
+    fit, share = res
+    assert share > 0.5
+    assert fit[:2] == pytest.approx([e.cx, e.cy], abs=2.0)
+    assert sorted(fit[2:4]) == pytest.approx(sorted([e.a, e.b]), abs=3.0)
