@@ -12,7 +12,10 @@ functions with the ``enhance_us`` and ``segment_us`` sections of ``params.yaml``
   serially on one process and on a Dask LocalCluster of 2 workers (``map_images``), after a
   warm-up. The machine may be shared: the figures are as loaded as the machine was.
 
-``--per-image CSV`` writes one row per HC18 image; ``--workers`` spreads the accuracy run.
+``--seeds 0 1 2`` prints one HC18 table per RANSAC seed (the spread between them is the noise
+floor of any comparison); ``--per-image CSV`` writes one row per HC18 image and seed;
+``--workers`` spreads the accuracy run over processes; ``--set segment_us.KEY=VALUE`` overrides a
+param for one run.
 """
 
 from __future__ import annotations
@@ -114,6 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="only every k-th HC18 image (0: all)")
     ap.add_argument("--no-speed", action="store_true", help="skip the speed rows")
     ap.add_argument("--no-accuracy", action="store_true", help="skip the HC18 rows")
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        nargs="*",
+        default=None,
+        help="one HC18 table per segment_us.seed (default: the seed in params.yaml): single "
+        "images flip between a right and a wrong ellipse with the RANSAC draws",
+    )
     ap.add_argument("--per-image", type=Path, help="write per-image HC18 results to this CSV")
     ap.add_argument(
         "--set",
@@ -145,21 +156,22 @@ def main(argv: list[str] | None = None) -> int:
             (str(img_dir / f), str(img_dir / f.replace(".png", "_Annotation.png")), px, hc)
             for f, px, hc in csv[["file", "pixel_mm", "hc_mm"]].itertuples(index=False)
         ]
-        func = functools.partial(score_hc18, pe=pe, ps=ps)
-        if args.workers > 1:
-            from concurrent.futures import ProcessPoolExecutor
+        for seed in args.seeds if args.seeds else [ps.get("seed", 0)]:
+            func = functools.partial(score_hc18, pe=pe, ps={**ps, "seed": seed})
+            if args.workers > 1:
+                from concurrent.futures import ProcessPoolExecutor
 
-            with ProcessPoolExecutor(args.workers) as pool:
-                res = list(pool.map(func, items, chunksize=4))
-        else:
-            res = [func(it) for it in items]
-        out = pd.DataFrame(res, columns=["dice", "hc_mm", "hc_true_mm", "seconds"])
-        out.insert(0, "image", csv["file"].str[:-4].to_numpy())
-        out.insert(1, "tune", csv["tune"].to_numpy())
-        out["hc_err_mm"] = (out["hc_mm"] - out["hc_true_mm"]).abs()
-        if args.per_image:
-            out.to_csv(args.per_image, index=False)
-        print(hc18_table(out), flush=True)
+                with ProcessPoolExecutor(args.workers) as pool:
+                    res = list(pool.map(func, items, chunksize=4))
+            else:
+                res = [func(it) for it in items]
+            out = pd.DataFrame(res, columns=["dice", "hc_mm", "hc_true_mm", "seconds"])
+            out.insert(0, "image", csv["file"].str[:-4].to_numpy())
+            out.insert(1, "tune", csv["tune"].to_numpy())
+            out["hc_err_mm"] = (out["hc_mm"] - out["hc_true_mm"]).abs()
+            if args.per_image:
+                out.to_csv(args.per_image.with_suffix(f".seed{seed}.csv"), index=False)
+            print(f"\nsegment_us.seed = {seed}\n{hc18_table(out)}", flush=True)
     if not args.no_speed:
         paths = sorted(str(p) for p in (mirror / "fetal_planes/images").glob("*.png"))[: args.n]
         from stages.ultrasound.imaging import read_image
