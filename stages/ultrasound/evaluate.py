@@ -51,6 +51,29 @@ def anomaly_auc(normal: np.ndarray, abnormal: np.ndarray, n_bootstrap: int, seed
     }
 
 
+def score_part_aurocs(
+    ae: AutoencoderPredictor, normal_u8: np.ndarray, abnormal_u8: np.ndarray
+) -> dict[str, float]:
+    """Non-brain AUROC of each part of the ``latent_ring`` score alone ({} for other scores):
+    ``latent`` (Mahalanobis distance of the autoencoder's code) and ``ring`` (skull-ring
+    contrast, negated), so the README can say what each part contributes."""
+    if ae.score_kind != "latent_ring":
+        return {}
+    x_n, x_a = M.to_unit_float(normal_u8, ae.size), M.to_unit_float(abnormal_u8, ae.size)
+    lat = ae.latent
+
+    def dist(x: np.ndarray) -> np.ndarray:
+        return M.mahalanobis(M.latent_codes(ae.model, x), lat["mean"], lat["precision"])
+
+    y = np.r_[np.zeros(len(x_n)), np.ones(len(x_a))].astype(int)
+    return {
+        "anomaly_part_latent_nonbrain_auroc": metrics.auc(y, np.r_[dist(x_n), dist(x_a)]),
+        "anomaly_part_ring_nonbrain_auroc": metrics.auc(
+            y, -np.r_[M.ring_contrast(x_n), M.ring_contrast(x_a)]
+        ),
+    }
+
+
 def plane_report(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
     """Accuracy, macro-F1, balanced accuracy, per-class recall and the confusion matrix."""
     n = len(M.PLANES)
@@ -123,6 +146,7 @@ def evaluate(
         scores["non-brain"] = ae.anomaly_scores(other_x, other_planes)
         mse_scores["non-brain"] = ae.errors(other_x, other_planes)
         out["ae_nonbrain_flagged_rate"] = float(np.mean(scores["non-brain"] > ae.threshold))
+        out |= score_part_aurocs(ae, test_x, other_x)
     for kind, corrupt in M.CORRUPTIONS.items():
         bad = corrupt(test_x, rng, params)
         scores[kind] = ae.anomaly_scores(bad, pred_planes)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stages.ultrasound.segment import CROP_MARGIN
 from stages.ultrasound.split_planes import image_stem
 
 PLANES: tuple[str, ...] = ("Trans-thalamic", "Trans-cerebellum", "Trans-ventricular")
@@ -145,6 +146,39 @@ def build_autoencoder(
     return model
 
 
+def augmentation(augment: dict[str, Any] | None, seed: int = 0) -> list[Any]:
+    """Keras augmentation layers (active only in training) from the ``augment`` params.
+
+    ``shift`` (fraction of the side), ``rotation_deg``, ``zoom`` (fraction), ``flip``
+    (``horizontal``, ``vertical`` or ``horizontal_and_vertical``), ``brightness`` (fraction of
+    the [0, 1] range), ``contrast`` (factor); None or zeros turn a transform off. The crop puts
+    the skull's long axis horizontal with the image's top kept on top, so a left-right mirror is
+    the same plane (the posterior fossa may lie at either end); an up-down mirror swaps the near
+    and far hemispheres, which look different in ultrasound.
+    """
+    from keras import layers
+
+    aug = augment or {}
+    out: list[Any] = []
+    if aug.get("flip"):
+        out.append(layers.RandomFlip(aug["flip"], seed=seed))
+    if aug.get("rotation_deg"):
+        out.append(
+            layers.RandomRotation(aug["rotation_deg"] / 360.0, fill_mode="constant", seed=seed)
+        )
+    if aug.get("shift"):
+        out.append(
+            layers.RandomTranslation(aug["shift"], aug["shift"], fill_mode="constant", seed=seed)
+        )
+    if aug.get("zoom"):
+        out.append(layers.RandomZoom(aug["zoom"], fill_mode="constant", seed=seed))
+    if aug.get("brightness"):
+        out.append(layers.RandomBrightness(aug["brightness"], value_range=(0.0, 1.0), seed=seed))
+    if aug.get("contrast"):
+        out.append(layers.RandomContrast(aug["contrast"], seed=seed))
+    return out
+
+
 def build_plane_classifier(
     input_size: int,
     n_classes: int = len(PLANES),
@@ -156,44 +190,55 @@ def build_plane_classifier(
     seed: int = 0,
     label_smoothing: float = 0.0,
     standardize: bool = False,
+    frontend: str = "learned",
+    gabor: dict[str, Any] | None = None,
+    l2: float = 0.0,
 ) -> Any:
-    """A small from-scratch CNN for the brain plane, with augmentation layers.
+    """A small from-scratch CNN for the brain plane.
 
-    Each block is 3x3 convolution, (optional) batch normalisation, ReLU and 2x2 max pooling;
-    global average pooling, dropout and a softmax head follow. Augmentation runs only in
-    training: shifts, small rotations, zoom, flips (the crop puts the skull's long axis
-    horizontal, so a mirrored head, in either axis, is still the same plane: the posterior
-    fossa may lie at either end) and brightness/contrast jitter.
+    ``frontend`` chooses the convolutional front-end:
+
+    - ``learned``: blocks of 3x3 convolution, (optional) batch normalisation, ReLU and 2x2 max
+      pooling, then global average pooling, dropout and a softmax head; the augmentation layers
+      (:func:`augmentation`) are part of the network and run only in training.
+    - ``gabor``: a fixed complex Gabor filter bank whose log mean magnitude is pooled on coarse
+      grids (:class:`stages.ultrasound.gabor.GaborGrid`, sub-model ``frontend``), then a learned
+      ``head`` sub-model: feature standardisation, dropout and an L2-regularised softmax layer
+      (a multinomial logistic read-out). Train it with :func:`fit_gabor_classifier`: the
+      front-end has no weights, so its features are computed once per (augmented) image.
 
     Parameters
     ----------
     input_size
-        Side of the square grayscale input in pixels.
+        Side of the square grayscale input in pixels (``gabor``: divisible by every grid size).
     n_classes
         Number of planes.
     filters
-        Channels of the convolution blocks.
+        Channels of the convolution blocks (``learned``).
     dropout
-        Dropout rate before the head.
+        Dropout rate before the softmax layer.
     learning_rate
         Adam step size.
     augment
-        ``shift`` (fraction of the side), ``rotation_deg``, ``zoom`` (fraction), ``flip``
-        (``horizontal``, ``vertical`` or ``horizontal_and_vertical``), ``brightness``
-        (fraction of the [0, 1] range), ``contrast`` (factor); None or zeros turn a transform
-        off.
+        Augmentation params (:func:`augmentation`); ``learned`` only, ``gabor`` augments the
+        training images before the features are computed.
     batch_norm
-        Batch normalisation after each convolution (running statistics with momentum 0.9).
-        On ~110 real crops in batches of 16 it made inference swing from epoch to epoch
-        (validation accuracy 0.16-0.52, often one plane for every image); without it training
-        is slower but validation accuracy is stable, so params.yaml turns it off.
+        ``learned``: batch normalisation after each convolution. On ~110 real crops in batches of
+        16 it made inference swing from epoch to epoch (validation accuracy 0.16-0.52, often one
+        plane for every image); params.yaml turns it off.
     seed
-        Seed of the augmentation layers.
+        Seed of the augmentation and dropout layers.
     label_smoothing
-        Cross-entropy label smoothing (0 = off); tempers over-confidence on ~100 images.
+        Cross-entropy label smoothing (0 = off).
     standardize
-        Standardise each image (zero mean, unit variance over its pixels) inside the network,
-        after augmentation, so overall gain and brightness carry no information.
+        ``learned``: standardise each image (zero mean, unit variance over its pixels) inside
+        the network, after augmentation.
+    frontend
+        ``learned`` or ``gabor``.
+    gabor
+        ``frequencies`` (cycles/pixel), ``orientations``, ``grids`` of the Gabor front-end.
+    l2
+        L2 penalty on the softmax layer's weights (``gabor``).
 
     Returns
     -------
@@ -204,21 +249,48 @@ def build_plane_classifier(
     import keras
     from keras import layers
 
-    aug = augment or {}
     image = keras.Input((input_size, input_size, 1), name="image")
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+    if frontend == "gabor":
+        from stages.ultrasound.gabor import GaborGrid, feature_count
+
+        g = gabor or {}
+        freqs, n_or, grids = (
+            g.get("frequencies", (0.1, 0.2, 0.3)),
+            g.get("orientations", 6),
+            g.get("grids", (4, 8)),
+        )
+        bad = [k for k in grids if input_size % int(k)]
+        if bad:
+            raise ValueError(f"input_size {input_size} is not divisible by the Gabor grids {bad}")
+        front = keras.Sequential(
+            [keras.Input((input_size, input_size, 1)), GaborGrid(freqs, n_or, grids)],
+            name="frontend",
+        )
+        n_feat = feature_count(freqs, n_or, grids)
+        feats = keras.Input((n_feat,), name="features")
+        h = layers.Normalization(name="standardize")(feats)
+        h = layers.Dropout(dropout, seed=seed)(h)
+        probs = layers.Dense(
+            n_classes,
+            activation="softmax",
+            kernel_regularizer=keras.regularizers.L2(l2) if l2 else None,
+            name="plane",
+        )(h)
+        head = keras.Model(feats, probs, name="head")
+        head.compile(
+            optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"]
+        )
+        model = keras.Model(image, head(front(image)), name="us_plane_classifier")
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"]
+        )
+        return model
+    if frontend != "learned":
+        raise ValueError(f"unknown plane classifier frontend {frontend!r} (gabor | learned)")
     x = image
-    if aug.get("flip"):
-        x = layers.RandomFlip(aug["flip"], seed=seed)(x)
-    if aug.get("rotation_deg"):
-        x = layers.RandomRotation(aug["rotation_deg"] / 360.0, fill_mode="constant", seed=seed)(x)
-    if aug.get("shift"):
-        x = layers.RandomTranslation(aug["shift"], aug["shift"], fill_mode="constant", seed=seed)(x)
-    if aug.get("zoom"):
-        x = layers.RandomZoom(aug["zoom"], fill_mode="constant", seed=seed)(x)
-    if aug.get("brightness"):
-        x = layers.RandomBrightness(aug["brightness"], value_range=(0.0, 1.0), seed=seed)(x)
-    if aug.get("contrast"):
-        x = layers.RandomContrast(aug["contrast"], seed=seed)(x)
+    for layer in augmentation(augment, seed):
+        x = layer(x)
     if standardize:
         # Per-image standardisation as a built-in (serialisable) layer: no scale, no shift.
         x = layers.LayerNormalization(axis=(1, 2, 3), center=False, scale=False)(x)
@@ -234,10 +306,76 @@ def build_plane_classifier(
     model = keras.Model(image, out, name="us_plane_classifier")
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        loss=loss,
         metrics=["accuracy"],
     )
     return model
+
+
+def augmented_copies(
+    x: np.ndarray, n_copies: int, augment: dict[str, Any] | None, seed: int
+) -> np.ndarray:
+    """``x`` (N, S, S, 1) followed by ``n_copies`` randomly augmented copies of it.
+
+    The copies come from the same Keras augmentation layers the learned CNN uses
+    (:func:`augmentation`), called in training mode with a seeded generator.
+    """
+    import keras
+
+    layers_ = augmentation(augment, seed)
+    if not n_copies or not layers_ or len(x) == 0:
+        return x
+    aug = keras.Sequential([keras.Input(x.shape[1:]), *layers_])
+    copies = [x] + [np.asarray(aug(x, training=True)) for _ in range(int(n_copies))]
+    return np.concatenate(copies).astype(np.float32)
+
+
+def fit_gabor_classifier(
+    model: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    epochs: int,
+    batch_size: int,
+    n_copies: int = 0,
+    augment: dict[str, Any] | None = None,
+    seed: int = 0,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+) -> dict[str, list[float]]:
+    """Train the ``head`` of a ``gabor`` plane classifier on front-end features.
+
+    The front-end is fixed, so the features of the training images and of ``n_copies``
+    augmented copies of each are computed once; the standardisation layer is adapted to them
+    and the softmax layer is fitted with balanced class weights. Returns the Keras history.
+    """
+    import keras
+
+    n = len(PLANES)
+    front, head = model.get_layer("frontend"), model.get_layer("head")
+
+    def feats(images: np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [np.asarray(front(images[i : i + 64])) for i in range(0, len(images), 64)]
+        )
+
+    xa = augmented_copies(x, n_copies, augment, seed)
+    ya = np.tile(np.asarray(y, dtype=int), len(xa) // max(len(x), 1))
+    f_train = feats(xa)
+    head.get_layer("standardize").adapt(f_train)
+    validation = None
+    if x_val is not None and y_val is not None and len(x_val):
+        validation = (feats(x_val), keras.utils.to_categorical(y_val, n))
+    hist = head.fit(
+        f_train,
+        keras.utils.to_categorical(ya, n),
+        validation_data=validation,
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
+        verbose=0,
+        class_weight=class_weights(ya, n),
+    )
+    return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -370,6 +508,62 @@ def mahalanobis(codes: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> n
     return np.sqrt(np.maximum(sq, 0.0)).astype(np.float32)
 
 
+def ring_contrast(x: np.ndarray, margin: float = CROP_MARGIN, n_points: int = 96) -> np.ndarray:
+    """Skull-ring contrast (N,) of head crops (N, S, S, 1) in [0, 1].
+
+    ``stages.ultrasound.segment.brain_crop`` maps the skull ellipse onto the circle of radius
+    ``S / (2 * margin)`` about the crop's centre. The contrast is the mean brightness on two
+    circles just inside that outline (0.94 and 0.97 of its radius: the skull echo) minus the
+    mean of the band just outside (1.06, 1.09) and of the brain further in (0.70, 0.76). A head
+    has a bright skull between darker tissue and brain; a frame of another anatomy, where the
+    segmentation fitted an ellipse to whatever edges it found, has not. Sampled with bilinear
+    interpolation at ``n_points`` angles.
+    """
+    from scipy.ndimage import map_coordinates
+
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 4:
+        x = x[..., 0]
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.float32)
+    side = x.shape[1]
+    centre, radius = (side - 1) / 2.0, side / (2.0 * margin)
+    t = np.linspace(0.0, 2 * np.pi, n_points, endpoint=False)
+
+    def band(*fractions: float) -> np.ndarray:
+        means = []
+        for f in fractions:
+            rows, cols = centre + np.sin(t) * radius * f, centre + np.cos(t) * radius * f
+            means.append(
+                [map_coordinates(im, [rows, cols], order=1, mode="nearest").mean() for im in x]
+            )
+        return np.mean(means, axis=0)
+
+    skull, outside, brain = band(0.94, 0.97), band(1.06, 1.09), band(0.70, 0.76)
+    return (skull - 0.5 * (outside + brain)).astype(np.float32)
+
+
+def fit_latent_ring(codes: np.ndarray, x: np.ndarray, shrinkage: float) -> dict[str, np.ndarray]:
+    """What the ``latent_ring`` score needs, from the training crops ``x`` and their codes.
+
+    The Gaussian of the codes (:func:`fit_gaussian`) and the mean and standard deviation of
+    the training crops' own Mahalanobis distances and ring contrasts, which put both parts of
+    the score on the same scale (standard deviations of normal brain crops), so neither is
+    weighted by hand.
+    """
+    mean, precision = fit_gaussian(codes, shrinkage)
+    dist = mahalanobis(codes, mean, precision)
+    ring = ring_contrast(x)
+    return {
+        "mean": mean,
+        "precision": precision,
+        "dist_mean": np.float64(dist.mean()),
+        "dist_std": np.float64(max(dist.std(), 1e-6)),
+        "ring_mean": np.float64(ring.mean()),
+        "ring_std": np.float64(max(ring.std(), 1e-6)),
+    }
+
+
 def _score_mse(model: Any, x: np.ndarray, planes: np.ndarray, latent: dict) -> np.ndarray:
     return reconstruction_mse(model, x, planes)
 
@@ -386,17 +580,32 @@ def _score_latent_mahalanobis(
     return mahalanobis(latent_codes(model, x), latent["mean"], latent["precision"])
 
 
+def _score_latent_ring(model: Any, x: np.ndarray, planes: np.ndarray, latent: dict) -> np.ndarray:
+    dist = mahalanobis(latent_codes(model, x), latent["mean"], latent["precision"])
+    z_dist = (dist - float(latent["dist_mean"])) / float(latent["dist_std"])
+    # One-sided: a skull ring brighter than usual is no sign of an abnormal frame.
+    z_ring = np.maximum(
+        0.0, (float(latent["ring_mean"]) - ring_contrast(x)) / float(latent["ring_std"])
+    )
+    return (z_dist + z_ring).astype(np.float32)
+
+
 # Anomaly scores of the autoencoder, by the name ``train_autoencoder_us.anomaly_score`` uses.
 # ``mse``: raw reconstruction error (rewards dark, smooth frames: non-brain AUROC ~0.4, blank 0);
 # ``normalised_mse``: MSE / image variance (blank frames fixed, non-brain still ~0.4);
 # ``latent_mahalanobis``: distance of the bottleneck code to the training brain codes (the
 # feature-space Mahalanobis detector of Lee et al. 2018, NeurIPS, on the autoencoder's encoder);
-# non-brain AUROC 0.95 on the same model.
+# non-brain AUROC 0.91 on the same model; ``latent_ring``: that distance plus the shortfall of
+# the crop's skull-ring contrast (:func:`ring_contrast`), each in standard deviations of the
+# training brain crops (see README, anomaly score).
 ANOMALY_SCORES = {
     "mse": _score_mse,
     "normalised_mse": _score_normalised_mse,
     "latent_mahalanobis": _score_latent_mahalanobis,
+    "latent_ring": _score_latent_ring,
 }
+# Scores that need the training codes' statistics (``latent.npz``).
+LATENT_SCORES = ("latent_mahalanobis", "latent_ring")
 
 
 def score_anomaly(
@@ -455,6 +664,8 @@ def load_model_dir(folder: str | Path) -> tuple[Any, dict[str, Any]]:
     """Load ``model.keras`` (without the optimizer state) and ``config.json`` from ``folder``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
+
+    import stages.ultrasound.gabor  # noqa: F401  (registers the GaborGrid layer for loading)
 
     folder = Path(folder)
     with open(folder / CONFIG_FILE, encoding="utf-8") as fh:
@@ -540,14 +751,26 @@ def publish(
     return decision.to_dict()
 
 
-def predict_planes(model: Any, x: np.ndarray, tta: bool = False) -> np.ndarray:
+TTA_VIEWS: dict[str, tuple[str, ...]] = {
+    "none": ("id",),
+    "horizontal": ("id", "lr"),
+    "all": ("id", "lr", "ud", "both"),
+}
+
+
+def predict_planes(model: Any, x: np.ndarray, tta: bool | str = False) -> np.ndarray:
     """Plane probabilities (N, 3) for crops (N, S, S, 1) in [0, 1].
 
-    With ``tta`` the probabilities of the image and its three mirrors (left-right, up-down,
-    both) are averaged: in the ellipse-aligned crop these are plane-preserving views.
+    ``tta`` (test-time augmentation) averages the probabilities over views of each crop:
+    ``horizontal`` = the crop and its left-right mirror (the same plane, see
+    :func:`augmentation`), ``all`` = also the up-down mirrors, ``none``/False = the crop only;
+    True means ``all`` (models saved before the option).
     """
     if len(x) == 0:
         return np.zeros((0, len(PLANES)), dtype=np.float32)
+    mode = {True: "all", False: "none"}.get(tta, tta) if isinstance(tta, bool) else str(tta)
+    if mode not in TTA_VIEWS:
+        raise ValueError(f"unknown tta {tta!r} ({' | '.join(TTA_VIEWS)})")
 
     def run(batch: np.ndarray) -> np.ndarray:
         # A direct call, not model.predict: no tf.data pipeline, ~10x faster for one image.
@@ -555,9 +778,14 @@ def predict_planes(model: Any, x: np.ndarray, tta: bool = False) -> np.ndarray:
             [np.asarray(model(batch[i : i + 64], training=False)) for i in range(0, len(batch), 64)]
         )
 
-    if not tta:
-        return run(x).astype(np.float32)
-    # The four views go through the network as one batch: one call instead of four.
-    views = np.concatenate([x, x[:, :, ::-1], x[:, ::-1], x[:, ::-1, ::-1]])
-    prob = run(views).reshape(4, len(x), -1).mean(axis=0)
+    flips = {
+        "id": lambda a: a,
+        "lr": lambda a: a[:, :, ::-1],
+        "ud": lambda a: a[:, ::-1],
+        "both": lambda a: a[:, ::-1, ::-1],
+    }
+    views = TTA_VIEWS[mode]
+    # All views go through the network as one batch: one call instead of several.
+    batch = np.concatenate([flips[v](x) for v in views])
+    prob = run(batch).reshape(len(views), len(x), -1).mean(axis=0)
     return prob.astype(np.float32)

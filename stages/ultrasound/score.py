@@ -95,7 +95,7 @@ class AutoencoderPredictor(_Predictor):
         self.latent = M.load_arrays(model_dir)
         if self.score_kind not in M.ANOMALY_SCORES:
             raise ValueError(f"unknown anomaly_score {self.score_kind!r} in {model_dir}")
-        if self.score_kind == "latent_mahalanobis" and not self.latent:
+        if self.score_kind in M.LATENT_SCORES and not self.latent:
             raise FileNotFoundError(f"{model_dir} has no {M.LATENT_FILE} for the latent score")
 
     @property

@@ -594,12 +594,31 @@ def segment_image(img_u8: np.ndarray, params: dict[str, Any]) -> Segmentation:
     return Segmentation(True, e, img_u8.shape, skull_px=t, score=score)
 
 
-def brain_crop(img_u8: np.ndarray, seg: Segmentation, size: int, margin: float = 1.1) -> np.ndarray:
+# The skull ellipse spans 1 / CROP_MARGIN of the crop's side: the ring just outside it stays in
+# view (the anomaly score reads the skull ring's contrast from the crop, models.ring_contrast).
+CROP_MARGIN = 1.1
+
+
+def upright_angle(angle_rad: float) -> float:
+    """The major-axis direction in [-pi/2, pi/2): rotating by it keeps the image's top on top.
+
+    An ellipse's axis has two directions (angle and angle + pi); ``Ellipse.canonical`` picks one
+    in [0, pi), which turns a nearly horizontal head upside down when its angle is just under
+    pi. The transducer is at the top of every B-mode image, so the near field (reverberation,
+    the near hemisphere) must stay at the top of the crop for the models to see one layout.
+    """
+    return (angle_rad + math.pi / 2) % math.pi - math.pi / 2
+
+
+def brain_crop(
+    img_u8: np.ndarray, seg: Segmentation, size: int, margin: float = CROP_MARGIN
+) -> np.ndarray:
     """The head as a ``size`` x ``size`` uint8 square: the ellipse's box, rotated and scaled.
 
-    The ellipse's major axis becomes horizontal and both axes span the square (times
-    ``margin``), so heads of every size and orientation look alike to the models. Without an
-    ellipse (``seg.ok`` False) the whole image is resized to the square.
+    The ellipse's major axis becomes horizontal, the image's top stays on top
+    (:func:`upright_angle`) and both axes span the square (times ``margin``), so heads of every
+    size and orientation look alike to the models. Without an ellipse (``seg.ok`` False) the
+    whole image is resized to the square.
     """
     from skimage.transform import resize, warp
 
@@ -609,7 +628,8 @@ def brain_crop(img_u8: np.ndarray, seg: Segmentation, size: int, margin: float =
             np.round(resize(x, (size, size), preserve_range=True, anti_aliasing=True)), 0, 255
         ).astype(np.uint8)
     e = seg.ellipse
-    c, s = math.cos(e.angle_rad), math.sin(e.angle_rad)
+    angle = upright_angle(e.angle_rad)
+    c, s = math.cos(angle), math.sin(angle)
     # output (row, col) -> normalised (u, v) in [-margin, margin] -> input (x, y)
     sa, sb = e.a * margin * 2 / size, e.b * margin * 2 / size
     # smoothing before the shrink avoids aliasing of speckle

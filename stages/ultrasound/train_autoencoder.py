@@ -83,6 +83,10 @@ def train_autoencoder(
         # The normal class is the training brain codes; the val images set the threshold.
         mean, precision = M.fit_gaussian(M.latent_codes(model, x_train), params["latent_shrinkage"])
         latent = {"mean": mean, "precision": precision}
+    elif kind == "latent_ring":
+        latent = M.fit_latent_ring(
+            M.latent_codes(model, x_train), x_train, params["latent_shrinkage"]
+        )
     # With no val image (tiny test sets) the threshold falls back to the training images.
     x_thr, p_thr = (x_val, planes_val) if len(x_val) else (x_train, planes_train)
     recon = M.reconstruct(model, x_thr, p_thr)

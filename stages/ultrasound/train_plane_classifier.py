@@ -14,6 +14,7 @@ validation loss kept epoch 1. The settings are in params.yaml (``batch_norm``, `
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ def train_plane_classifier(
 
     M.seed_everything(params["seed"])
     n = len(M.PLANES)
+    frontend = params.get("frontend", "learned")
     model = M.build_plane_classifier(
         params["input_size"],
         n,
@@ -73,8 +75,28 @@ def train_plane_classifier(
         seed=params["seed"],
         label_smoothing=params.get("label_smoothing", 0.0),
         standardize=params.get("standardize", False),
+        frontend=frontend,
+        gabor=params.get("gabor"),
+        l2=params.get("l2", 0.0),
     )
     timer, times = M.epoch_timer()
+    if frontend == "gabor":
+        # The filter bank is fixed: features once per (augmented) image, then the read-out.
+        t0 = time.perf_counter()
+        history = M.fit_gabor_classifier(
+            model,
+            x_train,
+            y_train,
+            params["epochs"],
+            params["batch_size"],
+            params.get("n_augment", 0),
+            params["augment"],
+            params["seed"],
+            x_val,
+            y_val,
+        )
+        times.extend([(time.perf_counter() - t0) / max(params["epochs"], 1)] * params["epochs"])
+        return _result(model, history, times, x_train, x_val, y_val, params, stopped=False)
     callbacks = [timer]
     validation = None
     if len(x_val):
@@ -102,10 +124,23 @@ def train_plane_classifier(
         callbacks=callbacks,
     )
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    stopped = bool(params.get("early_stopping", True) and "val_loss" in history)
+    return _result(model, history, times, x_train, x_val, y_val, params, stopped)
+
+
+def _result(
+    model: Any,
+    history: dict[str, list[float]],
+    times: list[float],
+    x_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    params: dict[str, Any],
+    stopped: bool,
+) -> tuple[Any, dict[str, Any]]:
     prob = M.predict_planes(model, x_val, params["tta"])
     val_acc = float(np.mean(prob.argmax(1) == y_val)) if len(y_val) else float("nan")
     # The epoch whose weights are kept: the lowest val loss with early stopping, else the last.
-    stopped = params.get("early_stopping", True) and "val_loss" in history
     best = int(np.argmin(history["val_loss"])) + 1 if stopped else len(times)
     return model, {
         "val_accuracy": val_acc,
@@ -142,7 +177,7 @@ def main() -> None:
             "kind": "plane_classifier",
             "input_size": params["input_size"],
             "planes": list(M.PLANES),
-            "tta": bool(params["tta"]),
+            "tta": params["tta"],
             **crop_params,
         }
         with atomic_dir(root / MODEL_DIR) as tmp:
