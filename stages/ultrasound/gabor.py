@@ -52,6 +52,15 @@ def gabor_bank(frequency: float, n_orientations: int) -> np.ndarray:
     return out
 
 
+def pyramid_step(frequency: float, top: float = 0.2) -> int:
+    """The power of two by which to shrink the image so that ``frequency`` (cycles/pixel)
+    lands above top / 2: 1 for f > 0.1, 2 for 0.05 < f <= 0.1, 4 for 0.025 < f <= 0.05 ..."""
+    step = 1
+    while frequency * step * 2 <= top:
+        step *= 2
+    return step
+
+
 def feature_count(frequencies: Sequence[float], n_orientations: int, grids: Sequence[int]) -> int:
     """Length of the :class:`GaborGrid` feature vector."""
     return len(frequencies) * n_orientations * sum(g * g for g in grids)
@@ -71,20 +80,29 @@ class GaborGrid(keras.layers.Layer):
         frequencies: Sequence[float] = (0.1, 0.2, 0.3),
         n_orientations: int = 6,
         grids: Sequence[int] = (4, 8),
+        pyramid: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.frequencies = [float(f) for f in frequencies]
         self.n_orientations = int(n_orientations)
         self.grids = [int(g) for g in grids]
-        self._banks = [gabor_bank(f, self.n_orientations) for f in self.frequencies]
+        self.pyramid = bool(pyramid)
+        self._steps = [pyramid_step(f) if self.pyramid else 1 for f in self.frequencies]
+        self._banks = [
+            gabor_bank(f * step, self.n_orientations)
+            for f, step in zip(self.frequencies, self._steps, strict=True)
+        ]
 
     def call(self, x: Any) -> Any:
         ops = keras.ops
         feats = []
-        size = x.shape[1]
-        for bank in self._banks:
-            resp = ops.conv(x, ops.convert_to_tensor(bank), strides=1, padding="same")
+        for bank, step in zip(self._banks, self._steps, strict=True):
+            # A low frequency on the image shrunk ``step`` times is the same band at ``step``
+            # times the frequency: a kernel ``step`` times narrower on ``step**2`` fewer pixels.
+            xs = ops.average_pool(x, step, strides=step, padding="valid") if step > 1 else x
+            size = xs.shape[1]
+            resp = ops.conv(xs, ops.convert_to_tensor(bank), strides=1, padding="same")
             re, im = resp[..., 0::2], resp[..., 1::2]
             magnitude = ops.sqrt(re * re + im * im + 1e-12)
             for g in self.grids:
@@ -101,4 +119,5 @@ class GaborGrid(keras.layers.Layer):
             "frequencies": self.frequencies,
             "n_orientations": self.n_orientations,
             "grids": self.grids,
+            "pyramid": self.pyramid,
         }

@@ -264,7 +264,10 @@ def build_plane_classifier(
         if bad:
             raise ValueError(f"input_size {input_size} is not divisible by the Gabor grids {bad}")
         front = keras.Sequential(
-            [keras.Input((input_size, input_size, 1)), GaborGrid(freqs, n_or, grids)],
+            [
+                keras.Input((input_size, input_size, 1)),
+                GaborGrid(freqs, n_or, grids, pyramid=bool(g.get("pyramid", False))),
+            ],
             name="frontend",
         )
         n_feat = feature_count(freqs, n_or, grids)

@@ -69,7 +69,7 @@ class PlanePredictor(_Predictor):
 
     def proba(self, crops_u8: np.ndarray) -> np.ndarray:
         return M.predict_planes(
-            self.model, M.to_unit_float(crops_u8, self.size), bool(self.config.get("tta"))
+            self.model, M.to_unit_float(crops_u8, self.size), self.config.get("tta", False)
         )
 
     def predict(self, model_input: pd.DataFrame) -> pd.DataFrame:

@@ -127,3 +127,32 @@ def test_small_brightness_change_does_not_flip_planes(heads) -> None:
     for delta in (-0.04, 0.04):
         moved = M.predict_planes(model, np.clip(x + delta, 0, 1), tta=True).argmax(1)
         assert np.mean(moved == base) >= 0.9, delta
+
+
+@pytest.mark.model
+def test_gabor_classifier_learns_planes_and_ignores_small_gain_changes(heads) -> None:
+    """The pipeline's default front-end, trained by the stage's own function."""
+    from stages.ultrasound.train_plane_classifier import train_plane_classifier
+
+    params = {
+        "seed": 0,
+        "input_size": SIZE,
+        "frontend": "gabor",
+        "gabor": {"frequencies": [0.15, 0.3], "orientations": 4, "grids": [2, 4], "pyramid": True},
+        "filters": [8],
+        "dropout": 0.0,
+        "l2": 0.01,
+        "learning_rate": 3e-3,
+        "epochs": 150,
+        "batch_size": 32,
+        "n_augment": 1,
+        "augment": {"flip": "horizontal"},
+        "tta": "none",
+    }
+    x_tr, x_te = M.to_unit_float(heads["x_tr"], SIZE), M.to_unit_float(heads["x_te"], SIZE)
+    model, res = train_plane_classifier(x_tr, heads["y_tr"], x_te, heads["y_te"], params)
+    assert res["val_accuracy"] >= 0.75
+    base = M.predict_planes(model, x_te, "none").argmax(1)
+    for gain in (0.95, 1.05):
+        moved = M.predict_planes(model, np.clip(x_te * gain, 0, 1), "none").argmax(1)
+        assert np.mean(moved == base) >= 0.9, gain
