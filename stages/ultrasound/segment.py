@@ -649,7 +649,9 @@ def _probability_contrast(prob: np.ndarray, e: Ellipse, shape: tuple[int, int]) 
         pts = ellipse_points(e, 96, scale)
         col, row = (pts[:, 0] + 0.5) * sx - 0.5, (pts[:, 1] + 0.5) * sy - 0.5
         bands.append(map_coordinates(prob, [row, col], order=1, mode="constant", cval=np.nan))
-    return float(_covered_mean((bands[0] - bands[1])[None, :])[0])
+    with warnings.catch_warnings():  # an outline wholly outside the map has no mean: 0
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(_covered_mean((bands[0] - bands[1])[None, :])[0])
 
 
 def _ransac_contour_fit(
