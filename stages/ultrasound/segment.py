@@ -785,6 +785,11 @@ def _unet(
     width as the classical method does (``_refine`` with the ``refine_*`` settings); a refit
     that is implausible or changes the circumference by more than ``unet_refine_max_change``
     (fraction) is not used.
+
+    With ``unet_fallback_score`` > 0 an image whose U-Net ellipse scores below it (or has
+    none) is segmented by the classical method instead: the network's failures are mostly
+    small early-pregnancy heads fused with the fetal body in its mask, where the ray-cast
+    skull edges still find the head.
     """
     from scipy.ndimage import gaussian_filter
 
@@ -799,6 +804,9 @@ def _unet(
         seed=int(params.get("seed", 0)),
     )
     h, w = img_u8.shape
+    fallback = float(params.get("unet_fallback_score", 0.0))
+    if fallback > 0 and (e is None or not score >= fallback):
+        return _classical(img_u8, params)
     if e is None:
         return None, float("nan"), "no plausible cranium ellipse in the U-Net mask"
     fine_w = int(params.get("unet_refine_width", 0))

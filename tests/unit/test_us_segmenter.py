@@ -157,3 +157,19 @@ def test_target_ellipse_has_the_reported_circumference():
 def test_folds_of_very_few_images():
     folds = segmenter_folds(["002_HC", "009_HC", "016_HC"], [70.0, 150.0, 300.0], 2, seed=0)
     assert set(folds["fold"]) == {0, 1}
+
+
+def test_unet_method_falls_back_to_classical_below_the_score():
+    from stages.ultrasound.segment import segment_image
+    from tests.synth_us import phantom_head
+
+    class Blank:  # a network that marks nothing
+        def probability(self, img: np.ndarray) -> np.ndarray:
+            return np.zeros((32, 48), np.float32)
+
+    img, _ = phantom_head((260, 380), axes=(110, 85), seed=0)
+    p = {"method": "unet", "work_width": 240, "grid": 3, "n_hypotheses": 600}
+    assert not segment_image(img, p, Blank()).ok
+    assert segment_image(img, p | {"unet_fallback_score": 0.5}, Blank()).ok
+    with pytest.raises(ValueError, match="trained segmenter"):
+        segment_image(img, p)
