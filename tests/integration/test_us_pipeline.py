@@ -107,3 +107,10 @@ def test_dvc_repro_evaluate_us(toy_repo, tmp_path, monkeypatch) -> None:
     out = tmp_path / "preds.csv"
     assert main([str(some), "--out", str(out)]) == 0
     assert len(pd.read_csv(out)) == 2
+    # the registered head segmenter takes raw images too
+    from stages.ultrasound.imaging import read_image
+
+    segmenter = tracking.load_model("models:/us-head-segmenter@champion")
+    raw = [read_image(p) for p in sorted((mirror / "hc18" / "images").glob("*_HC.png"))[:2]]
+    ellipses = segmenter.predict(pd.DataFrame({"image": raw}))
+    assert len(ellipses) == 2 and {"ok", "hc_px", "semi_major_px"} <= set(ellipses.columns)
