@@ -173,3 +173,29 @@ def test_unet_method_falls_back_to_classical_below_the_score():
     assert segment_image(img, p | {"unet_fallback_score": 0.5}, Blank()).ok
     with pytest.raises(ValueError, match="trained segmenter"):
         segment_image(img, p)
+
+
+def test_training_is_seeded():
+    from stages.ultrasound.train_segmenter import train_unet
+
+    rng = np.random.default_rng(0)
+    x = rng.random((6, 32, 48)).astype(np.float32)
+    y = (rng.random((6, 32, 48)) > 0.5).astype(np.float32)
+    p = {
+        "input_height": 32,
+        "input_width": 48,
+        "filters": [4, 8, 8],
+        "epochs": 2,
+        "batch_size": 4,
+        "learning_rate": 0.002,
+        "augment": {"rotation_deg": 15, "scale": 0.15, "flip": 0.5, "gamma": 0.3, "noise": 0.02},
+    }
+
+    def weights(seed: int) -> np.ndarray:
+        model, result = train_unet(x, y, p, seed)
+        assert len(result["loss"]) == len(result["epoch_times_s"]) == 2
+        return np.concatenate([w.ravel() for w in model.get_weights()])
+
+    first = weights(7)
+    assert np.array_equal(first, weights(7))
+    assert not np.allclose(first, weights(8))
