@@ -12,6 +12,11 @@ functions with the ``enhance_us`` and ``segment_us`` sections of ``params.yaml``
   serially on one process and on a Dask LocalCluster of 2 workers (``map_images``), after a
   warm-up. The machine may be shared: the figures are as loaded as the machine was.
 
+With ``segment_us.method: unet`` every HC18 image is segmented by the ``train_segmenter_us``
+fold model that never saw it (``data/processed/us/segmenter_folds.csv``), so the HC18 rows are
+out-of-fold, and the FETAL_PLANES_DB speed rows use the final model; ``--segmenter-root DIR``
+reads the models and the fold manifest from another project root (default: this one).
+
 ``--seeds 0 1 2`` prints one HC18 table per RANSAC seed (the spread between them is the noise
 floor of any comparison); ``--per-image CSV`` writes one row per HC18 image and seed;
 ``--workers`` spreads the accuracy run over processes; ``--set segment_us.KEY=VALUE`` overrides a
@@ -42,37 +47,50 @@ def _mirror() -> Path:
     return Path(os.environ.get("FETAL_MIRROR", ROOT.parent / "shared" / "data")).resolve()
 
 
-def score_hc18(item: tuple[str, str, float, float], pe: dict[str, Any], ps: dict[str, Any]):
-    """Dice and HC error of one HC18 image: (name, dice, hc_mm, hc_true_mm, seconds)."""
+def _segmenter(folder: str) -> Any:
+    from stages.ultrasound.segment import load_segmenter
+
+    return load_segmenter(folder) if folder else None
+
+
+def score_hc18(item: tuple[str, str, float, float, str], pe: dict[str, Any], ps: dict[str, Any]):
+    """Dice and HC error of one HC18 image: (name, dice, hc_mm, hc_true_mm, seconds).
+
+    The last field of ``item`` is the U-Net folder for method ``unet`` ("" otherwise).
+    """
     from stages.ultrasound.enhance import enhance_image
     from stages.ultrasound.imaging import dice, read_image
     from stages.ultrasound.segment import segment_image, truth_mask
 
-    img_path, ann_path, pixel_mm, hc_true_mm = item
+    img_path, ann_path, pixel_mm, hc_true_mm, unet_dir = item
     img = read_image(img_path)
+    unet = _segmenter(unet_dir)  # loaded once per process, before the clock starts
     t0 = time.perf_counter()
-    seg = segment_image(enhance_image(img, pe), ps)
+    seg = segment_image(enhance_image(img, pe), ps, unet)
     seconds = time.perf_counter() - t0
     truth, _, _ = truth_mask(read_image(ann_path))
     hc_mm = seg.hc_px() * pixel_mm if seg.ok else float("nan")
     return dice(seg.cranium, truth), hc_mm, hc_true_mm, seconds
 
 
-def _enhance_segment(path: str, pe: dict[str, Any], ps: dict[str, Any]) -> bool:
+def _enhance_segment(path: str, pe: dict[str, Any], ps: dict[str, Any], unet_dir: str) -> bool:
     from stages.ultrasound.enhance import enhance_image
     from stages.ultrasound.imaging import read_image
     from stages.ultrasound.segment import segment_image
 
-    return segment_image(enhance_image(read_image(path), pe), ps).ok
+    return segment_image(enhance_image(read_image(path), pe), ps, _segmenter(unet_dir)).ok
 
 
-def throughput(paths: list[str], n_workers: int, pe: dict, ps: dict) -> tuple[float, float]:
+def throughput(
+    paths: list[str], n_workers: int, pe: dict, ps: dict, unet_dir: str = ""
+) -> tuple[float, float]:
     """(images/s, CPU s/image) of enhance + segment, decoding included: serial for 1 worker,
     else on a Dask LocalCluster (CPU time then NaN). CPU time is what a busy machine leaves
-    roughly unchanged; the wall-clock rate drops when another process shares the cores."""
+    roughly unchanged; the wall-clock rate drops when another process shares the cores.
+    ``unet_dir``: the U-Net of method ``unet`` (loaded during the warm-up)."""
     from stages.common.parallel import dask_client, map_images
 
-    func = functools.partial(_enhance_segment, pe=pe, ps=ps)
+    func = functools.partial(_enhance_segment, pe=pe, ps=ps, unet_dir=unet_dir)
     if n_workers == 1:
         func(paths[0])  # warm-up: imports
         t0, c0 = time.perf_counter(), time.process_time()
@@ -86,6 +104,53 @@ def throughput(paths: list[str], n_workers: int, pe: dict, ps: dict) -> tuple[fl
         t0 = time.perf_counter()
         map_images(func, paths, pdask, client, serial_below=0)
         return len(paths) / (time.perf_counter() - t0), float("nan")
+
+
+def score_latency(
+    paths: list[str], pe: dict, ps: dict, unet_dir: str, folder: Path
+) -> tuple[float, float]:
+    """(median, p95) seconds of ``Scorer.score_image`` (enhance, segment, crop, plane CNN,
+    autoencoder) per image, after a warm-up.
+
+    The two CNNs are built with the architectures of ``params.yaml`` and saved in ``folder``
+    as the stages save them, with the U-Net bundled for method ``unet``; their weights are
+    untrained, which changes nothing of the compute, so this row needs no trained pipeline.
+    """
+    from stages.ultrasound import models as M
+    from stages.ultrasound.imaging import read_image
+    from stages.ultrasound.score import load_scorer
+
+    pc, ae = load_params("train_plane_classifier_us"), load_params("train_autoencoder_us")
+    crop = {"enhance_us": pe, "segment_us": ps}
+    clf = M.build_plane_classifier(
+        pc["input_size"], filters=pc["filters"], batch_norm=pc["batch_norm"]
+    )
+    auto = M.build_autoencoder(ae["input_size"], ae["filters"])
+    cfg = {"planes": list(M.PLANES), **crop}
+    M.save_model_dir(clf, folder / "plane", {**cfg, "input_size": pc["input_size"], "tta": True})
+    codes = M.latent_codes(auto, np.zeros((2, ae["input_size"], ae["input_size"], 1), "float32"))
+    M.save_model_dir(
+        auto,
+        folder / "ae",
+        {
+            **cfg,
+            "input_size": ae["input_size"],
+            "threshold": 1.0,
+            "anomaly_score": "latent_mahalanobis",
+        },
+        {"mean": codes.mean(0), "precision": np.eye(codes.shape[1])},
+    )
+    for sub in ("plane", "ae"):
+        M.bundle_segmenter(folder / sub, ps, Path(unet_dir))
+    scorer = load_scorer(str(folder / "plane"), str(folder / "ae"))
+    images = [read_image(p) for p in paths]
+    scorer.score_image(images[0], 0.1)  # warm-up: graph tracing
+    times = []
+    for img in images:
+        t0 = time.perf_counter()
+        scorer.score_image(img, 0.1)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), float(np.percentile(times, 95))
 
 
 def hc18_table(per_image: pd.DataFrame) -> str:
@@ -133,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECTION.KEY=VALUE",
         help="override a param for this run only (YAML value), e.g. segment_us.grid=3",
     )
+    ap.add_argument(
+        "--segmenter-root",
+        type=Path,
+        default=ROOT,
+        help="project root holding data/models/us/segmenter and the fold manifest (method unet)",
+    )
     args = ap.parse_args(argv)
     sections = {"enhance_us": load_params("enhance_us"), "segment_us": load_params("segment_us")}
     for assignment in args.set:
@@ -140,6 +211,19 @@ def main(argv: list[str] | None = None) -> int:
         section, name = key.split(".", 1)
         sections[section][name] = yaml.safe_load(value)
     pe, ps = sections["enhance_us"], sections["segment_us"]
+    from stages.ultrasound.segment import SEGMENTER_FOLDS, SEGMENTER_MODELS, segmenter_folder
+
+    uses_unet = ps.get("method") == "unet"
+    models = args.segmenter_root / SEGMENTER_MODELS
+    folds = (
+        dict(pd.read_csv(args.segmenter_root / SEGMENTER_FOLDS)[["image", "fold"]].values)
+        if uses_unet
+        else {}
+    )
+
+    def unet_dir(dataset: str, name: str) -> str:
+        return str(segmenter_folder(dataset, name, folds, models)) if uses_unet else ""
+
     mirror = _mirror()
     if not (mirror / "hc18").is_dir():
         print(f"no HC18 mirror at {mirror}: set FETAL_MIRROR", file=sys.stderr)
@@ -153,9 +237,20 @@ def main(argv: list[str] | None = None) -> int:
             csv = csv.iloc[:: args.limit]
         img_dir = mirror / "hc18/images"
         items = [
-            (str(img_dir / f), str(img_dir / f.replace(".png", "_Annotation.png")), px, hc)
+            (
+                str(img_dir / f),
+                str(img_dir / f.replace(".png", "_Annotation.png")),
+                px,
+                hc,
+                unet_dir("hc18", f[:-4]),
+            )
             for f, px, hc in csv[["file", "pixel_mm", "hc_mm"]].itertuples(index=False)
         ]
+        if uses_unet:
+            print(
+                f"method unet: {sum(f[:-4] in folds for f in csv['file'])} of {len(csv)} HC18 "
+                f"images out-of-fold (fold models of {models}), the rest by the final model"
+            )
         for seed in args.seeds if args.seeds else [ps.get("seed", 0)]:
             func = functools.partial(score_hc18, pe=pe, ps={**ps, "seed": seed})
             if args.workers > 1:
@@ -182,8 +277,18 @@ def main(argv: list[str] | None = None) -> int:
             "| img/s | CPU ms/image |\n|---|---:|---:|"
         )
         for workers in (1, 2):
-            rate, cpu = throughput(paths, workers, pe, ps)
+            rate, cpu = throughput(paths, workers, pe, ps, unet_dir("fetal_planes", ""))
             print(f"| {workers} worker(s) | {rate:.1f} | {1000 * cpu:.0f} |", flush=True)
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="bench_score_") as tmp:
+            med, p95 = score_latency(paths, pe, ps, unet_dir("fetal_planes", ""), Path(tmp))
+        print(
+            "\n| score one image (enhance, segment, crop, plane CNN, autoencoder) | median ms "
+            f"| p95 ms |\n|---|---:|---:|\n| {len(paths)} FETAL_PLANES_DB images "
+            f"| {1000 * med:.0f} | {1000 * p95:.0f} |",
+            flush=True,
+        )
     return 0
 
 

@@ -35,20 +35,25 @@ from stages.common.params import load_params, project_root
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _enhance_segment(path: str, pe: dict[str, Any], ps: dict[str, Any]) -> bool:
+def _enhance_segment(path: str, pe: dict[str, Any], ps: dict[str, Any], unet_dir: str) -> bool:
     from stages.ultrasound.enhance import enhance_image
     from stages.ultrasound.imaging import read_image
-    from stages.ultrasound.segment import segment_image
+    from stages.ultrasound.segment import load_segmenter, segment_image
 
-    return segment_image(enhance_image(read_image(path), pe), ps).ok
+    unet = load_segmenter(unet_dir) if unet_dir else None
+    return segment_image(enhance_image(read_image(path), pe), ps, unet).ok
 
 
 def throughput(paths: list[str], n_workers: int) -> float:
-    """Images per second of enhance + segment over ``paths`` on ``n_workers`` Dask workers."""
+    """Images per second of enhance + segment over ``paths`` on ``n_workers`` Dask workers
+    (method ``unet``: the final segmenter of ``data/models/us/segmenter``)."""
     from stages.common.parallel import dask_client, map_images
+    from stages.ultrasound.segment import SEGMENTER_MODELS
 
+    ps = load_params("segment_us")
+    unet_dir = str(project_root() / SEGMENTER_MODELS / "final") if ps["method"] == "unet" else ""
     func = functools.partial(
-        _enhance_segment, pe=load_params("enhance_us"), ps=load_params("segment_us")
+        _enhance_segment, pe=load_params("enhance_us"), ps=ps, unet_dir=unet_dir
     )
     pdask = {"scheduler_address": "", "n_workers": n_workers}
     with dask_client(pdask) as client:

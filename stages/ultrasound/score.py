@@ -37,28 +37,54 @@ AE_MODEL_NAME = "us-brain-autoencoder"
 
 @dataclass
 class Preprocessor:
-    """Raw uint8 image -> (head crop uint8 (S, S), segmentation): the training data's recipe."""
+    """Raw uint8 image -> (head crop uint8 (S, S), segmentation): the training data's recipe.
+
+    ``segmenter_dir`` is the head segmenter's model folder, needed when
+    ``segment_params["method"]`` is ``unet``: the copy bundled in the model folder
+    (:func:`stages.ultrasound.models.bundle_segmenter`) for a trained model, or
+    ``data/models/us/segmenter/final``.
+    """
 
     enhance_params: dict[str, Any]
     segment_params: dict[str, Any]
+    segmenter_dir: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.segment_params.get("method") == "unet" and self.segmenter_dir is None:
+            raise ValueError("segment_us.method 'unet' needs segmenter_dir (the U-Net's folder)")
 
     def __call__(self, img_u8: np.ndarray) -> tuple[np.ndarray, Any]:
         from stages.ultrasound.enhance import enhance_image
-        from stages.ultrasound.segment import brain_crop, segment_image
+        from stages.ultrasound.segment import brain_crop, load_segmenter, segment_image
 
         enhanced = enhance_image(img_u8, self.enhance_params)
-        seg = segment_image(enhanced, self.segment_params)
+        unet = (
+            load_segmenter(self.segmenter_dir)
+            if self.segment_params.get("method") == "unet"
+            else None
+        )
+        seg = segment_image(enhanced, self.segment_params, unet)
         return brain_crop(enhanced, seg, int(self.segment_params["crop_size"])), seg
 
 
 class _Predictor:
-    """A saved Keras model folder (``model.keras`` + ``config.json``) with its preprocessing."""
+    """A saved Keras model folder (``model.keras`` + ``config.json``) with its preprocessing.
+
+    The head segmenter, when the crops were made with one, is the copy inside the folder
+    (``segmenter/``), so a folder, or the registered pyfunc that carries it as its artifact,
+    scores new images exactly as its training crops were made, wherever it is loaded.
+    """
 
     def __init__(self, model_dir: str | Path) -> None:
         self.model, self.config = M.load_model_dir(model_dir)
         self.size = int(self.config["input_size"])
         self.planes = list(self.config["planes"])
-        self.preprocess = Preprocessor(self.config["enhance_us"], self.config["segment_us"])
+        bundled = Path(model_dir) / M.SEGMENTER_DIR
+        self.preprocess = Preprocessor(
+            self.config["enhance_us"],
+            self.config["segment_us"],
+            bundled if bundled.is_dir() else None,
+        )
 
     def _crops(self, images: Any) -> np.ndarray:
         return np.stack([self.preprocess(np.asarray(im, dtype=np.uint8))[0] for im in images])
@@ -125,6 +151,54 @@ class AutoencoderPredictor(_Predictor):
         """``model_input``: ``image`` (raw uint8) and ``plane`` -> anomaly_score, anomalous."""
         err = self.anomaly_scores(self._crops(model_input["image"]), list(model_input["plane"]))
         return pd.DataFrame({"anomaly_score": err, "anomalous": err > self.threshold})
+
+
+class SegmenterPredictor:
+    """The registered head segmenter: raw images -> skull ellipse and circumference in pixels.
+
+    Enhances each image as the training images were (``config["enhance_us"]``), runs the
+    U-Net and fits the ellipse to its 0.5 contour (method ``unet`` without the classical
+    refinement: what the network itself measures).
+    """
+
+    def __init__(self, model_dir: str | Path) -> None:
+        from stages.ultrasound.segment import load_segmenter
+
+        self.segmenter = load_segmenter(model_dir)
+        self.config = self.segmenter.config
+        self.segment_params = {"method": "unet"}
+
+    def segment(self, img_u8: np.ndarray) -> Any:
+        """The :class:`stages.ultrasound.segment.Segmentation` of one raw 2-D uint8 image."""
+        from stages.ultrasound.enhance import enhance_image
+        from stages.ultrasound.segment import segment_image
+
+        enhanced = enhance_image(np.asarray(img_u8, np.uint8), self.config["enhance_us"])
+        return segment_image(enhanced, self.segment_params, self.segmenter)
+
+    def predict(self, model_input: pd.DataFrame) -> pd.DataFrame:
+        """``model_input["image"]``: raw 2-D uint8 images -> ok, cx, cy, semi-axes, angle, hc_px."""
+        rows = []
+        for img in model_input["image"]:
+            seg = self.segment(img)
+            e = seg.ellipse
+            rows.append(
+                {
+                    "ok": seg.ok,
+                    "cx": e.cx if e else np.nan,
+                    "cy": e.cy if e else np.nan,
+                    "semi_major_px": e.a if e else np.nan,
+                    "semi_minor_px": e.b if e else np.nan,
+                    "angle_rad": e.angle_rad if e else np.nan,
+                    "hc_px": seg.hc_px(),
+                }
+            )
+        return pd.DataFrame(rows)
+
+
+def load_segmenter_predictor(artifacts: dict[str, str]) -> SegmenterPredictor:
+    """pyfunc loader (``tracking.log_predictor_model``) of the head segmenter."""
+    return SegmenterPredictor(artifacts["model_dir"])
 
 
 def load_plane_predictor(artifacts: dict[str, str]) -> PlanePredictor:

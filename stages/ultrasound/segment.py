@@ -21,6 +21,14 @@ Classical method (``classical``), at ``work_width`` columns:
 The original study's method (threshold 180 + largest contour, then an ellipse fit) is kept as
 ``threshold`` for the ablation.
 
+Learned method (``unet``): the cranium probability of a small U-Net (``train_segmenter_us``) at
+low resolution, an ellipse through its ``unet_level`` contour (:func:`ellipse_from_probability`:
+sub-pixel, the best of a few least-squares and RANSAC fits when the network marked more than
+the head) and, with ``unet_refine_width`` > 0, step 4 above from that ellipse. In this stage an
+HC18 image is segmented by the fold model that never saw it (the fold manifest
+``data/processed/us/segmenter_folds.csv``) and every other image by the final model, so the
+HC18 figures of this stage's report are out-of-fold.
+
 Head circumference: Ramanujan perimeter of the fitted ellipse times the pixel size (mm/px).
 Evaluation data: van den Heuvel TLA et al. PLoS ONE 2018;13(8):e0200412 (HC18).
 """
@@ -33,7 +41,8 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +55,9 @@ from stages.ultrasound.imaging import (
     ramanujan_perimeter,
     resize_to_width,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +477,9 @@ def _dedupe(cands: list[np.ndarray], tol_px: float) -> list[int]:
     return keep
 
 
-def _classical(img_u8: np.ndarray, params: dict[str, Any]) -> tuple[Ellipse | None, float, str]:
+def _classical(
+    img_u8: np.ndarray, params: dict[str, Any], segmenter: Any = None
+) -> tuple[Ellipse | None, float, str]:
     from scipy.ndimage import gaussian_filter
 
     work_width = int(params.get("work_width", 320))
@@ -529,7 +543,186 @@ def _classical(img_u8: np.ndarray, params: dict[str, Any]) -> tuple[Ellipse | No
     return out.canonical(), best_score, ""
 
 
-def _threshold(img_u8: np.ndarray, params: dict[str, Any]) -> tuple[Ellipse | None, float, str]:
+def ellipse_from_probability(
+    prob: np.ndarray,
+    shape: tuple[int, int],
+    level: float = 0.5,
+    max_components: int = 3,
+    limits: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> tuple[Ellipse | None, float]:
+    """The ellipse through the ``level`` contour of a low-resolution cranium probability map.
+
+    Marching squares (``skimage.measure.find_contours``) interpolates the crossing of ``level``
+    linearly between pixel centres, which is the contour of the bilinearly up-sampled map:
+    sub-pixel without up-sampling anything. Contour points are mapped to the pixels of the
+    original image (``shape``; the map may be scaled differently along each axis) and conics
+    are fitted to them by least squares.
+
+    A network trained on ~160 images sometimes marks other bright structures too, apart from
+    the head or fused with it (small heads of early pregnancy, zoomed in among limbs and
+    placenta). So each of the ``max_components`` largest connected regions above ``level``
+    gives candidates: the least-squares ellipse through its outer contour, the same fit after
+    trimming points off it (three rounds without the points more than twice the median
+    residual away) and the RANSAC ellipse that most contour points follow (within 0.75 map
+    pixels, 300 random 5-point conics seeded by ``seed``), which finds the head's arc when the
+    network fused the head with the fetal body (small heads of early pregnancy, measured on
+    HC18 fold 0: mean |HC error| 5.7 mm with these candidates, 6.8 mm without RANSAC, 9.2 mm
+    with the longest contour of the map alone). The candidate whose
+    outline the map follows best wins (:func:`_probability_contrast`: high just inside, low
+    just outside). The map is not padded, so where the head runs off the image its contour
+    stops at the border instead of following it.
+
+    Parameters
+    ----------
+    prob
+        (h, w) probability of the cranium, 0-1.
+    shape
+        (rows, cols) of the image the ellipse is wanted in.
+    level
+        Probability of the outline.
+    max_components
+        Regions above ``level`` tried, largest first.
+    limits
+        Size and axis-ratio limits (``min_axis_frac``, ``max_axis_frac`` of the image width,
+        ``min_axis_ratio``; defaults as in ``segment_us``): candidates outside them, such as a
+        thin sliver of a limb, do not compete.
+    seed
+        Seed of the RANSAC draws (the same map gives the same ellipse).
+
+    Returns
+    -------
+    ellipse, score
+        The ellipse in original image pixels (None when no region gives one) and its
+        probability contrast (up to 1; NaN without an ellipse).
+    """
+    from scipy.ndimage import binary_dilation, label
+    from skimage.measure import find_contours
+
+    prob = np.asarray(prob, np.float64)
+    h, w = prob.shape
+    labels, n = label(prob >= level)
+    if n == 0:
+        return None, float("nan")
+    sizes = np.bincount(labels.ravel())[1:]
+    lim = limits or {}
+    best, best_score = None, float("nan")
+    for lab in np.argsort(-sizes)[:max_components] + 1:
+        if sizes[lab - 1] < 6:
+            continue
+        # this region alone: the ring of pixels around it keeps its sub-pixel crossing
+        near = binary_dilation(labels == lab)
+        contours = [c for c in find_contours(np.where(near, prob, 0.0), level) if len(c) >= 6]
+        if not contours:
+            continue
+        c = max(contours, key=len)
+        ys = (c[:, 0] + 0.5) * shape[0] / h - 0.5
+        xs = (c[:, 1] + 0.5) * shape[1] / w - 0.5
+        # fused regions: the ellipse most of the contour follows (the head's arc) is a candidate
+        ransac = _ransac_contour_fit(xs, ys, 0.75 * shape[1] / w, np.random.default_rng(seed))
+        for e in [*_trimmed_fits(xs, ys, floor_px=0.5 * shape[1] / w), ransac]:
+            if e is None:
+                continue
+            if not _plausible(np.array([[e.cx, e.cy, e.a, e.b, e.angle_rad]]), shape[1], lim)[0]:
+                continue
+            score = _probability_contrast(prob, e, shape)
+            if best is None or score > best_score:
+                best, best_score = e, score
+    return best, best_score
+
+
+def _probability_contrast(prob: np.ndarray, e: Ellipse, shape: tuple[int, int]) -> float:
+    """Mean probability just inside ellipse ``e`` (image pixels) minus just outside, on the
+    (h, w) map, times the share of the outline inside the image (as :func:`_covered_mean`).
+
+    The bands lie 8 % of the radius (at least 1.5 map pixels) inside and outside: an ellipse
+    that follows the network's outline all round scores near 1, one through the middle of a
+    blob or around a ragged region much less.
+    """
+    from scipy.ndimage import map_coordinates
+
+    h, w = prob.shape
+    sx, sy = w / shape[1], h / shape[0]
+    d = max(0.08, 1.5 / max(min(e.a * sx, e.b * sy), 1e-6))
+    bands = []
+    for scale in (1 - d, 1 + d):
+        pts = ellipse_points(e, 96, scale)
+        col, row = (pts[:, 0] + 0.5) * sx - 0.5, (pts[:, 1] + 0.5) * sy - 0.5
+        bands.append(map_coordinates(prob, [row, col], order=1, mode="constant", cval=np.nan))
+    with warnings.catch_warnings():  # an outline wholly outside the map has no mean: 0
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(_covered_mean((bands[0] - bands[1])[None, :])[0])
+
+
+def _ransac_contour_fit(
+    xs: np.ndarray,
+    ys: np.ndarray,
+    tol_px: float,
+    rng: np.random.Generator,
+    n_hypotheses: int = 300,
+) -> Ellipse | None:
+    """The ellipse through the most contour points within ``tol_px``, from random 5-point
+    conics, refitted by least squares on its inliers (None when no draw makes an ellipse).
+
+    Each draw is fitted relative to its own five points' centroid, which lies inside any
+    ellipse through them (the conic form ``... = 1`` needs the origin inside).
+    """
+    n = len(xs)
+    if n < 8:
+        return None
+    pts = np.stack([xs, ys], axis=1)
+    pick = rng.integers(0, n, size=(n_hypotheses, 5))
+    P = pts[pick]
+    c0 = P.mean(axis=1, keepdims=True)
+    x, y = (P - c0)[..., 0], (P - c0)[..., 1]
+    M = np.stack([x * x, x * y, y * y, x, y], axis=2)
+    with np.errstate(all="ignore"):
+        good = np.abs(np.linalg.det(M)) > 1e-12 * np.abs(M).max(axis=(1, 2)) ** 5
+        coef = np.zeros((n_hypotheses, 5))
+        if good.any():
+            coef[good] = np.linalg.solve(M[good], np.ones((int(good.sum()), 5, 1)))[..., 0]
+        ell, valid = conic_to_ellipse(coef)
+    valid &= good
+    if not valid.any():
+        return None
+    ell = ell[valid]
+    ell[:, :2] += c0[valid, 0, :]
+    with np.errstate(invalid="ignore"):
+        inl = np.nan_to_num(_ray_residual(pts, ell), nan=np.inf) < tol_px
+    sel = inl[int(np.argmax(inl.sum(axis=1)))]
+    e = None
+    for _ in range(2):  # least-squares refits on the inliers
+        if sel.sum() < 6:
+            break
+        e = fit_ellipse_points(xs[sel], ys[sel]) or e
+        if e is None:
+            break
+        sel = _ray_residual(pts, np.array([[e.cx, e.cy, e.a, e.b, e.angle_rad]]))[0] < tol_px
+    return e
+
+
+def _trimmed_fits(xs: np.ndarray, ys: np.ndarray, floor_px: float, rounds: int = 3):
+    """Least-squares ellipses through points: all of them, then ``rounds`` refits each
+    without the points more than twice the median residual (at least ``floor_px``) off."""
+    e = fit_ellipse_points(xs, ys)
+    if e is None:
+        return
+    yield e
+    pts = np.stack([xs, ys], axis=1)
+    for _ in range(rounds):
+        res = _ray_residual(pts, np.array([[e.cx, e.cy, e.a, e.b, e.angle_rad]]))[0]
+        keep = res <= max(2.0 * float(np.median(res)), floor_px)
+        if keep.sum() < 6 or keep.all():
+            return
+        e = fit_ellipse_points(xs[keep], ys[keep])
+        if e is None:
+            return
+        yield e
+
+
+def _threshold(
+    img_u8: np.ndarray, params: dict[str, Any], segmenter: Any = None
+) -> tuple[Ellipse | None, float, str]:
     """The original study's method: threshold (180) + largest contour + ellipse fit."""
     from skimage.measure import find_contours
 
@@ -546,9 +739,101 @@ def _threshold(img_u8: np.ndarray, params: dict[str, Any]) -> tuple[Ellipse | No
     return e, float("nan"), ""
 
 
-SEGMENTERS: dict[str, Callable[[np.ndarray, dict[str, Any]], tuple[Ellipse | None, float, str]]] = {
+class HeadSegmenter:
+    """A trained cranium U-Net (``train_segmenter_us``) loaded from its model folder.
+
+    ``probability(img_u8)`` resizes the (enhanced) image to the network's input and returns the
+    cranium probability map at that size; :func:`ellipse_from_probability` maps it back.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        from stages.ultrasound.models import load_model_dir
+
+        self.folder = Path(folder)
+        self.model, self.config = load_model_dir(self.folder)
+        self.input_hw = (int(self.config["input_height"]), int(self.config["input_width"]))
+
+    def probability(self, img_u8: np.ndarray) -> np.ndarray:
+        from stages.ultrasound.imaging import resize_to_shape
+        from stages.ultrasound.models import predict_masks
+
+        x = resize_to_shape(np.asarray(img_u8, np.float64) / 255.0, self.input_hw)
+        return predict_masks(self.model, np.clip(x, 0, 1).astype(np.float32)[None, ..., None])[0]
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_segmenter(folder: str) -> HeadSegmenter:
+    return HeadSegmenter(folder)
+
+
+def load_segmenter(folder: str | Path) -> HeadSegmenter:
+    """The :class:`HeadSegmenter` of ``folder``, loaded once per process (Dask workers segment
+    many images with the same few fold models)."""
+    return _cached_segmenter(str(Path(folder).resolve()))
+
+
+def _unet(
+    img_u8: np.ndarray, params: dict[str, Any], segmenter: HeadSegmenter | None = None
+) -> tuple[Ellipse | None, float, str]:
+    """U-Net cranium mask -> ellipse through its contour -> optional classical refinement.
+
+    The contour is at probability ``unet_level``.
+
+    The score is the probability contrast across the ellipse (:func:`ellipse_from_probability`):
+    near 1 when the network drew one clean ellipse, low for a ragged or split mask.
+    With ``unet_refine_width`` > 0 the ellipse is re-fitted onto the skull's outer flank at that
+    width as the classical method does (``_refine`` with the ``refine_*`` settings); a refit
+    that is implausible or changes the circumference by more than ``unet_refine_max_change``
+    (fraction) is not used.
+
+    With ``unet_fallback_score`` > 0 an image whose U-Net ellipse scores below it (or has
+    none) is segmented by the classical method instead: the network's failures are mostly
+    small early-pregnancy heads fused with the fetal body in its mask, where the ray-cast
+    skull edges still find the head.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    if segmenter is None:
+        raise ValueError("segment_us.method 'unet' needs a trained segmenter (train_segmenter_us)")
+    prob = segmenter.probability(img_u8)
+    e, score = ellipse_from_probability(
+        prob,
+        img_u8.shape,
+        float(params.get("unet_level", 0.5)),
+        limits=params,
+        seed=int(params.get("seed", 0)),
+    )
+    h, w = img_u8.shape
+    fallback = float(params.get("unet_fallback_score", 0.0))
+    if fallback > 0 and (e is None or not score >= fallback):
+        return _classical(img_u8, params)
+    if e is None:
+        return None, float("nan"), "no plausible cranium ellipse in the U-Net mask"
+    fine_w = int(params.get("unet_refine_width", 0))
+    if fine_w:
+        x = img_u8.astype(np.float64) / 255.0
+        fine, fscale = resize_to_width(x, min(fine_w, w))
+        # the classical method's smoothing, in pixels of its ``work_width`` image
+        sigma = (
+            float(params.get("smooth_px", 1.5)) * fscale * w / int(params.get("work_width", 320))
+        )
+        fine = gaussian_filter(fine, sigma)
+        ef = e.scaled(fscale)
+        e2 = _refine(fine, np.array([ef.cx, ef.cy, ef.a, ef.b, ef.angle_rad]), params)
+        change = abs(ramanujan_perimeter(e2[2], e2[3]) / ramanujan_perimeter(ef.a, ef.b) - 1)
+        if _plausible(e2[None, :], fine.shape[1], params)[0] and change <= float(
+            params.get("unet_refine_max_change", 0.05)
+        ):
+            e = Ellipse(*map(float, e2)).scaled(1 / fscale)
+    return e.canonical(), float(score), ""
+
+
+SEGMENTERS: dict[
+    str, Callable[[np.ndarray, dict[str, Any], Any], tuple[Ellipse | None, float, str]]
+] = {
     "classical": _classical,
     "threshold": _threshold,
+    "unet": _unet,
 }
 
 
@@ -579,15 +864,18 @@ def skull_thickness_px(img_u8: np.ndarray, e: Ellipse, frac_max: float = 0.15) -
     return float(np.clip(width, 0.02 * R, frac_max * R))
 
 
-def segment_image(img_u8: np.ndarray, params: dict[str, Any]) -> Segmentation:
+def segment_image(
+    img_u8: np.ndarray, params: dict[str, Any], segmenter: HeadSegmenter | None = None
+) -> Segmentation:
     """Find the fetal skull ellipse in one 2-D uint8 (enhanced) image.
 
-    ``params`` is the ``segment_us`` section (``method``, ``work_width``, ...). Never raises on
-    an image without a head: returns ``ok=False`` with a reason.
+    ``params`` is the ``segment_us`` section (``method``, ``work_width``, ...); ``segmenter``
+    the trained U-Net that method ``unet`` needs (:func:`load_segmenter`; the other methods
+    ignore it). Never raises on an image without a head: returns ``ok=False`` with a reason.
     """
     if img_u8.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {img_u8.shape}")
-    e, score, reason = SEGMENTERS[params.get("method", "classical")](img_u8, params)
+    e, score, reason = SEGMENTERS[params.get("method", "classical")](img_u8, params, segmenter)
     if e is None:
         return Segmentation(False, None, img_u8.shape, score=score, reason=reason)
     t = skull_thickness_px(img_u8, e)
@@ -700,13 +988,35 @@ def truth_mask(outline: np.ndarray) -> tuple[np.ndarray, Ellipse | None, bool]:
 # --------------------------------------------------------------------------- stage
 
 
-def _segment_item(item: tuple[str, str, str, str, float, float], params: dict[str, Any]) -> dict:
-    """Segment one enhanced image; for HC18 also score it against the sonographer outline."""
+# where train_segmenter_us writes its fold manifest and models (deps of segment_us in dvc.yaml)
+SEGMENTER_FOLDS = Path("data/processed/us/segmenter_folds.csv")
+SEGMENTER_MODELS = Path("data/models/us/segmenter")
+
+
+def segmenter_folder(dataset: str, name: str, folds: dict[str, int], models: Path) -> Path:
+    """The U-Net that may segment an image without having seen it.
+
+    An HC18 image of the fold manifest (``folds``: image -> fold) gets the model trained
+    without its fold (``fold_K``); every other image (FETAL_PLANES_DB, HC18 images the
+    segmenter never trained on) gets the ``final`` model trained on every HC18 image.
+    """
+    if dataset == "hc18" and name in folds:
+        return models / f"fold_{int(folds[name])}"
+    return models / "final"
+
+
+def _segment_item(
+    item: tuple[str, str, str, str, float, float, str], params: dict[str, Any]
+) -> dict:
+    """Segment one enhanced image; for HC18 also score it against the sonographer outline.
+
+    The last field of ``item`` is the U-Net folder for method ``unet`` ("" for the others).
+    """
     from stages.ultrasound.imaging import load_item, read_image
 
-    dataset, name, locator, ann_path, pixel_mm, hc_true_mm = item
+    dataset, name, locator, ann_path, pixel_mm, hc_true_mm, unet_dir = item
     img = load_item(locator)
-    seg = segment_image(img, params)
+    seg = segment_image(img, params, load_segmenter(unet_dir) if unet_dir else None)
     crop = brain_crop(img, seg, int(params["crop_size"]))
     e = seg.ellipse
     row: dict[str, Any] = {
@@ -732,6 +1042,27 @@ def _segment_item(item: tuple[str, str, str, str, float, float], params: dict[st
         row["hc_true_mm"] = hc_true_mm
         row["hc_error_mm"] = abs(row["hc_mm"] - hc_true_mm) if seg.ok else np.nan
     return {"row": row, "crop": crop, "labels": seg.label_image()}
+
+
+def half_summaries(hc: pd.DataFrame) -> dict[str, float]:
+    """Dice and |HC error| (mean, median) of the first and second half of HC18 by name.
+
+    HC18 names run from small to big heads: the first hundred of the mirror are the half the
+    classical settings were tuned on, the last hundred (the big heads) were held out.
+    An image without an ellipse counts as an unbounded error.
+    """
+    d = hc.sort_values("image").reset_index(drop=True)
+    half = len(d) // 2
+    out: dict[str, float] = {}
+    for label, part in (("first_half", d.iloc[:half]), ("second_half", d.iloc[half:])):
+        err = part["hc_error_mm"].astype(float).fillna(np.inf)
+        out |= {
+            f"{label}_dice_mean": float(part["dice"].mean()),
+            f"{label}_dice_median": float(part["dice"].median()),
+            f"{label}_hc_error_mm_mean": float(err.mean()),
+            f"{label}_hc_error_mm_median": float(err.median()),
+        }
+    return out
 
 
 def overlays_figure(tiles: list[tuple[str, np.ndarray, np.ndarray, str]], path: Any) -> None:
@@ -775,6 +1106,12 @@ def main() -> None:
     enhanced, reports = root / "data/interim/us/enhanced", root / "data/reports"
     hc_csv = pd.read_csv(root / "data/raw/hc18/pixel_size_and_HC.csv")
     hc_info = {str(f)[:-4]: (float(px), float(hc)) for f, px, hc in hc_csv.itertuples(index=False)}
+    uses_unet = p["method"] == "unet"
+    folds = (
+        dict(pd.read_csv(root / SEGMENTER_FOLDS, dtype={"image": str})[["image", "fold"]].values)
+        if uses_unet
+        else {}
+    )
     items = []
     for dataset in ("fetal_planes", "hc18"):
         for name, loc in store_items(enhanced / dataset):
@@ -784,7 +1121,12 @@ def main() -> None:
                 if dataset == "hc18"
                 else ""
             )
-            items.append((dataset, name, loc, ann, px, hc))
+            unet = (
+                str(segmenter_folder(dataset, name, folds, root / SEGMENTER_MODELS))
+                if uses_unet
+                else ""
+            )
+            items.append((dataset, name, loc, ann, px, hc, unet))
     res = map_images(functools.partial(_segment_item, params=p), items, pdask, desc="segment")
     done = [(it, r.value) for it, r in zip(items, res, strict=True) if r.ok]
     failures = [f"{it[0]}/{it[1]}: {r.error}" for it, r in zip(items, res, strict=True) if not r.ok]
@@ -817,6 +1159,9 @@ def main() -> None:
             "dice_median": float(hc["dice"].median()),
             "hc_error_mm_mean": float(hc["hc_error_mm"].mean()),
             "hc_error_mm_median": float(hc["hc_error_mm"].median()),
+            **half_summaries(hc),
+            # method unet: each HC18 image by the fold model that never saw it (out-of-fold)
+            "hc18_out_of_fold": bool(uses_unet),
             "degenerate_truth": list(hc.loc[hc["truth_degenerate"].astype(bool), "image"]),
         }
         if len(hc)

@@ -30,6 +30,7 @@ CROPS = Path("data/processed/us/crops.npz")
 MANIFEST = Path("data/processed/us/planes_manifest.csv")
 MODEL_DIR = Path("data/models/us/autoencoder")
 REPORT = Path("data/reports/train_autoencoder_us.json")
+SEGMENTER = Path("data/models/us/segmenter/final")
 LOADER = "stages.ultrasound.score:load_autoencoder_predictor"
 
 
@@ -168,6 +169,8 @@ def main() -> None:
         }
         with atomic_dir(root / MODEL_DIR) as tmp:
             M.save_model_dir(model, tmp, config, result["latent"])
+            # new images must be cropped by the segmenter that cropped the training images
+            M.bundle_segmenter(tmp, crop_params["segment_us"], root / SEGMENTER)
         times = result["epoch_times_s"]
         report = {k: v for k, v in result.items() if k not in ("epoch_times_s", "latent")}
         report |= {

@@ -32,6 +32,7 @@ CROPS = Path("data/processed/us/crops.npz")
 MANIFEST = Path("data/processed/us/planes_manifest.csv")
 MODEL_DIR = Path("data/models/us/plane_classifier")
 REPORT = Path("data/reports/train_plane_classifier_us.json")
+SEGMENTER = Path("data/models/us/segmenter/final")
 LOADER = "stages.ultrasound.score:load_plane_predictor"
 
 
@@ -182,6 +183,8 @@ def main() -> None:
         }
         with atomic_dir(root / MODEL_DIR) as tmp:
             M.save_model_dir(model, tmp, config)
+            # new images must be cropped by the segmenter that cropped the training images
+            M.bundle_segmenter(tmp, crop_params["segment_us"], root / SEGMENTER)
         times = result["epoch_times_s"]
         report = {
             k: result[k] for k in ("val_accuracy", "best_epoch", "epochs_run", "n_train", "n_val")

@@ -56,6 +56,9 @@ def test_stage_order_follows_data_dependencies_of_the_real_pipeline():
         ("split_ctg", "train_ctg"),
         ("train_ctg", "evaluate_ctg"),
         ("enhance_us", "segment_us"),
+        ("enhance_us", "train_segmenter_us"),
+        ("train_segmenter_us", "segment_us"),
+        ("train_segmenter_us", "train_plane_classifier_us"),
         ("segment_us", "split_planes_us"),
         ("train_plane_classifier_us", "evaluate_us"),
     ]:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from stages.common.io import read_json
-from tests.conftest import ROOT, shared_mirror
+from tests.conftest import ROOT, set_params, shared_mirror
 from tests.synth_us import make_us_mirror
 
 pytestmark = pytest.mark.integration
@@ -23,6 +23,9 @@ def _project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mirror: Path) -> P
     proj = tmp_path / "proj"
     proj.mkdir()
     shutil.copy2(ROOT / "params.yaml", proj / "params.yaml")
+    # These stages' main()s alone, without train_segmenter_us: the classical segmenter (the
+    # U-Net path runs end to end in test_us_pipeline).
+    set_params(proj, {"segment_us": {"method": "classical"}})
     monkeypatch.setenv("FETAL_PROJECT_ROOT", str(proj))
     monkeypatch.setenv("FETAL_MIRROR", str(mirror))
     return proj

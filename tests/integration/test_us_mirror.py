@@ -55,6 +55,10 @@ def test_us_models_on_real_mirror(tmp_path) -> None:
             "evaluate_us",
         )
     }
+    # The classical segmenter: method unet needs train_segmenter_us's models, which this quick
+    # run of the CNN stages does not train (the U-Net path runs end to end in
+    # test_us_pipeline and on the real mirror in bench.segmentation).
+    params["segment_us"] = params["segment_us"] | {"method": "classical"}
     prep = Preprocessor(params["enhance_us"], params["segment_us"])
     crops, ok = [], {}
     for name in subset["Image_name"]:

@@ -12,7 +12,20 @@ from tests.conftest import run_dvc, set_params
 from tests.synth_us import make_us_mirror
 
 TINY = {
-    "segment_us": {"crop_size": 64},
+    "train_segmenter_us": {
+        "input_height": 32,
+        "input_width": 48,
+        # ~20 s per model; enough to find the phantom heads (with batch norm, batches of 1-3
+        # images left most of them unfound)
+        "filters": [8, 16, 16],
+        "batch_norm": False,
+        "epochs": 40,
+        "learning_rate": 0.003,
+        "batch_size": 4,
+        "n_folds": 2,
+    },
+    # the learned segmenter end to end (fold models for HC18, the final one for the rest)
+    "segment_us": {"crop_size": 64, "method": "unet"},
     "train_autoencoder_us": {"input_size": 32, "filters": [4, 8, 8], "epochs": 2, "batch_size": 8},
     "train_plane_classifier_us": {
         "input_size": 32,
@@ -37,6 +50,19 @@ def test_dvc_repro_evaluate_us(toy_repo, tmp_path, monkeypatch) -> None:
     set_params(toy_repo, TINY)
     run_dvc(toy_repo, "repro", "evaluate_us", timeout=900)
 
+    # the segmenter: examination-disjoint folds, one model per fold and a final one
+    folds = pd.read_csv(toy_repo / "data/processed/us/segmenter_folds.csv", dtype={"exam": str})
+    assert folds.groupby("exam")["fold"].nunique().max() == 1 and set(folds["fold"]) == {0, 1}
+    seg_models = toy_repo / "data/models/us/segmenter"
+    for sub in ("fold_0", "fold_1", "final"):
+        assert (seg_models / sub / "model.keras").is_file(), sub
+    assert not list(seg_models.rglob("*.pkl"))
+    seg_report = json.loads((toy_repo / "data/reports/train_segmenter_us.json").read_text())
+    assert seg_report["n_images"] == len(folds) and "oof_hc_error_mm_mean" in seg_report
+    seg = json.loads((toy_repo / "data/reports/segment_us.json").read_text())
+    method = seg["method"]
+    assert method == "unet" and seg["hc18_out_of_fold"] and seg["n_no_ellipse"] < seg["n"] / 2
+
     manifest = pd.read_csv(toy_repo / "data/processed/us/planes_manifest.csv")
     assert manifest.groupby("patient")["split"].nunique().max() == 1
     assert {"train", "test"} <= set(manifest["split"])
@@ -45,7 +71,9 @@ def test_dvc_repro_evaluate_us(toy_repo, tmp_path, monkeypatch) -> None:
         assert (model_dir / "model.keras").is_file()
         config = json.loads((model_dir / "config.json").read_text())
         assert config["input_size"] == 32
-        assert not list(model_dir.glob("*.pkl"))
+        assert not list(model_dir.rglob("*.pkl"))
+        # method unet: the final segmenter travels with the model (score-us crops with it)
+        assert (model_dir / "segmenter" / "model.keras").is_file() == (method == "unet")
     ae_report = json.loads((toy_repo / "data/reports/train_autoencoder_us.json").read_text())
     assert ae_report["val_mse"] > 0 and len(ae_report["epoch_times_s"]) == 2
     report = json.loads((toy_repo / "data/reports/evaluate_us.json").read_text())
@@ -60,7 +88,7 @@ def test_dvc_repro_evaluate_us(toy_repo, tmp_path, monkeypatch) -> None:
 
     from stages.common import tracking
 
-    for name in ("us-brain-autoencoder", "us-plane-classifier"):
+    for name in ("us-brain-autoencoder", "us-plane-classifier", "us-head-segmenter"):
         c = tracking.client()
         champion = c.get_model_version_by_alias(name, "champion")
         challenger = c.get_model_version_by_alias(name, "challenger")
@@ -79,3 +107,10 @@ def test_dvc_repro_evaluate_us(toy_repo, tmp_path, monkeypatch) -> None:
     out = tmp_path / "preds.csv"
     assert main([str(some), "--out", str(out)]) == 0
     assert len(pd.read_csv(out)) == 2
+    # the registered head segmenter takes raw images too
+    from stages.ultrasound.imaging import read_image
+
+    segmenter = tracking.load_model("models:/us-head-segmenter@champion")
+    raw = [read_image(p) for p in sorted((mirror / "hc18" / "images").glob("*_HC.png"))[:2]]
+    ellipses = segmenter.predict(pd.DataFrame({"image": raw}))
+    assert len(ellipses) == 2 and {"ok", "hc_px", "semi_major_px"} <= set(ellipses.columns)

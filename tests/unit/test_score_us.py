@@ -20,10 +20,14 @@ SHAPE = (150, 210)
 
 
 def _model_dirs(folder: Path) -> tuple[Path, Path]:
-    """Untrained tiny models saved as the stages save them (the CLI path is what is tested)."""
+    """Untrained tiny models saved as the stages save them (the CLI path is what is tested).
+
+    The classical segmenter: these tests check head circumferences on phantom heads, which an
+    untrained U-Net cannot find (the U-Net path is tested below with a bundled segmenter).
+    """
     crop = {
         "enhance_us": load_params("enhance_us", ROOT / "params.yaml"),
-        "segment_us": load_params("segment_us", ROOT / "params.yaml"),
+        "segment_us": load_params("segment_us", ROOT / "params.yaml") | {"method": "classical"},
     }
     M.seed_everything(0)
     plane_dir, ae_dir = folder / "plane", folder / "ae"
@@ -182,3 +186,54 @@ def test_latent_score_is_computed_by_the_predictor(tmp_path: Path) -> None:
     (latent_dir / M.LATENT_FILE).unlink()
     with pytest.raises(FileNotFoundError):
         AutoencoderPredictor(latent_dir)
+
+
+@pytest.mark.unit
+def test_a_model_folder_carries_its_segmenter_wherever_it_is_loaded(tmp_path: Path) -> None:
+    """Method unet: the plane classifier's folder bundles the U-Net that cropped its training
+    images, so a copy of the folder (as the registry's pyfunc artifact is) scores new images
+    with it and needs nothing from the project that trained it."""
+    import shutil
+
+    from stages.ultrasound.score import Preprocessor, load_plane_predictor
+    from stages.ultrasound.segment import HeadSegmenter
+
+    M.seed_everything(0)
+    unet_dir = tmp_path / "segmenter_final"
+    M.save_model_dir(
+        M.build_unet((32, 48), (4, 8, 8)),
+        unet_dir,
+        {"kind": "head_segmenter", "input_height": 32, "input_width": 48},
+    )
+    crop = {
+        "enhance_us": load_params("enhance_us", ROOT / "params.yaml"),
+        "segment_us": load_params("segment_us", ROOT / "params.yaml") | {"method": "unet"},
+    }
+    trained = tmp_path / "trained" / "plane"
+    M.save_model_dir(
+        M.build_plane_classifier(32, 3, (4, 8)),
+        trained,
+        {"input_size": 32, "planes": list(M.PLANES), "tta": False, **crop},
+    )
+    M.bundle_segmenter(trained, crop["segment_us"], unet_dir)
+    moved = tmp_path / "elsewhere" / "model_dir"
+    shutil.copytree(trained, moved)
+    shutil.rmtree(tmp_path / "trained")
+    shutil.rmtree(unet_dir)
+    predictor = load_plane_predictor({"model_dir": str(moved)})
+    assert Path(predictor.preprocess.segmenter_dir) == moved / M.SEGMENTER_DIR
+    img = phantom_head((330, 480), seed=1, feature="Trans-thalamic")[0]
+    crop_u8, seg = predictor.preprocess(img)
+    side = int(crop["segment_us"]["crop_size"])
+    assert crop_u8.shape == (side, side) and seg.shape == img.shape
+    out = predictor.predict(pd.DataFrame({"image": [img]}))
+    assert out["plane"].iloc[0] in M.PLANES
+    assert isinstance(HeadSegmenter(moved / M.SEGMENTER_DIR).probability(img), np.ndarray)
+    # the unet method without a segmenter is refused at construction, not at the first image
+    with pytest.raises(ValueError, match="segmenter_dir"):
+        Preprocessor(crop["enhance_us"], crop["segment_us"])
+    # other methods bundle nothing
+    classical = tmp_path / "classical"
+    classical.mkdir()
+    M.bundle_segmenter(classical, {"method": "classical"}, tmp_path / "absent")
+    assert not (classical / M.SEGMENTER_DIR).exists()

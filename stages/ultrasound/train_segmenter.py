@@ -1,0 +1,380 @@
+"""Stage ``train_segmenter_us``: a small U-Net for the fetal cranium, trained on HC18.
+
+Input: the enhanced HC18 images (``data/interim/us/enhanced/hc18``, what ``segment_us`` sees),
+resized to ``input_height`` x ``input_width``; target: the sonographer's ellipse with the head
+circumference the sonographer reported (:func:`target_mask`), resized the same way as a soft
+(area-fraction) mask, so the network's 0.5 contour can sit between low-resolution pixels. The
+filled outline itself (what Dice is scored against) includes the drawn line's width: its
+circumference is ~1 % above the reported one, which is 2-3 mm on the big heads (fold 0 of a
+first model trained on it: median +1.2 % on the last hundred).
+
+Examinations (the ``NNN`` of ``NNN_HC`` / ``NNN_2HC``) are split into ``n_folds`` folds,
+stratified by head-circumference quantile and seeded (``data/processed/us/segmenter_folds.csv``);
+one model per fold is trained on the other folds and scores its own fold (out-of-fold, OOF),
+and one final model is trained on every image. ``segment_us`` segments each HC18 image with the
+fold model that never saw it and every other image (FETAL_PLANES_DB, ``fetal score-us``) with the
+final model; this stage's report holds the OOF Dice and head-circumference error of the U-Net
+ellipse alone (the 0.5 contour, no classical refinement), ``segment_us``'s report those of
+the whole method (its ``unet_level`` and refinement settings).
+
+The final model is registered as ``us-head-segmenter``, promoted on ``oof_hc_error_mm_mean_neg``
+(minus the OOF mean absolute HC error): head circumference is what the segmentation is for and
+what the 3 mm target is about; Dice is near 0.97 for nearly any right ellipse and barely moves.
+
+Reference: Ronneberger O et al. U-Net, MICCAI 2015; data: van den Heuvel TLA et al. PLoS ONE
+2018;13(8):e0200412 (HC18).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+ENHANCED = Path("data/interim/us/enhanced/hc18")
+RAW = Path("data/raw/hc18")
+FOLDS = Path("data/processed/us/segmenter_folds.csv")
+MODEL_DIR = Path("data/models/us/segmenter")
+REPORT = Path("data/reports/train_segmenter_us.json")
+OOF = Path("data/reports/train_segmenter_us/oof.csv")
+FINAL = "final"
+LOADER = "stages.ultrasound.score:load_segmenter_predictor"
+
+
+def fold_dir(fold: int) -> str:
+    """Sub-folder of :data:`MODEL_DIR` holding the model trained without ``fold``."""
+    return f"fold_{int(fold)}"
+
+
+def exam_id(name: str) -> str:
+    """Examination of an HC18 image: ``"012_2HC"`` -> ``"012"`` (shared by one exam's images)."""
+    m = re.match(r"^(\d+)_", name)
+    return m.group(1) if m else name
+
+
+def segmenter_folds(
+    names: Sequence[str], hc_mm: Sequence[float], n_folds: int, seed: int
+) -> pd.DataFrame:
+    """Examination-disjoint folds ``image, exam, hc_mm, fold``, stratified by head size.
+
+    Head size is binned into quartiles (fewer bins for fewer than ``4 x n_folds`` images) so
+    every fold holds small and big heads alike (HC18 file names are ordered by size: the last
+    hundred are the big heads); all images of one examination land in one fold. Same names,
+    sizes and seed give the same folds.
+    """
+    from stages.common.splits import stratified_folds
+
+    hc = np.asarray(hc_mm, dtype=float)
+    exams = [exam_id(n) for n in names]
+    # quartiles, or fewer size bins when there are too few images for every bin in every fold
+    n_bins = max(1, min(4, len(hc) // max(int(n_folds), 1)))
+    edges = np.quantile(hc, np.linspace(0, 1, n_bins + 1)[1:-1]) if len(hc) else []
+    bins = np.digitize(hc, edges)
+    folds = stratified_folds(list(names), bins, int(n_folds), int(seed), groups=exams)
+    return pd.DataFrame({"image": list(names), "exam": exams, "hc_mm": hc, "fold": folds})
+
+
+def target_mask(outline: np.ndarray, hc_mm: float, pixel_mm: float) -> np.ndarray:
+    """The training target of one HC18 image: the ellipse fitted to the sonographer's outline,
+    scaled about its centre to the circumference the sonographer reported (``hc_mm``).
+
+    The ellipse fitted to the drawn line runs along its middle and is still ~0.6 % longer
+    than the reported circumference (HC18 README); the scale makes the network learn the
+    reported measurement. An outline no ellipse fits falls back to the filled outline.
+    """
+    from stages.ultrasound.imaging import Ellipse, ellipse_mask, ramanujan_perimeter
+    from stages.ultrasound.segment import ellipse_from_outline, truth_mask
+
+    e = ellipse_from_outline(outline)
+    if e is None or not (hc_mm > 0 and pixel_mm > 0):
+        return truth_mask(outline)[0]
+    k = hc_mm / (float(ramanujan_perimeter(e.a, e.b)) * pixel_mm)
+    return ellipse_mask(outline.shape, Ellipse(e.cx, e.cy, e.a * k, e.b * k, e.angle_rad))
+
+
+def to_input(img_u8: np.ndarray, input_hw: Sequence[int]) -> np.ndarray:
+    """uint8 image (rows, cols) -> float32 (H, W) in [0, 1], anti-aliased (area-like) resize."""
+    from stages.ultrasound.imaging import resize_to_shape
+
+    x = resize_to_shape(np.asarray(img_u8, np.float64) / 255.0, tuple(input_hw))
+    return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+
+def mask_to_input(mask: np.ndarray, input_hw: Sequence[int]) -> np.ndarray:
+    """Boolean mask -> float32 (H, W): the share of each low-resolution pixel inside it."""
+    return to_input(np.where(mask, 255, 0).astype(np.uint8), input_hw)
+
+
+def augment(
+    x: np.ndarray, y: np.ndarray, rng: np.random.Generator, aug: dict[str, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random geometric (image and mask alike) and intensity (image only) changes.
+
+    Each image is rotated by up to ``rotation_deg``, scaled by up to ``scale`` (fraction),
+    shifted by up to ``shift`` (fraction of each side) and, with probability ``flip``, mirrored
+    left-right (the probe stays at the top: no up-down mirror); bilinear, zero outside. Then
+    ``x ** gamma`` (log-uniform within ``1 +- gamma``), a contrast factor and an offset (up to
+    ``contrast`` and ``brightness``) and Gaussian noise of ``noise`` (std, [0, 1] units).
+
+    Parameters
+    ----------
+    x, y
+        Images and soft masks (N, H, W) float32.
+    rng
+        Source of every random draw (the same seed gives the same batch).
+    aug
+        The ``augment`` section of ``train_segmenter_us``; a missing key or 0 turns a change off.
+    """
+    from scipy.ndimage import affine_transform
+
+    n, h, w = x.shape
+    xo, yo = np.empty_like(x), np.empty_like(y)
+    centre = np.array([(h - 1) / 2, (w - 1) / 2])
+    for i in range(n):
+        t = math.radians(rng.uniform(-1, 1) * float(aug.get("rotation_deg", 0)))
+        s = 1 + rng.uniform(-1, 1) * float(aug.get("scale", 0))
+        flip = -1.0 if rng.random() < float(aug.get("flip", 0)) else 1.0
+        shift = rng.uniform(-1, 1, 2) * float(aug.get("shift", 0)) * np.array([h, w])
+        # output (row, col) -> input (row, col): inverse of scale . rotate . flip about the centre
+        rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+        inv = np.diag([1.0, flip]) @ rot.T / s
+        offset = centre - inv @ (centre + shift)
+        xo[i] = affine_transform(x[i], inv, offset, order=1, mode="constant", cval=0.0)
+        yo[i] = affine_transform(y[i], inv, offset, order=1, mode="constant", cval=0.0)
+    g = float(aug.get("gamma", 0))
+    gamma = np.exp(rng.uniform(math.log(1 - g), math.log(1 + g), (n, 1, 1))) if g else 1.0
+    c, b = float(aug.get("contrast", 0)), float(aug.get("brightness", 0))
+    contrast = 1 + rng.uniform(-c, c, (n, 1, 1))
+    offset_i = rng.uniform(-b, b, (n, 1, 1))
+    xo = np.clip(xo, 0, 1) ** gamma * contrast + offset_i
+    if float(aug.get("noise", 0)):
+        xo = xo + rng.normal(0, float(aug["noise"]), xo.shape)
+    return np.clip(xo, 0, 1).astype(np.float32), np.clip(yo, 0, 1).astype(np.float32)
+
+
+def train_unet(
+    x: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int
+) -> tuple[Any, dict[str, Any]]:
+    """Fit a U-Net (:func:`stages.ultrasound.models.build_unet`) on freshly augmented data.
+
+    Every epoch sees a new augmented copy of every image (:func:`augment`, drawn from ``seed``);
+    the learning rate follows a cosine decay to ``1 %`` of ``learning_rate`` over ``epochs``.
+
+    Parameters
+    ----------
+    x, y
+        Images and soft masks (N, H, W) float32 at the network's input size.
+    params
+        The ``train_segmenter_us`` section.
+    seed
+        Seeds the weights, the batch order and the augmentation.
+
+    Returns
+    -------
+    model, result
+        The Keras model and ``loss`` (per epoch) and ``epoch_times_s``.
+    """
+    import keras
+
+    from stages.ultrasound import models as M
+
+    M.seed_everything(seed)
+    rng = np.random.default_rng(seed)
+    epochs, batch = int(params["epochs"]), int(params["batch_size"])
+    steps = epochs * max(1, math.ceil(len(x) / batch))
+    lr = keras.optimizers.schedules.CosineDecay(float(params["learning_rate"]), steps, alpha=0.01)
+    model = M.build_unet(
+        (int(params["input_height"]), int(params["input_width"])),
+        params["filters"],
+        bool(params.get("batch_norm", True)),
+        lr,
+        float(params.get("dice_weight", 1.0)),
+    )
+    timer, times = M.epoch_timer()
+    losses: list[float] = []
+    for epoch in range(epochs):
+        xa, ya = augment(x, y, rng, params.get("augment") or {})
+        hist = model.fit(
+            xa[..., None],
+            ya[..., None],
+            batch_size=batch,
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            shuffle=True,
+            verbose=0,
+            callbacks=[timer],
+        )
+        losses.append(float(hist.history["loss"][-1]))
+    return model, {"loss": losses, "epoch_times_s": [round(t, 3) for t in times]}
+
+
+def score_ellipses(
+    prob: np.ndarray,
+    shapes: Sequence[tuple[int, int]],
+    truths: Sequence[np.ndarray],
+    pixel_mm: Sequence[float],
+    hc_true_mm: Sequence[float],
+    level: float = 0.5,
+    limits: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Dice and HC error of the ellipses fitted to probability maps (N, h, w) (U-Net alone).
+
+    Returns ``dice, hc_mm, hc_error_mm`` (signed: measured - sonographer), ``hc_true_mm`` per
+    image; an image without an ellipse gets Dice 0 and NaN errors.
+    """
+    from stages.ultrasound.imaging import dice, ellipse_mask, ramanujan_perimeter
+    from stages.ultrasound.segment import ellipse_from_probability
+
+    rows = []
+    for p, shape, truth, px, hc in zip(prob, shapes, truths, pixel_mm, hc_true_mm, strict=True):
+        e, _ = ellipse_from_probability(p, shape, level, limits=limits)
+        if e is None:
+            rows.append({"dice": 0.0, "hc_mm": np.nan, "hc_error_mm": np.nan, "hc_true_mm": hc})
+            continue
+        hc_mm = float(ramanujan_perimeter(e.a, e.b)) * px
+        rows.append(
+            {
+                "dice": dice(ellipse_mask(shape, e), truth),
+                "hc_mm": hc_mm,
+                "hc_error_mm": hc_mm - hc,
+                "hc_true_mm": hc,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def summary(oof: pd.DataFrame) -> dict[str, float]:
+    """OOF Dice and |HC error| (mean, median) of ``dice, hc_error_mm, hc_true_mm`` rows.
+
+    An image without an ellipse has Dice 0 and counts as an error of its whole circumference
+    (as if 0 mm were measured): a failure must cost, and the figures stay finite for JSON and
+    the registry tags.
+    """
+    err = oof["hc_error_mm"].abs().fillna(oof["hc_true_mm"])
+    return {
+        "oof_dice_mean": float(oof["dice"].mean()),
+        "oof_dice_median": float(oof["dice"].median()),
+        "oof_hc_error_mm_mean": float(err.mean()),
+        "oof_hc_error_mm_median": float(err.median()),
+        "oof_hc_error_mm_signed_mean": float(oof["hc_error_mm"].mean()),
+        "oof_hc_error_mm_mean_neg": -float(err.mean()),
+        "oof_n_no_ellipse": int(oof["hc_error_mm"].isna().sum()),
+    }
+
+
+def model_config(
+    params: dict[str, Any], enhance_params: dict[str, Any], fold: int | None, n_train: int
+) -> dict:
+    """What ``config.json`` of one model folder holds (read back by the segmenter loader).
+
+    ``enhance_us`` is how the training images were enhanced: the registered model enhances
+    raw images the same way.
+    """
+    return {
+        "kind": "head_segmenter",
+        "enhance_us": enhance_params,
+        "input_height": int(params["input_height"]),
+        "input_width": int(params["input_width"]),
+        "fold": fold,
+        "n_train": int(n_train),
+    }
+
+
+def main() -> None:
+    from stages.common import tracking
+    from stages.common.io import atomic_dir, write_csv, write_json
+    from stages.common.params import load_params, project_root
+    from stages.ultrasound import models as M
+    from stages.ultrasound.imaging import iter_store, read_image
+    from stages.ultrasound.segment import truth_mask
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params, enhance_params = load_params("train_segmenter_us"), load_params("enhance_us")
+    root = project_root()
+    info = pd.read_csv(root / RAW / "pixel_size_and_HC.csv")
+    info = {str(f)[:-4]: (float(px), float(hc)) for f, px, hc in info.itertuples(index=False)}
+    names, images, truths, targets = [], [], [], []
+    for name, img in iter_store(root / ENHANCED):
+        if name in info:
+            outline = read_image(root / RAW / f"images/{name}_Annotation.png")
+            names.append(name)
+            images.append(img)
+            truths.append(truth_mask(outline)[0])  # what Dice is scored against
+            targets.append(target_mask(outline, info[name][1], info[name][0]))
+    hw = (int(params["input_height"]), int(params["input_width"]))
+    x = np.stack([to_input(im, hw) for im in images])
+    y = np.stack([mask_to_input(t, hw) for t in targets])
+    px_mm, hc_mm = (np.array([info[n][k] for n in names]) for k in (0, 1))
+    folds = segmenter_folds(names, hc_mm, int(params["n_folds"]), int(params["seed"]))
+    write_csv(root / FOLDS, folds)
+    oof = pd.DataFrame(
+        index=range(len(names)), columns=["dice", "hc_mm", "hc_error_mm", "hc_true_mm"]
+    )
+    times: dict[str, list[float]] = {}
+    with tracking.run(
+        "us-head-segmenter", "train_segmenter_us", params, stage="train_segmenter_us"
+    ):
+        with atomic_dir(root / MODEL_DIR) as tmp:
+            for k in range(int(params["n_folds"])):
+                held = (folds["fold"] == k).to_numpy()
+                model, res = train_unet(x[~held], y[~held], params, int(params["seed"]) + k)
+                prob = M.predict_masks(model, x[held][..., None])
+                scored = score_ellipses(
+                    prob,
+                    [im.shape for im, h in zip(images, held, strict=True) if h],
+                    [t for t, h in zip(truths, held, strict=True) if h],
+                    px_mm[held],
+                    hc_mm[held],
+                )
+                oof.loc[np.flatnonzero(held), scored.columns] = scored.to_numpy()
+                config = model_config(params, enhance_params, k, int((~held).sum()))
+                M.save_model_dir(model, tmp / fold_dir(k), config)
+                times[fold_dir(k)] = res["epoch_times_s"]
+                log.info("fold %d: %s", k, summary(scored))
+            model, res = train_unet(x, y, params, int(params["seed"]))
+            config = model_config(params, enhance_params, None, len(names))
+            M.save_model_dir(model, tmp / FINAL, config)
+            times[FINAL] = res["epoch_times_s"]
+        oof = oof.astype(float)
+        oof.insert(0, "image", names)
+        oof.insert(1, "fold", folds["fold"].to_numpy())
+        report: dict[str, Any] = {
+            **summary(oof),
+            "n_images": len(names),
+            "n_folds": int(params["n_folds"]),
+            "epoch_time_s_mean": float(np.mean([t for v in times.values() for t in v])),
+            "train_time_s_per_model": {k: float(np.sum(v)) for k, v in times.items()},
+        }
+        tracking.log_metrics({k: v for k, v in report.items() if not isinstance(v, dict)})
+        decision = M.publish(
+            root / MODEL_DIR / FINAL,
+            LOADER,
+            params["registered_name"],
+            {k: v for k, v in report.items() if k.startswith("oof_")},
+            params["promote_metric"],
+            params["promote_margin"],
+            [root / ENHANCED, root / RAW / "pixel_size_and_HC.csv", root / FOLDS],
+            {"params": params, "enhance_us": enhance_params},
+        )
+    write_csv(root / OOF, oof)
+    write_json(root / REPORT, report)
+    log.info(
+        "OOF Dice %.3f (median %.3f), |HC error| %.2f mm (median %.2f); %s",
+        report["oof_dice_mean"],
+        report["oof_dice_median"],
+        report["oof_hc_error_mm_mean"],
+        report["oof_hc_error_mm_median"],
+        decision["reason"],
+    )
+
+
+if __name__ == "__main__":
+    main()
