@@ -97,7 +97,10 @@ def segmentation_report(seg: pd.DataFrame) -> dict[str, float]:
         "hc18_dice_median": float(hc["dice"].astype(float).median()) if len(hc) else float("nan"),
         "hc18_hc_abs_error_mm_mean": float(err.abs().mean()),
         "hc18_hc_abs_error_mm_median": float(err.abs().median()),
-        "hc18_hc_error_mm_mean": float(err.mean()),
+        # measured - sonographer: a systematic over- or under-estimate shows here
+        "hc18_hc_signed_error_mm_mean": float(hc["hc_signed_error_mm"].astype(float).mean())
+        if "hc_signed_error_mm" in hc
+        else float("nan"),
         "fetal_planes_seg_ok_rate": float(fp["ok"].astype(bool).mean())
         if len(fp)
         else float("nan"),

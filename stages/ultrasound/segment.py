@@ -1040,7 +1040,9 @@ def _segment_item(
         row["dice"] = dice(seg.cranium, truth)
         row["truth_degenerate"] = degenerate
         row["hc_true_mm"] = hc_true_mm
-        row["hc_error_mm"] = abs(row["hc_mm"] - hc_true_mm) if seg.ok else np.nan
+        # signed (measured - sonographer) shows a bias; absolute is the headline error
+        row["hc_signed_error_mm"] = row["hc_mm"] - hc_true_mm if seg.ok else np.nan
+        row["hc_error_mm"] = abs(row["hc_signed_error_mm"]) if seg.ok else np.nan
     return {"row": row, "crop": crop, "labels": seg.label_image()}
 
 
