@@ -149,6 +149,17 @@ def speed_rows(root: Path, paths: list[str]) -> list[tuple[str, str, str]]:
         r = json.loads(f.read_text()) if f.is_file() else {}
         value = f"{r['train_time_s']:.0f} s" if "train_time_s" in r else "n/a"
         rows.append((f"{stage} training", value, f"{r.get('n_train', '?')} train images"))
+    f = root / "data/reports/train_segmenter_us.json"
+    seg = json.loads(f.read_text()) if f.is_file() else {}
+    per_model = seg.get("train_time_s_per_model", {})
+    rows.append(
+        (
+            "train_segmenter_us training",
+            f"{sum(per_model.values()):.0f} s" if per_model else "n/a",
+            f"{len(per_model)} U-Nets (folds + final), {seg.get('n_images', '?')} HC18 images, "
+            f"{seg.get('epoch_time_s_mean', float('nan')):.1f} s/epoch",
+        )
+    )
     return rows
 
 
