@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from bench.ultrasound import time_scorer
 from stages.common.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,12 +124,19 @@ def score_latency(
     pc, ae = load_params("train_plane_classifier_us"), load_params("train_autoencoder_us")
     crop = {"enhance_us": pe, "segment_us": ps}
     clf = M.build_plane_classifier(
-        pc["input_size"], filters=pc["filters"], batch_norm=pc["batch_norm"]
+        pc["input_size"],
+        filters=pc["filters"],
+        batch_norm=pc["batch_norm"],
+        frontend=pc.get("frontend", "learned"),
+        gabor=pc.get("gabor"),
+        l2=pc.get("l2", 0.0),
     )
     auto = M.build_autoencoder(ae["input_size"], ae["filters"])
     cfg = {"planes": list(M.PLANES), **crop}
-    M.save_model_dir(clf, folder / "plane", {**cfg, "input_size": pc["input_size"], "tta": True})
-    codes = M.latent_codes(auto, np.zeros((2, ae["input_size"], ae["input_size"], 1), "float32"))
+    M.save_model_dir(
+        clf, folder / "plane", {**cfg, "input_size": pc["input_size"], "tta": pc["tta"]}
+    )
+    blank = np.zeros((2, ae["input_size"], ae["input_size"], 1), "float32")
     M.save_model_dir(
         auto,
         folder / "ae",
@@ -136,21 +144,15 @@ def score_latency(
             **cfg,
             "input_size": ae["input_size"],
             "threshold": 1.0,
-            "anomaly_score": "latent_mahalanobis",
+            "anomaly_score": ae["anomaly_score"],
         },
-        {"mean": codes.mean(0), "precision": np.eye(codes.shape[1])},
+        # the statistics every latent score needs (values do not change the compute)
+        M.fit_latent_ring(M.latent_codes(auto, blank), blank, ae["latent_shrinkage"]),
     )
     for sub in ("plane", "ae"):
         M.bundle_segmenter(folder / sub, ps, Path(unet_dir))
     scorer = load_scorer(str(folder / "plane"), str(folder / "ae"))
-    images = [read_image(p) for p in paths]
-    scorer.score_image(images[0], 0.1)  # warm-up: graph tracing
-    times = []
-    for img in images:
-        t0 = time.perf_counter()
-        scorer.score_image(img, 0.1)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), float(np.percentile(times, 95))
+    return time_scorer(scorer, [read_image(p) for p in paths])
 
 
 def hc18_table(per_image: pd.DataFrame) -> str:

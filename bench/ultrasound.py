@@ -76,7 +76,11 @@ def scoring_latency(project: Path, paths: list[str]) -> tuple[float, float] | No
     if not (base / "plane_classifier").is_dir() or not (base / "autoencoder").is_dir():
         return None
     scorer = load_scorer(str(base / "plane_classifier"), str(base / "autoencoder"), project)
-    images = [read_image(p) for p in paths]
+    return time_scorer(scorer, [read_image(p) for p in paths])
+
+
+def time_scorer(scorer: Any, images: list[np.ndarray]) -> tuple[float, float]:
+    """(median, p95) seconds of ``scorer.score_image`` per image, after one warm-up call."""
     scorer.score_image(images[0], 0.1)  # warm-up: graph tracing
     times = []
     for img in images:

@@ -108,6 +108,33 @@ def youden_threshold(
     return float(min(thr[best], 1.0))
 
 
+def cluster_bootstrap_accuracy_ci(
+    correct: Sequence[bool] | np.ndarray,
+    clusters: Sequence[object] | np.ndarray,
+    n_bootstrap: int,
+    seed: int,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of an accuracy, resampling whole clusters (patients).
+
+    Images of one patient are not independent; resampling patients, not images, gives the
+    interval the number of patients supports. NaN, NaN without data.
+    """
+    ok = np.asarray(correct, dtype=float).ravel()
+    groups = np.asarray(clusters).ravel()
+    if ok.size == 0:
+        return float("nan"), float("nan")
+    labels, index = np.unique(groups, return_inverse=True)
+    hits = np.bincount(index, weights=ok, minlength=len(labels))
+    sizes = np.bincount(index, minlength=len(labels)).astype(float)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(labels), size=(int(n_bootstrap), len(labels)))
+    accs = hits[draws].sum(axis=1) / sizes[draws].sum(axis=1)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(accs, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
 def bootstrap_auc_ci(
     y_true: Sequence[int] | np.ndarray,
     prob: Sequence[float] | np.ndarray,

@@ -130,6 +130,8 @@ def evaluate(
     y_pred = prob.argmax(axis=1)
     plane_metrics, cm = plane_report(y_true, y_pred)
     out |= plane_metrics
+    lo, hi = metrics.cluster_bootstrap_accuracy_ci(y_true == y_pred, test["patient"], nb, seed)
+    out |= {"plane_accuracy_ci_low": lo, "plane_accuracy_ci_high": hi}
     pred_planes = [M.PLANES[i] for i in y_pred]
     clean = ae.anomaly_scores(test_x, pred_planes)
     out["ae_test_brain_mse"] = (

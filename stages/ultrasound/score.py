@@ -181,18 +181,7 @@ class SegmenterPredictor:
         rows = []
         for img in model_input["image"]:
             seg = self.segment(img)
-            e = seg.ellipse
-            rows.append(
-                {
-                    "ok": seg.ok,
-                    "cx": e.cx if e else np.nan,
-                    "cy": e.cy if e else np.nan,
-                    "semi_major_px": e.a if e else np.nan,
-                    "semi_minor_px": e.b if e else np.nan,
-                    "angle_rad": e.angle_rad if e else np.nan,
-                    "hc_px": seg.hc_px(),
-                }
-            )
+            rows.append({"ok": seg.ok, **seg.ellipse_fields(), "hc_px": seg.hc_px()})
         return pd.DataFrame(rows)
 
 

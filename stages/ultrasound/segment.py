@@ -105,6 +105,14 @@ class Segmentation:
         out[self.brain] = 2
         return out
 
+    def ellipse_fields(self) -> dict[str, float]:
+        """The ellipse as table columns (``cx, cy, semi_major_px, semi_minor_px, angle_rad``;
+        NaN without an ellipse): the rows of ``segmentation.csv`` and the segmenter's pyfunc."""
+        e = self.ellipse
+        values = (e.cx, e.cy, e.a, e.b, e.angle_rad) if e is not None else (np.nan,) * 5
+        names = ("cx", "cy", "semi_major_px", "semi_minor_px", "angle_rad")
+        return dict(zip(names, map(float, values), strict=True))
+
     def hc_px(self) -> float:
         e = self.ellipse
         return float(ramanujan_perimeter(e.a, e.b)) if e is not None else float("nan")
@@ -1018,17 +1026,12 @@ def _segment_item(
     img = load_item(locator)
     seg = segment_image(img, params, load_segmenter(unet_dir) if unet_dir else None)
     crop = brain_crop(img, seg, int(params["crop_size"]))
-    e = seg.ellipse
     row: dict[str, Any] = {
         "dataset": dataset,
         "image": name,
         "ok": seg.ok,
         "reason": seg.reason,
-        "cx": e.cx if e else np.nan,
-        "cy": e.cy if e else np.nan,
-        "semi_major_px": e.a if e else np.nan,
-        "semi_minor_px": e.b if e else np.nan,
-        "angle_rad": e.angle_rad if e else np.nan,
+        **seg.ellipse_fields(),
         "skull_px": seg.skull_px,
         "score": seg.score,
         "hc_px": seg.hc_px(),

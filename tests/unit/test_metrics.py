@@ -106,3 +106,19 @@ def test_multiclass_helpers_known_answers() -> None:
     assert mm["n"] == 6
     with pytest.raises(ValueError):
         M.confusion_matrix(y, np.array([0, 1, 1, 1, 3, 0]), 3)
+
+
+@pytest.mark.unit
+def test_cluster_bootstrap_accuracy_ci_resamples_patients() -> None:
+    from stages.common.metrics import cluster_bootstrap_accuracy_ci
+
+    # 10 patients, each either all right or all wrong: the interval is as wide as 10 coin-like
+    # patients allow, wider than 100 independent images would give.
+    correct = np.repeat([True] * 7 + [False] * 3, 10)
+    patients = np.repeat(np.arange(10), 10)
+    lo, hi = cluster_bootstrap_accuracy_ci(correct, patients, 2000, seed=0)
+    assert lo < 0.7 < hi and hi - lo > 0.4
+    lo_i, hi_i = cluster_bootstrap_accuracy_ci(correct, np.arange(100), 2000, seed=0)
+    assert lo_i < 0.7 < hi_i and hi_i - lo_i < 0.25
+    assert cluster_bootstrap_accuracy_ci([True] * 5, [1, 2, 3, 4, 5], 100, 0) == (1.0, 1.0)
+    assert np.isnan(cluster_bootstrap_accuracy_ci([], [], 10, 0)[0])
