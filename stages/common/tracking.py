@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -336,11 +336,16 @@ def decide_promotion(
     margin: float,
     higher_is_better: bool = True,
     require_same_data: bool = False,
+    rescore: Callable[[str], float] | None = None,
 ) -> Decision:
     """Whether ``version`` should become champion (read-only: no alias moves).
 
     ``require_same_data``: a challenger evaluated on other data than the champion
     (``eval_data_hash`` tags differ) is not comparable, so it is not promoted.
+    ``rescore``: when the data differ, ``rescore(champion model URI)`` computes the champion's
+    ``metric`` on the challenger's evaluation data, and that value is compared instead of the
+    champion's tag (the stage knows how to score any version of its model; a tag measured on
+    other data is not a fair opponent).
     """
     c = client()
     challenger = c.get_model_version(name, version)
@@ -366,6 +371,11 @@ def decide_promotion(
             True,
         )
     same = challenger.tags.get("eval_data_hash") == champ.tags.get("eval_data_hash")
+    rescored = ""
+    if not same and rescore is not None:
+        champ_value = float(rescore(f"models:/{name}/{champ.version}"))
+        same = True
+        rescored = f"champion v{champ.version} re-scored on this evaluation data: "
     gain = value - champ_value if higher_is_better else champ_value - value
     if require_same_data and not same:
         reason = (
@@ -386,9 +396,9 @@ def decide_promotion(
         )
     better = champ_value != champ_value or gain > margin
     if better:
-        reason = f"{metric} better by {gain:+.4f} > margin {margin}"
+        reason = f"{rescored}{metric} better by {gain:+.4f} > margin {margin}"
     else:
-        reason = f"{metric} better by {gain:+.4f}, not more than margin {margin}"
+        reason = f"{rescored}{metric} better by {gain:+.4f}, not more than margin {margin}"
     return Decision(
         name, version, str(champ.version), metric, value, champ_value, margin, better, reason, same
     )
@@ -400,13 +410,15 @@ def promote_if_better(
     metric: str,
     margin: float,
     higher_is_better: bool = True,
+    rescore: Callable[[str], float] | None = None,
 ) -> Decision:
     """Move ``champion`` to ``version`` only if it beats the champion's ``metric`` by ``margin``.
 
-    Metrics are read from the versions' tags (set at registration). With no champion yet, the
-    first version becomes champion.
+    Metrics are read from the versions' tags (set at registration); with ``rescore`` a champion
+    evaluated on other data is scored again on the challenger's (:func:`decide_promotion`).
+    With no champion yet, the first version becomes champion.
     """
-    decision = decide_promotion(name, version, metric, margin, higher_is_better)
+    decision = decide_promotion(name, version, metric, margin, higher_is_better, rescore=rescore)
     if decision.promoted:
         set_alias(name, CHAMPION, version)
     return decision

@@ -13,6 +13,7 @@ FETAL_PLANES_DB has no anomaly labels: the autoencoder flags images unlike its t
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,29 +105,35 @@ def train_autoencoder(
     return model, result
 
 
+def anomaly_scorer(
+    model: Any, planes: np.ndarray, latent: dict[str, np.ndarray], params: dict[str, Any]
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``score(crops_u8)``: the anomaly score named by ``params`` of a freshly trained model."""
+    kind, size = params.get("anomaly_score", "normalised_mse"), params["input_size"]
+
+    def score(x_u8: np.ndarray) -> np.ndarray:
+        return M.score_anomaly(kind, model, M.to_unit_float(x_u8, size), planes, latent)
+
+    return score
+
+
 def corruption_auroc(
-    model: Any,
-    crops_u8: np.ndarray,
-    planes: np.ndarray,
-    latent: dict[str, np.ndarray],
-    params: dict[str, Any],
+    score: Callable[[np.ndarray], np.ndarray], crops_u8: np.ndarray, params: dict[str, Any]
 ) -> float:
-    """AUROC of the anomaly score separating ``crops_u8`` from corrupted copies of them.
+    """AUROC of ``score`` separating ``crops_u8`` from corrupted copies of them.
 
     Every corruption of :data:`stages.ultrasound.models.CORRUPTIONS` (occlusion, noise, blank,
     inverted; strengths from ``params["val_corruption"]``) is applied to every crop and the
     corrupted crops are pooled as the abnormal class. This is the promotion metric: validation
     MSE rewards an autoencoder that reconstructs anything well, non-brain images included,
-    which is the opposite of what a detector should do. NaN without crops.
+    which is the opposite of what a detector should do. ``score`` maps uint8 crops to anomaly
+    scores (:func:`anomaly_scorer` for a new model, a registered predictor's
+    ``anomaly_scores`` for the champion), so every version is scored on the same images and
+    the same corruptions (seeded). NaN without crops.
     """
     if len(crops_u8) == 0:
         return float("nan")
-    kind, size = params.get("anomaly_score", "normalised_mse"), params["input_size"]
     rng = np.random.default_rng(params["seed"])
-
-    def score(x_u8: np.ndarray) -> np.ndarray:
-        return M.score_anomaly(kind, model, M.to_unit_float(x_u8, size), planes, latent)
-
     clean = score(crops_u8)
     bad = [score(fn(crops_u8, rng, params["val_corruption"])) for fn in M.CORRUPTIONS.values()]
     y = np.r_[np.zeros(len(clean)), np.ones(len(clean) * len(bad))].astype(int)
@@ -145,6 +152,8 @@ def main() -> None:
     data, crops_u8 = {}, {}
     for split in ("train", "val"):
         rows = M.brain_rows(manifest, split)
+        if split == "val":
+            planes_val = list(rows["brain_plane"])
         crops_u8[split] = M.crops_for(rows, names, images)
         data[split] = (
             M.to_unit_float(crops_u8[split], size),
@@ -155,7 +164,9 @@ def main() -> None:
     ):
         model, result = train_autoencoder(*data["train"], *data["val"], params)
         result["val_corruption_auroc"] = corruption_auroc(
-            model, crops_u8["val"], data["val"][1], result["latent"], params
+            anomaly_scorer(model, data["val"][1], result["latent"], params),
+            crops_u8["val"],
+            params,
         )
         config = {
             "kind": "autoencoder",
@@ -180,6 +191,17 @@ def main() -> None:
             "epoch_times_s": times,
         }
         tracking.log_metrics({k: v for k, v in report.items() if not isinstance(v, list)})
+        # A champion evaluated on other crops is scored again on these val crops (its own
+        # predictor, conditioned on the same planes); val MSE is not re-scored.
+        rescore = (
+            (
+                lambda champion: corruption_auroc(
+                    lambda x: champion.anomaly_scores(x, planes_val), crops_u8["val"], params
+                )
+            )
+            if params["promote_metric"] == "val_corruption_auroc"
+            else None
+        )
         decision = M.publish(
             root / MODEL_DIR,
             LOADER,
@@ -189,6 +211,7 @@ def main() -> None:
             params["promote_margin"],
             [root / CROPS, root / MANIFEST],
             {"params": params, **crop_params},
+            rescore=rescore,
         )
     write_json(root / REPORT, report)
     log.info(

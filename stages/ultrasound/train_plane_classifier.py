@@ -139,12 +139,11 @@ def _result(
     params: dict[str, Any],
     stopped: bool,
 ) -> tuple[Any, dict[str, Any]]:
-    prob = M.predict_planes(model, x_val, params["tta"])
-    val_acc = float(np.mean(prob.argmax(1) == y_val)) if len(y_val) else float("nan")
+    scores = M.plane_scores(M.predict_planes(model, x_val, params["tta"]), y_val)
     # The epoch whose weights are kept: the lowest val loss with early stopping, else the last.
     best = int(np.argmin(history["val_loss"])) + 1 if stopped else len(times)
     return model, {
-        "val_accuracy": val_acc,
+        **scores,
         "best_epoch": best,
         "epochs_run": len(times),
         "n_train": len(x_train),
@@ -162,10 +161,11 @@ def main() -> None:
     manifest = pd.read_csv(root / MANIFEST)
     with np.load(root / CROPS) as z:
         names, images = z["names"], z["images"]
-    data = {}
+    data, crops_u8 = {}, {}
     for split in ("train", "val"):
         rows = M.brain_rows(manifest, split)
-        x = M.to_unit_float(M.crops_for(rows, names, images), params["input_size"])
+        crops_u8[split] = M.crops_for(rows, names, images)
+        x = M.to_unit_float(crops_u8[split], params["input_size"])
         data[split] = (x, rows["brain_plane"].map(M.PLANES.index).to_numpy(dtype=int))
     with tracking.run(
         "us-plane-classifier",
@@ -187,7 +187,15 @@ def main() -> None:
             M.bundle_segmenter(tmp, crop_params["segment_us"], root / SEGMENTER)
         times = result["epoch_times_s"]
         report = {
-            k: result[k] for k in ("val_accuracy", "best_epoch", "epochs_run", "n_train", "n_val")
+            k: result[k]
+            for k in (
+                "val_accuracy",
+                "val_log_loss_neg",
+                "best_epoch",
+                "epochs_run",
+                "n_train",
+                "n_val",
+            )
         }
         report |= {"epoch_time_s_mean": float(np.mean(times)), "train_time_s": float(sum(times))}
         tracking.log_metrics(report)
@@ -197,11 +205,15 @@ def main() -> None:
             root / MODEL_DIR,
             LOADER,
             params["registered_name"],
-            {"val_accuracy": report["val_accuracy"]},
+            {k: report[k] for k in ("val_accuracy", "val_log_loss_neg")},
             params["promote_metric"],
             params["promote_margin"],
             [root / CROPS, root / MANIFEST],
             {"params": params, **crop_params},
+            # a champion evaluated on other crops is scored again on these val crops
+            rescore=lambda champion: M.plane_scores(
+                champion.proba(crops_u8["val"]), data["val"][1]
+            )[params["promote_metric"]],
         )
     write_json(root / REPORT, report)
     log.info(

@@ -44,3 +44,29 @@ def test_compare_models_unknown_name_fails_clearly(capsys):
     assert registry.main(["no-such-model"]) == 1
     err = capsys.readouterr().err
     assert "no-such-model" in err and "cannot read" in err
+
+
+def test_champion_on_other_data_is_rescored_before_the_comparison(tmp_path: Path):
+    """A champion tagged on old evaluation data is scored again on the challenger's data."""
+    with tracking.run("registry-test", "baseline", params={}):
+        uri = log_baseline_model(str(tmp_path / "config.json"))
+    v1 = tracking.register_model(uri, "rescore-model", {"acc": 0.9, "eval_data_hash": "old"}, "k1")
+    assert tracking.promote_if_better("rescore-model", v1, "acc", 0.0).promoted
+    v2 = tracking.register_model(uri, "rescore-model", {"acc": 0.8, "eval_data_hash": "new"}, "k2")
+    # by the tags alone the old champion wins: 0.9 measured on other crops
+    assert not tracking.decide_promotion("rescore-model", v2, "acc", 0.0).promoted
+    asked: list[str] = []
+
+    def rescore(model_uri: str) -> float:
+        asked.append(model_uri)
+        return 0.7  # the champion on the new evaluation data
+
+    decision = tracking.promote_if_better("rescore-model", v2, "acc", 0.0, rescore=rescore)
+    assert asked == [f"models:/rescore-model/{v1}"]
+    assert decision.promoted and decision.champion_value == 0.7
+    assert "re-scored" in decision.reason
+    assert tracking.alias_version("rescore-model", tracking.CHAMPION) == v2
+    # same evaluation data: the tags are compared and nothing is re-scored
+    v3 = tracking.register_model(uri, "rescore-model", {"acc": 0.79, "eval_data_hash": "new"}, "k3")
+    assert not tracking.promote_if_better("rescore-model", v3, "acc", 0.0, rescore=rescore).promoted
+    assert len(asked) == 1

@@ -93,17 +93,17 @@ def test_autoencoder_reconstructs_heads_better_than_blank_or_noise(heads) -> Non
     # The promotion metric: held-out heads against their corrupted copies (noise, blank,
     # inverted are easy; a 30 % occlusion is not), and a model that has not learnt heads
     # (one epoch at a tiny step) separates them worse.
-    from stages.ultrasound.train_autoencoder import corruption_auroc
+    from stages.ultrasound.train_autoencoder import anomaly_scorer, corruption_auroc
 
     p = params | {
         "anomaly_score": "normalised_mse",
         "val_corruption": {"occlusion_frac": 0.3, "noise_std": 0.2},
     }
-    good = corruption_auroc(model, heads["x_te"], p_te, {}, p)
+    good = corruption_auroc(anomaly_scorer(model, p_te, {}, p), heads["x_te"], p)
     untrained, _ = train_autoencoder(
         x_tr, p_tr, x_te, p_te, params | {"epochs": 1, "learning_rate": 1e-6}
     )
-    poor = corruption_auroc(untrained, heads["x_te"], p_te, {}, p)
+    poor = corruption_auroc(anomaly_scorer(untrained, p_te, {}, p), heads["x_te"], p)
     assert 0.8 <= good <= 1.0
     assert good > poor, (good, poor)
 
