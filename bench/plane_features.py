@@ -87,20 +87,23 @@ def grouped_cv_accuracy(
 ) -> dict[float, float]:
     """Pooled held-out accuracy per ``C`` over ``repeats`` x ``folds`` patient-grouped folds."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedGroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
+    from stages.common.splits import stratified_folds
 
     feats = fn(x)
     hits = dict.fromkeys(cs, 0)
     for seed in range(repeats):
-        cv = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
-        for tr, te in cv.split(feats, y, groups):
+        fold_of = stratified_folds(list(range(len(y))), y, folds, seed, groups=groups)
+        for k in range(folds):
+            tr, te = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
+            f_tr, y_tr = feats[tr], y[tr]
             if n_augment:
+                # augmented_copies returns the originals first: only the copies are new features
                 xa = M.augmented_copies(x[tr], n_augment, augment, seed)
-                f_tr, y_tr = fn(xa), np.tile(y[tr], len(xa) // len(tr))
-            else:
-                f_tr, y_tr = feats[tr], y[tr]
+                f_tr = np.concatenate([f_tr, fn(xa[len(tr) :])])
+                y_tr = np.tile(y[tr], len(xa) // len(tr))
             for c in cs:
                 clf = make_pipeline(
                     StandardScaler(),

@@ -37,21 +37,15 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from bench.ultrasound import time_scorer
+from bench.ultrasound import _enhance_segment, time_scorer
 from stages.common.params import load_params
+from stages.ultrasound.segment import HC18_N_TUNE, hc18_summary
 
 ROOT = Path(__file__).resolve().parents[1]
-N_TUNE = 100  # the first 100 HC18 images by name: the settings were tuned on them
 
 
 def _mirror() -> Path:
     return Path(os.environ.get("FETAL_MIRROR", ROOT.parent / "shared" / "data")).resolve()
-
-
-def _segmenter(folder: str) -> Any:
-    from stages.ultrasound.segment import load_segmenter
-
-    return load_segmenter(folder) if folder else None
 
 
 def score_hc18(item: tuple[str, str, float, float, str], pe: dict[str, Any], ps: dict[str, Any]):
@@ -61,25 +55,17 @@ def score_hc18(item: tuple[str, str, float, float, str], pe: dict[str, Any], ps:
     """
     from stages.ultrasound.enhance import enhance_image
     from stages.ultrasound.imaging import dice, read_image
-    from stages.ultrasound.segment import segment_image, truth_mask
+    from stages.ultrasound.segment import load_segmenter, segment_image, truth_mask
 
     img_path, ann_path, pixel_mm, hc_true_mm, unet_dir = item
     img = read_image(img_path)
-    unet = _segmenter(unet_dir)  # loaded once per process, before the clock starts
+    unet = load_segmenter(unet_dir)  # loaded once per process, before the clock starts
     t0 = time.perf_counter()
     seg = segment_image(enhance_image(img, pe), ps, unet)
     seconds = time.perf_counter() - t0
     truth, _, _ = truth_mask(read_image(ann_path))
     hc_mm = seg.hc_px() * pixel_mm if seg.ok else float("nan")
     return dice(seg.cranium, truth), hc_mm, hc_true_mm, seconds
-
-
-def _enhance_segment(path: str, pe: dict[str, Any], ps: dict[str, Any], unet_dir: str) -> bool:
-    from stages.ultrasound.enhance import enhance_image
-    from stages.ultrasound.imaging import read_image
-    from stages.ultrasound.segment import segment_image
-
-    return segment_image(enhance_image(read_image(path), pe), ps, _segmenter(unet_dir)).ok
 
 
 def throughput(
@@ -168,11 +154,12 @@ def hc18_table(per_image: pd.DataFrame) -> str:
         "all": per_image,
     }
     for label, d in halves.items():
-        err = d["hc_err_mm"].fillna(np.inf)  # no ellipse counts as an unbounded error
+        # the stages' summary: an image without an ellipse costs its whole circumference
+        s = hc18_summary(d["dice"], d["hc_mm"] - d["hc_true_mm"], d["hc_true_mm"])
         rows.append(
-            f"| {label} | {len(d)} | {d['dice'].mean():.3f} | {d['dice'].median():.3f} "
-            f"| {err.mean():.2f} | {err.median():.2f} | {int((d['dice'] < 0.9).sum())} "
-            f"| {d['seconds'].mean():.3f} |"
+            f"| {label} | {len(d)} | {s['dice_mean']:.3f} | {s['dice_median']:.3f} "
+            f"| {s['hc_error_mm_mean']:.2f} | {s['hc_error_mm_median']:.2f} "
+            f"| {int((d['dice'] < 0.9).sum())} | {d['seconds'].mean():.3f} |"
         )
     return "\n".join(rows)
 
@@ -213,15 +200,16 @@ def main(argv: list[str] | None = None) -> int:
         section, name = key.split(".", 1)
         sections[section][name] = yaml.safe_load(value)
     pe, ps = sections["enhance_us"], sections["segment_us"]
-    from stages.ultrasound.segment import SEGMENTER_FOLDS, SEGMENTER_MODELS, segmenter_folder
+    from stages.ultrasound.segment import (
+        SEGMENTER_FOLDS,
+        SEGMENTER_MODELS,
+        read_segmenter_folds,
+        segmenter_folder,
+    )
 
     uses_unet = ps.get("method") == "unet"
     models = args.segmenter_root / SEGMENTER_MODELS
-    folds = (
-        dict(pd.read_csv(args.segmenter_root / SEGMENTER_FOLDS)[["image", "fold"]].values)
-        if uses_unet
-        else {}
-    )
+    folds = read_segmenter_folds(args.segmenter_root / SEGMENTER_FOLDS) if uses_unet else {}
 
     def unet_dir(dataset: str, name: str) -> str:
         return str(segmenter_folder(dataset, name, folds, models)) if uses_unet else ""
@@ -234,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         csv = pd.read_csv(mirror / "hc18/pixel_size_and_HC.csv")
         csv.columns = ["file", "pixel_mm", "hc_mm"]
         csv = csv.sort_values("file").reset_index(drop=True)
-        csv["tune"] = csv.index < N_TUNE
+        csv["tune"] = csv.index < HC18_N_TUNE  # the classical settings were tuned on these
         if args.limit:
             csv = csv.iloc[:: args.limit]
         img_dir = mirror / "hc18/images"

@@ -40,18 +40,17 @@ def _enhance_segment(path: str, pe: dict[str, Any], ps: dict[str, Any], unet_dir
     from stages.ultrasound.imaging import read_image
     from stages.ultrasound.segment import load_segmenter, segment_image
 
-    unet = load_segmenter(unet_dir) if unet_dir else None
-    return segment_image(enhance_image(read_image(path), pe), ps, unet).ok
+    return segment_image(enhance_image(read_image(path), pe), ps, load_segmenter(unet_dir)).ok
 
 
 def throughput(paths: list[str], n_workers: int) -> float:
     """Images per second of enhance + segment over ``paths`` on ``n_workers`` Dask workers
     (method ``unet``: the final segmenter of ``data/models/us/segmenter``)."""
     from stages.common.parallel import dask_client, map_images
-    from stages.ultrasound.segment import SEGMENTER_MODELS
+    from stages.ultrasound.segment import FINAL_SEGMENTER
 
     ps = load_params("segment_us")
-    unet_dir = str(project_root() / SEGMENTER_MODELS / "final") if ps["method"] == "unet" else ""
+    unet_dir = str(project_root() / FINAL_SEGMENTER) if ps["method"] == "unet" else ""
     func = functools.partial(
         _enhance_segment, pe=load_params("enhance_us"), ps=ps, unet_dir=unet_dir
     )

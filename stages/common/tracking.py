@@ -232,6 +232,12 @@ def load_model(uri: str) -> Any:
     return _mlflow().pyfunc.load_model(uri)
 
 
+def load_predictor(uri: str) -> Any:
+    """The project's own predictor inside a registered pyfunc (``_predictor`` of the wrapper
+    :func:`log_predictor_model` logs), to score arrays without DataFrames."""
+    return load_model(uri).unwrap_python_model()._predictor
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -342,10 +348,11 @@ def decide_promotion(
 
     ``require_same_data``: a challenger evaluated on other data than the champion
     (``eval_data_hash`` tags differ) is not comparable, so it is not promoted.
-    ``rescore``: when the data differ, ``rescore(champion model URI)`` computes the champion's
-    ``metric`` on the challenger's evaluation data, and that value is compared instead of the
-    champion's tag (the stage knows how to score any version of its model; a tag measured on
-    other data is not a fair opponent).
+    ``rescore``: when the data differ (or the champion lacks ``metric``),
+    ``rescore(champion model URI)`` computes the champion's ``metric`` on the challenger's
+    evaluation data, and that value is compared instead of the champion's tag (the stage knows
+    how to score any version of its model; a tag measured on other data is not a fair
+    opponent). If re-scoring fails or gives NaN, the champion is kept and the reason says why.
     """
     c = client()
     challenger = c.get_model_version(name, version)
@@ -372,9 +379,28 @@ def decide_promotion(
         )
     same = challenger.tags.get("eval_data_hash") == champ.tags.get("eval_data_hash")
     rescored = ""
-    if not same and rescore is not None:
-        champ_value = float(rescore(f"models:/{name}/{champ.version}"))
-        same = True
+    # Re-score when the champion's figure was measured on other data, or is missing (a new
+    # promotion metric): a NaN champion value would otherwise promote anything.
+    if rescore is not None and (not same or champ_value != champ_value):
+        try:
+            rescored_value, why = float(rescore(f"models:/{name}/{champ.version}")), ""
+        except Exception as exc:  # a registry glitch or a scorer bug must not move the alias
+            rescored_value, why = float("nan"), f"{type(exc).__name__}: {exc}"
+        if rescored_value != rescored_value:
+            return Decision(
+                name,
+                version,
+                str(champ.version),
+                metric,
+                value,
+                champ_value,
+                margin,
+                False,
+                f"champion v{champ.version} could not be re-scored on this evaluation data "
+                f"({why or 'NaN'}): champion kept",
+                False,
+            )
+        champ_value, same = rescored_value, True
         rescored = f"champion v{champ.version} re-scored on this evaluation data: "
     gain = value - champ_value if higher_is_better else champ_value - value
     if require_same_data and not same:

@@ -25,6 +25,7 @@ from stages.common.io import write_csv, write_json
 from stages.common.params import load_params, project_root
 from stages.ultrasound import models as M
 from stages.ultrasound.score import AutoencoderPredictor, PlanePredictor
+from stages.ultrasound.segment import hc18_summary
 
 log = logging.getLogger(__name__)
 
@@ -86,21 +87,21 @@ def plane_report(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[dict[str, floa
 
 
 def segmentation_report(seg: pd.DataFrame) -> dict[str, float]:
-    """HC18 Dice / HC error and the share of FETAL_PLANES images with a skull found."""
+    """HC18 Dice / HC error (:func:`segment.hc18_summary`: an image without an ellipse costs
+    its whole circumference) and the share of FETAL_PLANES images with a skull found."""
     hc = seg[seg["dataset"].eq("hc18")]
     fp = seg[seg["dataset"].eq("fetal_planes")]
-    err = hc["hc_error_mm"].astype(float) if "hc_error_mm" in hc else pd.Series(dtype=float)
+    col = lambda c: hc.get(c, pd.Series(np.nan, index=hc.index))  # noqa: E731 (no HC18 rows)
+    summ = hc18_summary(col("dice"), col("hc_signed_error_mm"), col("hc_true_mm"))
     return {
         "hc18_n": len(hc),
         "hc18_seg_ok_rate": float(hc["ok"].astype(bool).mean()) if len(hc) else float("nan"),
-        "hc18_dice_mean": float(hc["dice"].astype(float).mean()) if len(hc) else float("nan"),
-        "hc18_dice_median": float(hc["dice"].astype(float).median()) if len(hc) else float("nan"),
-        "hc18_hc_abs_error_mm_mean": float(err.abs().mean()),
-        "hc18_hc_abs_error_mm_median": float(err.abs().median()),
+        "hc18_dice_mean": summ["dice_mean"],
+        "hc18_dice_median": summ["dice_median"],
+        "hc18_hc_abs_error_mm_mean": summ["hc_error_mm_mean"],
+        "hc18_hc_abs_error_mm_median": summ["hc_error_mm_median"],
         # measured - sonographer: a systematic over- or under-estimate shows here
-        "hc18_hc_signed_error_mm_mean": float(hc["hc_signed_error_mm"].astype(float).mean())
-        if "hc_signed_error_mm" in hc
-        else float("nan"),
+        "hc18_hc_signed_error_mm_mean": summ["hc_error_mm_signed_mean"],
         "fetal_planes_seg_ok_rate": float(fp["ok"].astype(bool).mean())
         if len(fp)
         else float("nan"),

@@ -846,7 +846,8 @@ def publish(
     ``key_parts`` (the params), so a rerun after a crash reuses the version. A champion whose
     ``eval_data_hash`` differs (the crops changed: new segmentation, enhancement or split) is
     loaded from the registry and ``rescore(its predictor)`` gives its ``promote_metric`` on this
-    run's evaluation data. Returns the promotion decision as a dict.
+    run's evaluation data (the crops of the current pipeline: the champion is judged on this
+    run's inputs, not through its own bundled segmenter). Returns the promotion decision.
     """
     import hashlib
 
@@ -868,19 +869,8 @@ def publish(
     version = tracking.register_model(uri, registered_name, tags, idempotency_key=key)
 
     def champion_score(model_uri: str) -> float:
-        try:
-            predictor = tracking.load_model(model_uri).unwrap_python_model()._predictor
-            return float(rescore(predictor))
-        except Exception as exc:  # a champion that cannot be loaded or scored cannot serve
-            import logging
-
-            logging.getLogger(__name__).warning(
-                "could not re-score %s (%s: %s): it counts as unscored",
-                model_uri,
-                type(exc).__name__,
-                exc,
-            )
-            return float("nan")
+        # errors propagate: decide_promotion keeps the champion and says why
+        return float(rescore(tracking.load_predictor(model_uri)))
 
     decision = tracking.promote_if_better(
         registered_name,

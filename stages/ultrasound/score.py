@@ -215,8 +215,7 @@ def resolve_predictor(uri: str | None, registered_name: str, local_dir: Path) ->
         )
     target = uri or tracking.champion_uri(registered_name)
     try:
-        # The pyfunc wraps our own predictor; unwrap it to score arrays without DataFrames.
-        return tracking.load_model(target).unwrap_python_model()._predictor
+        return tracking.load_predictor(target)
     except Exception as exc:
         if uri or not (local_dir / M.MODEL_FILE).is_file():
             raise

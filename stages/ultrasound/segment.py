@@ -39,7 +39,7 @@ import functools
 import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -762,11 +762,21 @@ class HeadSegmenter:
         self.input_hw = (int(self.config["input_height"]), int(self.config["input_width"]))
 
     def probability(self, img_u8: np.ndarray) -> np.ndarray:
-        from stages.ultrasound.imaging import resize_to_shape
         from stages.ultrasound.models import predict_masks
 
-        x = resize_to_shape(np.asarray(img_u8, np.float64) / 255.0, self.input_hw)
-        return predict_masks(self.model, np.clip(x, 0, 1).astype(np.float32)[None, ..., None])[0]
+        return predict_masks(self.model, to_input(img_u8, self.input_hw)[None, ..., None])[0]
+
+
+def to_input(img_u8: np.ndarray, input_hw: Sequence[int]) -> np.ndarray:
+    """uint8 image (rows, cols) -> the U-Net's float32 (H, W) input in [0, 1].
+
+    Anti-aliased (area-like) resize. Training (``train_segmenter_us``) and inference
+    (:meth:`HeadSegmenter.probability`) both call this, so they cannot drift apart.
+    """
+    from stages.ultrasound.imaging import resize_to_shape
+
+    x = resize_to_shape(np.asarray(img_u8, np.float64) / 255.0, tuple(input_hw))
+    return np.clip(x, 0.0, 1.0).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=16)
@@ -774,10 +784,11 @@ def _cached_segmenter(folder: str) -> HeadSegmenter:
     return HeadSegmenter(folder)
 
 
-def load_segmenter(folder: str | Path) -> HeadSegmenter:
+def load_segmenter(folder: str | Path | None) -> HeadSegmenter | None:
     """The :class:`HeadSegmenter` of ``folder``, loaded once per process (Dask workers segment
-    many images with the same few fold models)."""
-    return _cached_segmenter(str(Path(folder).resolve()))
+    many images with the same few fold models); ``None`` for no folder ("" or None: the
+    methods without a U-Net)."""
+    return _cached_segmenter(str(Path(folder).resolve())) if folder else None
 
 
 def _unet(
@@ -996,9 +1007,27 @@ def truth_mask(outline: np.ndarray) -> tuple[np.ndarray, Ellipse | None, bool]:
 # --------------------------------------------------------------------------- stage
 
 
-# where train_segmenter_us writes its fold manifest and models (deps of segment_us in dvc.yaml)
+# Where train_segmenter_us writes its fold manifest and models (deps of segment_us in dvc.yaml);
+# the writer and every reader (this stage, the model bundles, score-us, the benches) use these.
 SEGMENTER_FOLDS = Path("data/processed/us/segmenter_folds.csv")
 SEGMENTER_MODELS = Path("data/models/us/segmenter")
+SEGMENTER_FINAL = "final"
+FINAL_SEGMENTER = SEGMENTER_MODELS / SEGMENTER_FINAL
+# HC18 names run from small to big heads; the classical settings were tuned on the first 100
+HC18_N_TUNE = 100
+
+
+def fold_dir(fold: int) -> str:
+    """Sub-folder of :data:`SEGMENTER_MODELS` holding the model trained without ``fold``."""
+    return f"fold_{int(fold)}"
+
+
+def read_segmenter_folds(path: str | Path) -> dict[str, int]:
+    """The fold manifest as image name -> fold (names kept as strings: ``"000_HC"``)."""
+    import pandas as pd
+
+    folds = pd.read_csv(path, dtype={"image": str})
+    return {str(k): int(v) for k, v in zip(folds["image"], folds["fold"], strict=True)}
 
 
 def segmenter_folder(dataset: str, name: str, folds: dict[str, int], models: Path) -> Path:
@@ -1009,8 +1038,36 @@ def segmenter_folder(dataset: str, name: str, folds: dict[str, int], models: Pat
     segmenter never trained on) gets the ``final`` model trained on every HC18 image.
     """
     if dataset == "hc18" and name in folds:
-        return models / f"fold_{int(folds[name])}"
-    return models / "final"
+        return models / fold_dir(folds[name])
+    return models / SEGMENTER_FINAL
+
+
+def hc18_summary(
+    dice: Sequence[float], signed_error_mm: Sequence[float], hc_true_mm: Sequence[float]
+) -> dict[str, float]:
+    """Dice and head-circumference error (mean, median, signed mean) of HC18 images.
+
+    An image without an ellipse (signed error NaN) keeps its Dice (0 for an empty mask) and
+    counts as an error of its whole circumference, as if 0 mm were measured: a failure must
+    cost, and the figures stay finite for JSON and the registry tags. ``train_segmenter_us``,
+    ``segment_us`` and ``evaluate_us`` all summarise with this, so their figures agree.
+    """
+    d = np.asarray(dice, dtype=float)
+    signed = np.asarray(signed_error_mm, dtype=float)
+    missing = np.isnan(signed)
+    err = np.where(missing, np.asarray(hc_true_mm, dtype=float), np.abs(signed))
+
+    def stat(fn: Callable[[np.ndarray], Any], a: np.ndarray) -> float:
+        return float(fn(a)) if len(a) else float("nan")
+
+    return {
+        "dice_mean": stat(np.mean, d),
+        "dice_median": stat(np.median, d),
+        "hc_error_mm_mean": stat(np.mean, err),
+        "hc_error_mm_median": stat(np.median, err),
+        "hc_error_mm_signed_mean": stat(np.mean, signed[~missing]),
+        "n_no_ellipse": int(missing.sum()),
+    }
 
 
 def _segment_item(
@@ -1024,7 +1081,7 @@ def _segment_item(
 
     dataset, name, locator, ann_path, pixel_mm, hc_true_mm, unet_dir = item
     img = load_item(locator)
-    seg = segment_image(img, params, load_segmenter(unet_dir) if unet_dir else None)
+    seg = segment_image(img, params, load_segmenter(unet_dir))
     crop = brain_crop(img, seg, int(params["crop_size"]))
     row: dict[str, Any] = {
         "dataset": dataset,
@@ -1050,23 +1107,14 @@ def _segment_item(
 
 
 def half_summaries(hc: pd.DataFrame) -> dict[str, float]:
-    """Dice and |HC error| (mean, median) of the first and second half of HC18 by name.
-
-    HC18 names run from small to big heads: the first hundred of the mirror are the half the
-    classical settings were tuned on, the last hundred (the big heads) were held out.
-    An image without an ellipse counts as an unbounded error.
-    """
+    """:func:`hc18_summary` of the HC18 images the classical settings were tuned on (the
+    first :data:`HC18_N_TUNE` by name: ``tune_*``) and of the rest (held out: ``heldout_*``)."""
     d = hc.sort_values("image").reset_index(drop=True)
-    half = len(d) // 2
     out: dict[str, float] = {}
-    for label, part in (("first_half", d.iloc[:half]), ("second_half", d.iloc[half:])):
-        err = part["hc_error_mm"].astype(float).fillna(np.inf)
-        out |= {
-            f"{label}_dice_mean": float(part["dice"].mean()),
-            f"{label}_dice_median": float(part["dice"].median()),
-            f"{label}_hc_error_mm_mean": float(err.mean()),
-            f"{label}_hc_error_mm_median": float(err.median()),
-        }
+    for label, part in (("tune", d.iloc[:HC18_N_TUNE]), ("heldout", d.iloc[HC18_N_TUNE:])):
+        if len(part):
+            summ = hc18_summary(part["dice"], part["hc_signed_error_mm"], part["hc_true_mm"])
+            out |= {f"{label}_{k}": v for k, v in summ.items()}
     return out
 
 
@@ -1112,11 +1160,7 @@ def main() -> None:
     hc_csv = pd.read_csv(root / "data/raw/hc18/pixel_size_and_HC.csv")
     hc_info = {str(f)[:-4]: (float(px), float(hc)) for f, px, hc in hc_csv.itertuples(index=False)}
     uses_unet = p["method"] == "unet"
-    folds = (
-        dict(pd.read_csv(root / SEGMENTER_FOLDS, dtype={"image": str})[["image", "fold"]].values)
-        if uses_unet
-        else {}
-    )
+    folds = read_segmenter_folds(root / SEGMENTER_FOLDS) if uses_unet else {}
     items = []
     for dataset in ("fetal_planes", "hc18"):
         for name, loc in store_items(enhanced / dataset):
@@ -1160,10 +1204,13 @@ def main() -> None:
             "n_failed": len(failures),
             "failures": failures,
             "n_no_ellipse": int((~df["ok"]).sum()),
-            "dice_mean": float(hc["dice"].mean()),
-            "dice_median": float(hc["dice"].median()),
-            "hc_error_mm_mean": float(hc["hc_error_mm"].mean()),
-            "hc_error_mm_median": float(hc["hc_error_mm"].median()),
+            **{
+                k: v
+                for k, v in hc18_summary(
+                    hc["dice"], hc["hc_signed_error_mm"], hc["hc_true_mm"]
+                ).items()
+                if k != "n_no_ellipse"  # the count above covers both datasets
+            },
             **half_summaries(hc),
             # method unet: each HC18 image by the fold model that never saw it (out-of-fold)
             "hc18_out_of_fold": bool(uses_unet),

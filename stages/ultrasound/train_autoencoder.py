@@ -24,6 +24,7 @@ from stages.common import metrics, tracking
 from stages.common.io import atomic_dir, write_json
 from stages.common.params import load_params, project_root
 from stages.ultrasound import models as M
+from stages.ultrasound.segment import FINAL_SEGMENTER
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ CROPS = Path("data/processed/us/crops.npz")
 MANIFEST = Path("data/processed/us/planes_manifest.csv")
 MODEL_DIR = Path("data/models/us/autoencoder")
 REPORT = Path("data/reports/train_autoencoder_us.json")
-SEGMENTER = Path("data/models/us/segmenter/final")
+SEGMENTER = FINAL_SEGMENTER  # bundled: new images are cropped as the training images were
 LOADER = "stages.ultrasound.score:load_autoencoder_predictor"
 
 

@@ -37,21 +37,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stages.ultrasound.segment import (
+    SEGMENTER_FINAL,
+    SEGMENTER_FOLDS,
+    SEGMENTER_MODELS,
+    fold_dir,
+    hc18_summary,
+    to_input,
+)
+
 log = logging.getLogger(__name__)
 
 ENHANCED = Path("data/interim/us/enhanced/hc18")
 RAW = Path("data/raw/hc18")
-FOLDS = Path("data/processed/us/segmenter_folds.csv")
-MODEL_DIR = Path("data/models/us/segmenter")
+FOLDS = SEGMENTER_FOLDS
+MODEL_DIR = SEGMENTER_MODELS
 REPORT = Path("data/reports/train_segmenter_us.json")
 OOF = Path("data/reports/train_segmenter_us/oof.csv")
-FINAL = "final"
+FINAL = SEGMENTER_FINAL
 LOADER = "stages.ultrasound.score:load_segmenter_predictor"
-
-
-def fold_dir(fold: int) -> str:
-    """Sub-folder of :data:`MODEL_DIR` holding the model trained without ``fold``."""
-    return f"fold_{int(fold)}"
 
 
 def exam_id(name: str) -> str:
@@ -98,14 +102,6 @@ def target_mask(outline: np.ndarray, hc_mm: float, pixel_mm: float) -> np.ndarra
         return truth_mask(outline)[0]
     k = hc_mm / (float(ramanujan_perimeter(e.a, e.b)) * pixel_mm)
     return ellipse_mask(outline.shape, Ellipse(e.cx, e.cy, e.a * k, e.b * k, e.angle_rad))
-
-
-def to_input(img_u8: np.ndarray, input_hw: Sequence[int]) -> np.ndarray:
-    """uint8 image (rows, cols) -> float32 (H, W) in [0, 1], anti-aliased (area-like) resize."""
-    from stages.ultrasound.imaging import resize_to_shape
-
-    x = resize_to_shape(np.asarray(img_u8, np.float64) / 255.0, tuple(input_hw))
-    return np.clip(x, 0.0, 1.0).astype(np.float32)
 
 
 def mask_to_input(mask: np.ndarray, input_hw: Sequence[int]) -> np.ndarray:
@@ -252,22 +248,13 @@ def score_ellipses(
 
 
 def summary(oof: pd.DataFrame) -> dict[str, float]:
-    """OOF Dice and |HC error| (mean, median) of ``dice, hc_error_mm, hc_true_mm`` rows.
-
-    An image without an ellipse has Dice 0 and counts as an error of its whole circumference
-    (as if 0 mm were measured): a failure must cost, and the figures stay finite for JSON and
-    the registry tags.
-    """
-    err = oof["hc_error_mm"].abs().fillna(oof["hc_true_mm"])
-    return {
-        "oof_dice_mean": float(oof["dice"].mean()),
-        "oof_dice_median": float(oof["dice"].median()),
-        "oof_hc_error_mm_mean": float(err.mean()),
-        "oof_hc_error_mm_median": float(err.median()),
-        "oof_hc_error_mm_signed_mean": float(oof["hc_error_mm"].mean()),
-        "oof_hc_error_mm_mean_neg": -float(err.mean()),
-        "oof_n_no_ellipse": int(oof["hc_error_mm"].isna().sum()),
+    """OOF :func:`~stages.ultrasound.segment.hc18_summary` of ``dice, hc_error_mm (signed),
+    hc_true_mm`` rows, ``oof_``-prefixed, with the promotion metric ``oof_hc_error_mm_mean_neg``."""
+    out = {
+        f"oof_{k}": v
+        for k, v in hc18_summary(oof["dice"], oof["hc_error_mm"], oof["hc_true_mm"]).items()
     }
+    return out | {"oof_hc_error_mm_mean_neg": -out["oof_hc_error_mm_mean"]}
 
 
 def model_config(

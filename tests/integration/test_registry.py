@@ -70,3 +70,39 @@ def test_champion_on_other_data_is_rescored_before_the_comparison(tmp_path: Path
     v3 = tracking.register_model(uri, "rescore-model", {"acc": 0.79, "eval_data_hash": "new"}, "k3")
     assert not tracking.promote_if_better("rescore-model", v3, "acc", 0.0, rescore=rescore).promoted
     assert len(asked) == 1
+
+
+def test_a_champion_that_cannot_be_rescored_is_kept(tmp_path: Path):
+    """A failing or NaN re-score must not promote the challenger (NaN compares as 'better')."""
+    with tracking.run("registry-test", "baseline", params={}):
+        uri = log_baseline_model(str(tmp_path / "config.json"))
+    v1 = tracking.register_model(uri, "norescore", {"acc": 0.5, "eval_data_hash": "old"}, "n1")
+    assert tracking.promote_if_better("norescore", v1, "acc", 0.0).promoted
+    v2 = tracking.register_model(uri, "norescore", {"acc": 0.99, "eval_data_hash": "new"}, "n2")
+
+    def broken(model_uri: str) -> float:
+        raise OSError("registry unreachable")
+
+    for rescore in (broken, lambda _uri: float("nan")):
+        decision = tracking.promote_if_better("norescore", v2, "acc", 0.0, rescore=rescore)
+        assert not decision.promoted and decision.same_data is False
+        assert "could not be re-scored" in decision.reason
+        assert tracking.alias_version("norescore", tracking.CHAMPION) == v1
+    assert (
+        "registry unreachable"
+        in tracking.decide_promotion("norescore", v2, "acc", 0.0, rescore=broken).reason
+    )
+
+
+def test_a_champion_without_the_metric_is_rescored(tmp_path: Path):
+    """A new promotion metric: the champion has no tag for it, so it is scored, not skipped."""
+    with tracking.run("registry-test", "baseline", params={}):
+        uri = log_baseline_model(str(tmp_path / "config.json"))
+    v1 = tracking.register_model(uri, "newmetric", {"acc": 0.5, "eval_data_hash": "h"}, "m1")
+    assert tracking.promote_if_better("newmetric", v1, "acc", 0.0).promoted
+    v2 = tracking.register_model(
+        uri, "newmetric", {"acc": 0.5, "loss_neg": -0.9, "eval_data_hash": "h"}, "m2"
+    )
+    decision = tracking.promote_if_better("newmetric", v2, "loss_neg", 0.0, rescore=lambda u: -0.5)
+    assert not decision.promoted and decision.champion_value == -0.5
+    assert tracking.alias_version("newmetric", tracking.CHAMPION) == v1

@@ -199,3 +199,15 @@ def test_training_is_seeded():
     first = weights(7)
     assert np.array_equal(first, weights(7))
     assert not np.allclose(first, weights(8))
+
+
+def test_hc18_summary_charges_a_missing_ellipse_its_whole_circumference():
+    """Known answer: errors 1 and 3 mm plus one image without an ellipse (true HC 100 mm)."""
+    from stages.ultrasound.segment import hc18_summary
+
+    s = hc18_summary([0.9, 0.95, 0.0], [1.0, -3.0, np.nan], [150.0, 160.0, 100.0])
+    assert s["hc_error_mm_mean"] == pytest.approx((1 + 3 + 100) / 3)
+    assert s["hc_error_mm_median"] == pytest.approx(3.0)
+    assert s["hc_error_mm_signed_mean"] == pytest.approx(-1.0)  # over the found ellipses
+    assert s["dice_mean"] == pytest.approx(1.85 / 3) and s["n_no_ellipse"] == 1
+    assert all(np.isfinite(v) for v in s.values())
