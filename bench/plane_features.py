@@ -7,8 +7,9 @@ val brain crops of the current pipeline (``data/processed/us/crops.npz``, the ma
 each variant's features go through a standardised, class-balanced logistic regression
 (scikit-learn, one column per inverse L2 strength ``C``) and the table prints the pooled
 accuracy over all held-out folds and repeats. ``aug`` = augmented copies of each training crop
-(the ``train_plane_classifier_us.augment`` transforms), features of the held-out crops are
-never augmented.
+(the ``train_plane_classifier_us.augment`` transforms, random) or ``mirror`` (one left-right
+mirror of each training crop, nothing random); features of the held-out crops are never
+augmented.
 
 This is a screening tool, not the stage: the stage's own read-out is a Keras softmax layer
 (``train_plane_classifier_us``), and its figure is the one in ``evaluate_us.json``. With ~134
@@ -74,13 +75,21 @@ VARIANTS: dict[str, Callable[[], Features]] = {
 }
 
 
+MIRROR = "mirror"
+
+
+def augment_arg(value: str) -> int | str:
+    """``--augment`` values: a number of random copies, or ``mirror``."""
+    return MIRROR if value == MIRROR else int(value)
+
+
 def grouped_cv_accuracy(
     fn: Features,
     x: np.ndarray,
     y: np.ndarray,
     groups: np.ndarray,
     cs: list[float],
-    n_augment: int,
+    n_augment: int | str,
     augment: dict,
     folds: int,
     repeats: int,
@@ -99,7 +108,10 @@ def grouped_cv_accuracy(
         for k in range(folds):
             tr, te = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
             f_tr, y_tr = feats[tr], y[tr]
-            if n_augment:
+            if n_augment == MIRROR:
+                f_tr = np.concatenate([f_tr, fn(np.ascontiguousarray(x[tr][:, :, ::-1]))])
+                y_tr = np.tile(y[tr], 2)
+            elif n_augment:
                 # augmented_copies returns the originals first: only the copies are new features
                 xa = M.augmented_copies(x[tr], n_augment, augment, seed)
                 f_tr = np.concatenate([f_tr, fn(xa[len(tr) :])])
@@ -118,7 +130,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--augment", type=int, nargs="+", default=[0, 3], help="copies per crop")
+    ap.add_argument(
+        "--augment",
+        type=augment_arg,
+        nargs="+",
+        default=[0, 3],
+        help="random augmented copies per training crop, or 'mirror' (one left-right mirror)",
+    )
     ap.add_argument("--c", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = ap.parse_args()

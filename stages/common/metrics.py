@@ -229,6 +229,21 @@ def accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndar
     return _ratio(float(np.sum(t == p)), t.size)
 
 
+def log_loss(y_true: Sequence[int] | np.ndarray, prob: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean cross-entropy of class probabilities ``prob`` (N, K) against class indices (N,),
+    each true-class probability clipped to [``eps``, 1] (a confident miss costs -log eps, not
+    infinity); NaN without rows."""
+    y = np.asarray(y_true, dtype=int).ravel()
+    if y.size == 0:
+        return float("nan")
+    p = np.asarray(prob, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] != y.size:
+        raise ValueError(f"prob must be (N, K) with N = {y.size} rows, got {p.shape}")
+    if y.min() < 0 or y.max() >= p.shape[1]:
+        raise ValueError(f"labels must lie in 0..{p.shape[1] - 1}")
+    return float(-np.mean(np.log(np.clip(p[np.arange(y.size), y], eps, 1.0))))
+
+
 def per_class_f1(cm: np.ndarray) -> np.ndarray:
     """F1 per class from a confusion matrix (NaN for a class never present nor predicted)."""
     tp = np.diag(cm).astype(float)

@@ -60,18 +60,12 @@ def score_part_aurocs(
     contrast, negated), so the README can say what each part contributes."""
     if ae.score_kind != "latent_ring":
         return {}
-    x_n, x_a = M.to_unit_float(normal_u8, ae.size), M.to_unit_float(abnormal_u8, ae.size)
-    lat = ae.latent
-
-    def dist(x: np.ndarray) -> np.ndarray:
-        return M.mahalanobis(M.latent_codes(ae.model, x), lat["mean"], lat["precision"])
-
-    y = np.r_[np.zeros(len(x_n)), np.ones(len(x_a))].astype(int)
+    dist_n, ring_n = M.latent_ring_parts(ae.model, M.to_unit_float(normal_u8, ae.size), ae.latent)
+    dist_a, ring_a = M.latent_ring_parts(ae.model, M.to_unit_float(abnormal_u8, ae.size), ae.latent)
+    y = np.r_[np.zeros(len(dist_n)), np.ones(len(dist_a))].astype(int)
     return {
-        "anomaly_part_latent_nonbrain_auroc": metrics.auc(y, np.r_[dist(x_n), dist(x_a)]),
-        "anomaly_part_ring_nonbrain_auroc": metrics.auc(
-            y, -np.r_[M.ring_contrast(x_n), M.ring_contrast(x_a)]
-        ),
+        "anomaly_part_latent_nonbrain_auroc": metrics.auc(y, np.r_[dist_n, dist_a]),
+        "anomaly_part_ring_nonbrain_auroc": metrics.auc(y, -np.r_[ring_n, ring_a]),
     }
 
 

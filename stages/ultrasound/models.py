@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stages.common.metrics import log_loss
 from stages.ultrasound.segment import CROP_MARGIN
 from stages.ultrasound.split_planes import image_stem
 
@@ -679,13 +680,20 @@ def _score_latent_mahalanobis(
     return mahalanobis(latent_codes(model, x), latent["mean"], latent["precision"])
 
 
-def _score_latent_ring(model: Any, x: np.ndarray, planes: np.ndarray, latent: dict) -> np.ndarray:
+def latent_ring_parts(model: Any, x: np.ndarray, latent: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The two raw parts of the ``latent_ring`` score of crops ``x`` (N, S, S, 1) in [0, 1]:
+    the Mahalanobis distance (N,) of each code to the training codes' Gaussian, and the
+    skull-ring contrast (N,) (:func:`ring_contrast`). The score and ``evaluate_us``'s per-part
+    AUROCs both read them from here."""
     dist = mahalanobis(latent_codes(model, x), latent["mean"], latent["precision"])
+    return dist, ring_contrast(x)
+
+
+def _score_latent_ring(model: Any, x: np.ndarray, planes: np.ndarray, latent: dict) -> np.ndarray:
+    dist, ring = latent_ring_parts(model, x, latent)
     z_dist = (dist - float(latent["dist_mean"])) / float(latent["dist_std"])
     # One-sided: a skull ring brighter than usual is no sign of an abnormal frame.
-    z_ring = np.maximum(
-        0.0, (float(latent["ring_mean"]) - ring_contrast(x)) / float(latent["ring_std"])
-    )
+    z_ring = np.maximum(0.0, (float(latent["ring_mean"]) - ring) / float(latent["ring_std"]))
     return (z_dist + z_ring).astype(np.float32)
 
 
@@ -894,10 +902,9 @@ def plane_scores(prob: np.ndarray, y: np.ndarray, eps: float = 1e-7) -> dict[str
     y = np.asarray(y, dtype=int)
     if len(y) == 0:
         return {"val_accuracy": float("nan"), "val_log_loss_neg": float("nan")}
-    p = np.clip(np.asarray(prob, dtype=np.float64)[np.arange(len(y)), y], eps, 1.0)
     return {
         "val_accuracy": float(np.mean(np.argmax(prob, axis=1) == y)),
-        "val_log_loss_neg": float(np.mean(np.log(p))),
+        "val_log_loss_neg": -log_loss(y, prob, eps),
     }
 
 

@@ -122,3 +122,16 @@ def test_cluster_bootstrap_accuracy_ci_resamples_patients() -> None:
     assert lo_i < 0.7 < hi_i and hi_i - lo_i < 0.25
     assert cluster_bootstrap_accuracy_ci([True] * 5, [1, 2, 3, 4, 5], 100, 0) == (1.0, 1.0)
     assert np.isnan(cluster_bootstrap_accuracy_ci([], [], 10, 0)[0])
+
+
+@pytest.mark.unit
+def test_log_loss_known_answers() -> None:
+    prob = np.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]])
+    assert M.log_loss([0, 1], prob) == pytest.approx(-(np.log(0.5) + np.log(0.8)) / 2)
+    # a confident miss costs -log(eps), not infinity
+    assert M.log_loss([2], np.array([[1.0, 0.0, 0.0]]), eps=1e-7) == pytest.approx(-np.log(1e-7))
+    assert np.isnan(M.log_loss([], np.zeros((0, 3))))
+    with pytest.raises(ValueError):
+        M.log_loss([3], prob[:1])
+    with pytest.raises(ValueError):
+        M.log_loss([0, 1, 2], prob)

@@ -112,3 +112,8 @@ def test_latent_ring_score_flags_a_crop_without_a_skull_ring() -> None:
     no_ring[:, 3:-3, 3:-3] = 0.8 * x[:, 3:-3, 3:-3].mean()
     odd = M.score_anomaly("latent_ring", model, no_ring, planes, latent)
     assert np.median(odd) > np.percentile(normal, 95)
+    # the score is the sum of its parts in training standard deviations (ring one-sided)
+    dist, ring = M.latent_ring_parts(model, no_ring, latent)
+    z = (dist - latent["dist_mean"]) / latent["dist_std"]
+    z += np.maximum(0.0, (latent["ring_mean"] - ring) / latent["ring_std"])
+    np.testing.assert_allclose(odd, z, rtol=1e-5, atol=1e-5)

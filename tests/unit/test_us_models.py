@@ -216,3 +216,15 @@ def test_corruptions_keep_shape_and_change_images() -> None:
     res = anomaly_auc(np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.6]), 50, 0)
     assert res["auroc"] == 1.0
     assert anomaly_auc(np.array([0.5, 0.6]), np.array([0.1, 0.2]), 50, 0)["auroc"] == 0.0
+
+
+@pytest.mark.unit
+def test_plane_scores_known_answers() -> None:
+    prob = np.array([[0.7, 0.2, 0.1], [0.3, 0.3, 0.4], [0.1, 0.1, 0.8]])
+    s = M.plane_scores(prob, np.array([0, 1, 2]))
+    assert s["val_accuracy"] == pytest.approx(2 / 3)
+    # promotion metric: minus the mean cross-entropy, higher is better
+    assert s["val_log_loss_neg"] == pytest.approx((np.log(0.7) + np.log(0.3) + np.log(0.8)) / 3)
+    assert M.plane_scores(prob, np.array([1, 1, 2]))["val_log_loss_neg"] < s["val_log_loss_neg"]
+    empty = M.plane_scores(np.zeros((0, 3)), np.array([], dtype=int))
+    assert np.isnan(empty["val_accuracy"]) and np.isnan(empty["val_log_loss_neg"])
