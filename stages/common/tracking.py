@@ -364,19 +364,24 @@ def decide_promotion(
     if champ is None:
         return Decision(name, version, None, metric, value, None, margin, True, "no champion yet")
     champ_value = float(champ.tags.get(metric, "nan"))
-    if str(champ.version) == str(version):
+
+    def verdict(promoted: bool, reason: str, same: bool) -> Decision:
+        # champ_value is read when called: after a re-score it is the re-scored figure
         return Decision(
             name,
             version,
-            version,
+            str(champ.version),
             metric,
             value,
             champ_value,
             margin,
-            False,
-            "challenger is already the champion",
-            True,
+            promoted,
+            reason,
+            same,
         )
+
+    if str(champ.version) == str(version):
+        return verdict(False, "challenger is already the champion", True)
     same = challenger.tags.get("eval_data_hash") == champ.tags.get("eval_data_hash")
     rescored = ""
     # Re-score when the champion's figure was measured on other data, or is missing (a new
@@ -387,14 +392,7 @@ def decide_promotion(
         except Exception as exc:  # a registry glitch or a scorer bug must not move the alias
             rescored_value, why = float("nan"), f"{type(exc).__name__}: {exc}"
         if rescored_value != rescored_value:
-            return Decision(
-                name,
-                version,
-                str(champ.version),
-                metric,
-                value,
-                champ_value,
-                margin,
+            return verdict(
                 False,
                 f"champion v{champ.version} could not be re-scored on this evaluation data "
                 f"({why or 'NaN'}): champion kept",
@@ -404,29 +402,17 @@ def decide_promotion(
         rescored = f"champion v{champ.version} re-scored on this evaluation data: "
     gain = value - champ_value if higher_is_better else champ_value - value
     if require_same_data and not same:
-        reason = (
-            f"evaluated on other data (eval_data_hash {challenger.tags.get('eval_data_hash')} vs "
-            f"{champ.tags.get('eval_data_hash')}): not comparable, champion kept"
-        )
-        return Decision(
-            name,
-            version,
-            str(champ.version),
-            metric,
-            value,
-            champ_value,
-            margin,
+        return verdict(
             False,
-            reason,
+            f"evaluated on other data (eval_data_hash {challenger.tags.get('eval_data_hash')} vs "
+            f"{champ.tags.get('eval_data_hash')}): not comparable, champion kept",
             same,
         )
     better = champ_value != champ_value or gain > margin
     if better:
-        reason = f"{rescored}{metric} better by {gain:+.4f} > margin {margin}"
-    else:
-        reason = f"{rescored}{metric} better by {gain:+.4f}, not more than margin {margin}"
-    return Decision(
-        name, version, str(champ.version), metric, value, champ_value, margin, better, reason, same
+        return verdict(True, f"{rescored}{metric} better by {gain:+.4f} > margin {margin}", same)
+    return verdict(
+        False, f"{rescored}{metric} better by {gain:+.4f}, not more than margin {margin}", same
     )
 
 

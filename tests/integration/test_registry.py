@@ -46,13 +46,24 @@ def test_compare_models_unknown_name_fails_clearly(capsys):
     assert "no-such-model" in err and "cannot read" in err
 
 
-def test_champion_on_other_data_is_rescored_before_the_comparison(tmp_path: Path):
-    """A champion tagged on old evaluation data is scored again on the challenger's data."""
+def champion_then_challenger(
+    tmp_path: Path, name: str, champion_acc: float, challenger_acc: float
+) -> tuple[str, str, str]:
+    """(model URI, v1, v2): v1 champion with ``acc`` measured on "old" evaluation data, v2
+    registered (not promoted) with ``acc`` measured on "new" data."""
     with tracking.run("registry-test", "baseline", params={}):
         uri = log_baseline_model(str(tmp_path / "config.json"))
-    v1 = tracking.register_model(uri, "rescore-model", {"acc": 0.9, "eval_data_hash": "old"}, "k1")
-    assert tracking.promote_if_better("rescore-model", v1, "acc", 0.0).promoted
-    v2 = tracking.register_model(uri, "rescore-model", {"acc": 0.8, "eval_data_hash": "new"}, "k2")
+    tags = {"eval_data_hash": "old", "acc": champion_acc}
+    v1 = tracking.register_model(uri, name, tags, f"{name}-1")
+    assert tracking.promote_if_better(name, v1, "acc", 0.0).promoted
+    tags = {"eval_data_hash": "new", "acc": challenger_acc}
+    v2 = tracking.register_model(uri, name, tags, f"{name}-2")
+    return uri, v1, v2
+
+
+def test_champion_on_other_data_is_rescored_before_the_comparison(tmp_path: Path):
+    """A champion tagged on old evaluation data is scored again on the challenger's data."""
+    uri, v1, v2 = champion_then_challenger(tmp_path, "rescore-model", 0.9, 0.8)
     # by the tags alone the old champion wins: 0.9 measured on other crops
     assert not tracking.decide_promotion("rescore-model", v2, "acc", 0.0).promoted
     asked: list[str] = []
@@ -74,11 +85,7 @@ def test_champion_on_other_data_is_rescored_before_the_comparison(tmp_path: Path
 
 def test_a_champion_that_cannot_be_rescored_is_kept(tmp_path: Path):
     """A failing or NaN re-score must not promote the challenger (NaN compares as 'better')."""
-    with tracking.run("registry-test", "baseline", params={}):
-        uri = log_baseline_model(str(tmp_path / "config.json"))
-    v1 = tracking.register_model(uri, "norescore", {"acc": 0.5, "eval_data_hash": "old"}, "n1")
-    assert tracking.promote_if_better("norescore", v1, "acc", 0.0).promoted
-    v2 = tracking.register_model(uri, "norescore", {"acc": 0.99, "eval_data_hash": "new"}, "n2")
+    _, v1, v2 = champion_then_challenger(tmp_path, "norescore", 0.5, 0.99)
 
     def broken(model_uri: str) -> float:
         raise OSError("registry unreachable")
