@@ -11,6 +11,10 @@ accuracy over all held-out folds and repeats. ``aug`` = augmented copies of each
 mirror of each training crop, nothing random); features of the held-out crops are never
 augmented.
 
+``--train-fractions`` draws a learning curve instead: each training fold keeps only that
+fraction of its patients (whole patients, drawn at random per fold and repeat; the held-out fold
+is untouched), so the table shows how held-out accuracy moves with the number of training crops.
+
 This is a screening tool, not the stage: the stage's own read-out is a Keras softmax layer
 (``train_plane_classifier_us``), and its figure is the one in ``evaluate_us.json``. With ~134
 images, a difference below ~0.04 between two rows is within the spread of the folds.
@@ -83,6 +87,23 @@ def augment_arg(value: str) -> int | str:
     return MIRROR if value == MIRROR else int(value)
 
 
+def subsample_groups(
+    index: np.ndarray, groups: np.ndarray, fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    """The items of ``index`` whose group is among a random ``fraction`` of its groups.
+
+    Whole groups (patients) are kept or dropped, never part of one; at least one group is kept.
+    ``fraction`` 1 returns ``index`` unchanged.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return index
+    ids = np.unique(groups[index])
+    keep = rng.choice(ids, size=max(1, round(fraction * len(ids))), replace=False)
+    return index[np.isin(groups[index], keep)]
+
+
 def grouped_cv_accuracy(
     fn: Features,
     x: np.ndarray,
@@ -93,8 +114,13 @@ def grouped_cv_accuracy(
     augment: dict,
     folds: int,
     repeats: int,
-) -> dict[float, float]:
-    """Pooled held-out accuracy per ``C`` over ``repeats`` x ``folds`` patient-grouped folds."""
+    train_fraction: float = 1.0,
+) -> tuple[dict[float, float], float]:
+    """Pooled held-out accuracy per ``C`` over ``repeats`` x ``folds`` patient-grouped folds.
+
+    Also returns the mean number of training crops per fold (before augmentation), which
+    ``train_fraction`` < 1 lowers by keeping that fraction of each training fold's patients.
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -103,10 +129,14 @@ def grouped_cv_accuracy(
 
     feats = fn(x)
     hits = dict.fromkeys(cs, 0)
+    n_train: list[int] = []
     for seed in range(repeats):
         fold_of = stratified_folds(list(range(len(y))), y, folds, seed, groups=groups)
         for k in range(folds):
             tr, te = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
+            rng = np.random.default_rng([seed, k])
+            tr = subsample_groups(tr, groups, train_fraction, rng)
+            n_train.append(len(tr))
             f_tr, y_tr = feats[tr], y[tr]
             if n_augment == MIRROR:
                 f_tr = np.concatenate([f_tr, fn(np.ascontiguousarray(x[tr][:, :, ::-1]))])
@@ -123,7 +153,7 @@ def grouped_cv_accuracy(
                 )
                 clf.fit(f_tr, y_tr)
                 hits[c] += int((clf.predict(feats[te]) == y[te]).sum())
-    return {c: h / (repeats * len(y)) for c, h in hits.items()}
+    return {c: h / (repeats * len(y)) for c, h in hits.items()}, float(np.mean(n_train))
 
 
 def main() -> None:
@@ -139,6 +169,13 @@ def main() -> None:
     )
     ap.add_argument("--c", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument(
+        "--train-fractions",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="learning curve: fractions of each training fold's patients to keep",
+    )
     args = ap.parse_args()
 
     params = load_params("train_plane_classifier_us")
@@ -155,17 +192,30 @@ def main() -> None:
         f"{len(y)} train+val brain crops of {len(set(groups))} patients ({counts}); "
         f"{args.folds} patient-grouped folds x {args.repeats} repeats; test split not read\n"
     )
-    print("| features | aug | dim | " + " | ".join(f"C {c:g}" for c in args.c) + " |")
-    print("|---|---:|---:|" + "---:|" * len(args.c))
+    curve = args.train_fractions != [1.0]
+    extra = "train patients | train crops | " if curve else ""
+    print("| features | aug | dim | " + extra + " | ".join(f"C {c:g}" for c in args.c) + " |")
+    print("|---|---:|---:|" + ("---:|---:|" if curve else "") + "---:|" * len(args.c))
     for name in args.variants:
         fn = VARIANTS[name]()
         dim = fn(x[:1]).shape[1]
         for n_aug in args.augment:
-            acc = grouped_cv_accuracy(
-                fn, x, y, groups, args.c, n_aug, params["augment"], args.folds, args.repeats
-            )
-            cells = " | ".join(f"{acc[c]:.3f}" for c in args.c)
-            print(f"| {name} | {n_aug} | {dim} | {cells} |", flush=True)
+            for fraction in args.train_fractions:
+                acc, n_train = grouped_cv_accuracy(
+                    fn,
+                    x,
+                    y,
+                    groups,
+                    args.c,
+                    n_aug,
+                    params["augment"],
+                    args.folds,
+                    args.repeats,
+                    fraction,
+                )
+                cells = " | ".join(f"{acc[c]:.3f}" for c in args.c)
+                lead = f"{fraction:.0%} | {n_train:.0f} | " if curve else ""
+                print(f"| {name} | {n_aug} | {dim} | {lead}{cells} |", flush=True)
 
 
 if __name__ == "__main__":
