@@ -128,6 +128,8 @@ def grouped_cv_accuracy(
     from stages.common.splits import stratified_folds
 
     feats = fn(x)
+    # The mirror is deterministic: its features are computed once, not once per fold.
+    mirrored = fn(np.ascontiguousarray(x[:, :, ::-1])) if n_augment == MIRROR else None
     hits = dict.fromkeys(cs, 0)
     n_train: list[int] = []
     for seed in range(repeats):
@@ -138,8 +140,8 @@ def grouped_cv_accuracy(
             tr = subsample_groups(tr, groups, train_fraction, rng)
             n_train.append(len(tr))
             f_tr, y_tr = feats[tr], y[tr]
-            if n_augment == MIRROR:
-                f_tr = np.concatenate([f_tr, fn(np.ascontiguousarray(x[tr][:, :, ::-1]))])
+            if mirrored is not None:
+                f_tr = np.concatenate([f_tr, mirrored[tr]])
                 y_tr = np.tile(y[tr], 2)
             elif n_augment:
                 # augmented_copies returns the originals first: only the copies are new features
