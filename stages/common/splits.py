@@ -1,14 +1,22 @@
-"""Reproducible splits: stratified K folds at item level or at group (patient) level.
+"""Reproducible splits: stratified K folds, and salted-hash assignments stable under growth.
 
 Both modalities use it: CTG folds are record-level (one record per delivery), ultrasound splits
 keep every image of a patient on one side (``groups``).
+
+The pipeline's manifests use the hashed assignments (:func:`hashed_folds`, :func:`hashed_sides`):
+an item's fold (or a patient's side) is a pure function of its id and a salt, so items already
+assigned never move when new ones arrive, and a champion and a challenger trained before and after
+an arrival can be compared on the records neither trained on. Class balance is then kept by the
+law of large numbers rather than forced; :func:`fold_balance` reports it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 
@@ -75,3 +83,62 @@ def groups_disjoint(
     for g, f in zip(groups, folds, strict=True):
         per_group.setdefault(str(g), set()).add(f)
     return all(len(s) == 1 for s in per_group.values())
+
+
+def hashed_unit(key: str, salt: str) -> float:
+    """A number in [0, 1) fixed by ``key`` and ``salt`` (SHA-256), uniform over keys."""
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def hashed_folds(ids: Sequence[str], n_folds: int, salt: str) -> np.ndarray:
+    """Fold (0..n_folds-1) of each id from a salted hash: adding ids never moves the others.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two folds, or repeated ids.
+    """
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be >= 2, got {n_folds}")
+    if len(set(ids)) != len(ids):
+        raise ValueError("ids must be unique")
+    return np.array([int(hashed_unit(str(i), salt) * n_folds) for i in ids], dtype=int)
+
+
+def hashed_sides(
+    keys: Sequence[str], val_fraction: float, salt: str, sides: tuple[str, str] = ("val", "train")
+) -> dict[str, str]:
+    """``sides[0]`` for a key whose salted hash falls below ``val_fraction``, else ``sides[1]``.
+
+    A key's side depends on nothing but the key, the fraction and the salt.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    return {
+        str(k): sides[0] if hashed_unit(str(k), salt) < val_fraction else sides[1] for k in keys
+    }
+
+
+def fold_balance(labels: Sequence[int] | np.ndarray, folds: Sequence[object]) -> pd.DataFrame:
+    """Per fold: items, positives, positive rate and its difference to the whole set's rate."""
+    frame = pd.DataFrame({"fold": list(folds), "label": np.asarray(labels).astype(int)})
+    table = frame.groupby("fold")["label"].agg(n="size", positives="sum")
+    table["positive_rate"] = table["positives"] / table["n"]
+    table["rate_minus_overall"] = table["positive_rate"] - frame["label"].mean()
+    return table.reset_index()
+
+
+def single_class_folds(balance: pd.DataFrame, n_folds: int) -> list[int]:
+    """Folds holding one class only (their own AUC is undefined; the pooled one is not).
+
+    Raises
+    ------
+    ValueError
+        A fold is empty: a cross-validation would train on everything and test on nothing.
+    """
+    empty = sorted(set(range(n_folds)) - set(balance["fold"]))
+    if empty:
+        raise ValueError(f"folds {empty} are empty: more records than folds are needed")
+    one_class = balance["positives"].eq(0) | balance["positives"].eq(balance["n"])
+    return sorted(int(f) for f in balance.loc[one_class, "fold"])

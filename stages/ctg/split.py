@@ -1,6 +1,9 @@
-"""split_ctg: stratified K folds at record level -> data/processed/ctg/folds.csv.
+"""split_ctg: K folds at record level from a salted hash -> data/processed/ctg/folds.csv.
 
-One CTU-UHB record is one delivery, so record-level folds cannot leak a patient across folds.
+One CTU-UHB record is one delivery, so record-level folds cannot leak a patient across folds. A
+record's fold is a pure function of its id and ``split_ctg.salt``: records already assigned keep
+their fold when new ones arrive, so models trained before and after an arrival can be compared on
+the same out-of-fold records. Class balance per fold is reported (``fold_balance.csv``).
 """
 
 from __future__ import annotations
@@ -12,19 +15,34 @@ import pandas as pd
 
 from stages.common.io import write_csv
 from stages.common.params import load_params, project_root
-from stages.common.splits import stratified_folds
+from stages.common.splits import (
+    fold_balance,
+    hashed_folds,
+    single_class_folds,
+)
 
 log = logging.getLogger(__name__)
 
 STAGE = "split_ctg"
 RECORDS_CSV = Path("data/processed/ctg/records.csv")
 FOLDS_CSV = Path("data/processed/ctg/folds.csv")
+BALANCE_CSV = Path("data/processed/ctg/fold_balance.csv")
 
 
-def make_folds(records: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
-    """``record, label, fold`` with folds stratified by label."""
-    folds = stratified_folds(records["record"].tolist(), records["label"].to_numpy(), n_folds, seed)
-    return pd.DataFrame({"record": records["record"], "label": records["label"], "fold": folds})
+def make_folds(records: pd.DataFrame, n_folds: int, salt: str) -> pd.DataFrame:
+    """``record, label, fold`` with each record's fold fixed by its id and ``salt``.
+
+    Raises
+    ------
+    ValueError
+        A fold ends up empty (fewer records than folds, or a very unlucky salt).
+    """
+    folds = hashed_folds(records["record"].astype(str).tolist(), n_folds, salt)
+    out = pd.DataFrame({"record": records["record"], "label": records["label"], "fold": folds})
+    one_class = single_class_folds(fold_balance(out["label"], out["fold"]), n_folds)
+    if one_class:
+        log.warning("folds %s hold one class: their own AUC is undefined", one_class)
+    return out
 
 
 def main() -> None:
@@ -32,12 +50,11 @@ def main() -> None:
     params = load_params(STAGE)
     root = project_root()
     records = pd.read_csv(root / RECORDS_CSV, dtype={"record": str})
-    folds = make_folds(records, int(params["n_folds"]), int(params["seed"]))
+    folds = make_folds(records, int(params["n_folds"]), str(params["salt"]))
+    balance = fold_balance(folds["label"], folds["fold"])
     write_csv(root / FOLDS_CSV, folds)
-    summary = folds.groupby("fold")["label"].agg(["size", "sum"])
-    log.info(
-        "%d records in %d folds (size, positives):\n%s", len(folds), params["n_folds"], summary
-    )
+    write_csv(root / BALANCE_CSV, balance)
+    log.info("%d records in %d folds:\n%s", len(folds), params["n_folds"], balance.to_string())
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Stage ``split_planes_us``: the patient-level train/val/test manifest of the brain planes.
 
 Test is FETAL_PLANES_DB's own ``Train == 0`` split (patient-disjoint, the Sci Rep paper's test
-set); train and val are drawn inside ``Train == 1`` by patient, seeded and stratified by each
-patient's main plane. Only images that passed validation and segmentation are listed; images of
-other anatomical planes stay in the manifest (``is_brain`` False) because the anomaly evaluation
-uses them as out-of-distribution examples.
+set); train and val are drawn inside ``Train == 1`` by patient from a salted hash of the patient
+id, so a patient's side never changes when other patients' images arrive. Only images that
+passed validation and segmentation are listed; images of other anatomical planes stay in the
+manifest (``is_brain`` False) because the anomaly evaluation uses them as out-of-distribution
+examples.
 
 Reference: Burgos-Artizzu X.P. et al. (2020), Sci Rep 10:10200, doi:10.1038/s41598-020-67076-5.
 """
@@ -20,6 +21,7 @@ import pandas as pd
 
 from stages.common.io import write_csv
 from stages.common.params import load_params, project_root
+from stages.common.splits import hashed_sides
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ LABELS_CSV = Path("data/raw/fetal_planes/FETAL_PLANES_DB_data.csv")
 VALIDATION_CSV = Path("data/interim/us/validation.csv")
 SEGMENTATION_CSV = Path("data/processed/us/segmentation.csv")
 OUT_CSV = Path("data/processed/us/planes_manifest.csv")
+BALANCE_CSV = Path("data/processed/us/split_balance.csv")
 COLUMNS = ["image", "patient", "plane", "brain_plane", "split", "is_brain", "seg_ok"]
 
 
@@ -47,38 +50,12 @@ def assert_patient_disjoint(manifest: pd.DataFrame) -> None:
         raise ValueError(f"patients on more than one side of the split: {leaked[:10]}")
 
 
-def split_train_val(
-    patients: Sequence[str],
-    strata: Sequence[str],
-    val_fraction: float,
-    seed: int,
-) -> dict[str, str]:
-    """Assign each patient to ``train`` or ``val``, stratified by ``strata`` (one per patient).
-
-    In each stratum ``round(val_fraction * n)`` patients (at least one when the stratum has two
-    or more) go to val; the rest to train. Deterministic for a seed.
-    """
-    rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({"patient": list(patients), "stratum": list(strata)})
-    out: dict[str, str] = {}
-    for _, group in frame.sort_values(["stratum", "patient"]).groupby("stratum", sort=True):
-        members = group["patient"].to_numpy()
-        rng.shuffle(members)
-        n_val = int(round(val_fraction * len(members)))
-        if len(members) >= 2:
-            n_val = min(max(n_val, 1), len(members) - 1)
-        for i, patient in enumerate(members):
-            out[str(patient)] = "val" if i < n_val else "train"
-    return out
-
-
 def build_manifest(
     labels: pd.DataFrame,
     usable: set[str],
     seg_ok: dict[str, bool],
-    planes: Sequence[str],
     val_fraction: float,
-    seed: int,
+    salt: str,
 ) -> pd.DataFrame:
     """The split manifest from the FETAL_PLANES_DB label table.
 
@@ -91,10 +68,9 @@ def build_manifest(
     seg_ok
         Image stem -> whether segmentation found a skull; brain images need it, other planes
         are kept either way (they are the anomaly evaluation's out-of-distribution images).
-    planes
-        The brain planes modelled.
-    val_fraction, seed
-        Share of ``Train == 1`` patients that go to val, and the seed of that draw.
+    val_fraction, salt
+        Expected share of ``Train == 1`` patients that go to val, and the salt of the hash that
+        draws them (a patient's side depends on nothing else).
 
     Returns
     -------
@@ -115,16 +91,29 @@ def build_manifest(
     mixed = [p for p, flags in train_flags.items() if len(flags) > 1]
     if mixed:
         raise ValueError(f"label table puts patients in both Train=0 and Train=1: {mixed[:10]}")
-    pool = df[df["Train"].astype(int).eq(1)]
-    in_planes = pool[pool["brain_plane"].isin(list(planes))]
-    main_plane = in_planes.groupby("patient")["brain_plane"].agg(lambda s: s.mode().iloc[0])
-    others = sorted(set(pool["patient"]) - set(main_plane.index))
-    strata = [*main_plane.tolist(), *["(none)"] * len(others)]
-    side = split_train_val([*main_plane.index, *others], strata, val_fraction, seed)
+    pool = sorted(set(df.loc[df["Train"].astype(int).eq(1), "patient"]))
+    side = hashed_sides(pool, val_fraction, salt)
+    if len(pool) >= 2 and len(set(side.values())) < 2:
+        raise ValueError(
+            f"all {len(pool)} Train == 1 patients hashed to {next(iter(side.values()))!r}: "
+            "too few patients for val_fraction (or change split_planes_us.salt)"
+        )
     df["split"] = np.where(df["Train"].astype(int).eq(0), "test", df["patient"].map(side))
     manifest = df[COLUMNS].sort_values(["split", "patient", "image"]).reset_index(drop=True)
     assert_patient_disjoint(manifest)
     return manifest
+
+
+def split_balance(manifest: pd.DataFrame, planes: Sequence[str]) -> pd.DataFrame:
+    """Brain images per split and plane, with each plane's share of the split (the balance)."""
+    brain = manifest[manifest["is_brain"] & manifest["brain_plane"].isin(list(planes))]
+    table = brain.groupby(["split", "brain_plane"]).agg(
+        images=("image", "size"), patients=("patient", "nunique")
+    )
+    table["share_of_split"] = table["images"] / table.groupby(level="split")["images"].transform(
+        "sum"
+    )
+    return table.reset_index()
 
 
 def main() -> None:
@@ -142,13 +131,13 @@ def main() -> None:
         labels,
         passed & set(seg_ok),
         seg_ok,
-        params["planes"],
-        params["val_fraction"],
-        params["seed"],
+        float(params["val_fraction"]),
+        str(params["salt"]),
     )
+    balance = split_balance(manifest, params["planes"])
     write_csv(root / OUT_CSV, manifest)
-    counts = manifest[manifest["is_brain"]].groupby(["split", "brain_plane"]).size()
-    log.info("wrote %s (%d images)\n%s", OUT_CSV, len(manifest), counts.to_string())
+    write_csv(root / BALANCE_CSV, balance)
+    log.info("wrote %s (%d images)\n%s", OUT_CSV, len(manifest), balance.to_string())
 
 
 if __name__ == "__main__":

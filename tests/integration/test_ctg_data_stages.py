@@ -17,9 +17,12 @@ from tests.synth_ctg import make_ctg_mirror
 pytestmark = pytest.mark.integration
 
 
-def _project(tmp: Path) -> Path:
+def _project(tmp: Path, n_folds: int = 3) -> Path:
+    """A project folder with the real params; a dozen records need fewer than 5 hashed folds."""
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["split_ctg"]["n_folds"] = n_folds
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return tmp
 
 
@@ -81,7 +84,7 @@ def test_ingest_validate_preprocess_real_mirror(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mirror = shared_mirror("ctu-uhb")
-    root = _project(tmp_path / "project")
+    root = _project(tmp_path / "project", n_folds=5)
     monkeypatch.setenv("FETAL_MIRROR", str(mirror.parent))
     monkeypatch.setenv("FETAL_PROJECT_ROOT", str(root))
     _run("ingest", "validate", "preprocess")
@@ -106,7 +109,7 @@ def test_dvc_repro_ctg_data_stages_on_toy_repo(
 
     mirror = make_ctg_mirror(tmp_path / "mirror", n_records=10, seed=4, duration_min=(35, 45))
     monkeypatch.setenv("FETAL_MIRROR", str(mirror.parent))
-    set_params(toy_repo, {"ingest_ctg": {"max_records": 0}})
+    set_params(toy_repo, {"ingest_ctg": {"max_records": 0}, "split_ctg": {"n_folds": 3}})
     run_dvc(toy_repo, "repro", "split_ctg", "featurize_ctg")
     for out in ["sequences.npz", "records.csv", "folds.csv", "features.csv"]:
         assert (toy_repo / "data/processed/ctg" / out).is_file()

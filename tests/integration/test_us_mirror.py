@@ -67,7 +67,7 @@ def test_us_models_on_real_mirror(tmp_path) -> None:
         ok[name] = seg.ok
     names, images = np.array(list(subset["Image_name"])), np.stack(crops)
     sp = params["split_planes_us"]
-    manifest = build_manifest(subset, set(ok), ok, sp["planes"], 0.25, sp["seed"])
+    manifest = build_manifest(subset, set(ok), ok, 0.25, sp["salt"])
     assert_patient_disjoint(manifest)
     assert (
         manifest.loc[manifest["split"] == "test", "image"].isin(

@@ -11,7 +11,7 @@ from stages.ultrasound.split_planes import (
     assert_patient_disjoint,
     build_manifest,
     image_stem,
-    split_train_val,
+    split_balance,
 )
 
 
@@ -35,7 +35,7 @@ def _labels(seed: int = 0, n_patients: int = 40) -> pd.DataFrame:
 def test_manifest_is_patient_disjoint_and_test_is_train0() -> None:
     labels = _labels()
     usable = set(labels["Image_name"])
-    man = build_manifest(labels, usable, dict.fromkeys(usable, True), M.PLANES, 0.25, seed=1)
+    man = build_manifest(labels, usable, dict.fromkeys(usable, True), 0.25, salt="s1")
     assert len(man) == len(labels)
     sides = man.groupby("patient")["split"].nunique()
     assert sides.max() == 1
@@ -54,7 +54,7 @@ def test_manifest_keeps_only_usable_and_segmented_brain_images() -> None:
     names = list(labels["Image_name"])
     usable = set(names[::2])  # the others failed validation
     seg_ok = {n: i % 3 != 0 for i, n in enumerate(names)}
-    man = build_manifest(labels, usable, seg_ok, M.PLANES, 0.2, seed=0)
+    man = build_manifest(labels, usable, seg_ok, 0.2, salt="s")
     assert set(man["image"]) <= usable
     brain = man[man["is_brain"]]
     assert brain["image"].map(seg_ok).all()
@@ -64,15 +64,22 @@ def test_manifest_keeps_only_usable_and_segmented_brain_images() -> None:
 
 
 @pytest.mark.unit
-def test_split_is_seeded_and_stratified() -> None:
-    patients = [f"P{i}" for i in range(30)]
-    strata = ["a"] * 20 + ["b"] * 10
-    s1 = split_train_val(patients, strata, 0.2, seed=5)
-    assert s1 == split_train_val(patients, strata, 0.2, seed=5)
-    assert s1 != split_train_val(patients, strata, 0.2, seed=6)
-    val = [p for p, side in s1.items() if side == "val"]
-    assert sum(p in patients[:20] for p in val) == 4
-    assert sum(p in patients[20:] for p in val) == 2
+def test_patient_sides_stay_put_when_patients_arrive() -> None:
+    labels = _labels(seed=3, n_patients=60)
+    names = set(labels["Image_name"])
+    ok = dict.fromkeys(names, True)
+    first = labels[labels["Patient_num"] <= 40]
+    before = build_manifest(first, set(first["Image_name"]), ok, 0.3, salt="s")
+    after = build_manifest(labels, names, ok, 0.3, salt="s")
+    side = dict(zip(after["image"], after["split"], strict=True))
+    assert all(side[i] == s for i, s in zip(before["image"], before["split"], strict=True))
+    assert set(after["split"]) == {"train", "val", "test"}
+    other_salt = build_manifest(labels, names, ok, 0.3, salt="t")
+    assert not other_salt["split"].equals(after["split"])
+    balance = split_balance(after, M.PLANES)
+    assert set(balance["split"]) == {"train", "val", "test"}
+    shares = balance.groupby("split")["share_of_split"].sum()
+    assert np.allclose(shares, 1.0)
 
 
 @pytest.mark.data
@@ -96,7 +103,7 @@ def test_label_table_with_patient_in_both_train_values_fails() -> None:
     )
     usable = set(labels["Image_name"])
     with pytest.raises(ValueError, match="both"):
-        build_manifest(labels, usable, dict.fromkeys(usable, True), M.PLANES, 0.2, 0)
+        build_manifest(labels, usable, dict.fromkeys(usable, True), 0.2, "s")
 
 
 @pytest.mark.unit
