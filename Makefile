@@ -9,6 +9,10 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONPATH := $(CURDIR)
+# A relative FETAL_MIRROR (../shared/data) means relative to this folder, in every process.
+ifneq ($(strip $(FETAL_MIRROR)),)
+export FETAL_MIRROR := $(abspath $(FETAL_MIRROR))
+endif
 # dvc.yaml commands say `python`: make it the project venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 

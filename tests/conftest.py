@@ -11,10 +11,22 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stages.common.params import resolve_mirror
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 # What a toy repository needs to run the stages: code, pipeline, params, DVC config.
 TOY_REPO_ITEMS = ["stages", "flows", "params.yaml", "dvc.yaml", "pyproject.toml"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A relative ``FETAL_MIRROR`` means relative to this project's root, in every test process.
+
+    Stages run in toy repositories under pytest's temp folder would otherwise read it from there.
+    """
+    setting = os.environ.get("FETAL_MIRROR", "").strip()
+    if setting:
+        os.environ["FETAL_MIRROR"] = str(resolve_mirror(setting, ROOT))
 
 
 def shared_mirror(dataset: str) -> Path:

@@ -55,7 +55,15 @@ def mirror_dir(dataset: str) -> Path | None:
     root = os.environ.get("FETAL_MIRROR", "").strip()
     if not root:
         return None
-    path = Path(root).expanduser()
-    if not path.is_absolute():
-        path = (project_root() / path).resolve()
-    return path / dataset
+    return resolve_mirror(root, project_root()) / dataset
+
+
+def resolve_mirror(setting: str, root: Path) -> Path:
+    """The mirror folder named by a ``FETAL_MIRROR`` value: a relative one is read from ``root``.
+
+    The README writes ``FETAL_MIRROR=../shared/data``, relative to the project root. The Makefile
+    and the test session (``tests/conftest.py``) turn it absolute once, against the real project
+    root, so that a stage run in a toy copy of the repository reads the same mirror.
+    """
+    path = Path(setting).expanduser()
+    return path if path.is_absolute() else (root / path).resolve()

@@ -100,3 +100,11 @@ class _Constant:
 def _ConstantPredictor(artifacts: dict[str, str]) -> _Constant:  # noqa: N802 - loader name
     assert Path(artifacts["w"]).read_text() == "w"
     return _Constant()
+
+
+def test_relative_mirror_setting_is_read_from_the_project_root(tmp_path: Path) -> None:
+    from stages.common.params import resolve_mirror
+
+    root = tmp_path / "project"
+    assert resolve_mirror("../shared/data", root) == tmp_path / "shared" / "data"
+    assert resolve_mirror("/abs/mirror", root) == Path("/abs/mirror")
