@@ -16,7 +16,7 @@ endif
 # dvc.yaml commands say `python`: make it the project venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup pipeline test test-fast lint bench deploy ui mlflow-ui clean
+.PHONY: setup pipeline test test-fast lint bench deploy ui mlflow-ui serve clean
 
 .venv-uv/bin/uv:
 	python3 -m venv .venv-uv && .venv-uv/bin/pip install -q uv==0.13.9
@@ -52,6 +52,14 @@ ui: setup  ## the Prefect UI on http://127.0.0.1:4200
 
 mlflow-ui: setup  ## the MLflow UI on http://127.0.0.1:5000
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
+
+# PATH (above) puts the venv's uvicorn, which `mlflow models serve` starts, on the PATH.
+SERVE_MODEL ?= models:/ctg-distress@champion
+SERVE_PORT ?= 5001
+serve: setup  ## serve the CTG champion over HTTP on http://127.0.0.1:$(SERVE_PORT)/invocations
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
+	  $(VENV)/bin/mlflow models serve -m $(SERVE_MODEL) --env-manager local \
+	  --host 127.0.0.1 --port $(SERVE_PORT) --workers 1
 
 clean:
 	rm -rf .venv .venv-uv
