@@ -48,20 +48,20 @@ def _artifact_markdown(key: str) -> str:
     return arts[0].data
 
 
-def _dvc_project(root: Path, pipeline: dict) -> Path:
-    """A bare DVC project (no git) holding ``pipeline`` as its dvc.yaml."""
+def _dvc_project(root: Path, **stages: dict) -> Path:
+    """A bare DVC project (no git) whose dvc.yaml declares ``stages`` in this order."""
     from dvc.repo import Repo
 
     root.mkdir(parents=True, exist_ok=True)
     Repo.init(str(root), no_scm=True).close()
-    (root / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     return root
 
 
 @pytest.mark.unit
 def test_stage_order_follows_data_dependencies_of_the_real_pipeline(tmp_path: Path):
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    repo = _dvc_project(tmp_path / "repo", pipeline)
+    repo = _dvc_project(tmp_path / "repo", **pipeline["stages"])
     shutil.copy2(ROOT / "params.yaml", repo / "params.yaml")
     order = training.stage_order(repo)
     assert sorted(order) == sorted(pipeline["stages"])
@@ -91,14 +91,10 @@ def test_stage_order_keeps_declaration_order_between_independent_stages(tmp_path
     # "a" and "b" are independent: they keep their declaration order.
     repo = _dvc_project(
         tmp_path / "repo",
-        {
-            "stages": {
-                "late": {"cmd": "true", "deps": ["data/x/file.txt"], "outs": ["data/late"]},
-                "b": {"cmd": "true", "outs": ["data/b"]},
-                "a": {"cmd": "true", "outs": ["data/a"]},
-                "early": {"cmd": "true", "outs": ["data/x"]},
-            }
-        },
+        late={"cmd": "true", "deps": ["data/x/file.txt"], "outs": ["data/late"]},
+        b={"cmd": "true", "outs": ["data/b"]},
+        a={"cmd": "true", "outs": ["data/a"]},
+        early={"cmd": "true", "outs": ["data/x"]},
     )
     assert training.stage_order(repo) == ["b", "a", "early", "late"]
 
@@ -109,12 +105,8 @@ def test_stage_order_rejects_a_cycle(tmp_path: Path):
 
     repo = _dvc_project(
         tmp_path / "repo",
-        {
-            "stages": {
-                "a": {"cmd": "true", "deps": ["y"], "outs": ["x"]},
-                "b": {"cmd": "true", "deps": ["x"], "outs": ["y"]},
-            }
-        },
+        a={"cmd": "true", "deps": ["y"], "outs": ["x"]},
+        b={"cmd": "true", "deps": ["x"], "outs": ["y"]},
     )
     with pytest.raises(CyclicGraphError):
         training.stage_order(repo)
