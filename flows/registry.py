@@ -43,12 +43,15 @@ def champion_line(name: str, rows: list[dict[str, Any]]) -> str:
     return f"{name}: champion is v{champs[0]['version']} (models:/{name}@champion)"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fetal compare-models", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``fetal compare-models`` (see :mod:`stages.cli`)."""
     parser.add_argument("name", help="registered model name, e.g. ctg-distress")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.add_argument("--last", type=int, default=6, help="show at most this many versions")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the versions side by side; 1 when the model or the store cannot be read."""
     from stages.common import tracking
 
     try:
@@ -67,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(champion_line(args.name, rows))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from stages.cli import run_command
+
+    return run_command("compare-models", argv)
 
 
 if __name__ == "__main__":

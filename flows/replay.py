@@ -54,13 +54,16 @@ def replay(
     return len(bounds)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fetal replay-ctg", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``fetal replay-ctg`` (see :mod:`stages.cli`)."""
     parser.add_argument("record", type=Path, help="WFDB record path without extension (…/1001)")
     parser.add_argument("out_dir", type=Path, help="folder the chunks are written to")
     parser.add_argument("--speed", type=float, default=600.0, help="x real time (0 = no wait)")
     parser.add_argument("--chunk-s", type=float, default=60.0, help="seconds of signal per chunk")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Replay the record into the folder; 1 when it cannot be read."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from stages.ctg.signal import CtgReadError, read_ctg_record
 
@@ -72,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     n = replay(rec.fhr_bpm, rec.uc, rec.fs_hz, args.out_dir, args.speed, args.chunk_s)
     log.info("replayed %s: %d chunks into %s", rec.name, n, args.out_dir)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from stages.cli import run_command
+
+    return run_command("replay-ctg", argv)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
 Each task runs ``dvc --wait-for-lock repro -s <stage>``: DVC decides whether the stage changed
 (it does only what changed) and records the lineage in ``dvc.lock``. Stages run in the order of
-their data dependencies; the CTG (``*_ctg``) and ultrasound (``*_us``) branches are submitted as
-two concurrent tasks. DVC holds its repository lock only while it hashes and commits, not while a
-stage's command runs, so the two branches' commands really overlap.
+DVC's own stage graph (the one ``dvc dag`` draws); the CTG (``*_ctg``) and ultrasound (``*_us``)
+branches are submitted as two concurrent tasks. DVC holds its repository lock only while it
+hashes and commits, not while a stage's command runs, so the two branches' commands overlap.
 
 After the stages, for every params section with ``registered_name`` whose stage ran, the
 ``challenger`` version is compared with the ``champion`` on the same evaluation data
@@ -50,52 +50,6 @@ class StageResult:
 # --------------------------------------------------------------------------- pure helpers
 
 
-def _covers(out: str, dep: str) -> bool:
-    """True when output path ``out`` is ``dep`` or a folder holding it (or the reverse)."""
-    out, dep = out.rstrip("/"), dep.rstrip("/")
-    return dep == out or dep.startswith(out + "/") or out.startswith(dep + "/")
-
-
-def _paths(entries: list[Any] | None) -> list[str]:
-    # dvc.yaml lists paths as strings or as one-key mappings {path: {options}}.
-    out: list[str] = []
-    for e in entries or []:
-        out.extend([e] if isinstance(e, str) else list(e))
-    return out
-
-
-def stage_order(pipeline: dict[str, Any]) -> list[str]:
-    """Stages of a parsed ``dvc.yaml`` in dependency order, ties kept in declaration order.
-
-    Raises
-    ------
-    ValueError
-        When the outputs and dependencies form a cycle (DVC would refuse it too).
-    """
-    stages = pipeline.get("stages", {})
-    outs = {
-        name: _paths(s.get("outs")) + _paths(s.get("metrics")) + _paths(s.get("plots"))
-        for name, s in stages.items()
-    }
-    upstream: dict[str, set[str]] = {}
-    for name, s in stages.items():
-        deps = _paths(s.get("deps"))
-        upstream[name] = {
-            other
-            for other, o in outs.items()
-            if other != name and any(_covers(p, d) for p in o for d in deps)
-        }
-    order: list[str] = []
-    remaining = list(stages)
-    while remaining:
-        ready = [s for s in remaining if upstream[s] <= set(order)]
-        if not ready:
-            raise ValueError(f"dependency cycle among stages {remaining}")
-        order.append(ready[0])
-        remaining.remove(ready[0])
-    return order
-
-
 def branches(order: list[str]) -> dict[str, list[str]]:
     """Split an ordered stage list into modality branches by name suffix; the rest is 'other'."""
     out: dict[str, list[str]] = {b: [] for b in BRANCH_SUFFIXES}
@@ -133,6 +87,38 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 # --------------------------------------------------------------------------- I/O helpers
+
+
+def stage_order(root: Path) -> list[str]:
+    """The pipeline stages of the DVC project at ``root``, upstream first (DVC's own graph).
+
+    ``Repo.index.graph`` is the stage graph ``dvc dag`` and ``dvc repro`` use (edges point from
+    a stage to the stages it depends on, cycles already rejected); its reverse in topological
+    order runs every stage after its dependencies. Ties keep the declaration order of
+    ``Repo.index.stages``. ``.dvc`` files (tracked data, not pipeline stages) are left out.
+
+    Raises
+    ------
+    dvc.exceptions.CyclicGraphError
+        When outputs and dependencies form a cycle.
+    """
+    import networkx as nx
+    from dvc.dvcfile import PROJECT_FILE
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+
+    with Repo(str(root)) as repo:
+        index = repo.index
+        position = {stage: i for i, stage in enumerate(index.stages)}
+        upstream_first = nx.lexicographical_topological_sort(
+            index.graph.reverse(copy=False), key=position.__getitem__
+        )
+        # ``Stage.addressing`` is relative to the cwd; ``dvc repro -s`` runs in ``root``.
+        return [
+            s.name if s.path_in_repo == PROJECT_FILE else f"{s.path_in_repo}:{s.name}"
+            for s in upstream_first
+            if isinstance(s, PipelineStage)
+        ]
 
 
 def dvc_command() -> list[str]:
@@ -199,12 +185,19 @@ def _is_dead(pid: int) -> bool:
 def release_stale_dvc_locks(repo: Path) -> list[int]:
     """Drop entries of DVC's stage rwlock held by dead processes; the PIDs released.
 
-    DVC clears entries of processes that no longer exist, but a ``dvc`` killed in a container
-    whose PID 1 does not reap orphans stays a zombie, which DVC takes for a live holder: every
-    later ``dvc repro`` of those outputs then fails as "busy". Live holders are left alone.
+    Why not DVC itself: dvc 3.67.1 (pinned in pyproject.toml) has no public API or option for
+    this. ``--wait-for-lock`` waits only for the repository lock (``.dvc/tmp/lock``), never for
+    the per-output rwlock, and ``dvc.rwlock._check_blockers`` clears an entry only when
+    ``psutil.pid_exists`` is False. A ``dvc`` killed in a container whose PID 1 does not reap
+    orphans stays a zombie, which ``pid_exists`` reports as alive: every later ``dvc repro`` of
+    those outputs fails as "busy" and DVC's advice is to delete ``.dvc/tmp/rwlock`` by hand.
+    This does that edit for dead and zombie holders only, through DVC's own guarded editor
+    ``dvc.rwlock._edit_rwlock`` (private: re-check it when upgrading DVC;
+    ``tests/integration/test_faults.py`` kills a run mid-stage and fails if it stops working).
+    Live holders are left alone.
     """
     from dvc.fs import localfs
-    from dvc.rwlock import _edit_rwlock  # DVC's own guarded editor (pinned dvc version)
+    from dvc.rwlock import _edit_rwlock  # private in dvc 3.67.1, see above
 
     lock_dir = repo / ".dvc" / "tmp"
     if not (lock_dir / "rwlock").is_file():
@@ -381,9 +374,8 @@ def training_flow(
 
     logger = get_run_logger()
     root = Path(repo).resolve() if repo else project_root()
-    pipeline = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))
     params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
-    order = [s for s in stage_order(pipeline) if stages is None or s in stages]
+    order = [s for s in stage_order(root) if stages is None or s in stages]
     plan = branches(order)
     logger.info("plan: %s", {b: s for b, s in plan.items()})
     with workspace_lock(root, logger):

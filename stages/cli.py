@@ -1,14 +1,19 @@
-"""``fetal``: the project's command line.
+"""``fetal``: the project's command line (argparse sub-commands).
 
-Each sub-command lives in the module that owns its logic; this file only dispatches, importing
-lazily so ``fetal --help`` stays fast.
+Each sub-command's options and code live in the module that owns its logic, as
+``add_arguments(parser)`` and ``run(args) -> int``. Only the module of the command being run is
+imported, so ``fetal --help`` stays fast; ``fetal COMMAND --help`` lists that command's options.
+The modules' own ``main(argv)`` (``python -m stages.ctg.score --help``) go through
+:func:`run_command`, so both entry points parse with the same parser. Usage errors exit 2.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
+# command -> (owning module, one-line help shown by ``fetal --help``)
 COMMANDS: dict[str, tuple[str, str]] = {
     "score-ctg": ("stages.ctg.score", "Score WFDB CTG records with the champion model."),
     "score-us": ("stages.ultrasound.score", "Score ultrasound images with the champion models."),
@@ -17,18 +22,37 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``fetal`` parser; only ``command``'s module is imported and given its options."""
+    parser = argparse.ArgumentParser(
+        prog="fetal", description="Fetal CTG and ultrasound models: scoring and registry tools."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, summary) in COMMANDS.items():
+        cmd = sub.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if name == command:
+            module = importlib.import_module(module_name)
+            cmd.description = module.__doc__ or summary
+            module.add_arguments(cmd)
+            cmd.set_defaults(run=module.run)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
-        width = max(len(c) for c in COMMANDS)
-        lines = [f"  {c:<{width}}  {h}" for c, (_, h) in COMMANDS.items()]
-        print("usage: fetal COMMAND [options]\n\ncommands:\n" + "\n".join(lines))
-        if argv and argv[0] not in {"-h", "--help"}:
-            print(f"\nfetal: unknown command {argv[0]!r}", file=sys.stderr)
-            return 2
-        return 0
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    return int(module.main(argv[1:]) or 0)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(command).parse_args(argv)  # usage errors: SystemExit(2)
+    return int(args.run(args) or 0)
+
+
+def run_command(command: str, argv: list[str] | None = None) -> int:
+    """``fetal COMMAND *argv``: the owning modules' ``main`` (``python -m module``) call this."""
+    return main([command, *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,7 +29,7 @@ from tqdm import tqdm
 
 from stages.common.io import write_csv
 from stages.common.params import load_params, project_root
-from stages.ctg.signal import clean_fhr, clean_uc, last_window, read_ctg_record
+from stages.ctg.signal import CleaningParams, clean_fhr, clean_uc, last_window, read_ctg_record
 
 log = logging.getLogger(__name__)
 
@@ -179,28 +177,18 @@ def figo_features(fhr_bpm: np.ndarray, uc: np.ndarray, fs_hz: float) -> dict[str
 
 
 def record_features(
-    fhr_bpm: np.ndarray, uc: np.ndarray, fs_hz: float, window_min: float, clean: Mapping[str, Any]
+    fhr_bpm: np.ndarray, uc: np.ndarray, fs_hz: float, window_min: float, cleaning: CleaningParams
 ) -> dict[str, float]:
-    """Clean a raw record (``preprocess_ctg`` cleaning params), crop the window, featurise."""
-    fhr = clean_fhr(
-        fhr_bpm,
-        fs_hz,
-        fhr_min_bpm=float(clean.get("fhr_min_bpm", 50.0)),
-        fhr_max_bpm=float(clean.get("fhr_max_bpm", 240.0)),
-        max_jump_bpm=float(clean["max_jump_bpm"]),
-        min_run_s=float(clean.get("min_run_s", 5.0)),
-        max_gap_s=float(clean["max_gap_s"]),
-        gap_fill=str(clean.get("gap_fill", "linear")),
-    )
-    uc_c = clean_uc(uc, fs_hz, float(clean["max_gap_s"]), str(clean.get("gap_fill", "linear")))
+    """Clean a raw record (``preprocess_ctg`` cleaning), crop the last window, featurise it."""
     n = int(window_min * 60 * fs_hz)
-    return figo_features(last_window(fhr, n), last_window(uc_c, n), fs_hz)
+    fhr = last_window(clean_fhr(fhr_bpm, fs_hz, cleaning), n)
+    return figo_features(fhr, last_window(clean_uc(uc, fs_hz, cleaning), n), fs_hz)
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(STAGE)
-    clean = load_params("preprocess_ctg")
+    cleaning = CleaningParams.from_params(load_params("preprocess_ctg"))
     root = project_root()
     names = pd.read_csv(root / RECORDS_CSV, dtype={"record": str})["record"].tolist()
     rows = []
@@ -210,7 +198,9 @@ def main() -> None:
             raise SystemExit(
                 f"{STAGE} failed: record {name} is at {rec.fs_hz} Hz, not {params['fs_hz']}"
             )
-        feats = record_features(rec.fhr_bpm, rec.uc, rec.fs_hz, float(params["window_min"]), clean)
+        feats = record_features(
+            rec.fhr_bpm, rec.uc, rec.fs_hz, float(params["window_min"]), cleaning
+        )
         rows.append({"record": name, **feats})
     features = pd.DataFrame(rows)
     write_csv(root / FEATURES_CSV, features)

@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages.common import io, tracking
-from stages.ctg.model import CONFIG_FILE, load_predictor
+from stages.common.io import write_csv
 from stages.ctg.signal import read_ctg_record
 
 log = logging.getLogger(__name__)
@@ -32,6 +31,11 @@ DEFAULT_MODEL_NAME = "ctg-distress"
 
 def load_scorer(model: str | None) -> Any:
     """An object with ``predict(DataFrame) -> DataFrame`` from a URI or a local folder."""
+    # Imported here, not at the top: mlflow and the model code take seconds to import, and
+    # ``fetal score-ctg --help`` should not wait for them.
+    from stages.common import tracking
+    from stages.ctg.model import CONFIG_FILE, load_predictor
+
     if model and (Path(model) / CONFIG_FILE).is_file():
         return load_predictor({"model_dir": str(model)})
     return tracking.load_model(model or tracking.champion_uri(DEFAULT_MODEL_NAME))
@@ -116,8 +120,8 @@ def plot_record(
     plots.save_figure(fig, out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fetal score-ctg", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``fetal score-ctg`` (see :mod:`stages.cli`)."""
     parser.add_argument("folder", type=Path, help="folder of WFDB records (NNNN.hea + NNNN.dat)")
     parser.add_argument("--out", type=Path, required=True, help="CSV to write")
     parser.add_argument(
@@ -135,21 +139,31 @@ def main(argv: list[str] | None = None) -> int:
         default=15.0,
         help="first window of the risk curve (minutes of record)",
     )
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score the folder; 0 when at least one record was scored, 2 on a usage error."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.plot and not args.plot_out:
-        parser.error("--plot needs --plot-out")
+        print("fetal score-ctg: error: --plot needs --plot-out", file=sys.stderr)
+        return 2
     if not args.folder.is_dir():
         print(f"score-ctg: {args.folder} is not a folder", file=sys.stderr)
         return 2
     scorer = load_scorer(args.model)
     preds = score_records(scorer, args.folder)
-    io.write_csv(args.out, preds)
+    write_csv(args.out, preds)
     n_ok = int((preds["error"] == "").sum())
     print(f"score-ctg: scored {n_ok} of {len(preds)} records -> {args.out}", file=sys.stderr)
     if args.plot:
         plot_record(scorer, args.folder, args.plot, args.plot_out, args.step_min, args.min_minutes)
     return 0 if n_ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    from stages.cli import run_command
+
+    return run_command("score-ctg", argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -268,32 +268,74 @@ def fill_short_gaps(
     return out
 
 
-def clean_fhr(
-    fhr_bpm: np.ndarray,
-    fs_hz: float,
-    fhr_min_bpm: float = 50.0,
-    fhr_max_bpm: float = 240.0,
-    max_jump_bpm: float = 25.0,
-    min_run_s: float = 5.0,
-    max_gap_s: float = 15.0,
-    gap_fill: str = "linear",
-) -> np.ndarray:
+@dataclass(frozen=True)
+class CleaningParams:
+    """How FHR and UC are cleaned: the cleaning keys of the ``preprocess_ctg`` params section.
+
+    The one typed home of these settings. ``preprocess_ctg`` and the registered model (both
+    through :func:`preprocess_signals`) and ``featurize_ctg`` build it with :meth:`from_params`.
+
+    Attributes
+    ----------
+    max_jump_bpm
+        Largest plausible FHR change between consecutive valid samples (bpm).
+    max_gap_s
+        Interior gaps up to this long (s) are interpolated; longer ones stay NaN.
+    min_run_s
+        A stretch between two jumps is kept only when it lasts this long (s).
+    fhr_min_bpm, fhr_max_bpm
+        FHR outside this range is an artefact (bpm).
+    gap_fill
+        Interpolation for short gaps, a key of :data:`GAP_FILLERS`.
+    """
+
+    max_jump_bpm: float
+    max_gap_s: float
+    min_run_s: float = 5.0
+    fhr_min_bpm: float = 50.0
+    fhr_max_bpm: float = 240.0
+    gap_fill: str = "linear"
+
+    def __post_init__(self) -> None:
+        if self.gap_fill not in GAP_FILLERS:
+            raise ValueError(f"unknown gap_fill {self.gap_fill!r}; known: {sorted(GAP_FILLERS)}")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> CleaningParams:
+        """From the ``preprocess_ctg`` section or a model's saved copy of it (other keys ignored).
+
+        ``max_jump_bpm`` and ``max_gap_s`` are required; the other keys default as above, the
+        values of models saved before they were parameters.
+        """
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in params]
+        if missing:
+            raise KeyError(f"cleaning parameters {missing} missing from {sorted(params)}")
+        return cls(
+            max_jump_bpm=float(params["max_jump_bpm"]),
+            max_gap_s=float(params["max_gap_s"]),
+            **{
+                f.name: type(f.default)(params[f.name])
+                for f in fields(cls)
+                if f.default is not MISSING and f.name in params
+            },
+        )
+
+
+def clean_fhr(fhr_bpm: np.ndarray, fs_hz: float, cleaning: CleaningParams) -> np.ndarray:
     """Loss code -> NaN, out-of-range -> NaN, jump artefacts -> NaN, short gaps interpolated.
 
     Returns the FHR in bpm at ``fs_hz`` with NaN where the signal is missing (gaps longer than
-    ``max_gap_s``, and before the first / after the last valid sample).
+    ``cleaning.max_gap_s``, and before the first / after the last valid sample).
     """
     x = mark_signal_loss(fhr_bpm)
-    x[(x < fhr_min_bpm) | (x > fhr_max_bpm)] = np.nan
-    x = remove_jumps(x, fs_hz, max_jump_bpm, min_run_s)
-    return fill_short_gaps(x, fs_hz, max_gap_s, gap_fill)
+    x[(x < cleaning.fhr_min_bpm) | (x > cleaning.fhr_max_bpm)] = np.nan
+    x = remove_jumps(x, fs_hz, cleaning.max_jump_bpm, cleaning.min_run_s)
+    return fill_short_gaps(x, fs_hz, cleaning.max_gap_s, cleaning.gap_fill)
 
 
-def clean_uc(
-    uc: np.ndarray, fs_hz: float, max_gap_s: float, gap_fill: str = "linear"
-) -> np.ndarray:
+def clean_uc(uc: np.ndarray, fs_hz: float, cleaning: CleaningParams) -> np.ndarray:
     """UC with the "not recorded" code (0) as NaN and short gaps interpolated."""
-    return fill_short_gaps(mark_signal_loss(uc), fs_hz, max_gap_s, gap_fill)
+    return fill_short_gaps(mark_signal_loss(uc), fs_hz, cleaning.max_gap_s, cleaning.gap_fill)
 
 
 def last_window(x: np.ndarray, n_samples: int) -> np.ndarray:
@@ -402,9 +444,9 @@ def preprocess_signals(
     fs_in_hz
         Their sampling rate (4 Hz in CTU-UHB).
     params
-        The ``preprocess_ctg`` section: ``fs_out_hz``, ``last_minutes``, ``resample_method``,
-        ``max_jump_bpm``, ``max_gap_s`` and optional ``fhr_min_bpm``, ``fhr_max_bpm``,
-        ``min_run_s``, ``gap_fill``, ``max_missing_frac``.
+        The ``preprocess_ctg`` section: ``fs_out_hz``, ``last_minutes``, optional
+        ``resample_method`` and ``max_missing_frac``, and the cleaning keys read by
+        :meth:`CleaningParams.from_params`.
 
     Returns
     -------
@@ -413,19 +455,9 @@ def preprocess_signals(
         delivery, NaN where missing, NaN-padded on the left when the record is shorter.
     """
     fs_out_hz = float(params["fs_out_hz"])
-    gap_fill = str(params.get("gap_fill", "linear"))
-    max_gap_s = float(params["max_gap_s"])
-    fhr = clean_fhr(
-        fhr_bpm,
-        fs_in_hz,
-        fhr_min_bpm=float(params.get("fhr_min_bpm", 50.0)),
-        fhr_max_bpm=float(params.get("fhr_max_bpm", 240.0)),
-        max_jump_bpm=float(params["max_jump_bpm"]),
-        min_run_s=float(params.get("min_run_s", 5.0)),
-        max_gap_s=max_gap_s,
-        gap_fill=gap_fill,
-    )
-    uc_clean = clean_uc(uc, fs_in_hz, max_gap_s, gap_fill)
+    cleaning = CleaningParams.from_params(params)
+    fhr = clean_fhr(fhr_bpm, fs_in_hz, cleaning)
+    uc_clean = clean_uc(uc, fs_in_hz, cleaning)
     n_out = output_length(params)
     # Crop in the input rate to a whole number of output samples, then resample.
     n_in = int(round(n_out * fs_in_hz / fs_out_hz))

@@ -297,15 +297,18 @@ def score_folder(
     return pd.DataFrame(rows, columns=COLUMNS), failed, latency
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fetal score-us", description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``fetal score-us`` (see :mod:`stages.cli`)."""
     parser.add_argument("folder", type=Path, help="folder of .png/.jpg ultrasound images")
     parser.add_argument("--out", type=Path, required=True, help="predictions CSV")
     parser.add_argument("--pixel-size-csv", type=Path, help="HC18-style filename,pixel size(mm)")
     parser.add_argument("--masks-out", type=Path, help="folder for cranium masks (PNG, 255 inside)")
     parser.add_argument("--plane-model", help="model URI or folder (default: registry champion)")
     parser.add_argument("--ae-model", help="model URI or folder (default: registry champion)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score the folder; 2 when it does not exist, 1 when no image could be read."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.folder.is_dir():
         print(f"fetal score-us: no such folder {args.folder}", file=sys.stderr)
@@ -326,6 +329,12 @@ def main(argv: list[str] | None = None) -> int:
             len(failed),
         )
     return 0 if len(preds) or not failed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    from stages.cli import run_command
+
+    return run_command("score-us", argv)
 
 
 if __name__ == "__main__":

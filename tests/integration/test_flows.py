@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
@@ -44,10 +48,22 @@ def _artifact_markdown(key: str) -> str:
     return arts[0].data
 
 
+def _dvc_project(root: Path, **stages: dict) -> Path:
+    """A bare DVC project (no git) whose dvc.yaml declares ``stages`` in this order."""
+    from dvc.repo import Repo
+
+    root.mkdir(parents=True, exist_ok=True)
+    Repo.init(str(root), no_scm=True).close()
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    return root
+
+
 @pytest.mark.unit
-def test_stage_order_follows_data_dependencies_of_the_real_pipeline():
+def test_stage_order_follows_data_dependencies_of_the_real_pipeline(tmp_path: Path):
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    order = training.stage_order(pipeline)
+    repo = _dvc_project(tmp_path / "repo", **pipeline["stages"])
+    shutil.copy2(ROOT / "params.yaml", repo / "params.yaml")
+    order = training.stage_order(repo)
     assert sorted(order) == sorted(pipeline["stages"])
     pos = {s: i for i, s in enumerate(order)}
     for up, down in [
@@ -70,15 +86,62 @@ def test_stage_order_follows_data_dependencies_of_the_real_pipeline():
 
 
 @pytest.mark.unit
-def test_stage_order_rejects_a_cycle():
-    cyclic = {
-        "stages": {
-            "a": {"deps": ["y"], "outs": ["x"]},
-            "b": {"deps": ["x"], "outs": ["y"]},
-        }
-    }
-    with pytest.raises(ValueError, match="cycle"):
-        training.stage_order(cyclic)
+def test_stage_order_keeps_declaration_order_between_independent_stages(tmp_path: Path):
+    # "late" is declared first but reads a folder "early" writes into: dependency wins;
+    # "a" and "b" are independent: they keep their declaration order.
+    repo = _dvc_project(
+        tmp_path / "repo",
+        late={"cmd": "true", "deps": ["data/x/file.txt"], "outs": ["data/late"]},
+        b={"cmd": "true", "outs": ["data/b"]},
+        a={"cmd": "true", "outs": ["data/a"]},
+        early={"cmd": "true", "outs": ["data/x"]},
+    )
+    assert training.stage_order(repo) == ["b", "a", "early", "late"]
+
+
+@pytest.mark.unit
+def test_stage_order_rejects_a_cycle(tmp_path: Path):
+    from dvc.exceptions import CyclicGraphError
+
+    repo = _dvc_project(
+        tmp_path / "repo",
+        a={"cmd": "true", "deps": ["y"], "outs": ["x"]},
+        b={"cmd": "true", "deps": ["x"], "outs": ["y"]},
+    )
+    with pytest.raises(CyclicGraphError):
+        training.stage_order(repo)
+
+
+@pytest.mark.unit
+def test_stale_dvc_locks_of_dead_and_zombie_processes_are_released(tmp_path: Path):
+    import subprocess
+    import sys
+
+    lock_dir = tmp_path / ".dvc" / "tmp"
+    lock_dir.mkdir(parents=True)
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.05)  # ended, not yet reaped: what DVC takes for a live holder
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    live = {"pid": os.getpid(), "cmd": "dvc repro"}
+    (lock_dir / "rwlock").write_text(
+        json.dumps(
+            {
+                "write": {
+                    "data/a": {"pid": zombie.pid, "cmd": "dvc repro"},
+                    "data/b": live,
+                },
+                "read": {"data/c": [{"pid": gone.pid, "cmd": "dvc repro"}, live]},
+            }
+        )
+    )
+    try:
+        assert training.release_stale_dvc_locks(tmp_path) == sorted([zombie.pid, gone.pid])
+    finally:
+        zombie.wait()
+    lock = json.loads((lock_dir / "rwlock").read_text())
+    assert lock == {"write": {"data/b": live}, "read": {"data/c": [live]}}
 
 
 def test_training_flow_reproduces_promotes_by_margin_and_pushes(toy: Path, prefect_api):

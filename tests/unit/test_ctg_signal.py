@@ -9,8 +9,10 @@ import pytest
 import wfdb
 
 from stages.ctg.signal import (
+    CleaningParams,
     CtgReadError,
     clean_fhr,
+    clean_uc,
     fhr_resample,
     fill_short_gaps,
     last_window,
@@ -108,10 +110,40 @@ def test_fill_short_gaps_only_interior_and_short() -> None:
 
 def test_clean_fhr_keeps_deceleration_depth(rng: np.random.Generator) -> None:
     fhr = synth_fhr(4800, FS, 140, decels=[(600, 90, 30)], rng=rng, variability_bpm=1.0)
-    out = clean_fhr(fhr, FS)
+    out = clean_fhr(fhr, FS, CleaningParams.from_params(PARAMS))
     nadir = out[int(600 * FS) : int(690 * FS)].min()
     assert 100 <= nadir <= 118
     assert np.nanmedian(out) == pytest.approx(140, abs=4)
+
+
+def test_cleaning_params_come_from_the_preprocess_section() -> None:
+    from stages.common.params import load_params
+
+    root = Path(__file__).resolve().parents[2]
+    section = dict(load_params("preprocess_ctg", root / "params.yaml"))
+    cleaning = CleaningParams.from_params(section)
+    assert cleaning == CleaningParams.from_params(PARAMS)  # params.yaml: the published values
+    assert cleaning == CleaningParams(25.0, 15.0, 5.0, 50.0, 240.0, "linear")
+    # a model saved before the optional keys were parameters keeps the same cleaning
+    old = {k: v for k, v in PARAMS.items() if k not in {"min_run_s", "fhr_min_bpm", "gap_fill"}}
+    assert CleaningParams.from_params(old) == cleaning
+    with pytest.raises(KeyError, match="max_gap_s"):
+        CleaningParams.from_params({"max_jump_bpm": 25})
+    with pytest.raises(ValueError, match="gap_fill"):
+        CleaningParams.from_params({**PARAMS, "gap_fill": "spline"})
+
+
+def test_cleaning_params_change_the_cleaning(rng: np.random.Generator) -> None:
+    uc = synth_uc(4800, FS, [], rng)
+    uc[1000:1040] = 0.0  # a 10 s gap: filled at max_gap_s 15, kept at 5
+    wide = clean_uc(uc, FS, CleaningParams.from_params(PARAMS))
+    narrow = clean_uc(uc, FS, CleaningParams.from_params({**PARAMS, "max_gap_s": 5}))
+    assert np.isfinite(wide[1000:1040]).all() and np.isnan(narrow[1000:1040]).all()
+    fhr = synth_fhr(4800, FS, 140, decels=[], rng=rng, variability_bpm=1.0)
+    fhr[2000:2100] = 45.0  # below 50 bpm: an artefact unless the range says otherwise
+    strict = clean_fhr(fhr, FS, CleaningParams.from_params(PARAMS))
+    loose = clean_fhr(fhr, FS, CleaningParams.from_params({**PARAMS, "fhr_min_bpm": 40}))
+    assert np.isnan(strict[2000:2100]).all() and np.allclose(loose[2000:2100], 45.0)
 
 
 def test_polyphase_is_antialiased_and_decimate_aliases() -> None:
