@@ -46,9 +46,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-import pandas as pd
-
-from stages.common.io import write_csv
+# pandas (via stages.common.io) and tqdm are imported where used: a command's ``--help``
+# imports this module and should stay instant.
 
 # Exit codes of the scoring commands (2 is argparse's usage error).
 EXIT_OK = 0  # every file judged without error (scored, or abstained with a reason)
@@ -208,6 +207,10 @@ def finish(
     failed file is named on ``stream`` with its reason. ``scored_column`` (e.g. ``probability``)
     tells a score from an abstention; without it every row without error counts as scored.
     """
+    import pandas as pd
+
+    from stages.common.io import write_csv
+
     cols = [*columns, *([ERROR] if ERROR not in columns else [])]
     table = pd.DataFrame(list(rows), columns=cols)
     table = table.sort_values(key, kind="stable").reset_index(drop=True)

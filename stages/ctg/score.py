@@ -45,11 +45,14 @@ COLUMNS = ["record", "probability", "alert", "signal_fraction", "abstained_reaso
 
 def load_scorer(model: str | None) -> Any:
     """An object with ``predict(DataFrame) -> DataFrame`` from a URI or a local folder."""
-    from stages.common import tracking
     from stages.ctg.model import CONFIG_FILE, load_predictor
 
     if model and (Path(model) / CONFIG_FILE).is_file():
         return load_predictor({"model_dir": str(model)})
+    # Only here: importing tracking imports mlflow.pyfunc (seconds), which a local folder
+    # does not need.
+    from stages.common import tracking
+
     return tracking.load_model(model or tracking.champion_uri(DEFAULT_MODEL_NAME))
 
 

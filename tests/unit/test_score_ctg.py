@@ -241,3 +241,38 @@ def test_signal_fraction_counts_the_analysed_window_only() -> None:
     assert score.signal_fraction(fhr, 4.0, 100.0) == 1.0
     assert score.signal_fraction(fhr, 4.0, None) == 0.5
     assert score.signal_fraction(fhr, 4.0, 400.0) == 0.5
+
+
+def test_cli_stderr_shows_only_the_summary(
+    model_dir: Path, records_dir: Path, tmp_path: Path
+) -> None:
+    """A fresh process, as users run it: TensorFlow/absl start-up lines go to the log file."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(ROOT)
+    log_file = tmp_path / "score.log"
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.cli", "score-ctg", str(records_dir)]
+        + [
+            "--out",
+            str(tmp_path / "p.csv"),
+            "--model",
+            str(model_dir),
+            "--log-file",
+            str(log_file),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == scoring.EXIT_SOME_FAILED, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("score-ctg: 3 scored, 0 abstained, 4 failed of 7")
+    assert all(line.startswith("score-ctg: ") for line in lines), lines
+    assert "\x1b[" not in proc.stderr and proc.stdout == ""
+    assert log_file.is_file()
