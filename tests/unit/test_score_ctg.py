@@ -276,3 +276,32 @@ def test_cli_stderr_shows_only_the_summary(
     assert all(line.startswith("score-ctg: ") for line in lines), lines
     assert "\x1b[" not in proc.stderr and proc.stdout == ""
     assert log_file.is_file()
+
+
+def test_scoring_refuses_exactly_what_the_validation_suite_quarantines(tmp_path: Path) -> None:
+    """record_failures (scoring) and the GX suite (validate_ctg) agree record by record."""
+    from stages.common.checks import run_expectations
+    from stages.ctg import validate
+    from stages.ctg.record_checks import record_failures
+
+    params = load_params("validate_ctg", ROOT / "params.yaml")
+    folder = tmp_path / "raw"
+    rng = np.random.default_rng(9)
+    fhr, uc, _ = synth_record(rng, acidemic=False, duration_min=40.0)
+    variants = {
+        "good": (fhr, uc, 4.0),
+        "fs8": (fhr, uc, 8.0),
+        "short": (fhr[:2000], uc[:2000], 4.0),
+        "lossy": (np.where(rng.random(fhr.size) < 0.95, 0.0, fhr), uc, 4.0),
+        "fhr300": (np.where(rng.random(fhr.size) < 0.2, 300.0, fhr), uc, 4.0),
+        "uc200": (fhr, np.where(rng.random(uc.size) < 0.1, 200.0, uc), 4.0),
+    }
+    for name, (f, u, fs) in variants.items():
+        write_ctg_record(folder, name, f, u, ph=7.2, fs_hz=fs)
+    table = validate.stats_table(folder, list(variants), params)
+    report = run_expectations(table, "ctg", validate.ctg_expectations(params), "record")
+    for _, stats in table.iterrows():
+        suite = set(report.failures.get(stats["record"], []))
+        ours = {r.split(":")[0] for r in record_failures(stats, params)}
+        assert ours == suite, stats["record"]
+    assert {r for r in variants if report.failures.get(r)} == set(variants) - {"good"}
