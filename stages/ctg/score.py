@@ -121,13 +121,15 @@ def checked_record(hea: Path, rules: Rules) -> Any:
     from stages.ctg.record_checks import record_failures, record_stats
     from stages.ctg.signal import header_signal_files, read_ctg_record
 
-    base = hea.with_suffix("")
-    for name in header_signal_files(base):
-        why = scoring.check_path(
-            hea.with_name(name), rules.folder, rules.follow_links, rules.max_file_bytes
-        )
+    def vet(path: Path) -> None:
+        why = scoring.check_path(path, rules.folder, rules.follow_links, rules.max_file_bytes)
         if why:
-            raise RecordRejected(f"{name}: {why}")
+            raise RecordRejected(f"{path.name}: {why}")
+
+    base = hea.with_suffix("")
+    vet(hea)  # again: --plot names a record directly
+    for name in header_signal_files(base):
+        vet(hea.with_name(name))
     rec = read_ctg_record(base)
     stats = record_stats(rec, rules.validate["fhr_min_bpm"], rules.validate["fhr_max_bpm"])
     failures = record_failures(stats, rules.validate)
@@ -271,7 +273,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.folder.is_dir():
         print(f"fetal score-ctg: error: {args.folder} is not a folder", file=sys.stderr)
         return scoring.EXIT_USAGE
-    rules = load_rules(args)
+    try:
+        rules = load_rules(args)
+    except (KeyError, OSError) as exc:  # no params.yaml here, or no score_ctg section
+        print(f"fetal score-ctg: error: {scoring.one_line(exc)}", file=sys.stderr)
+        return scoring.EXIT_USAGE
     with scoring.quiet_libraries(args.log_file, "score-ctg") as user:
         files, rejected = scoring.input_files(
             args.folder, ["*.hea"], rules.follow_links, rules.max_file_bytes, "record", _stem

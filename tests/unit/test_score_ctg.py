@@ -305,3 +305,13 @@ def test_scoring_refuses_exactly_what_the_validation_suite_quarantines(tmp_path:
         ours = {r.split(":")[0] for r in record_failures(stats, params)}
         assert ours == suite, stats["record"]
     assert {r for r in variants if report.failures.get(r)} == set(variants) - {"good"}
+
+
+def test_plot_of_a_linked_record_is_refused(
+    model_dir: Path, hostile_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    png = tmp_path / "risk.png"
+    argv = ["score-ctg", str(hostile_dir), "--out", str(tmp_path / "p.csv")]
+    code = fetal([*argv, "--model", str(model_dir), "--plot", "linkhea", "--plot-out", str(png)])
+    assert code == scoring.EXIT_SOME_FAILED and not png.exists()
+    assert "no plot of linkhea: RecordRejected: linkhea.hea: symlink" in capsys.readouterr().err
