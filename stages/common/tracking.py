@@ -75,15 +75,25 @@ def _experiment_id(name: str) -> str:
         return exp.experiment_id
 
 
+# What the ``git_commit`` tag vouches for: the code and configuration that ran. dvc.lock and
+# data/ are left out: `dvc repro` rewrites dvc.lock after every stage, so a training stage
+# always saw it modified; the data a run read are named by its dvc_dep tags instead.
+CODE_PATHS = ("stages", "flows", "params.yaml", "dvc.yaml", "pyproject.toml", "uv.lock")
+
+
 def git_commit() -> str:
-    """The commit of the working tree, with ``-dirty`` when it has uncommitted changes."""
+    """The commit that ran, with ``-dirty`` when tracked code or configuration differs from it.
+
+    Only :data:`CODE_PATHS` count (staged or not); a modified ``dvc.lock`` or data report does
+    not make a run dirty.
+    """
     try:
         root = project_root()
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
             cwd=root,
             capture_output=True,
             text=True,
@@ -94,15 +104,57 @@ def git_commit() -> str:
         return "unknown"
 
 
-def stage_input_hashes(stage: str) -> dict[str, str]:
-    """The dvc.lock hashes of a stage's dependencies (as of the last completed ``dvc repro``)."""
-    lock = project_root() / "dvc.lock"
-    if not lock.is_file():
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
         return {}
-    with open(lock, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
-    deps = (data.get("stages", {}).get(stage) or {}).get("deps", [])
-    return {d["path"]: d.get("md5") or d.get("hash", "") for d in deps if "path" in d}
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh) or {}
+
+
+def _md5_file(path: Path) -> str:
+    h = hashlib.md5()  # DVC 3's file hash: MD5 of the bytes
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def stage_input_hashes(stage: str) -> dict[str, str]:
+    """The DVC md5 of each dependency ``dvc.yaml`` lists for ``stage``, as this run reads it.
+
+    The stage's own dvc.lock entry is written only after its command finishes, so while it runs
+    it describes the previous run. Instead: a file is hashed now (DVC 3's md5 of its bytes); a
+    folder takes the hash dvc.lock records for the stage that outputs it (written when that
+    upstream stage finished, i.e. before this one started in the same ``dvc repro``), else the
+    hash in this stage's lock entry. Empty when ``dvc.yaml`` does not define ``stage``.
+    """
+    root = project_root()
+    deps = ((_read_yaml(root / "dvc.yaml").get("stages") or {}).get(stage) or {}).get("deps", [])
+    lock = _read_yaml(root / "dvc.lock").get("stages") or {}
+    produced = {
+        o["path"]: str(o.get("md5", "")) for e in lock.values() for o in (e or {}).get("outs", [])
+    }
+    own = {d["path"]: str(d.get("md5", "")) for d in (lock.get(stage) or {}).get("deps", [])}
+    out: dict[str, str] = {}
+    for dep in deps:
+        path = dep if isinstance(dep, str) else next(iter(dep))
+        if (root / path).is_file():
+            out[path] = _md5_file(root / path)
+        else:
+            out[path] = produced.get(path) or own.get(path) or "missing"
+    return out
+
+
+def lineage_tags(stage: str) -> dict[str, str]:
+    """Tags naming what a run of ``stage`` read: ``dvc_stage``, one ``dvc_dep.<path>`` per
+    dependency and ``dvc_deps_md5``, one hash over all of them (equal tags, equal inputs)."""
+    hashes = stage_input_hashes(stage)
+    listing = "".join(f"{path} {digest}\n" for path, digest in sorted(hashes.items()))
+    return {
+        "dvc_stage": stage,
+        **{f"dvc_dep.{path}": digest for path, digest in hashes.items()},
+        "dvc_deps_md5": hashlib.md5(listing.encode()).hexdigest(),
+    }
 
 
 def data_hash(paths: list[str | Path]) -> str:
@@ -129,11 +181,11 @@ def run(
 ) -> Iterator[Any]:
     """Start an MLflow run tagged with the git commit and the stage's dvc.lock input hashes."""
     mlflow = _mlflow()
-    all_tags = {"git_commit": git_commit(), **(tags or {})}
-    if stage:
-        all_tags["dvc_stage"] = stage
-        for path, digest in stage_input_hashes(stage).items():
-            all_tags[f"dvc_dep.{path}"] = digest
+    all_tags = {
+        "git_commit": git_commit(),
+        **(lineage_tags(stage) if stage else {}),
+        **(tags or {}),
+    }
     with mlflow.start_run(
         experiment_id=_experiment_id(experiment), run_name=run_name, tags=all_tags
     ) as active:

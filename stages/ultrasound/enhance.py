@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -230,7 +231,12 @@ def main() -> None:
                         desc=f"enhance {dataset}",
                     )
                     pairs = list(zip(part, res, strict=True))
-                    failed += [f"{dataset}/{n}: {r.error}" for n, r in pairs if not r.ok]
+                    # errors name files by absolute path; the report (tracked) names them alone
+                    failed += [
+                        f"{dataset}/{n}: {r.error.replace(f'{raw}{os.sep}', '')}"
+                        for n, r in pairs
+                        if not r.ok
+                    ]
                     write_store_chunk(
                         out / dataset,
                         [(n, r.value) for n, r in zip(part, res, strict=False) if r.ok],
