@@ -20,6 +20,7 @@ import pandas as pd
 
 from stages.common.io import write_csv
 from stages.common.params import load_params, project_root
+from stages.ultrasound.crops import image_stem
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +29,6 @@ VALIDATION_CSV = Path("data/interim/us/validation.csv")
 SEGMENTATION_CSV = Path("data/processed/us/segmentation.csv")
 OUT_CSV = Path("data/processed/us/planes_manifest.csv")
 COLUMNS = ["image", "patient", "plane", "brain_plane", "split", "is_brain", "seg_ok"]
-
-
-def image_stem(name: str) -> str:
-    """File name without folder and image extension: the key shared by all US tables."""
-    stem = Path(str(name)).name
-    for ext in (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG"):
-        if stem.endswith(ext):
-            return stem[: -len(ext)]
-    return stem
 
 
 def assert_patient_disjoint(manifest: pd.DataFrame) -> None:
