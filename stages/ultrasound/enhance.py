@@ -126,3 +126,7 @@ class _no_client:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+if __name__ == "__main__":
+    main()

@@ -87,3 +87,10 @@ def test_ultrasound_stage_deps_are_its_imports(name: str) -> None:
         assert listed <= code
     else:
         assert listed == code
+
+
+@pytest.mark.parametrize("module", sorted(STAGES))
+def test_every_stage_module_runs_its_main(module: str) -> None:
+    """``python -m <stage>`` must call ``main()``: dvc.yaml runs each stage that way."""
+    text = FILES[module].read_text()
+    assert 'if __name__ == "__main__":' in text and "def main(" in text

@@ -214,7 +214,6 @@ def test_plane_classifier_shapes() -> None:
 @pytest.mark.unit
 def test_corruptions_keep_shape_and_change_images() -> None:
     from stages.ultrasound.corruptions import CORRUPTIONS
-
     from stages.ultrasound.evaluate import anomaly_auc
 
     rng = np.random.default_rng(0)
