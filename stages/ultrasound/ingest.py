@@ -27,12 +27,9 @@ import pandas as pd
 
 from stages.common.io import atomic_dir, write_json, write_run_report
 from stages.common.params import load_params, mirror_dir, project_root
+from stages.ultrasound.paths import HC18_CSV, IMAGE_SUFFIXES, PLANES_CSV, hc18_images
 
 log = logging.getLogger(__name__)
-
-PLANES_CSV = "FETAL_PLANES_DB_data.csv"
-HC18_CSV = "pixel_size_and_HC.csv"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 def normalise_planes_table(text: str) -> pd.DataFrame:
@@ -70,11 +67,6 @@ def inventory(fp_dir: Path, hc_dir: Path) -> dict[str, Any]:
         "hc18_images_without_annotation": len(hc_imgs - hc_ann),
         "hc18_images_without_csv_row": len(hc_imgs - hc_rows),
     }
-
-
-def hc18_images(folder: Path) -> list[Path]:
-    """HC18 image files (``NNN_HC.png``, ``NNN_2HC.png``...), not their annotations."""
-    return sorted(p for p in folder.glob("*HC.png") if p.is_file())
 
 
 def _copy_images(src: Path, dst: Path, pattern: str = "*") -> int:

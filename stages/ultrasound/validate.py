@@ -31,7 +31,7 @@ from stages.common.io import RUNS_DIR, Quarantine, write_csv, write_json
 from stages.common.parallel import map_images
 from stages.common.params import load_params, project_root
 from stages.ultrasound.imaging import ImageError, read_image
-from stages.ultrasound.ingest import HC18_CSV, PLANES_CSV, hc18_images
+from stages.ultrasound.paths import HC18_CSV, PLANES_CSV, hc18_images
 
 log = logging.getLogger(__name__)
 
