@@ -73,10 +73,13 @@ def bench_stages(mirror_root: Path) -> list[dict[str, Any]]:
 
 
 def _preprocess_note(project: Path) -> str:
-    report = project / "data/reports/preprocess_ctg.json"
-    if not report.is_file():
+    report, timings = (
+        project / "data/reports/preprocess_ctg.json",
+        project / "data/runs/preprocess_ctg.json",
+    )
+    if not (report.is_file() and timings.is_file()):
         return ""
-    r = json.loads(report.read_text())
+    r = {**json.loads(report.read_text()), **json.loads(timings.read_text())}
     return (
         f"{r['n_records']} records; in-stage {r['seconds']:.2f} s wall, "
         f"{r['cpu_seconds']:.2f} s CPU (excl. imports)"

@@ -3,7 +3,8 @@
 A stage builds a per-item table (one row per record or image), lists the expectations that
 guard it next to the stage, and calls :func:`run_expectations`. The report maps every failure
 back to row ids so the stage can quarantine exactly those items with a reason a person can act
-on; GX Data Docs HTML is written into the stage's report folder.
+on; GX Data Docs HTML goes where the stage asks (an untracked folder: GX stamps the pages
+with run times and ids, so they are not a pure function of the data).
 
 GX 1.x API (the V0 ``ge.from_pandas`` API is gone): an ephemeral context, a pandas data source
 with a dataframe asset and a whole-dataframe batch definition, an ``ExpectationSuite`` and a

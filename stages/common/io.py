@@ -12,10 +12,11 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -99,15 +100,55 @@ def read_json(path: str | Path) -> Any:
         return json.load(fh)
 
 
+# A run report: what one execution of a stage did (wall and CPU seconds, bytes transferred,
+# files skipped on resume, the source folder or URL). It changes from run to run, so it is
+# logged and kept here, git-ignored and not a DVC output: a DVC-tracked output stays a pure
+# function of its deps and params, and two runs give the same dvc.lock.
+RUNS_DIR = Path("data/runs")
+
+
+def run_report_path(root: str | Path, stage: str) -> Path:
+    """``<root>/data/runs/<stage>.json``: the untracked run report of ``stage``."""
+    return Path(root) / RUNS_DIR / f"{stage}.json"
+
+
+def write_run_report(root: str | Path, stage: str, report: dict[str, Any]) -> Path:
+    """Write ``stage``'s run report (timings, operational counters, sources); return its path."""
+    path = run_report_path(root, stage)
+    write_json(path, report)
+    return path
+
+
 def write_csv(path: str | Path, df: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
 
 
-def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
+# np.savez stamps every zip entry with the current time, so the same arrays saved twice differ
+# in bytes (and in dvc.lock). Entries here carry this fixed date instead (the zip epoch).
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+def save_npz(file: str | Path | BinaryIO, compress: bool = True, **arrays: np.ndarray) -> None:
+    """``np.savez[_compressed]`` with byte-identical output for identical arrays.
+
+    Same layout as NumPy's (one ``<key>.npy`` zip entry per array, zip64), readable by
+    ``np.load``; object arrays are refused (no pickles).
+    """
+    compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(file, mode="w", compression=compression, allowZip64=True) as zf:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_DATE)
+            info.compress_type = compression
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
+
+
+def write_npz(path: str | Path, compress: bool = True, **arrays: np.ndarray) -> None:
+    """Write ``arrays`` to ``path`` atomically and reproducibly (see :func:`save_npz`)."""
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+        save_npz(tmp, compress, **arrays)
 
 
 @dataclass

@@ -14,20 +14,23 @@ adding a duplicate.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import json
 import logging
 import os
-import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from stages.common.params import project_root
+from stages.common.provenance import (  # noqa: F401  (re-exported: tracking.data_hash, ...)
+    data_hash,
+    git_commit,
+    lineage_tags,
+    pinned_requirements,
+    stage_input_hashes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,50 +78,6 @@ def _experiment_id(name: str) -> str:
         return exp.experiment_id
 
 
-def git_commit() -> str:
-    """The commit of the working tree, with ``-dirty`` when it has uncommitted changes."""
-    try:
-        root = project_root()
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def stage_input_hashes(stage: str) -> dict[str, str]:
-    """The dvc.lock hashes of a stage's dependencies (as of the last completed ``dvc repro``)."""
-    lock = project_root() / "dvc.lock"
-    if not lock.is_file():
-        return {}
-    with open(lock, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
-    deps = (data.get("stages", {}).get(stage) or {}).get("deps", [])
-    return {d["path"]: d.get("md5") or d.get("hash", "") for d in deps if "path" in d}
-
-
-def data_hash(paths: list[str | Path]) -> str:
-    """A short content hash of files or folders: what a model version was evaluated on."""
-    h = hashlib.sha256()
-    for p in sorted(Path(p) for p in paths):
-        files = sorted(p.rglob("*")) if p.is_dir() else [p]
-        for f in files:
-            if f.is_file():
-                h.update(str(f.relative_to(p.parent)).encode())
-                with open(f, "rb") as fh:
-                    for chunk in iter(lambda: fh.read(1 << 20), b""):
-                        h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 @contextlib.contextmanager
 def run(
     experiment: str,
@@ -129,11 +88,11 @@ def run(
 ) -> Iterator[Any]:
     """Start an MLflow run tagged with the git commit and the stage's dvc.lock input hashes."""
     mlflow = _mlflow()
-    all_tags = {"git_commit": git_commit(), **(tags or {})}
-    if stage:
-        all_tags["dvc_stage"] = stage
-        for path, digest in stage_input_hashes(stage).items():
-            all_tags[f"dvc_dep.{path}"] = digest
+    all_tags = {
+        "git_commit": git_commit(),
+        **(lineage_tags(stage) if stage else {}),
+        **(tags or {}),
+    }
     with mlflow.start_run(
         experiment_id=_experiment_id(experiment), run_name=run_name, tags=all_tags
     ) as active:
@@ -208,11 +167,16 @@ def log_predictor_model(
     name: str,
     loader: str,
     artifacts: Mapping[str, str | Path],
-    pip_requirements: list[str],
+    pip_requirements: list[str] | None = None,
     input_example: Any = None,
     signature: Any = None,
 ) -> str:
-    """Log a :class:`PredictorModel` in the active run and return its model URI."""
+    """Log a :class:`PredictorModel` in the active run and return its model URI.
+
+    ``pip_requirements`` defaults to :func:`pinned_requirements`.
+    """
+    if pip_requirements is None:
+        pip_requirements = pinned_requirements()
     mlflow = _mlflow()
     info = mlflow.pyfunc.log_model(
         name=name,
@@ -464,3 +428,47 @@ def compare_versions(name: str) -> list[dict[str, Any]]:
 
 def champion_uri(name: str) -> str:
     return f"models:/{name}@{CHAMPION}"
+
+
+def register_and_promote(
+    model_dir: Path,
+    loader: str,
+    registered_name: str,
+    tags: Mapping[str, Any],
+    idempotency_key: str,
+    promote_metric: str,
+    promote_margin: float,
+    rescore: Callable[[Any], float] | None = None,
+    input_example: Any = None,
+    signature: Any = None,
+) -> Decision:
+    """Log ``model_dir`` as a pyfunc in the active run, register it, promote it if better.
+
+    ``tags`` (the version's metrics, ``eval_data_hash``, ...) go on the new version;
+    ``idempotency_key`` (:func:`idempotency_key`) makes a rerun after a crash reuse it. A
+    champion evaluated on other data is judged by ``rescore(its predictor)``
+    (:func:`decide_promotion`); errors there keep the champion and say why. The run is tagged
+    with the registered version and the decision.
+    """
+    uri = log_predictor_model(
+        name="model",
+        loader=loader,
+        artifacts={"model_dir": str(model_dir)},
+        input_example=input_example,
+        signature=signature,
+    )
+    version = register_model(uri, registered_name, tags, idempotency_key=idempotency_key)
+
+    def champion_score(model_uri: str) -> float:
+        return float(rescore(load_predictor(model_uri)))  # type: ignore[misc]
+
+    decision = promote_if_better(
+        registered_name,
+        version,
+        promote_metric,
+        float(promote_margin),
+        rescore=champion_score if rescore is not None else None,
+    )
+    set_tags({"registered_version": version, "promoted": decision.promoted})
+    log.info("registry decision:\n%s", decision.to_markdown())
+    return decision

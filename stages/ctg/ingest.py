@@ -8,7 +8,9 @@ with a clear message when RECORDS is missing or empty, or when more than
 ``max_fail_fraction`` of the records could not be fetched.
 
 Outputs: data/raw/ctu-uhb/ (NNNN.hea/.dat, RECORDS and SHA256SUMS.txt of what was ingested),
-data/reports/ingest_ctg.json.
+data/reports/ingest_ctg.json (what was ingested: a function of the source's files and the params)
+and the untracked run report data/runs/ingest_ctg.json (source, bytes transferred, files skipped
+or resumed, seconds, quarantine reasons: they depend on the run, not on the data).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from stages.common.download import (
     parse_sha256sums,
     read_source_text,
 )
-from stages.common.io import Quarantine, write_json, write_text
+from stages.common.io import Quarantine, write_json, write_run_report, write_text
 from stages.common.params import load_params, mirror_dir, project_root
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,15 @@ STAGE = "ingest_ctg"
 OUT_DIR = Path("data/raw/ctu-uhb")
 REPORT = Path("data/reports/ingest_ctg.json")
 RECORD_FILES = (".hea", ".dat")
+# Keys of run_ingest's result that describe this run rather than the data (the run report's).
+RUN_KEYS = (
+    "source",
+    "quarantined",
+    "n_files_skipped",
+    "n_files_resumed",
+    "bytes_transferred",
+    "seconds",
+)
 
 
 class IngestError(RuntimeError):
@@ -143,6 +154,16 @@ def run_ingest(source: str | Path, out_dir: Path, params: dict[str, Any]) -> dic
     }
 
 
+def tracked_report(report: dict[str, Any]) -> dict[str, Any]:
+    """The DVC-tracked part of :func:`run_ingest`'s result: counts and quarantined record names.
+
+    Quarantine reasons name the source (a mirror path or a URL), so they stay in the run report.
+    """
+    out = {k: v for k, v in report.items() if k not in RUN_KEYS}
+    out["quarantined_records"] = sorted(r["item"] for r in report["quarantined"])
+    return out
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(STAGE)
@@ -155,7 +176,8 @@ def main() -> None:
         report = run_ingest(source, out_dir, params)
     except (IngestError, DownloadError) as exc:
         raise SystemExit(f"{STAGE} failed: {exc}") from None
-    write_json(root / REPORT, report)
+    write_json(root / REPORT, tracked_report(report))
+    write_run_report(root, STAGE, {k: report[k] for k in RUN_KEYS})
     log.info(
         "ingested %d/%d records (%d quarantined, %d files skipped) from %s in %.1f s",
         report["n_records"],

@@ -6,7 +6,8 @@ registered model calls the same function on raw input). Label = pH < ``ph_thresh
 
 Outputs: data/processed/ctg/sequences.npz (records, fhr_bpm, uc, fs_hz),
 data/processed/ctg/records.csv (record, ph, label, signal_loss_frac, n_samples_raw,
-duration_min, missing_frac_out, apgar5, bdecf), data/reports/preprocess_ctg.json.
+duration_min, missing_frac_out, apgar5, bdecf), data/reports/preprocess_ctg.json (counts);
+wall and CPU seconds go to the log and the untracked run report data/runs/preprocess_ctg.json.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages.common.io import atomic_path, write_csv, write_json
+from stages.common.io import write_csv, write_json, write_npz, write_run_report
 from stages.common.params import load_params, project_root
 from stages.ctg.signal import CtgRecord, parse_float, preprocess_signals, read_ctg_record
 
@@ -94,10 +95,14 @@ def main() -> None:
     seq = build_sequences(records, params)
     # Uncompressed (13 MB for 452 records): compressing NaN-rich float32 took ~1.4 s of the 5 s
     # budget and saved little; still written atomically.
-    with atomic_path(root / SEQUENCES) as tmp, open(tmp, "wb") as fh:
-        np.savez(
-            fh, records=seq.records, fhr_bpm=seq.fhr_bpm, uc=seq.uc, fs_hz=np.float64(seq.fs_hz)
-        )
+    write_npz(
+        root / SEQUENCES,
+        compress=False,
+        records=seq.records,
+        fhr_bpm=seq.fhr_bpm,
+        uc=seq.uc,
+        fs_hz=np.float64(seq.fs_hz),
+    )
     write_csv(root / RECORDS_CSV, seq.table)
     seconds = time.perf_counter() - t0
     labels = seq.table["label"]
@@ -111,10 +116,10 @@ def main() -> None:
             "n_negative": int((labels == 0).sum()),
             "sequence_length": int(seq.fhr_bpm.shape[1]),
             "missing_frac_out_mean": float(np.isnan(seq.fhr_bpm).mean()),
-            "seconds": round(seconds, 3),
-            "cpu_seconds": round(time.process_time() - cpu0, 3),
         },
     )
+    timings = {"seconds": round(seconds, 3), "cpu_seconds": round(time.process_time() - cpu0, 3)}
+    write_run_report(root, STAGE, timings)
     log.info(
         "%d records -> %s %s in %.2f s (%d positive at pH < %s; %d excluded)",
         len(passed),

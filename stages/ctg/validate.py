@@ -7,7 +7,9 @@ quarantined with its reasons and left out downstream. The stage fails when more 
 ``max_fail_fraction`` of the records fail.
 
 Outputs: data/interim/ctg/validation.csv (record, passed, reasons, stats),
-data/interim/ctg/quarantine.csv, data/reports/validate_ctg.json, data/reports/gx/ctg/ (Data Docs).
+data/interim/ctg/quarantine.csv, data/reports/validate_ctg.json (the suite's outcome per
+expectation: the deterministic record of the checks). The GX Data Docs go to the untracked
+data/runs/gx/ctg/: GX stamps them with run times and ids, so they cannot be a DVC output.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from stages.common.checks import CheckReport, gx_expectations, run_expectations
-from stages.common.io import Quarantine, write_csv, write_json
+from stages.common.io import RUNS_DIR, Quarantine, write_csv, write_json
 from stages.common.params import load_params, project_root
 from stages.ctg.record_checks import expected_channels, record_limits, record_stats
 from stages.ctg.signal import CtgReadError, parse_float, read_ctg_record
@@ -34,7 +36,7 @@ RAW_DIR = Path("data/raw/ctu-uhb")
 VALIDATION_CSV = Path("data/interim/ctg/validation.csv")
 QUARANTINE_CSV = Path("data/interim/ctg/quarantine.csv")
 REPORT = Path("data/reports/validate_ctg.json")
-DOCS_DIR = Path("data/reports/gx/ctg")
+DOCS_DIR = RUNS_DIR / "gx" / "ctg"  # untracked: Data Docs carry run timestamps
 
 STAT_COLUMNS = [
     "readable",

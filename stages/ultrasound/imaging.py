@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from stages.common.io import save_npz
+
 # Modes PIL reports for 8-bit data; everything else (I;16, I, F, 1, CMYK...) is refused.
 _EIGHT_BIT_MODES = {"L", "P", "RGB", "RGBA", "LA"}
 
@@ -193,8 +195,7 @@ def _write_png_store(folder: Path, items: Iterable[tuple[str, np.ndarray]], shar
 def _write_shard_store(folder: Path, items: Iterable[tuple[str, np.ndarray]], shard: int) -> None:
     arrays = {name: img for name, img in items}
     if arrays:
-        with open(folder / f"shard-{shard:03d}.npz", "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+        save_npz(folder / f"shard-{shard:03d}.npz", **arrays)  # byte-reproducible
 
 
 STORE_WRITERS: dict[str, Callable[[Path, Iterable[tuple[str, np.ndarray]], int], None]] = {

@@ -9,7 +9,8 @@ and zips are extracted safely (absolute paths, ``..`` and links refused) by
 Outputs: ``data/raw/fetal_planes`` (``images/*.png``, ``FETAL_PLANES_DB_data.csv`` comma-separated
 with stripped headers and values), ``data/raw/hc18`` (``images/NNN_HC.png``,
 ``images/NNN_HC_Annotation.png``, ``pixel_size_and_HC.csv`` as published) and
-``data/reports/ingest_us.json``. A label table listing images the source lacks is normal (held-out
+``data/reports/ingest_us.json`` (counts; the sources go to the untracked run report
+``data/runs/ingest_us.json``). A label table listing images the source lacks is normal (held-out
 patients): it is counted in the report, not an error.
 """
 
@@ -24,14 +25,11 @@ from typing import Any
 
 import pandas as pd
 
-from stages.common.io import atomic_dir, write_json
+from stages.common.io import atomic_dir, write_json, write_run_report
 from stages.common.params import load_params, mirror_dir, project_root
+from stages.ultrasound.paths import HC18_CSV, IMAGE_SUFFIXES, PLANES_CSV, hc18_images
 
 log = logging.getLogger(__name__)
-
-PLANES_CSV = "FETAL_PLANES_DB_data.csv"
-HC18_CSV = "pixel_size_and_HC.csv"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 def normalise_planes_table(text: str) -> pd.DataFrame:
@@ -69,11 +67,6 @@ def inventory(fp_dir: Path, hc_dir: Path) -> dict[str, Any]:
         "hc18_images_without_annotation": len(hc_imgs - hc_ann),
         "hc18_images_without_csv_row": len(hc_imgs - hc_rows),
     }
-
-
-def hc18_images(folder: Path) -> list[Path]:
-    """HC18 image files (``NNN_HC.png``, ``NNN_2HC.png``...), not their annotations."""
-    return sorted(p for p in folder.glob("*HC.png") if p.is_file())
 
 
 def _copy_images(src: Path, dst: Path, pattern: str = "*") -> int:
@@ -172,9 +165,11 @@ def main() -> None:
                     log.info("%s: downloading from Zenodo", dataset)
                     from_download(p, out, Path(work))
                     sources[dataset] = "zenodo"
-    report = {**inventory(raw / "fetal_planes", raw / "hc18"), "sources": sources}
+    report = inventory(raw / "fetal_planes", raw / "hc18")
     write_json(root / "data" / "reports" / "ingest_us.json", report)
-    log.info("ingest_us: %s", report)
+    # Where the files came from (a mirror's absolute path or Zenodo) describes the run only.
+    write_run_report(root, "ingest_us", {"sources": sources})
+    log.info("ingest_us: %s from %s", report, sources)
 
 
 if __name__ == "__main__":

@@ -10,25 +10,28 @@ Checks (``validate_us`` in params.yaml):
 - HC18: every image has its annotation (same size, non-empty) and a positive pixel size.
 
 The table-level expectations also run as a Great Expectations 1.x suite
-(``stages.common.checks``), whose Data Docs go to ``data/reports/gx/us``. The stage fails only
-when more than ``max_fail_fraction`` of the images fail.
+(``stages.common.checks``); their outcome goes into ``data/reports/validate_us.json`` and their
+Data Docs to the untracked ``data/runs/gx/us`` (GX stamps them with run times and ids, so they
+cannot be a DVC output). The stage fails only when more than ``max_fail_fraction`` of the images
+fail.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from stages.common.io import Quarantine, write_csv, write_json
+from stages.common.io import RUNS_DIR, Quarantine, write_csv, write_json
 from stages.common.parallel import map_images
 from stages.common.params import load_params, project_root
 from stages.ultrasound.imaging import ImageError, read_image
-from stages.ultrasound.ingest import HC18_CSV, PLANES_CSV, hc18_images
+from stages.ultrasound.paths import HC18_CSV, PLANES_CSV, hc18_images
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +75,15 @@ def check_label_table(table: pd.DataFrame, p: dict[str, Any]) -> pd.DataFrame:
 
 def check_image_file(path: str, min_side_px: int, max_side_px: int) -> dict[str, Any]:
     """Decode one image; returns width, height and the refusal reason ('' when fine)."""
+    # Decoders name the file by its full path; the reason (a tracked output) names it alone.
+    folder = f"{Path(path).parent}{os.sep}"
     try:
         img = read_image(path, min_side_px, max_side_px)
     except ImageError as exc:
-        return {"width": np.nan, "height": np.nan, "reason": str(exc)}
+        return {"width": np.nan, "height": np.nan, "reason": str(exc).replace(folder, "")}
     except OSError as exc:
-        return {"width": np.nan, "height": np.nan, "reason": f"unreadable: {exc}"}
+        reason = f"unreadable: {exc}".replace(folder, "")
+        return {"width": np.nan, "height": np.nan, "reason": reason}
     return {
         "width": img.shape[1],
         "height": img.shape[0],
@@ -262,7 +268,7 @@ def main() -> None:
         q.add(f"{r.dataset}/{r.image}", r.reasons)
     write_csv(interim / "validation.csv", df)
     q.write(interim / "quarantine.csv")
-    gx = run_gx(raw, df, p, reports / "gx" / "us")
+    gx = run_gx(raw, df, p, root / RUNS_DIR / "gx" / "us")
     fail_frac = float((~df["passed"]).mean()) if len(df) else 1.0
     report = {
         "n_images": len(df),

@@ -83,7 +83,7 @@ def test_good_records_pass_and_flow_downstream(validated: Path) -> None:
     assert report["n_records"] == N_GOOD + len(BAD)
     assert report["n_passed"] == N_GOOD and report["n_failed"] == len(BAD)
     assert report["failures_by_reason"]["unreadable"] == 2
-    assert (validated / "data/reports/gx/ctg/index.html").is_file()
+    assert (validated / "data/runs/gx/ctg/index.html").is_file()  # Data Docs: untracked
     records = pd.read_csv(validated / "data/processed/ctg/records.csv", dtype={"record": str})
     assert len(records) == N_GOOD and not set(records["record"]) & set(BAD)
     pre = read_json(validated / "data/reports/preprocess_ctg.json")

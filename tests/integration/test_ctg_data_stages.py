@@ -43,12 +43,16 @@ def test_data_stages_on_synthetic_mirror(tmp_path: Path, monkeypatch: pytest.Mon
 
     raw = root / "data/raw/ctu-uhb"
     ingest = read_json(root / "data/reports/ingest_ctg.json")
-    assert ingest["n_records"] == 12 and ingest["source"] == str(mirror)
+    assert ingest["n_records"] == 12 and ingest["quarantined_records"] == []
+    # where the files came from and how long it took: the untracked run report, not the output
+    run = read_json(root / "data/runs/ingest_ctg.json")
+    assert run["source"] == str(mirror) and run["seconds"] >= 0
+    assert not {"source", "seconds", "bytes_transferred"} & set(ingest)
     assert sha256_file(raw / "1007.dat") == sha256_file(mirror / "1007.dat")
 
     validation = pd.read_csv(root / "data/interim/ctg/validation.csv", dtype={"record": str})
     assert validation["passed"].all() and set(validation["fs_hz"]) == {4.0}
-    assert (root / "data/reports/gx/ctg/index.html").is_file()
+    assert (root / "data/runs/gx/ctg/index.html").is_file()
 
     seq = np.load(root / "data/processed/ctg/sequences.npz")
     n_t = params["preprocess_ctg"]["last_minutes"] * 60 * params["preprocess_ctg"]["fs_out_hz"]
@@ -96,8 +100,7 @@ def test_ingest_validate_preprocess_real_mirror(
     if report["n_passed"] == 452:  # README: pH < 7.15 in 86 of the 452 records
         assert records["label"].sum() == 86
     assert records["duration_min"].between(60, 91).all()
-    pre = read_json(root / "data/reports/preprocess_ctg.json")
-    assert pre["cpu_seconds"] < 5.0
+    assert read_json(root / "data/runs/preprocess_ctg.json")["cpu_seconds"] < 5.0
 
 
 @pytest.mark.slow

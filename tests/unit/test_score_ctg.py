@@ -12,6 +12,7 @@ import pytest
 from stages.cli import main as fetal
 from stages.common import scoring, tracking
 from stages.common.params import load_params
+from stages.common.training import seed_everything
 from stages.ctg import model as ctg_model
 from stages.ctg import score, train
 from tests.synth_ctg import synth_record, write_ctg_record
@@ -27,7 +28,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params.update(units=4, dense_units=4, conv_filters=4)
     pre = dict(load_params("preprocess_ctg", ROOT / "params.yaml"))
     pre["last_minutes"] = 20
-    ctg_model.set_determinism(0)
+    seed_everything(0)
     net = ctg_model.build_model(int(pre["last_minutes"] * 60 * pre["fs_out_hz"]), params)
     folder = tmp_path_factory.mktemp("ctg_model")
     ctg_model.save_model_dir(folder, net, pre, ctg_model.normalisation(params), 0.5, 10.0)
@@ -107,7 +108,6 @@ def test_risk_plot_and_champion_from_registry(
             name="model",
             loader="stages.ctg.model:load_predictor",
             artifacts={"model_dir": str(model_dir)},
-            pip_requirements=train.PIP_REQUIREMENTS,
             input_example=train.example_input(),
             signature=False,
         )

@@ -1,0 +1,49 @@
+"""The shared TensorFlow determinism switch: same seed, same weights; another seed, others."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stages.common.determinism import deterministic_tensorflow, intra_op_threads
+
+pytestmark = pytest.mark.unit
+
+
+def _tiny_fit(seed: int) -> list[np.ndarray]:
+    """A small Conv1D + dense network fitted for two epochs on seeded random data."""
+    import keras
+
+    deterministic_tensorflow(seed, intra_threads=2)
+    rng = np.random.default_rng(0)  # the data stay fixed; only the seed of the fit varies
+    x = rng.normal(size=(64, 32, 2)).astype("float32")
+    y = (x[:, :, 0].mean(axis=1) > 0).astype("float32")
+    model = keras.Sequential(
+        [
+            keras.Input((32, 2)),
+            keras.layers.Conv1D(4, 5, activation="relu"),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    model.fit(x, y, epochs=2, batch_size=16, shuffle=True, verbose=0)
+    return model.get_weights()
+
+
+def test_same_seed_gives_identical_weights() -> None:
+    first, again, other = _tiny_fit(7), _tiny_fit(7), _tiny_fit(8)
+    assert len(first) == len(again)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)  # bit for bit, not within a tolerance
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_intra_op_threads_from_argument_environment_or_default(monkeypatch) -> None:
+    monkeypatch.delenv("FETAL_TF_INTRA_THREADS", raising=False)
+    assert intra_op_threads() == 2
+    monkeypatch.setenv("FETAL_TF_INTRA_THREADS", "1")
+    assert intra_op_threads() == 1 and intra_op_threads(3) == 3
+    with pytest.raises(ValueError, match=">= 1"):
+        intra_op_threads(0)
