@@ -126,7 +126,7 @@ def test_risk_plot_and_champion_from_registry(
 
 
 def test_risk_over_time_grows_with_the_record(model_dir: Path) -> None:
-    from stages.ctg.score import risk_over_time
+    from stages.ctg.risk import risk_over_time
 
     scorer = ctg_model.load_predictor({"model_dir": str(model_dir)})
     fhr, uc, _ = synth_record(np.random.default_rng(0), acidemic=True, duration_min=32.0)
@@ -136,7 +136,7 @@ def test_risk_over_time_grows_with_the_record(model_dir: Path) -> None:
 
 
 def test_risk_over_time_is_nan_where_a_prefix_cannot_be_scored(model_dir: Path) -> None:
-    from stages.ctg.score import risk_over_time
+    from stages.ctg.risk import risk_over_time
 
     scorer = ctg_model.load_predictor({"model_dir": str(model_dir)})
     fhr, uc, _ = synth_record(np.random.default_rng(3), acidemic=False, duration_min=40.0)
