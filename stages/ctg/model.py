@@ -338,8 +338,8 @@ class CtgPredictor:
             config.get("max_input_minutes", self.DEFAULT_MAX_INPUT_MINUTES)
         )
 
-    @classmethod
-    def encode_b64(cls, samples: np.ndarray, gain: float = DEFAULT_GAIN) -> str:
+    @staticmethod
+    def encode_b64(samples: np.ndarray, gain: float = DEFAULT_GAIN) -> str:
         """Raw samples -> the compact ``*_b64`` form (clients' side of the format).
 
         ``round(samples * gain)`` as little-endian int16, base64: exact for CTU-UHB records
