@@ -8,19 +8,22 @@ and ``FETAL_TEST_CHROMIUM``. Locally a missing service skips the test with the r
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def require_env(var: str, what: str) -> str:
@@ -87,6 +90,78 @@ def mlflow_server(backend_uri: str, artifacts: Path, log: Path) -> Iterator[str]
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/health", 120, proc)
+        yield url
+    finally:
+        stop(proc)
+
+
+def post_json(
+    url: str, payload: object, timeout_s: float = 60, content_type: str = "application/json"
+) -> tuple[int, dict]:
+    """POST ``payload`` (encoded as JSON unless already bytes); the status and the decoded JSON
+    answer (a 4xx too)."""
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def register_champion(
+    tracking_uri: str, log_model: Callable[[], str], name: str = "ctg-distress"
+) -> str:
+    """In the store at ``tracking_uri``: log a model (``log_model()`` inside a run, returning its
+    URI), register it as ``name`` and promote it to champion; returns ``models:/name@champion``.
+
+    ``MLFLOW_TRACKING_URI`` points at the store only meanwhile, so callers of any scope can use it.
+    """
+    from stages.common import tracking
+
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    try:
+        with tracking.run("serving", name):
+            model_uri = log_model()
+        version = tracking.register_model(model_uri, name, {"cv_auc": 0.6}, f"serve-{name}")
+        tracking.set_alias(name, tracking.CHAMPION, version)
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+    return tracking.champion_uri(name)
+
+
+@contextlib.contextmanager
+def model_server(
+    model_uri: str, tracking_uri: str, log: Path, workers: int = 1, timeout_s: float = 180
+) -> Iterator[str]:
+    """``mlflow models serve -m model_uri --env-manager local`` on a free loopback port; yields
+    its URL and stops it (the whole process group, workers included) when the block ends.
+
+    The scoring server is ``uvicorn`` from the venv (on the PATH); the model's loader comes from
+    the repository (on PYTHONPATH).
+    """
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+            stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/ping", timeout_s, proc)
         yield url
     finally:
         stop(proc)

@@ -8,66 +8,26 @@ server runs on a free loopback port. A malformed payload must get a 4xx with a c
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from flows.tasks import log_baseline_model
-from stages.common import tracking
-from tests.conftest import ROOT
-from tests.integration.services import BIN, free_port, stop, wait_http
+from tests.integration.services import model_server, post_json, register_champion
 
 pytestmark = pytest.mark.integration
-
-
-def _post(url: str, payload: object) -> tuple[int, dict]:
-    req = urllib.request.Request(
-        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("serving")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri  # module-scoped: the autouse fixture is per test
+    champion = register_champion(uri, lambda: log_baseline_model(str(tmp / "config.json")))
     try:
-        with tracking.run("serving-test", "baseline"):
-            model_uri = log_baseline_model(str(tmp / "config.json"))
-        v = tracking.register_model(model_uri, "ctg-distress", {"cv_auc": 0.6}, "serve")
-        tracking.promote_if_better("ctg-distress", v, "cv_auc", 0.005)
+        with model_server(champion, uri, tmp / "serve.log") as url:
+            yield url
     finally:
-        if old is None:
-            os.environ.pop("MLFLOW_TRACKING_URI")
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old
-    port = free_port()
-    # the scoring server is `uvicorn` from the venv; flows.tasks (the loader) from the repo
-    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT), "PATH": path}
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "models", "serve", "-m", "models:/ctg-distress@champion",
-         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=open(tmp / "serve.log", "w"), stderr=subprocess.STDOUT, env=env,
-        start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/ping", 120, proc)
-        yield url
-    finally:
-        stop(proc)
         print((tmp / "serve.log").read_text()[-3000:])
 
 
@@ -76,7 +36,7 @@ def test_champion_scores_raw_4hz_records(served: str):
     normal = (140 + 3 * np.sin(np.arange(n) / 40)).round(2).tolist()
     brady = [95.0] * n
     uc = [20.0] * n
-    status, body = _post(
+    status, body = post_json(
         f"{served}/invocations",
         {"dataframe_records": [{"fhr_bpm": normal, "uc": uc}, {"fhr_bpm": brady, "uc": uc}]},
     )
@@ -96,6 +56,6 @@ def test_champion_scores_raw_4hz_records(served: str):
     ],
 )
 def test_malformed_payload_gets_4xx_with_a_clear_message(served: str, payload, expect: str):
-    status, body = _post(f"{served}/invocations", payload)
+    status, body = post_json(f"{served}/invocations", payload)
     assert 400 <= status < 500, (status, body)
     assert expect in json.dumps(body), body
