@@ -4,9 +4,7 @@ the stages' main()s (source, ingest, validate, split_planes)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,8 +14,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from stages.common.download import sha256_file
 from stages.common.io import read_json
 from tests.conftest import run_dvc, set_params
+from tests.integration.test_ctg_pipeline import ran_stages
 from tests.synth_ctg import make_ctg_mirror, synth_record, write_ctg_record, write_index
 from tests.synth_us import make_us_mirror
 
@@ -26,23 +26,17 @@ pytestmark = pytest.mark.integration
 TRAIN_DATA = ["sequences.npz", "records.csv", "folds.csv"]
 
 
-def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
 def _add_record(folder: Path, name: str, seed: int, fs_hz: float = 4.0) -> None:
     fhr, uc, ph = synth_record(np.random.default_rng(seed), seed % 2 == 0, 40)
     step = int(4 / fs_hz)
     write_ctg_record(folder, name, fhr[::step], uc[::step], ph=ph, fs_hz=fs_hz)
 
 
-def _lock_md5(repo: Path, stage: str) -> dict[str, str]:
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]
-    return {o["path"]: o["md5"] for o in lock.get("outs", [])}
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _train_inputs_md5(repo: Path) -> dict[str, str]:
+    """dvc.lock's md5 of train_ctg's data inputs (what decides whether it reruns)."""
+    stages = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    outs = [o for s in ("preprocess_ctg", "split_ctg") for o in stages[s]["outs"]]
+    return {o["path"]: o["md5"] for o in outs if Path(o["path"]).name in TRAIN_DATA}
 
 
 @pytest.mark.slow
@@ -107,12 +101,12 @@ def test_ctg_arrivals_through_dvc_repro(
     _add_record(mirror, "1013", 13)
     write_index(mirror)
     (mirror / "1013.dat").write_bytes(b"\0" * 100)  # after its checksum was published
-    before = {name: _digest(processed / name) for name in TRAIN_DATA}
-    lock_before = _lock_md5(toy_repo, "preprocess_ctg") | _lock_md5(toy_repo, "split_ctg")
+    before = {name: sha256_file(processed / name) for name in TRAIN_DATA}
+    lock_before = _train_inputs_md5(toy_repo)
     out = run_dvc(toy_repo, "repro", "split_ctg").stdout
     assert "validate_ctg" in ran_stages(out) and "split_ctg" not in ran_stages(out)
-    assert {name: _digest(processed / name) for name in TRAIN_DATA} == before
-    assert _lock_md5(toy_repo, "preprocess_ctg") | _lock_md5(toy_repo, "split_ctg") == lock_before
+    assert {name: sha256_file(processed / name) for name in TRAIN_DATA} == before
+    assert _train_inputs_md5(toy_repo) == lock_before and len(lock_before) == 3
     report = read_json(toy_repo / "data/reports/ingest_ctg.json")
     assert report["quarantined_records"] == ["1013"]
     assert "checksum mismatch for 1013.dat" in report["quarantine_reasons"]["1013"]
