@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import json
 import os
 import subprocess
 import sys
@@ -34,6 +33,8 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.arrivals import report_arrivals
 
 BRANCH_SUFFIXES: dict[str, str] = {"ctg": "_ctg", "us": "_us"}
 LOCK_NAME = "fetal-training.lock"
@@ -339,64 +340,6 @@ def publish(repo: str, rows: list[dict[str, Any]], timings: list[StageResult]) -
     ):
         tracking.log_metrics({f"stage_seconds.{t.stage}": t.seconds for t in timings})
         tracking.log_artifact(out)
-    return body
-
-
-# --------------------------------------------------------------------------- data arrivals
-
-# Ingest stage -> (its tracked report, {data set: key of its data-version summary in the report})
-ARRIVAL_REPORTS: dict[str, tuple[str, dict[str, str]]] = {
-    "ingest_ctg": ("data/reports/ingest_ctg.json", {"ctu-uhb": "arrivals"}),
-    "ingest_us": ("data/reports/ingest_us.json", {"fetal_planes": "fetal_planes", "hc18": "hc18"}),
-}
-
-
-def arrivals_markdown(repo: str | Path, timings: list[StageResult]) -> str:
-    """What data arrived in this run (the ingest stages' data-version summaries), which stages ran.
-
-    A data set whose ingest stage did not run had no new data: its source listing was unchanged.
-    """
-    ran = {t.stage: t.ran for t in timings}
-    cols = ["data set", "added", "changed", "removed", "quarantined", "version"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for stage, (path, sets) in ARRIVAL_REPORTS.items():
-        report_path = Path(repo) / path
-        for name, key in sets.items():
-            if not ran.get(stage) or not report_path.is_file():
-                why = "not in this run" if stage not in ran else f"no new data ({stage} skipped)"
-                lines.append(f"| {name} | {why} | | | | |")
-                continue
-            report = json.loads(report_path.read_text(encoding="utf-8"))
-            new = report.get(key, {})
-            bad = report.get("quarantined_records", new.get("quarantined", []))
-            cells = [f"{new.get(f'n_{k}', 0)}" + _names(new.get(k, [])) for k in cols[1:4]]
-            lines.append(
-                f"| {name} | {' | '.join(cells)} | {len(bad)}{_names(list(bad))} | "
-                f"{str(new.get('version', ''))[:12]} |"
-            )
-    stages_ran = [t.stage for t in timings if t.ran]
-    return (
-        "## Data arrivals\n\n"
-        + "\n".join(lines)
-        + f"\n\nStages run: {', '.join(stages_ran) if stages_ran else 'none (nothing changed)'}"
-    )
-
-
-def _names(names: list[str], limit: int = 10) -> str:
-    if not names:
-        return ""
-    more = f", +{len(names) - limit}" if len(names) > limit else ""
-    return " (" + ", ".join(names[:limit]) + more + ")"
-
-
-@task
-def report_arrivals(repo: str, timings: list[StageResult]) -> str:
-    """Log what arrived and publish it as the ``data-arrivals`` markdown artifact."""
-    body = arrivals_markdown(repo, timings)
-    get_run_logger().info("data arrivals:\n%s", body)
-    create_markdown_artifact(
-        key="data-arrivals", markdown=body, description="records and images that arrived"
-    )
     return body
 
 

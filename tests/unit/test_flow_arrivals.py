@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.training import StageResult, arrivals_markdown
+from flows.arrivals import arrivals_markdown
+from flows.training import StageResult
 
 pytestmark = pytest.mark.unit
 
