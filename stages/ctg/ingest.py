@@ -148,11 +148,14 @@ def run_ingest(
         return fetch_file(origin, name, out_dir, digest, **http)
 
     result = ingest_records(names, checksums, fetch, workers=int(params.get("workers", 4)))
-    # A record that failed now but was ingested before keeps that (verified) version.
+    # A record that failed now but was ingested before keeps that (verified) version, unless one
+    # of its files was already replaced by the new one (a half-new record is dropped).
+    replaced = {f.path.name for f in result.fetched if not f.skipped}
     kept_old = [
         n
         for n in result.quarantine.items()
-        if n in before_records and all((out_dir / f).is_file() and f in before for f in _files(n))
+        if n in before_records
+        and all((out_dir / f).is_file() and f in before and f not in replaced for f in _files(n))
     ]
     for row in result.quarantine.rows:
         if row["item"] in kept_old:
