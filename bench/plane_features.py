@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from stages.common.params import load_params
-from stages.ultrasound import models as M
+from stages.ultrasound.crops import PLANES, brain_rows, crops_for, to_unit_float
+from stages.ultrasound.plane_classifier import augmented_copies
 
 ROOT = Path(__file__).resolve().parents[1]
 Features = Callable[[np.ndarray], np.ndarray]
@@ -145,7 +146,7 @@ def grouped_cv_accuracy(
                 y_tr = np.tile(y[tr], 2)
             elif n_augment:
                 # augmented_copies returns the originals first: only the copies are new features
-                xa = M.augmented_copies(x[tr], n_augment, augment, seed)
+                xa = augmented_copies(x[tr], n_augment, augment, seed)
                 f_tr = np.concatenate([f_tr, fn(xa[len(tr) :])])
                 y_tr = np.tile(y[tr], len(xa) // len(tr))
             for c in cs:
@@ -184,12 +185,12 @@ def main() -> None:
     manifest = pd.read_csv(ROOT / "data/processed/us/planes_manifest.csv")
     with np.load(ROOT / "data/processed/us/crops.npz") as z:
         names, images = z["names"], z["images"]
-    rows = pd.concat([M.brain_rows(manifest, "train"), M.brain_rows(manifest, "val")])
-    x = M.to_unit_float(M.crops_for(rows, names, images), params["input_size"])
-    y = rows["brain_plane"].map(M.PLANES.index).to_numpy(dtype=int)
+    rows = pd.concat([brain_rows(manifest, "train"), brain_rows(manifest, "val")])
+    x = to_unit_float(crops_for(rows, names, images), params["input_size"])
+    y = rows["brain_plane"].map(PLANES.index).to_numpy(dtype=int)
     groups = rows["patient"].to_numpy()
-    per_plane = np.bincount(y, minlength=len(M.PLANES))
-    counts = " / ".join(f"{n} {p}" for p, n in zip(M.PLANES, per_plane, strict=True))
+    per_plane = np.bincount(y, minlength=len(PLANES))
+    counts = " / ".join(f"{n} {p}" for p, n in zip(PLANES, per_plane, strict=True))
     print(
         f"{len(y)} train+val brain crops of {len(set(groups))} patients ({counts}); "
         f"{args.folds} patient-grouped folds x {args.repeats} repeats; test split not read\n"

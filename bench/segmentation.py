@@ -39,7 +39,7 @@ import yaml
 
 from bench.ultrasound import _enhance_segment, time_scorer
 from stages.common.params import load_params
-from stages.ultrasound.segment import HC18_N_TUNE, hc18_summary
+from stages.ultrasound.hc18 import HC18_N_TUNE, hc18_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,15 +53,17 @@ def score_hc18(item: tuple[str, str, float, float, str], pe: dict[str, Any], ps:
 
     The last field of ``item`` is the U-Net folder for method ``unet`` ("" otherwise).
     """
-    from stages.ultrasound.enhance import enhance_image
+    from stages.ultrasound.enhancement import enhance_image
+    from stages.ultrasound.hc18 import truth_mask
+    from stages.ultrasound.head.segmenters import SegmentSettings, segment_image
+    from stages.ultrasound.head.unet import load_segmenter
     from stages.ultrasound.imaging import dice, read_image
-    from stages.ultrasound.segment import load_segmenter, segment_image, truth_mask
 
     img_path, ann_path, pixel_mm, hc_true_mm, unet_dir = item
     img = read_image(img_path)
     unet = load_segmenter(unet_dir)  # loaded once per process, before the clock starts
     t0 = time.perf_counter()
-    seg = segment_image(enhance_image(img, pe), ps, unet)
+    seg = segment_image(enhance_image(img, pe), SegmentSettings.from_params(ps), unet)
     seconds = time.perf_counter() - t0
     truth, _, _ = truth_mask(read_image(ann_path))
     hc_mm = seg.hc_px() * pixel_mm if seg.ok else float("nan")
@@ -103,13 +105,16 @@ def score_latency(
     as the stages save them, with the U-Net bundled for method ``unet``; their weights are
     untrained, which changes nothing of the compute, so this row needs no trained pipeline.
     """
-    from stages.ultrasound import models as M
+    from stages.ultrasound.autoencoder import build_autoencoder, fit_latent_ring, latent_codes
+    from stages.ultrasound.crops import PLANES
     from stages.ultrasound.imaging import read_image
+    from stages.ultrasound.model_dir import bundle_segmenter, save_model_dir
+    from stages.ultrasound.plane_classifier import build_plane_classifier
     from stages.ultrasound.score import load_scorer
 
     pc, ae = load_params("train_plane_classifier_us"), load_params("train_autoencoder_us")
     crop = {"enhance_us": pe, "segment_us": ps}
-    clf = M.build_plane_classifier(
+    clf = build_plane_classifier(
         pc["input_size"],
         filters=pc["filters"],
         batch_norm=pc["batch_norm"],
@@ -117,13 +122,11 @@ def score_latency(
         gabor=pc.get("gabor"),
         l2=pc.get("l2", 0.0),
     )
-    auto = M.build_autoencoder(ae["input_size"], ae["filters"])
-    cfg = {"planes": list(M.PLANES), **crop}
-    M.save_model_dir(
-        clf, folder / "plane", {**cfg, "input_size": pc["input_size"], "tta": pc["tta"]}
-    )
+    auto = build_autoencoder(ae["input_size"], ae["filters"])
+    cfg = {"planes": list(PLANES), **crop}
+    save_model_dir(clf, folder / "plane", {**cfg, "input_size": pc["input_size"], "tta": pc["tta"]})
     blank = np.zeros((2, ae["input_size"], ae["input_size"], 1), "float32")
-    M.save_model_dir(
+    save_model_dir(
         auto,
         folder / "ae",
         {
@@ -133,10 +136,10 @@ def score_latency(
             "anomaly_score": ae["anomaly_score"],
         },
         # the statistics every latent score needs (values do not change the compute)
-        M.fit_latent_ring(M.latent_codes(auto, blank), blank, ae["latent_shrinkage"]),
+        fit_latent_ring(latent_codes(auto, blank), blank, ae["latent_shrinkage"]),
     )
     for sub in ("plane", "ae"):
-        M.bundle_segmenter(folder / sub, ps, Path(unet_dir))
+        bundle_segmenter(folder / sub, ps, Path(unet_dir))
     scorer = load_scorer(str(folder / "plane"), str(folder / "ae"))
     return time_scorer(scorer, [read_image(p) for p in paths])
 
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         section, name = key.split(".", 1)
         sections[section][name] = yaml.safe_load(value)
     pe, ps = sections["enhance_us"], sections["segment_us"]
-    from stages.ultrasound.segment import (
+    from stages.ultrasound.paths import (
         SEGMENTER_FOLDS,
         SEGMENTER_MODELS,
         read_segmenter_folds,

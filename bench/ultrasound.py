@@ -36,18 +36,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _enhance_segment(path: str, pe: dict[str, Any], ps: dict[str, Any], unet_dir: str) -> bool:
-    from stages.ultrasound.enhance import enhance_image
+    from stages.ultrasound.enhancement import enhance_image
+    from stages.ultrasound.head.segmenters import SegmentSettings, segment_image
+    from stages.ultrasound.head.unet import load_segmenter
     from stages.ultrasound.imaging import read_image
-    from stages.ultrasound.segment import load_segmenter, segment_image
 
-    return segment_image(enhance_image(read_image(path), pe), ps, load_segmenter(unet_dir)).ok
+    settings = SegmentSettings.from_params(ps)
+    return segment_image(enhance_image(read_image(path), pe), settings, load_segmenter(unet_dir)).ok
 
 
 def throughput(paths: list[str], n_workers: int) -> float:
     """Images per second of enhance + segment over ``paths`` on ``n_workers`` Dask workers
     (method ``unet``: the final segmenter of ``data/models/us/segmenter``)."""
     from stages.common.parallel import dask_client, map_images
-    from stages.ultrasound.segment import FINAL_SEGMENTER
+    from stages.ultrasound.paths import FINAL_SEGMENTER
 
     ps = load_params("segment_us")
     unet_dir = str(project_root() / FINAL_SEGMENTER) if ps["method"] == "unet" else ""

@@ -10,14 +10,19 @@ data (its source listing, ``data/sources/``, did not change).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-if TYPE_CHECKING:
-    from flows.training import StageResult
+
+class StageRun(Protocol):
+    """What this module reads of ``flows.training.StageResult``."""
+
+    stage: str
+    ran: bool
 
 # Ingest stage -> (its tracked report, {data set: key of its data-version summary in the report})
 ARRIVAL_REPORTS: dict[str, tuple[str, dict[str, str]]] = {
@@ -26,7 +31,7 @@ ARRIVAL_REPORTS: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
-def arrivals_markdown(repo: str | Path, timings: list[StageResult]) -> str:
+def arrivals_markdown(repo: str | Path, timings: Sequence[StageRun]) -> str:
     """What data arrived in this run (the ingest stages' data-version summaries), which stages ran.
 
     A data set whose ingest stage did not run had no new data: its source listing was unchanged.
@@ -65,7 +70,7 @@ def _names(names: list[str], limit: int = 10) -> str:
 
 
 @task
-def report_arrivals(repo: str, timings: list[StageResult]) -> str:
+def report_arrivals(repo: str, timings: Sequence[StageRun]) -> str:
     """Log what arrived and publish it as the ``data-arrivals`` markdown artifact."""
     body = arrivals_markdown(repo, timings)
     get_run_logger().info("data arrivals:\n%s", body)

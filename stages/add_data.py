@@ -8,9 +8,10 @@ a second source beside the official one (or its mirror), laid out like it:
 ``training/weekly-retraining`` run) lists it in ``source_ctg``/``source_us`` and ingests what
 arrived.
 
-Every arrival is checked first with the validate stages' own checks (``validate_ctg``'s Great
-Expectations suite on the record's statistics; ``validate_us``'s image decoder and label-table
-checks), with the thresholds in params.yaml. A failing arrival is refused, named with its reason
+Every arrival is checked first with the validate stages' own rules (``validate_ctg``'s record
+rules in ``stages.ctg.record_checks``, from which its GX suite is built, plus its pH rules;
+``validate_us``'s image and label-table checks in ``stages.ultrasound.label_checks``), with the
+thresholds in params.yaml. A failing arrival is refused, named with its reason
 on stderr and in ``landing/quarantine.csv``, and never copied. So is a name the landing folder
 already holds with other content (remove it first). Exit status 1 when anything was refused.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import shutil
 import sys
 import tempfile
@@ -90,14 +92,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 def ctg_reasons(folder: Path, names: list[str], params: dict[str, Any]) -> dict[str, str]:
-    """``validate_ctg``'s checks on records in ``folder``: name -> reasons ('' = passes)."""
-    from stages.common.checks import run_expectations
-    from stages.ctg.validate import apply_report, ctg_expectations, stats_table
+    """``validate_ctg``'s record rules on records in ``folder``: name -> reasons ('' = passes).
 
-    df = stats_table(folder, names, params)
-    report = run_expectations(df, "ctg_records", ctg_expectations(params), "record")
-    table, _ = apply_report(df, report)
-    return dict(zip(table["record"].astype(str), table["reasons"], strict=True))
+    ``stages.ctg.record_checks`` holds the rule table the stage's GX suite is built from.
+    """
+    from stages.ctg.record_checks import record_failures, record_stats
+    from stages.ctg.signal import CtgReadError, read_ctg_record
+
+    out = {}
+    for name in names:
+        try:
+            rec = read_ctg_record(folder / name)
+        except CtgReadError as exc:
+            out[name] = f"unreadable: {exc.reason}"
+            continue
+        stats = record_stats(rec, params["fhr_min_bpm"], params["fhr_max_bpm"])
+        why = record_failures(stats, params)
+        ph = stats["ph"]  # the suite's outcome rules: a record to train on needs its label
+        if ph is None or math.isnan(ph):
+            why.append(f"ph_missing_or_not_numeric ({stats['ph_text']!r})")
+        elif not float(params["ph_min"]) <= ph <= float(params["ph_max"]):
+            why.append(f"ph_out_of_range: {ph:g}")
+        out[name] = ";".join(why)
+    return out
 
 
 def add_ctg(
@@ -154,8 +171,12 @@ def add_us(
     """Check images and their label rows; copy passing ones into ``landing`` with their rows."""
     import pandas as pd
 
-    from stages.ultrasound.ingest import PLANES_CSV, normalise_planes_table
-    from stages.ultrasound.validate import check_image_file, check_label_table
+    from stages.ultrasound.label_checks import (
+        check_image_file,
+        check_label_table,
+        normalise_planes_table,
+    )
+    from stages.ultrasound.paths import PLANES_CSV
 
     refused = Quarantine(STAGE)
     table_path = landing / PLANES_CSV

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # command -> (owning module, one-line help shown by ``fetal --help``)
@@ -48,6 +49,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before any command imports TensorFlow: its C++ INFO/WARNING start-up lines are not for
+    # users (a value set by the user wins). The scoring commands also send the rest to a log
+    # file (stages.common.scoring.quiet_libraries).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
     args = build_parser(command).parse_args(argv)  # usage errors: SystemExit(2)

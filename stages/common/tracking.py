@@ -14,20 +14,23 @@ adding a duplicate.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import json
 import logging
 import os
-import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from stages.common.params import project_root
+from stages.common.provenance import (  # noqa: F401  (re-exported: tracking.data_hash, ...)
+    data_hash,
+    git_commit,
+    lineage_tags,
+    pinned_requirements,
+    stage_input_hashes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,102 +76,6 @@ def _experiment_id(name: str) -> str:
         if exp is None:
             raise
         return exp.experiment_id
-
-
-# What the ``git_commit`` tag vouches for: the code and configuration that ran. dvc.lock and
-# data/ are left out: `dvc repro` rewrites dvc.lock after every stage, so a training stage
-# always saw it modified; the data a run read are named by its dvc_dep tags instead.
-CODE_PATHS = ("stages", "flows", "params.yaml", "dvc.yaml", "pyproject.toml", "uv.lock")
-
-
-def git_commit() -> str:
-    """The commit that ran, with ``-dirty`` when tracked code or configuration differs from it.
-
-    Only :data:`CODE_PATHS` count (staged or not); a modified ``dvc.lock`` or data report does
-    not make a run dirty.
-    """
-    try:
-        root = project_root()
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    with open(path, encoding="utf-8") as fh:
-        return yaml.safe_load(fh) or {}
-
-
-def _md5_file(path: Path) -> str:
-    h = hashlib.md5()  # DVC 3's file hash: MD5 of the bytes
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def stage_input_hashes(stage: str) -> dict[str, str]:
-    """The DVC md5 of each dependency ``dvc.yaml`` lists for ``stage``, as this run reads it.
-
-    The stage's own dvc.lock entry is written only after its command finishes, so while it runs
-    it describes the previous run. Instead: a file is hashed now (DVC 3's md5 of its bytes); a
-    folder takes the hash dvc.lock records for the stage that outputs it (written when that
-    upstream stage finished, i.e. before this one started in the same ``dvc repro``), else the
-    hash in this stage's lock entry. Empty when ``dvc.yaml`` does not define ``stage``.
-    """
-    root = project_root()
-    deps = ((_read_yaml(root / "dvc.yaml").get("stages") or {}).get(stage) or {}).get("deps", [])
-    lock = _read_yaml(root / "dvc.lock").get("stages") or {}
-    produced = {
-        o["path"]: str(o.get("md5", "")) for e in lock.values() for o in (e or {}).get("outs", [])
-    }
-    own = {d["path"]: str(d.get("md5", "")) for d in (lock.get(stage) or {}).get("deps", [])}
-    out: dict[str, str] = {}
-    for dep in deps:
-        path = dep if isinstance(dep, str) else next(iter(dep))
-        if (root / path).is_file():
-            out[path] = _md5_file(root / path)
-        else:
-            out[path] = produced.get(path) or own.get(path) or "missing"
-    return out
-
-
-def lineage_tags(stage: str) -> dict[str, str]:
-    """Tags naming what a run of ``stage`` read: ``dvc_stage``, one ``dvc_dep.<path>`` per
-    dependency and ``dvc_deps_md5``, one hash over all of them (equal tags, equal inputs)."""
-    hashes = stage_input_hashes(stage)
-    listing = "".join(f"{path} {digest}\n" for path, digest in sorted(hashes.items()))
-    return {
-        "dvc_stage": stage,
-        **{f"dvc_dep.{path}": digest for path, digest in hashes.items()},
-        "dvc_deps_md5": hashlib.md5(listing.encode()).hexdigest(),
-    }
-
-
-def data_hash(paths: list[str | Path]) -> str:
-    """A short content hash of files or folders: what a model version was evaluated on."""
-    h = hashlib.sha256()
-    for p in sorted(Path(p) for p in paths):
-        files = sorted(p.rglob("*")) if p.is_dir() else [p]
-        for f in files:
-            if f.is_file():
-                h.update(str(f.relative_to(p.parent)).encode())
-                with open(f, "rb") as fh:
-                    for chunk in iter(lambda: fh.read(1 << 20), b""):
-                        h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -260,11 +167,16 @@ def log_predictor_model(
     name: str,
     loader: str,
     artifacts: Mapping[str, str | Path],
-    pip_requirements: list[str],
+    pip_requirements: list[str] | None = None,
     input_example: Any = None,
     signature: Any = None,
 ) -> str:
-    """Log a :class:`PredictorModel` in the active run and return its model URI."""
+    """Log a :class:`PredictorModel` in the active run and return its model URI.
+
+    ``pip_requirements`` defaults to :func:`pinned_requirements`.
+    """
+    if pip_requirements is None:
+        pip_requirements = pinned_requirements()
     mlflow = _mlflow()
     info = mlflow.pyfunc.log_model(
         name=name,
@@ -516,3 +428,47 @@ def compare_versions(name: str) -> list[dict[str, Any]]:
 
 def champion_uri(name: str) -> str:
     return f"models:/{name}@{CHAMPION}"
+
+
+def register_and_promote(
+    model_dir: Path,
+    loader: str,
+    registered_name: str,
+    tags: Mapping[str, Any],
+    idempotency_key: str,
+    promote_metric: str,
+    promote_margin: float,
+    rescore: Callable[[Any], float] | None = None,
+    input_example: Any = None,
+    signature: Any = None,
+) -> Decision:
+    """Log ``model_dir`` as a pyfunc in the active run, register it, promote it if better.
+
+    ``tags`` (the version's metrics, ``eval_data_hash``, ...) go on the new version;
+    ``idempotency_key`` (:func:`idempotency_key`) makes a rerun after a crash reuse it. A
+    champion evaluated on other data is judged by ``rescore(its predictor)``
+    (:func:`decide_promotion`); errors there keep the champion and say why. The run is tagged
+    with the registered version and the decision.
+    """
+    uri = log_predictor_model(
+        name="model",
+        loader=loader,
+        artifacts={"model_dir": str(model_dir)},
+        input_example=input_example,
+        signature=signature,
+    )
+    version = register_model(uri, registered_name, tags, idempotency_key=idempotency_key)
+
+    def champion_score(model_uri: str) -> float:
+        return float(rescore(load_predictor(model_uri)))  # type: ignore[misc]
+
+    decision = promote_if_better(
+        registered_name,
+        version,
+        promote_metric,
+        float(promote_margin),
+        rescore=champion_score if rescore is not None else None,
+    )
+    set_tags({"registered_version": version, "promoted": decision.promoted})
+    log.info("registry decision:\n%s", decision.to_markdown())
+    return decision

@@ -217,7 +217,7 @@ def trace_figures(root: Path, examples: dict[str, str]) -> dict[str, Any]:
     clinician would see, they are not evidence of performance (the OOF metrics are).
     """
     from stages.ctg.model import load_predictor
-    from stages.ctg.score import alert_threshold, risk_over_time
+    from stages.ctg.risk import alert_threshold, risk_over_time
     from stages.ctg.signal import read_ctg_record
 
     predictor = load_predictor({"model_dir": str(root / MODEL_DIR)})

@@ -43,7 +43,7 @@ from stages.common.sources import (
     read_sums,
     write_if_changed,
 )
-from stages.ctg.source import LISTING, RECORD_FILES, build_listing, parse_records, source_location
+from stages.ctg.listing import LISTING, RECORD_FILES, build_listing, parse_records, source_location
 
 log = logging.getLogger(__name__)
 

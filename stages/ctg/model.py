@@ -131,18 +131,6 @@ def normalisation(params: Mapping[str, Any]) -> dict[str, float]:
 # --------------------------------------------------------------------------- network
 
 
-def set_determinism(seed: int) -> None:
-    """Seed Python, NumPy and TensorFlow and make TF ops deterministic (same seed, same model)."""
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(int(seed))
-    try:
-        tf.config.experimental.enable_op_determinism()
-    except Exception:  # already enabled, or an old TF: determinism then rests on the seeds
-        pass
-
-
 def build_model(seq_len: int, params: Mapping[str, Any], name: str = "ctg_lstm") -> Any:
     """Conv1D front-end (optional) -> LSTM -> dense -> dense(sigmoid), compiled.
 

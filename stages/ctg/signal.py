@@ -126,6 +126,17 @@ def _parse_header(text: str, name: str) -> dict[str, Any]:
     }
 
 
+def header_signal_files(path: str | Path) -> list[str]:
+    """Names of the signal files the header ``path.hea`` points to (siblings of the header).
+
+    Lets a caller vet those files (links, size) before :func:`read_ctg_record` opens them.
+    """
+    path = Path(path)
+    hea = path.with_name(f"{path.name}.hea")
+    header = _parse_header(hea.read_text(encoding="latin-1"), path.name)
+    return sorted({s["file"] for s in header["signals"]})
+
+
 def read_ctg_record(path: str | Path) -> CtgRecord:
     """Read ``path.hea`` + ``path.dat`` (WFDB format 16, CTU-UHB layout) into physical units.
 

@@ -16,8 +16,6 @@ The alert threshold stored with the model is Youden's J on the OOF probabilities
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -30,6 +28,8 @@ import pandas as pd
 from stages.common import io, tracking
 from stages.common.metrics import auc, youden_threshold
 from stages.common.params import load_params, project_root
+from stages.common.provenance import idempotency_key
+from stages.common.training import class_weights, epoch_timer, seed_everything
 from stages.ctg import model as ctg_model
 
 log = logging.getLogger(__name__)
@@ -41,17 +41,6 @@ MODEL_DIR = Path("data/models/ctg")
 REPORT = Path("data/reports/train_ctg.json")
 OOF = Path("data/reports/train_ctg/oof_predictions.csv")
 CURVES = Path("data/reports/train_ctg/learning_curves.csv")
-
-PIP_REQUIREMENTS = [
-    "tensorflow-cpu==2.21.0",
-    "keras==3.15.1",
-    "numpy==2.4.6",
-    "scipy==1.17.1",
-    "pandas==3.1.1",
-    "wfdb==4.3.1",
-    "mlflow==3.17.2",
-    "pyyaml>=6.0",
-]
 
 
 def inner_split(
@@ -76,33 +65,6 @@ def inner_split(
     val_idx = np.sort(np.concatenate(val)) if val else np.array([], dtype=int)
     train_idx = np.setdiff1d(np.arange(labels.size), val_idx)
     return train_idx, val_idx
-
-
-def class_weights(labels: np.ndarray) -> dict[int, float]:
-    """Balanced weights ``n / (2 * n_class)`` (1.0 for a class that is absent)."""
-    labels = np.asarray(labels).astype(int)
-    n = labels.size
-    return {c: (n / (2.0 * np.sum(labels == c)) if np.any(labels == c) else 1.0) for c in (0, 1)}
-
-
-class _EpochTimer:
-    """Wall time per epoch, as a Keras callback built lazily (keras imported inside)."""
-
-    @staticmethod
-    def make() -> Any:
-        import keras
-
-        class Timer(keras.callbacks.Callback):
-            def on_train_begin(self, logs: Any = None) -> None:
-                self.times: list[float] = []
-
-            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-                self._t0 = time.perf_counter()
-
-            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-                self.times.append(time.perf_counter() - self._t0)
-
-        return Timer()
 
 
 class _RandomCropBatches:
@@ -172,11 +134,11 @@ def fit_network(
     """
     import keras
 
-    ctg_model.set_determinism(seed)
+    seed_everything(seed)
     tr, va = inner_split(y, float(params["val_fraction"]), seed)
     net = ctg_model.build_model(crop_len or x.shape[1], params, name=name)
     monitor = str(params.get("monitor", "val_loss"))
-    timer = _EpochTimer.make()
+    timer, epoch_s = epoch_timer()
     callbacks = [timer]
     if va.size:
         callbacks.append(
@@ -187,7 +149,7 @@ def fit_network(
                 restore_best_weights=True,
             )
         )
-    weights = class_weights(y[tr])
+    weights = class_weights(y[tr], 2)
     if crop_len:
         offsets = ctg_model.crop_offsets(x.shape[1], crop_len, int(params.get("tta_crops", 1)))
         validation = (
@@ -226,7 +188,7 @@ def fit_network(
             "val_auc": h.get("val_auc", [np.nan] * n),
         }
     )
-    return net, curves, list(timer.times)
+    return net, curves, list(epoch_s)
 
 
 def fit_average(
@@ -298,15 +260,6 @@ def cross_validate(
     return oof, per_fold, pd.concat(curves, ignore_index=True)
 
 
-def idempotency_key(input_paths: list[Path], params: Mapping[str, Any], commit: str) -> str:
-    """Hash of the inputs' content, the params and the code commit."""
-    h = hashlib.sha256()
-    h.update(tracking.data_hash(input_paths).encode())
-    h.update(json.dumps(params, sort_keys=True, default=str).encode())
-    h.update(commit.encode())
-    return h.hexdigest()[:24]
-
-
 def load_inputs(root: Path) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Sequences aligned with records.csv and folds.csv: ``(fhr_bpm, uc, table)``."""
     with np.load(root / SEQUENCES, allow_pickle=False) as npz:
@@ -349,30 +302,24 @@ def register(
     x_example: dict[str, Any],
 ) -> dict[str, Any]:
     """Log the pyfunc model in the active run, register it, promote if better; the Decision."""
-    uri = tracking.log_predictor_model(
-        name="model",
-        loader="stages.ctg.model:load_predictor",
-        artifacts={"model_dir": str(root / MODEL_DIR)},
-        pip_requirements=PIP_REQUIREMENTS,
+    metric = str(params["promote_metric"])
+    decision = tracking.register_and_promote(
+        root / MODEL_DIR,
+        "stages.ctg.model:load_predictor",
+        str(params["registered_name"]),
+        {
+            metric: report[metric],
+            "eval_data_hash": tracking.data_hash([root / FOLDS, root / RECORDS]),
+            "n_records": report["n_records"],
+        },
+        idempotency_key(input_paths, params, tracking.git_commit()),
+        metric,
+        float(params["promote_margin"]),
         input_example=x_example,
         # No MLflow schema: an inferred one would make the optional fs_hz column required; the
         # predictor checks its input itself and raises ValueError with a clear message.
         signature=False,
     )
-    name = str(params["registered_name"])
-    metric = str(params["promote_metric"])
-    version = tracking.register_model(
-        uri,
-        name,
-        tags={
-            metric: report[metric],
-            "eval_data_hash": tracking.data_hash([root / FOLDS, root / RECORDS]),
-            "n_records": report["n_records"],
-        },
-        idempotency_key=idempotency_key(input_paths, params, tracking.git_commit()),
-    )
-    decision = tracking.promote_if_better(name, version, metric, float(params["promote_margin"]))
-    log.info("registry decision:\n%s", decision.to_markdown())
     return decision.to_dict()
 
 

@@ -26,7 +26,8 @@ import pandas as pd
 from stages.common.checks import CheckReport, gx_expectations, run_expectations
 from stages.common.io import RUNS_DIR, Quarantine, write_csv, write_json
 from stages.common.params import load_params, project_root
-from stages.ctg.signal import CtgReadError, CtgRecord, parse_float, read_ctg_record
+from stages.ctg.record_checks import expected_channels, record_limits, record_stats
+from stages.ctg.signal import CtgReadError, parse_float, read_ctg_record
 
 log = logging.getLogger(__name__)
 
@@ -55,33 +56,6 @@ STAT_COLUMNS = [
 
 class ValidationError(RuntimeError):
     """Nothing to validate, or too many records failed; the message says which."""
-
-
-def record_stats(
-    rec: CtgRecord, fhr_min_bpm: float = 50.0, fhr_max_bpm: float = 240.0
-) -> dict[str, Any]:
-    """Statistics of one readable record that the suite checks (FHR 0 = loss, not range)."""
-    fhr = rec.fhr_bpm
-    present = fhr[fhr > 0]
-    n = fhr.size
-    return {
-        "readable": True,
-        "read_error": "",
-        "fs_hz": float(rec.fs_hz),
-        "channels": ",".join(rec.sig_names),
-        "n_samples": int(n),
-        "duration_min": n / rec.fs_hz / 60.0 if rec.fs_hz > 0 else float("nan"),
-        "fhr_loss_frac": float(1.0 - present.size / n) if n else 1.0,
-        "fhr_out_of_range_frac": (
-            float(np.mean((present < fhr_min_bpm) | (present > fhr_max_bpm)))
-            if present.size
-            else float("nan")
-        ),
-        "uc_min": float(rec.uc.min()) if n else float("nan"),
-        "uc_max": float(rec.uc.max()) if n else float("nan"),
-        "ph_text": rec.clinical.get("pH", ""),
-        "ph": rec.ph,
-    }
 
 
 def unreadable_stats(error: CtgReadError, header_ph: str = "") -> dict[str, Any]:
@@ -122,40 +96,24 @@ def stats_table(raw_dir: Path, names: list[str], params: Mapping[str, Any]) -> p
 def ctg_expectations(params: Mapping[str, Any]) -> list[Any]:
     """The suite guarding raw CTG records: files, sampling, physiology, outcome."""
     e = gx_expectations()
-    fs = float(params["fs_hz"])
+    # The record-level ranges are shared with scoring (stages.ctg.record_checks).
+    between = [
+        e.ExpectColumnValuesToBeBetween(
+            column=column, min_value=low, max_value=high, meta={"reason": reason}
+        )
+        for column, low, high, reason in record_limits(params)
+    ]
     return [
         e.ExpectColumnValuesToBeInSet(
             column="readable", value_set=[True], meta={"reason": "unreadable"}
         ),
-        e.ExpectColumnValuesToBeBetween(
-            column="fs_hz", min_value=fs, max_value=fs, meta={"reason": "wrong_sampling_rate"}
-        ),
+        *between[:1],
         e.ExpectColumnValuesToBeInSet(
             column="channels",
-            value_set=[",".join(params["channels"])],
+            value_set=[expected_channels(params)],
             meta={"reason": "wrong_channels"},
         ),
-        e.ExpectColumnValuesToBeBetween(
-            column="duration_min",
-            min_value=float(params["min_duration_min"]),
-            meta={"reason": "too_short"},
-        ),
-        e.ExpectColumnValuesToBeBetween(
-            column="fhr_loss_frac",
-            max_value=float(params["max_signal_loss"]),
-            meta={"reason": "too_much_signal_loss"},
-        ),
-        e.ExpectColumnValuesToBeBetween(
-            column="fhr_out_of_range_frac",
-            max_value=float(params["max_fhr_out_of_range_frac"]),
-            meta={"reason": "fhr_out_of_range"},
-        ),
-        e.ExpectColumnValuesToBeBetween(
-            column="uc_min", min_value=float(params["uc_min"]), meta={"reason": "uc_out_of_range"}
-        ),
-        e.ExpectColumnValuesToBeBetween(
-            column="uc_max", max_value=float(params["uc_max"]), meta={"reason": "uc_out_of_range"}
-        ),
+        *between[1:],
         e.ExpectColumnValuesToNotBeNull(column="ph", meta={"reason": "ph_missing_or_not_numeric"}),
         e.ExpectColumnValuesToBeBetween(
             column="ph",

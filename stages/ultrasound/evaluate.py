@@ -23,9 +23,11 @@ import pandas as pd
 from stages.common import metrics, plots, tracking
 from stages.common.io import write_csv, write_json
 from stages.common.params import load_params, project_root
-from stages.ultrasound import models as M
-from stages.ultrasound.score import AutoencoderPredictor, PlanePredictor
-from stages.ultrasound.segment import hc18_summary
+from stages.ultrasound.autoencoder import latent_ring_parts
+from stages.ultrasound.corruptions import CORRUPTIONS
+from stages.ultrasound.crops import PLANES, brain_rows, crops_for, to_unit_float
+from stages.ultrasound.hc18 import hc18_summary
+from stages.ultrasound.predictors import AutoencoderPredictor, PlanePredictor
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,8 @@ def score_part_aurocs(
     contrast, negated), so the README can say what each part contributes."""
     if ae.score_kind != "latent_ring":
         return {}
-    dist_n, ring_n = M.latent_ring_parts(ae.model, M.to_unit_float(normal_u8, ae.size), ae.latent)
-    dist_a, ring_a = M.latent_ring_parts(ae.model, M.to_unit_float(abnormal_u8, ae.size), ae.latent)
+    dist_n, ring_n = latent_ring_parts(ae.model, to_unit_float(normal_u8, ae.size), ae.latent)
+    dist_a, ring_a = latent_ring_parts(ae.model, to_unit_float(abnormal_u8, ae.size), ae.latent)
     y = np.r_[np.zeros(len(dist_n)), np.ones(len(dist_a))].astype(int)
     return {
         "anomaly_part_latent_nonbrain_auroc": metrics.auc(y, np.r_[dist_n, dist_a]),
@@ -71,10 +73,10 @@ def score_part_aurocs(
 
 def plane_report(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
     """Accuracy, macro-F1, balanced accuracy, per-class recall and the confusion matrix."""
-    n = len(M.PLANES)
+    n = len(PLANES)
     cm = metrics.confusion_matrix(y_true, y_pred, n)
     out = {f"plane_{k}": v for k, v in metrics.multiclass_metrics(y_true, y_pred, n).items()}
-    for i, plane in enumerate(M.PLANES):
+    for i, plane in enumerate(PLANES):
         support = cm[i].sum()
         out[f"recall_{plane}"] = float(cm[i, i] / support) if support else float("nan")
     return out, cm
@@ -113,21 +115,21 @@ def evaluate(
     """All model metrics (flat) and the tables behind the figures."""
     rng = np.random.default_rng(params["seed"])
     nb, seed = params["n_bootstrap"], params["seed"]
-    val, test = M.brain_rows(manifest, "val"), M.brain_rows(manifest, "test")
-    val_x, test_x = M.crops_for(val, names, images), M.crops_for(test, names, images)
+    val, test = brain_rows(manifest, "val"), brain_rows(manifest, "test")
+    val_x, test_x = crops_for(val, names, images), crops_for(test, names, images)
     out: dict[str, float] = {"n_val": len(val), "n_test": len(test)}
     out["ae_val_mse"] = (
         float(np.mean(ae.errors(val_x, list(val["brain_plane"])))) if len(val) else float("nan")
     )
     out["ae_threshold"] = ae.threshold
-    y_true = test["brain_plane"].map(M.PLANES.index).to_numpy(dtype=int)
-    prob = plane.proba(test_x) if len(test) else np.zeros((0, len(M.PLANES)))
+    y_true = test["brain_plane"].map(PLANES.index).to_numpy(dtype=int)
+    prob = plane.proba(test_x) if len(test) else np.zeros((0, len(PLANES)))
     y_pred = prob.argmax(axis=1)
     plane_metrics, cm = plane_report(y_true, y_pred)
     out |= plane_metrics
     lo, hi = metrics.cluster_bootstrap_accuracy_ci(y_true == y_pred, test["patient"], nb, seed)
     out |= {"plane_accuracy_ci_low": lo, "plane_accuracy_ci_high": hi}
-    pred_planes = [M.PLANES[i] for i in y_pred]
+    pred_planes = [PLANES[i] for i in y_pred]
     clean = ae.anomaly_scores(test_x, pred_planes)
     out["ae_test_brain_mse"] = (
         float(np.mean(ae.errors(test_x, pred_planes))) if len(test_x) else float("nan")
@@ -141,13 +143,13 @@ def evaluate(
     mse_scores = {"test brain": ae.errors(test_x, pred_planes)}
     other = manifest[~manifest["is_brain"].astype(bool)].reset_index(drop=True)
     if len(other):
-        other_x = M.crops_for(other, names, images)
-        other_planes = [M.PLANES[i] for i in plane.proba(other_x).argmax(axis=1)]
+        other_x = crops_for(other, names, images)
+        other_planes = [PLANES[i] for i in plane.proba(other_x).argmax(axis=1)]
         scores["non-brain"] = ae.anomaly_scores(other_x, other_planes)
         mse_scores["non-brain"] = ae.errors(other_x, other_planes)
         out["ae_nonbrain_flagged_rate"] = float(np.mean(scores["non-brain"] > ae.threshold))
         out |= score_part_aurocs(ae, test_x, other_x)
-    for kind, corrupt in M.CORRUPTIONS.items():
+    for kind, corrupt in CORRUPTIONS.items():
         bad = corrupt(test_x, rng, params)
         scores[kind] = ae.anomaly_scores(bad, pred_planes)
         mse_scores[kind] = ae.errors(bad, pred_planes)
@@ -164,14 +166,14 @@ def evaluate(
 def write_figures(folder: Path, tables: dict[str, Any], threshold: float) -> None:
     """Confusion matrix (CSV + PNG), anomaly score table, histograms and ROC curves."""
     cm = tables["cm"]
-    actual = np.repeat(M.PLANES, len(M.PLANES))
-    predicted = np.tile(M.PLANES, len(M.PLANES))
+    actual = np.repeat(PLANES, len(PLANES))
+    predicted = np.tile(PLANES, len(PLANES))
     write_csv(
         folder / "confusion.csv",
         pd.DataFrame({"actual": actual, "predicted": predicted, "count": cm.ravel()}),
     )
     plots.save_figure(
-        plots.confusion_figure(cm, list(M.PLANES), "Plane (test split)"), folder / "confusion.png"
+        plots.confusion_figure(cm, list(PLANES), "Plane (test split)"), folder / "confusion.png"
     )
     scores = tables["scores"]
     long = pd.concat([pd.DataFrame({"group": k, "anomaly_score": v}) for k, v in scores.items()])

@@ -24,7 +24,6 @@ listing images the source lacks is normal (held-out patients): it is counted, no
 
 from __future__ import annotations
 
-import io
 import logging
 import shutil
 import tempfile
@@ -48,31 +47,12 @@ from stages.common.sources import (
     sha256_bytes,
     write_if_changed,
 )
-from stages.ultrasound.source import (
-    HC18_CSV,
-    IMAGE_SUFFIXES,
-    LISTING,
-    PLANES_CSV,
-    build_listing,
-    image_names,
-)
+from stages.ultrasound.label_checks import normalise_planes_table
+from stages.ultrasound.listing import LISTING, build_listing, image_names
+from stages.ultrasound.paths import HC18_CSV, IMAGE_SUFFIXES, PLANES_CSV, hc18_images
 
 log = logging.getLogger(__name__)
 LANDING_TABLE = f"landing/{PLANES_CSV}"  # the landing folder's label rows, in a listing
-
-
-def normalise_planes_table(text: str) -> pd.DataFrame:
-    """FETAL_PLANES label table from either published form, as clean strings.
-
-    The official file is ``;``-separated with a header ``Train `` (trailing space); the mirror's
-    is comma-separated and stripped. Both become comma-ready with stripped names and values.
-    """
-    first = text.splitlines()[0] if text else ""
-    sep = ";" if first.count(";") > first.count(",") else ","
-    df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
-    df.columns = [c.strip() for c in df.columns]
-    df = df.loc[:, [c for c in df.columns if c and not c.startswith("Unnamed")]]
-    return df.apply(lambda col: col.str.strip())
 
 
 def inventory(fp_dir: Path, hc_dir: Path) -> dict[str, Any]:
@@ -96,11 +76,6 @@ def inventory(fp_dir: Path, hc_dir: Path) -> dict[str, Any]:
         "hc18_images_without_annotation": len(hc_imgs - hc_ann),
         "hc18_images_without_csv_row": len(hc_imgs - hc_rows),
     }
-
-
-def hc18_images(folder: Path) -> list[Path]:
-    """HC18 image files (``NNN_HC.png``, ``NNN_2HC.png``...), not their annotations."""
-    return sorted(p for p in folder.glob("*HC.png") if p.is_file())
 
 
 def _copy_images(src: Path, dst: Path, pattern: str = "*") -> int:

@@ -22,6 +22,7 @@ import pandas as pd
 from stages.common.io import write_csv
 from stages.common.params import load_params, project_root
 from stages.common.splits import hashed_sides
+from stages.ultrasound.crops import image_stem
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +32,6 @@ SEGMENTATION_CSV = Path("data/processed/us/segmentation.csv")
 OUT_CSV = Path("data/processed/us/planes_manifest.csv")
 BALANCE_CSV = Path("data/processed/us/split_balance.csv")
 COLUMNS = ["image", "patient", "plane", "brain_plane", "split", "is_brain", "seg_ok"]
-
-
-def image_stem(name: str) -> str:
-    """File name without folder and image extension: the key shared by all US tables."""
-    stem = Path(str(name)).name
-    for ext in (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG"):
-        if stem.endswith(ext):
-            return stem[: -len(ext)]
-    return stem
 
 
 def assert_patient_disjoint(manifest: pd.DataFrame) -> None:

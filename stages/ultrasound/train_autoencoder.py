@@ -23,8 +23,20 @@ import pandas as pd
 from stages.common import metrics, tracking
 from stages.common.io import atomic_dir, write_json
 from stages.common.params import load_params, project_root
-from stages.ultrasound import models as M
-from stages.ultrasound.segment import FINAL_SEGMENTER
+from stages.common.training import epoch_timer, seed_everything
+from stages.ultrasound.autoencoder import (
+    build_autoencoder,
+    fit_gaussian,
+    fit_latent_ring,
+    latent_codes,
+    reconstruct,
+    score_anomaly,
+)
+from stages.ultrasound.corruptions import CORRUPTIONS
+from stages.ultrasound.crops import PLANES, brain_rows, crops_for, plane_one_hot, to_unit_float
+from stages.ultrasound.model_dir import bundle_segmenter, save_model_dir
+from stages.ultrasound.paths import FINAL_SEGMENTER
+from stages.ultrasound.registry import code_key, metric_tags
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +45,7 @@ MANIFEST = Path("data/processed/us/planes_manifest.csv")
 MODEL_DIR = Path("data/models/us/autoencoder")
 REPORT = Path("data/reports/train_autoencoder_us.json")
 SEGMENTER = FINAL_SEGMENTER  # bundled: new images are cropped as the training images were
-LOADER = "stages.ultrasound.score:load_autoencoder_predictor"
+LOADER = "stages.ultrasound.predictors:load_autoencoder_predictor"
 
 
 def train_autoencoder(
@@ -59,15 +71,15 @@ def train_autoencoder(
     model, result
         The fitted Keras model and ``val_mse`` (mean per-image MSE on val), ``train_mse``,
         ``threshold`` (the percentile of the val images' anomaly scores, the score named by
-        ``params["anomaly_score"]``, see :data:`stages.ultrasound.models.ANOMALY_SCORES`),
+        ``params["anomaly_score"]``, see :data:`stages.ultrasound.autoencoder.ANOMALY_SCORES`),
         ``epoch_times_s`` and ``latent`` (the training codes' ``mean`` and ``precision`` for
         the latent score, else empty).
     """
-    M.seed_everything(params["seed"])
-    model = M.build_autoencoder(
+    seed_everything(params["seed"])
+    model = build_autoencoder(
         params["input_size"], params["filters"], learning_rate=params["learning_rate"]
     )
-    timer, times = M.epoch_timer()
+    timer, times = epoch_timer()
     inputs = {"image": x_train, "plane": planes_train}
     model.fit(
         inputs,
@@ -78,22 +90,20 @@ def train_autoencoder(
         verbose=0,
         callbacks=[timer],
     )
-    recon_tr = M.reconstruct(model, x_train, planes_train)
+    recon_tr = reconstruct(model, x_train, planes_train)
     train_mse = np.mean((recon_tr - x_train) ** 2)
     kind = params.get("anomaly_score", "normalised_mse")
     latent: dict[str, np.ndarray] = {}
     if kind == "latent_mahalanobis":
         # The normal class is the training brain codes; the val images set the threshold.
-        mean, precision = M.fit_gaussian(M.latent_codes(model, x_train), params["latent_shrinkage"])
+        mean, precision = fit_gaussian(latent_codes(model, x_train), params["latent_shrinkage"])
         latent = {"mean": mean, "precision": precision}
     elif kind == "latent_ring":
-        latent = M.fit_latent_ring(
-            M.latent_codes(model, x_train), x_train, params["latent_shrinkage"]
-        )
+        latent = fit_latent_ring(latent_codes(model, x_train), x_train, params["latent_shrinkage"])
     # With no val image (tiny test sets) the threshold falls back to the training images.
     x_thr, p_thr = (x_val, planes_val) if len(x_val) else (x_train, planes_train)
-    recon = M.reconstruct(model, x_thr, p_thr)
-    scores = M.score_anomaly(kind, model, x_thr, p_thr, latent)
+    recon = reconstruct(model, x_thr, p_thr)
+    scores = score_anomaly(kind, model, x_thr, p_thr, latent)
     result = {
         "train_mse": float(train_mse),
         "val_mse": float(np.mean((recon - x_thr) ** 2)),
@@ -113,7 +123,7 @@ def anomaly_scorer(
     kind, size = params.get("anomaly_score", "normalised_mse"), params["input_size"]
 
     def score(x_u8: np.ndarray) -> np.ndarray:
-        return M.score_anomaly(kind, model, M.to_unit_float(x_u8, size), planes, latent)
+        return score_anomaly(kind, model, to_unit_float(x_u8, size), planes, latent)
 
     return score
 
@@ -123,7 +133,7 @@ def corruption_auroc(
 ) -> float:
     """AUROC of ``score`` separating ``crops_u8`` from corrupted copies of them.
 
-    Every corruption of :data:`stages.ultrasound.models.CORRUPTIONS` (occlusion, noise, blank,
+    Every corruption of :data:`stages.ultrasound.corruptions.CORRUPTIONS` (occlusion, noise, blank,
     inverted; strengths from ``params["val_corruption"]``) is applied to every crop and the
     corrupted crops are pooled as the abnormal class. This is the promotion metric: validation
     MSE rewards an autoencoder that reconstructs anything well, non-brain images included,
@@ -136,7 +146,7 @@ def corruption_auroc(
         return float("nan")
     rng = np.random.default_rng(params["seed"])
     clean = score(crops_u8)
-    bad = [score(fn(crops_u8, rng, params["val_corruption"])) for fn in M.CORRUPTIONS.values()]
+    bad = [score(fn(crops_u8, rng, params["val_corruption"])) for fn in CORRUPTIONS.values()]
     y = np.r_[np.zeros(len(clean)), np.ones(len(clean) * len(bad))].astype(int)
     return metrics.auc(y, np.concatenate([clean, *bad]))
 
@@ -152,13 +162,13 @@ def main() -> None:
     size = params["input_size"]
     data, crops_u8 = {}, {}
     for split in ("train", "val"):
-        rows = M.brain_rows(manifest, split)
+        rows = brain_rows(manifest, split)
         if split == "val":
             planes_val = list(rows["brain_plane"])
-        crops_u8[split] = M.crops_for(rows, names, images)
+        crops_u8[split] = crops_for(rows, names, images)
         data[split] = (
-            M.to_unit_float(crops_u8[split], size),
-            M.plane_one_hot(rows["brain_plane"]),
+            to_unit_float(crops_u8[split], size),
+            plane_one_hot(rows["brain_plane"]),
         )
     with tracking.run(
         "us-brain-autoencoder", "train_autoencoder_us", params, stage="train_autoencoder_us"
@@ -172,7 +182,7 @@ def main() -> None:
         config = {
             "kind": "autoencoder",
             "input_size": size,
-            "planes": list(M.PLANES),
+            "planes": list(PLANES),
             "threshold": result["threshold"],
             "val_mse": result["val_mse"],
             "threshold_percentile": params["threshold_percentile"],
@@ -180,9 +190,9 @@ def main() -> None:
             **crop_params,
         }
         with atomic_dir(root / MODEL_DIR) as tmp:
-            M.save_model_dir(model, tmp, config, result["latent"])
+            save_model_dir(model, tmp, config, result["latent"])
             # new images must be cropped by the segmenter that cropped the training images
-            M.bundle_segmenter(tmp, crop_params["segment_us"], root / SEGMENTER)
+            bundle_segmenter(tmp, crop_params["segment_us"], root / SEGMENTER)
         times = result["epoch_times_s"]
         report = {k: v for k, v in result.items() if k not in ("epoch_times_s", "latent")}
         report |= {
@@ -203,17 +213,20 @@ def main() -> None:
             if params["promote_metric"] == "val_corruption_auroc"
             else None
         )
-        decision = M.publish(
+        eval_paths = [root / CROPS, root / MANIFEST]
+        metrics = {
+            k: report[k] for k in ("val_mse", "val_mse_neg", "val_corruption_auroc", "threshold")
+        }
+        decision = tracking.register_and_promote(
             root / MODEL_DIR,
             LOADER,
             params["registered_name"],
-            {k: report[k] for k in ("val_mse", "val_mse_neg", "val_corruption_auroc", "threshold")},
+            {**metric_tags(metrics), "eval_data_hash": tracking.data_hash(eval_paths)},
+            code_key(eval_paths, {"params": params, **crop_params}),
             params["promote_metric"],
             params["promote_margin"],
-            [root / CROPS, root / MANIFEST],
-            {"params": params, **crop_params},
             rescore=rescore,
-        )
+        ).to_dict()
     write_json(root / REPORT, report)
     log.info(
         "val MSE %.5f, val corruption AUROC %.3f, threshold %.5f; %s",

@@ -1,7 +1,7 @@
 """Stage ``train_plane_classifier_us``: a small from-scratch CNN for the three brain planes.
 
 Input is the segmented head crop (the skull ellipse rotated and scaled to the square, see
-``stages.ultrasound.segment.brain_crop``), so head size and orientation do not have to be
+``stages.ultrasound.head.geometry.brain_crop``), so head size and orientation do not have to be
 learned from ~110 training images. Light augmentation (mirrors, small shifts, rotations and zoom)
 and balanced class weights; no pretrained weights. Why the first version did not learn (val
 accuracy 0.40, best epoch 1): batch normalisation with batches of 16 made inference swing between
@@ -24,8 +24,17 @@ import pandas as pd
 from stages.common import tracking
 from stages.common.io import atomic_dir, write_json
 from stages.common.params import load_params, project_root
-from stages.ultrasound import models as M
-from stages.ultrasound.segment import FINAL_SEGMENTER
+from stages.common.training import class_weights, epoch_timer, seed_everything
+from stages.ultrasound.crops import PLANES, brain_rows, crops_for, to_unit_float
+from stages.ultrasound.model_dir import bundle_segmenter, save_model_dir
+from stages.ultrasound.paths import FINAL_SEGMENTER
+from stages.ultrasound.plane_classifier import (
+    build_plane_classifier,
+    fit_gabor_classifier,
+    plane_scores,
+    predict_planes,
+)
+from stages.ultrasound.registry import code_key, metric_tags
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +43,7 @@ MANIFEST = Path("data/processed/us/planes_manifest.csv")
 MODEL_DIR = Path("data/models/us/plane_classifier")
 REPORT = Path("data/reports/train_plane_classifier_us.json")
 SEGMENTER = FINAL_SEGMENTER  # bundled: new images are cropped as the training images were
-LOADER = "stages.ultrasound.score:load_plane_predictor"
+LOADER = "stages.ultrasound.predictors:load_plane_predictor"
 
 
 def train_plane_classifier(
@@ -51,7 +60,7 @@ def train_plane_classifier(
     x_train, x_val
         Crops (N, S, S, 1) in [0, 1].
     y_train, y_val
-        Plane indices into :data:`stages.ultrasound.models.PLANES`.
+        Plane indices into :data:`stages.ultrasound.crops.PLANES`.
     params
         The ``train_plane_classifier_us`` section.
 
@@ -63,10 +72,10 @@ def train_plane_classifier(
     """
     import keras
 
-    M.seed_everything(params["seed"])
-    n = len(M.PLANES)
+    seed_everything(params["seed"])
+    n = len(PLANES)
     frontend = params.get("frontend", "learned")
-    model = M.build_plane_classifier(
+    model = build_plane_classifier(
         params["input_size"],
         n,
         params["filters"],
@@ -81,11 +90,11 @@ def train_plane_classifier(
         gabor=params.get("gabor"),
         l2=params.get("l2", 0.0),
     )
-    timer, times = M.epoch_timer()
+    timer, times = epoch_timer()
     if frontend == "gabor":
         # The filter bank is fixed: features once per (augmented) image, then the read-out.
         t0 = time.perf_counter()
-        history = M.fit_gabor_classifier(
+        history = fit_gabor_classifier(
             model,
             x_train,
             y_train,
@@ -122,7 +131,7 @@ def train_plane_classifier(
         batch_size=params["batch_size"],
         shuffle=True,
         verbose=0,
-        class_weight=M.class_weights(y_train, n),
+        class_weight=class_weights(y_train, n),
         callbacks=callbacks,
     )
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
@@ -140,7 +149,7 @@ def _result(
     params: dict[str, Any],
     stopped: bool,
 ) -> tuple[Any, dict[str, Any]]:
-    scores = M.plane_scores(M.predict_planes(model, x_val, params["tta"]), y_val)
+    scores = plane_scores(predict_planes(model, x_val, params["tta"]), y_val)
     # The epoch whose weights are kept: the lowest val loss with early stopping, else the last.
     best = int(np.argmin(history["val_loss"])) + 1 if stopped else len(times)
     return model, {
@@ -164,10 +173,10 @@ def main() -> None:
         names, images = z["names"], z["images"]
     data, crops_u8 = {}, {}
     for split in ("train", "val"):
-        rows = M.brain_rows(manifest, split)
-        crops_u8[split] = M.crops_for(rows, names, images)
-        x = M.to_unit_float(crops_u8[split], params["input_size"])
-        data[split] = (x, rows["brain_plane"].map(M.PLANES.index).to_numpy(dtype=int))
+        rows = brain_rows(manifest, split)
+        crops_u8[split] = crops_for(rows, names, images)
+        x = to_unit_float(crops_u8[split], params["input_size"])
+        data[split] = (x, rows["brain_plane"].map(PLANES.index).to_numpy(dtype=int))
     with tracking.run(
         "us-plane-classifier",
         "train_plane_classifier_us",
@@ -178,14 +187,14 @@ def main() -> None:
         config = {
             "kind": "plane_classifier",
             "input_size": params["input_size"],
-            "planes": list(M.PLANES),
+            "planes": list(PLANES),
             "tta": params["tta"],
             **crop_params,
         }
         with atomic_dir(root / MODEL_DIR) as tmp:
-            M.save_model_dir(model, tmp, config)
+            save_model_dir(model, tmp, config)
             # new images must be cropped by the segmenter that cropped the training images
-            M.bundle_segmenter(tmp, crop_params["segment_us"], root / SEGMENTER)
+            bundle_segmenter(tmp, crop_params["segment_us"], root / SEGMENTER)
         times = result["epoch_times_s"]
         report = {
             k: result[k]
@@ -202,20 +211,21 @@ def main() -> None:
         tracking.log_metrics(report)
         for epoch, values in enumerate(zip(*result["history"].values(), strict=True)):
             tracking.log_metrics(dict(zip(result["history"], values, strict=True)), step=epoch)
-        decision = M.publish(
+        eval_paths = [root / CROPS, root / MANIFEST]
+        metrics = {k: report[k] for k in ("val_accuracy", "val_log_loss_neg")}
+        decision = tracking.register_and_promote(
             root / MODEL_DIR,
             LOADER,
             params["registered_name"],
-            {k: report[k] for k in ("val_accuracy", "val_log_loss_neg")},
+            {**metric_tags(metrics), "eval_data_hash": tracking.data_hash(eval_paths)},
+            code_key(eval_paths, {"params": params, **crop_params}),
             params["promote_metric"],
             params["promote_margin"],
-            [root / CROPS, root / MANIFEST],
-            {"params": params, **crop_params},
             # a champion evaluated on other crops is scored again on these val crops
-            rescore=lambda champion: M.plane_scores(
-                champion.proba(crops_u8["val"]), data["val"][1]
-            )[params["promote_metric"]],
-        )
+            rescore=lambda champion: plane_scores(champion.proba(crops_u8["val"]), data["val"][1])[
+                params["promote_metric"]
+            ],
+        ).to_dict()
     write_json(root / REPORT, report)
     log.info(
         "val accuracy %.3f (best epoch %d); %s",

@@ -34,17 +34,31 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pandas as pd
+from scipy.ndimage import affine_transform
 
-from stages.ultrasound.segment import (
-    SEGMENTER_FINAL,
-    SEGMENTER_FOLDS,
-    SEGMENTER_MODELS,
-    fold_dir,
-    hc18_summary,
-    to_input,
+from stages.common import tracking
+from stages.common.io import atomic_dir, write_csv, write_json
+from stages.common.params import load_params, project_root
+from stages.common.splits import stratified_folds
+from stages.common.training import epoch_timer, seed_everything
+from stages.ultrasound.hc18 import hc18_summary, truth_mask
+from stages.ultrasound.head.geometry import ellipse_from_outline
+from stages.ultrasound.head.unet import ellipse_from_probability, to_input
+from stages.ultrasound.imaging import (
+    Ellipse,
+    dice,
+    ellipse_mask,
+    iter_store,
+    ramanujan_perimeter,
+    read_image,
 )
+from stages.ultrasound.model_dir import save_model_dir
+from stages.ultrasound.paths import SEGMENTER_FINAL, SEGMENTER_FOLDS, SEGMENTER_MODELS, fold_dir
+from stages.ultrasound.registry import code_key, metric_tags
+from stages.ultrasound.unet_model import build_unet, predict_masks
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +69,7 @@ MODEL_DIR = SEGMENTER_MODELS
 REPORT = Path("data/reports/train_segmenter_us.json")
 OOF = Path("data/reports/train_segmenter_us/oof.csv")
 FINAL = SEGMENTER_FINAL
-LOADER = "stages.ultrasound.score:load_segmenter_predictor"
+LOADER = "stages.ultrasound.predictors:load_segmenter_predictor"
 
 
 def exam_id(name: str) -> str:
@@ -74,8 +88,6 @@ def segmenter_folds(
     hundred are the big heads); all images of one examination land in one fold. Same names,
     sizes and seed give the same folds.
     """
-    from stages.common.splits import stratified_folds
-
     hc = np.asarray(hc_mm, dtype=float)
     exams = [exam_id(n) for n in names]
     # quartiles, or fewer size bins when there are too few images for every bin in every fold
@@ -94,9 +106,6 @@ def target_mask(outline: np.ndarray, hc_mm: float, pixel_mm: float) -> np.ndarra
     than the reported circumference (HC18 README); the scale makes the network learn the
     reported measurement. An outline no ellipse fits falls back to the filled outline.
     """
-    from stages.ultrasound.imaging import Ellipse, ellipse_mask, ramanujan_perimeter
-    from stages.ultrasound.segment import ellipse_from_outline, truth_mask
-
     e = ellipse_from_outline(outline)
     if e is None or not (hc_mm > 0 and pixel_mm > 0):
         return truth_mask(outline)[0]
@@ -129,8 +138,6 @@ def augment(
     aug
         The ``augment`` section of ``train_segmenter_us``; a missing key or 0 turns a change off.
     """
-    from scipy.ndimage import affine_transform
-
     n, h, w = x.shape
     xo, yo = np.empty_like(x), np.empty_like(y)
     centre = np.array([(h - 1) / 2, (w - 1) / 2])
@@ -159,7 +166,7 @@ def augment(
 def train_unet(
     x: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int
 ) -> tuple[Any, dict[str, Any]]:
-    """Fit a U-Net (:func:`stages.ultrasound.models.build_unet`) on freshly augmented data.
+    """Fit a U-Net (:func:`stages.ultrasound.unet_model.build_unet`) on freshly augmented data.
 
     Every epoch sees a new augmented copy of every image (:func:`augment`, drawn from ``seed``);
     the learning rate follows a cosine decay to ``1 %`` of ``learning_rate`` over ``epochs``.
@@ -178,23 +185,19 @@ def train_unet(
     model, result
         The Keras model and ``loss`` (per epoch) and ``epoch_times_s``.
     """
-    import keras
-
-    from stages.ultrasound import models as M
-
-    M.seed_everything(seed)
+    seed_everything(seed)
     rng = np.random.default_rng(seed)
     epochs, batch = int(params["epochs"]), int(params["batch_size"])
     steps = epochs * max(1, math.ceil(len(x) / batch))
     lr = keras.optimizers.schedules.CosineDecay(float(params["learning_rate"]), steps, alpha=0.01)
-    model = M.build_unet(
+    model = build_unet(
         (int(params["input_height"]), int(params["input_width"])),
         params["filters"],
         bool(params.get("batch_norm", True)),
         lr,
         float(params.get("dice_weight", 1.0)),
     )
-    timer, times = M.epoch_timer()
+    timer, times = epoch_timer()
     losses: list[float] = []
     for epoch in range(epochs):
         xa, ya = augment(x, y, rng, params.get("augment") or {})
@@ -226,9 +229,6 @@ def score_ellipses(
     Returns ``dice, hc_mm, hc_error_mm`` (signed: measured - sonographer), ``hc_true_mm`` per
     image; an image without an ellipse gets Dice 0 and NaN errors.
     """
-    from stages.ultrasound.imaging import dice, ellipse_mask, ramanujan_perimeter
-    from stages.ultrasound.segment import ellipse_from_probability
-
     rows = []
     for p, shape, truth, px, hc in zip(prob, shapes, truths, pixel_mm, hc_true_mm, strict=True):
         e, _ = ellipse_from_probability(p, shape, level, limits=limits)
@@ -248,7 +248,7 @@ def score_ellipses(
 
 
 def summary(oof: pd.DataFrame) -> dict[str, float]:
-    """OOF :func:`~stages.ultrasound.segment.hc18_summary` of ``dice, hc_error_mm (signed),
+    """OOF :func:`~stages.ultrasound.hc18.hc18_summary` of ``dice, hc_error_mm (signed),
     hc_true_mm`` rows, ``oof_``-prefixed, with the promotion metric ``oof_hc_error_mm_mean_neg``."""
     out = {
         f"oof_{k}": v
@@ -276,13 +276,6 @@ def model_config(
 
 
 def main() -> None:
-    from stages.common import tracking
-    from stages.common.io import atomic_dir, write_csv, write_json
-    from stages.common.params import load_params, project_root
-    from stages.ultrasound import models as M
-    from stages.ultrasound.imaging import iter_store, read_image
-    from stages.ultrasound.segment import truth_mask
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params, enhance_params = load_params("train_segmenter_us"), load_params("enhance_us")
     root = project_root()
@@ -313,7 +306,7 @@ def main() -> None:
             for k in range(int(params["n_folds"])):
                 held = (folds["fold"] == k).to_numpy()
                 model, res = train_unet(x[~held], y[~held], params, int(params["seed"]) + k)
-                prob = M.predict_masks(model, x[held][..., None])
+                prob = predict_masks(model, x[held][..., None])
                 scored = score_ellipses(
                     prob,
                     [im.shape for im, h in zip(images, held, strict=True) if h],
@@ -323,12 +316,12 @@ def main() -> None:
                 )
                 oof.loc[np.flatnonzero(held), scored.columns] = scored.to_numpy()
                 config = model_config(params, enhance_params, k, int((~held).sum()))
-                M.save_model_dir(model, tmp / fold_dir(k), config)
+                save_model_dir(model, tmp / fold_dir(k), config)
                 times[fold_dir(k)] = res["epoch_times_s"]
                 log.info("fold %d: %s", k, summary(scored))
             model, res = train_unet(x, y, params, int(params["seed"]))
             config = model_config(params, enhance_params, None, len(names))
-            M.save_model_dir(model, tmp / FINAL, config)
+            save_model_dir(model, tmp / FINAL, config)
             times[FINAL] = res["epoch_times_s"]
         oof = oof.astype(float)
         oof.insert(0, "image", names)
@@ -341,16 +334,17 @@ def main() -> None:
             "train_time_s_per_model": {k: float(np.sum(v)) for k, v in times.items()},
         }
         tracking.log_metrics({k: v for k, v in report.items() if not isinstance(v, dict)})
-        decision = M.publish(
+        eval_paths = [root / ENHANCED, root / RAW / "pixel_size_and_HC.csv", root / FOLDS]
+        metrics = {k: v for k, v in report.items() if k.startswith("oof_")}
+        decision = tracking.register_and_promote(
             root / MODEL_DIR / FINAL,
             LOADER,
             params["registered_name"],
-            {k: v for k, v in report.items() if k.startswith("oof_")},
+            {**metric_tags(metrics), "eval_data_hash": tracking.data_hash(eval_paths)},
+            code_key(eval_paths, {"params": params, "enhance_us": enhance_params}),
             params["promote_metric"],
             params["promote_margin"],
-            [root / ENHANCED, root / RAW / "pixel_size_and_HC.csv", root / FOLDS],
-            {"params": params, "enhance_us": enhance_params},
-        )
+        ).to_dict()
     write_csv(root / OOF, oof)
     write_json(root / REPORT, report)
     log.info(

@@ -62,7 +62,8 @@ def _zip(path: Path, entries: dict[str, bytes]) -> None:
 
 def test_download_path_with_local_http_server(tmp_path):
     from stages.common.download import UnsafeArchiveError
-    from stages.ultrasound.ingest import PLANES_CSV, ingest_planes_download
+    from stages.ultrasound.ingest import ingest_planes_download
+    from stages.ultrasound.paths import PLANES_CSV
 
     mirror = make_us_mirror(tmp_path / "m", n_per_plane=1, n_hc18=1, seed=4)
     imgs = sorted((mirror / "fetal_planes/images").glob("*.png"))

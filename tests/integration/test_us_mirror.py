@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from stages.common.params import load_params
-from stages.ultrasound import models as M
+from stages.ultrasound.crops import PLANES, brain_rows, crops_for, plane_one_hot, to_unit_float
+from stages.ultrasound.model_dir import save_model_dir
 from tests.conftest import ROOT, ci_report, shared_mirror
 
 PER_PLANE = {1: 10, 0: 8}  # images per brain plane from Train==1 / Train==0
@@ -23,7 +24,7 @@ def _subset(labels: pd.DataFrame, images: set[str]) -> pd.DataFrame:
     have = labels[labels["Image_name"].isin(images)]
     parts = []
     for train, n in PER_PLANE.items():
-        for plane in M.PLANES:
+        for plane in PLANES:
             rows = have[(have["Train"] == train) & (have["Brain_plane"] == plane)]
             parts.append(rows.sort_values("Image_name").head(n))
     parts.append(have[have["Plane"] != "Fetal brain"].sort_values("Image_name").head(N_NON_BRAIN))
@@ -79,24 +80,24 @@ def test_us_models_on_real_mirror(tmp_path) -> None:
     pc_p = params["train_plane_classifier_us"] | {"input_size": 64, "epochs": 4, "patience": 2}
     data = {}
     for split in ("train", "val"):
-        rows = M.brain_rows(manifest, split)
-        data[split] = (M.to_unit_float(M.crops_for(rows, names, images), 64), rows)
-    onehot = {k: M.plane_one_hot(v[1]["brain_plane"]) for k, v in data.items()}
+        rows = brain_rows(manifest, split)
+        data[split] = (to_unit_float(crops_for(rows, names, images), 64), rows)
+    onehot = {k: plane_one_hot(v[1]["brain_plane"]) for k, v in data.items()}
     ae, ae_res = train_autoencoder(
         data["train"][0], onehot["train"], data["val"][0], onehot["val"], ae_p
     )
-    labels_idx = {k: v[1]["brain_plane"].map(M.PLANES.index).to_numpy() for k, v in data.items()}
+    labels_idx = {k: v[1]["brain_plane"].map(PLANES.index).to_numpy() for k, v in data.items()}
     clf, clf_res = train_plane_classifier(
         data["train"][0], labels_idx["train"], data["val"][0], labels_idx["val"], pc_p
     )
     crop_cfg = {"enhance_us": params["enhance_us"], "segment_us": params["segment_us"]}
-    M.save_model_dir(
+    save_model_dir(
         ae,
         tmp_path / "ae",
-        {"input_size": 64, "planes": list(M.PLANES), "threshold": ae_res["threshold"], **crop_cfg},
+        {"input_size": 64, "planes": list(PLANES), "threshold": ae_res["threshold"], **crop_cfg},
     )
-    M.save_model_dir(
-        clf, tmp_path / "pc", {"input_size": 64, "planes": list(M.PLANES), "tta": True, **crop_cfg}
+    save_model_dir(
+        clf, tmp_path / "pc", {"input_size": 64, "planes": list(PLANES), "tta": True, **crop_cfg}
     )
     report, tables = evaluate(
         PlanePredictor(tmp_path / "pc"),

@@ -151,7 +151,6 @@ def _log(trained: dict) -> str:
             name="model",
             loader="stages.ctg.model:load_predictor",
             artifacts={"model_dir": str(trained["dir"])},
-            pip_requirements=train.PIP_REQUIREMENTS,
             input_example=train.example_input(),
             signature=False,
         )

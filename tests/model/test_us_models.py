@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.ultrasound import models as M
-from stages.ultrasound.segment import Segmentation, brain_crop
+from stages.common.training import seed_everything
+from stages.ultrasound.autoencoder import anomaly_score, reconstruct, reconstruction_mse
+from stages.ultrasound.crops import PLANES, plane_one_hot, to_unit_float
+from stages.ultrasound.head import Segmentation
+from stages.ultrasound.head.geometry import brain_crop
+from stages.ultrasound.plane_classifier import build_plane_classifier, predict_planes
 from tests.synth_us import phantom_head
 
 SIZE = 32
@@ -16,7 +20,7 @@ def _crops(n_per_plane: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Head crops (N, SIZE, SIZE) of phantom heads with each plane's feature, and labels."""
     rng = np.random.default_rng(seed)
     crops, labels = [], []
-    for k, plane in enumerate(M.PLANES):
+    for k, plane in enumerate(PLANES):
         for _ in range(n_per_plane):
             a = rng.uniform(50, 60)
             img, e = phantom_head(
@@ -43,11 +47,11 @@ def heads() -> dict[str, np.ndarray]:
 def _train_classifier(x: np.ndarray, y: np.ndarray, seed: int, epochs: int = 30):
     import keras
 
-    M.seed_everything(seed)
+    seed_everything(seed)
     aug = {"flip": "horizontal", "brightness": 0.1}
-    model = M.build_plane_classifier(SIZE, 3, (8, 16, 16), 0.1, 3e-3, aug, seed=seed)
+    model = build_plane_classifier(SIZE, 3, (8, 16, 16), 0.1, 3e-3, aug, seed=seed)
     model.fit(
-        M.to_unit_float(x, SIZE),
+        to_unit_float(x, SIZE),
         keras.utils.to_categorical(y, 3),
         epochs=epochs,
         batch_size=12,
@@ -70,24 +74,24 @@ def test_autoencoder_reconstructs_heads_better_than_blank_or_noise(heads) -> Non
         "learning_rate": 3e-3,
         "threshold_percentile": 95,
     }
-    x_tr = M.to_unit_float(heads["x_tr"], SIZE)
-    x_te = M.to_unit_float(heads["x_te"], SIZE)
-    p_tr = M.plane_one_hot([M.PLANES[i] for i in heads["y_tr"]])
-    p_te = M.plane_one_hot([M.PLANES[i] for i in heads["y_te"]])
+    x_tr = to_unit_float(heads["x_tr"], SIZE)
+    x_te = to_unit_float(heads["x_te"], SIZE)
+    p_tr = plane_one_hot([PLANES[i] for i in heads["y_tr"]])
+    p_te = plane_one_hot([PLANES[i] for i in heads["y_te"]])
     model, res = train_autoencoder(x_tr, p_tr, x_te, p_te, params)
-    normal_mse = M.reconstruction_mse(model, x_te, p_te)
-    normal = M.anomaly_score(x_te, M.reconstruct(model, x_te, p_te))
+    normal_mse = reconstruction_mse(model, x_te, p_te)
+    normal = anomaly_score(x_te, reconstruct(model, x_te, p_te))
     rng = np.random.default_rng(2)
     noise = rng.random(x_te.shape).astype(np.float32)
     blank = np.full_like(x_te, 0.5)
     inverted = 1.0 - x_te
     for name, bad in {"noise": noise, "blank": blank, "inverted": inverted}.items():
-        score = M.anomaly_score(bad, M.reconstruct(model, bad, p_te))
+        score = anomaly_score(bad, reconstruct(model, bad, p_te))
         assert np.median(score) > 2 * np.median(normal), name
         assert np.mean(score > res["threshold"]) >= 0.9, name
     # plain MSE: noise and inverted heads are reconstructed worse than heads
     for bad in (noise, inverted):
-        assert np.median(M.reconstruction_mse(model, bad, p_te)) > 2 * np.median(normal_mse)
+        assert np.median(reconstruction_mse(model, bad, p_te)) > 2 * np.median(normal_mse)
     assert res["threshold"] >= np.percentile(normal, 90) - 1e-9
     assert len(res["epoch_times_s"]) == params["epochs"]
     # The promotion metric: held-out heads against their corrupted copies (noise, blank,
@@ -110,10 +114,10 @@ def test_autoencoder_reconstructs_heads_better_than_blank_or_noise(heads) -> Non
 
 @pytest.mark.model
 def test_classifier_is_deterministic_with_seed(heads) -> None:
-    x = M.to_unit_float(heads["x_te"], SIZE)
-    p1 = M.predict_planes(_train_classifier(heads["x_tr"], heads["y_tr"], 3, epochs=4), x)
-    p2 = M.predict_planes(_train_classifier(heads["x_tr"], heads["y_tr"], 3, epochs=4), x)
-    p3 = M.predict_planes(_train_classifier(heads["x_tr"], heads["y_tr"], 4, epochs=4), x)
+    x = to_unit_float(heads["x_te"], SIZE)
+    p1 = predict_planes(_train_classifier(heads["x_tr"], heads["y_tr"], 3, epochs=4), x)
+    p2 = predict_planes(_train_classifier(heads["x_tr"], heads["y_tr"], 3, epochs=4), x)
+    p3 = predict_planes(_train_classifier(heads["x_tr"], heads["y_tr"], 4, epochs=4), x)
     np.testing.assert_allclose(p1, p2, atol=1e-6)
     assert not np.allclose(p1, p3, atol=1e-6)
 
@@ -121,11 +125,11 @@ def test_classifier_is_deterministic_with_seed(heads) -> None:
 @pytest.mark.model
 def test_small_brightness_change_does_not_flip_planes(heads) -> None:
     model = _train_classifier(heads["x_tr"], heads["y_tr"], 0)
-    x = M.to_unit_float(heads["x_te"], SIZE)
-    base = M.predict_planes(model, x, tta=True).argmax(1)
+    x = to_unit_float(heads["x_te"], SIZE)
+    base = predict_planes(model, x, tta=True).argmax(1)
     assert np.mean(base == heads["y_te"]) >= 0.75  # the tiny model did learn the planes
     for delta in (-0.04, 0.04):
-        moved = M.predict_planes(model, np.clip(x + delta, 0, 1), tta=True).argmax(1)
+        moved = predict_planes(model, np.clip(x + delta, 0, 1), tta=True).argmax(1)
         assert np.mean(moved == base) >= 0.9, delta
 
 
@@ -149,10 +153,10 @@ def test_gabor_classifier_learns_planes_and_ignores_small_gain_changes(heads) ->
         "augment": {"flip": "horizontal"},
         "tta": "none",
     }
-    x_tr, x_te = M.to_unit_float(heads["x_tr"], SIZE), M.to_unit_float(heads["x_te"], SIZE)
+    x_tr, x_te = to_unit_float(heads["x_tr"], SIZE), to_unit_float(heads["x_te"], SIZE)
     model, res = train_plane_classifier(x_tr, heads["y_tr"], x_te, heads["y_te"], params)
     assert res["val_accuracy"] >= 0.75
-    base = M.predict_planes(model, x_te, "none").argmax(1)
+    base = predict_planes(model, x_te, "none").argmax(1)
     for gain in (0.95, 1.05):
-        moved = M.predict_planes(model, np.clip(x_te * gain, 0, 1), "none").argmax(1)
+        moved = predict_planes(model, np.clip(x_te * gain, 0, 1), "none").argmax(1)
         assert np.mean(moved == base) >= 0.9, gain

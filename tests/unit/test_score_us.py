@@ -11,8 +11,19 @@ import pytest
 from PIL import Image
 
 from stages.common.params import load_params
-from stages.ultrasound import models as M
+from stages.common.training import seed_everything
+from stages.ultrasound.autoencoder import build_autoencoder, fit_gaussian, latent_codes, mahalanobis
+from stages.ultrasound.crops import PLANES, to_unit_float
 from stages.ultrasound.imaging import ramanujan_perimeter
+from stages.ultrasound.model_dir import (
+    LATENT_FILE,
+    SEGMENTER_DIR,
+    bundle_segmenter,
+    load_model_dir,
+    save_model_dir,
+)
+from stages.ultrasound.plane_classifier import build_plane_classifier
+from stages.ultrasound.unet_model import build_unet
 from tests.conftest import ROOT
 from tests.synth_us import phantom_head, phantom_non_brain
 
@@ -29,17 +40,17 @@ def _model_dirs(folder: Path) -> tuple[Path, Path]:
         "enhance_us": load_params("enhance_us", ROOT / "params.yaml"),
         "segment_us": load_params("segment_us", ROOT / "params.yaml") | {"method": "classical"},
     }
-    M.seed_everything(0)
+    seed_everything(0)
     plane_dir, ae_dir = folder / "plane", folder / "ae"
-    M.save_model_dir(
-        M.build_plane_classifier(32, 3, (4, 8)),
+    save_model_dir(
+        build_plane_classifier(32, 3, (4, 8)),
         plane_dir,
-        {"input_size": 32, "planes": list(M.PLANES), "tta": True, **crop},
+        {"input_size": 32, "planes": list(PLANES), "tta": True, **crop},
     )
-    M.save_model_dir(
-        M.build_autoencoder(32, (4, 8)),
+    save_model_dir(
+        build_autoencoder(32, (4, 8)),
         ae_dir,
-        {"input_size": 32, "planes": list(M.PLANES), "threshold": 0.01, **crop},
+        {"input_size": 32, "planes": list(PLANES), "threshold": 0.01, **crop},
     )
     return plane_dir, ae_dir
 
@@ -53,7 +64,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> dict:
     images = tmp / "images"
     images.mkdir()
     truth = {}
-    for i, plane in enumerate(M.PLANES):
+    for i, plane in enumerate(PLANES):
         img, e = phantom_head(
             SHAPE, axes=(60 + 5 * i, 50), angle=0.4 * i, seed=100 + i, feature=plane
         )
@@ -102,7 +113,7 @@ def test_scores_every_readable_image_and_reports_the_broken_one(scored, capsys) 
     assert sorted(preds["image"]) == sorted(
         ["head_0.png", "head_1.png", "head_2.png", "head_jpg.jpg", "abdomen.png"]
     )
-    assert set(preds["plane"]) <= set(M.PLANES)
+    assert set(preds["plane"]) <= set(PLANES)
     assert preds["plane_probability"].between(1 / 3 - 1e-6, 1).all()
     assert (preds["anomaly_score"] > 0).all()
     assert preds["anomalous"].isin([True, False]).all()
@@ -148,7 +159,7 @@ def test_scorer_api_scores_one_array(tmp_path: Path) -> None:
     scorer = load_scorer(str(plane_dir), str(ae_dir))
     img = phantom_head((330, 480), seed=1, feature="Trans-thalamic")[0]
     first, again = scorer.score_image(img, pixel_mm=0.1), scorer.score_image(img, pixel_mm=0.1)
-    assert first["plane"] in M.PLANES and first["seg"].ok
+    assert first["plane"] in PLANES and first["seg"].ok
     assert first["anomaly_score"] == again["anomaly_score"]  # inference is deterministic
     assert first["hc_mm"] > 0
 
@@ -158,21 +169,21 @@ def test_latent_score_is_computed_by_the_predictor(tmp_path: Path) -> None:
     from stages.ultrasound.score import AutoencoderPredictor, load_scorer
 
     plane_dir, ae_dir = _model_dirs(tmp_path)
-    model, config = M.load_model_dir(ae_dir)
+    model, config = load_model_dir(ae_dir)
     rng = np.random.default_rng(0)
     crops = rng.integers(60, 140, (12, 32, 32), dtype=np.uint8)
-    x = M.to_unit_float(crops, 32)
-    mean, precision = M.fit_gaussian(M.latent_codes(model, x), 0.1)
+    x = to_unit_float(crops, 32)
+    mean, precision = fit_gaussian(latent_codes(model, x), 0.1)
     latent_dir = tmp_path / "ae_latent"
-    M.save_model_dir(
+    save_model_dir(
         model,
         latent_dir,
         {**config, "anomaly_score": "latent_mahalanobis"},
         {"mean": mean, "precision": precision},
     )
     ae = AutoencoderPredictor(latent_dir)
-    planes = [M.PLANES[0]] * len(crops)
-    expected = M.mahalanobis(M.latent_codes(ae.model, x), mean, precision)
+    planes = [PLANES[0]] * len(crops)
+    expected = mahalanobis(latent_codes(ae.model, x), mean, precision)
     np.testing.assert_allclose(ae.anomaly_scores(crops, planes), expected, rtol=1e-5)
     # the CLI path (score_image) reports the same score the predictor computes
     scorer = load_scorer(str(plane_dir), str(latent_dir))
@@ -183,7 +194,7 @@ def test_latent_score_is_computed_by_the_predictor(tmp_path: Path) -> None:
         float(ae.anomaly_scores(crop[None], [res["plane"]])[0]), rel=1e-5
     )
     # a latent model folder without its code statistics is refused, not scored silently
-    (latent_dir / M.LATENT_FILE).unlink()
+    (latent_dir / LATENT_FILE).unlink()
     with pytest.raises(FileNotFoundError):
         AutoencoderPredictor(latent_dir)
 
@@ -195,13 +206,13 @@ def test_a_model_folder_carries_its_segmenter_wherever_it_is_loaded(tmp_path: Pa
     with it and needs nothing from the project that trained it."""
     import shutil
 
+    from stages.ultrasound.head.unet import HeadSegmenter
     from stages.ultrasound.score import Preprocessor, load_plane_predictor
-    from stages.ultrasound.segment import HeadSegmenter
 
-    M.seed_everything(0)
+    seed_everything(0)
     unet_dir = tmp_path / "segmenter_final"
-    M.save_model_dir(
-        M.build_unet((32, 48), (4, 8, 8)),
+    save_model_dir(
+        build_unet((32, 48), (4, 8, 8)),
         unet_dir,
         {"kind": "head_segmenter", "input_height": 32, "input_width": 48},
     )
@@ -210,30 +221,30 @@ def test_a_model_folder_carries_its_segmenter_wherever_it_is_loaded(tmp_path: Pa
         "segment_us": load_params("segment_us", ROOT / "params.yaml") | {"method": "unet"},
     }
     trained = tmp_path / "trained" / "plane"
-    M.save_model_dir(
-        M.build_plane_classifier(32, 3, (4, 8)),
+    save_model_dir(
+        build_plane_classifier(32, 3, (4, 8)),
         trained,
-        {"input_size": 32, "planes": list(M.PLANES), "tta": False, **crop},
+        {"input_size": 32, "planes": list(PLANES), "tta": False, **crop},
     )
-    M.bundle_segmenter(trained, crop["segment_us"], unet_dir)
+    bundle_segmenter(trained, crop["segment_us"], unet_dir)
     moved = tmp_path / "elsewhere" / "model_dir"
     shutil.copytree(trained, moved)
     shutil.rmtree(tmp_path / "trained")
     shutil.rmtree(unet_dir)
     predictor = load_plane_predictor({"model_dir": str(moved)})
-    assert Path(predictor.preprocess.segmenter_dir) == moved / M.SEGMENTER_DIR
+    assert Path(predictor.preprocess.segmenter_dir) == moved / SEGMENTER_DIR
     img = phantom_head((330, 480), seed=1, feature="Trans-thalamic")[0]
     crop_u8, seg = predictor.preprocess(img)
     side = int(crop["segment_us"]["crop_size"])
     assert crop_u8.shape == (side, side) and seg.shape == img.shape
     out = predictor.predict(pd.DataFrame({"image": [img]}))
-    assert out["plane"].iloc[0] in M.PLANES
-    assert isinstance(HeadSegmenter(moved / M.SEGMENTER_DIR).probability(img), np.ndarray)
+    assert out["plane"].iloc[0] in PLANES
+    assert isinstance(HeadSegmenter(moved / SEGMENTER_DIR).probability(img), np.ndarray)
     # the unet method without a segmenter is refused at construction, not at the first image
     with pytest.raises(ValueError, match="segmenter_dir"):
         Preprocessor(crop["enhance_us"], crop["segment_us"])
     # other methods bundle nothing
     classical = tmp_path / "classical"
     classical.mkdir()
-    M.bundle_segmenter(classical, {"method": "classical"}, tmp_path / "absent")
-    assert not (classical / M.SEGMENTER_DIR).exists()
+    bundle_segmenter(classical, {"method": "classical"}, tmp_path / "absent")
+    assert not (classical / SEGMENTER_DIR).exists()

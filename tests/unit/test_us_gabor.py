@@ -7,9 +7,20 @@ import math
 import numpy as np
 import pytest
 
-from stages.ultrasound import models as M
+from stages.ultrasound.autoencoder import (
+    build_autoencoder,
+    fit_latent_ring,
+    latent_codes,
+    latent_ring_parts,
+    ring_contrast,
+    score_anomaly,
+)
+from stages.ultrasound.crops import PLANES, plane_one_hot, to_unit_float
+from stages.ultrasound.head import Segmentation
+from stages.ultrasound.head.geometry import brain_crop, upright_angle
 from stages.ultrasound.imaging import Ellipse
-from stages.ultrasound.segment import Segmentation, brain_crop, upright_angle
+from stages.ultrasound.model_dir import load_model_dir, save_model_dir
+from stages.ultrasound.plane_classifier import build_plane_classifier, predict_planes
 from tests.synth_us import phantom_head, phantom_non_brain
 
 pytestmark = pytest.mark.unit
@@ -44,7 +55,7 @@ def test_gabor_energy_peaks_at_the_grating_orientation_and_frequency(pyramid: bo
 
 
 def test_gabor_classifier_survives_save_and_load(tmp_path) -> None:
-    model = M.build_plane_classifier(
+    model = build_plane_classifier(
         32,
         3,
         frontend="gabor",
@@ -52,15 +63,15 @@ def test_gabor_classifier_survives_save_and_load(tmp_path) -> None:
         l2=0.01,
     )
     x = np.random.default_rng(0).random((4, 32, 32, 1)).astype(np.float32)
-    before = M.predict_planes(model, x, "horizontal")
-    M.save_model_dir(model, tmp_path, {"input_size": 32})
-    loaded, config = M.load_model_dir(tmp_path)
-    np.testing.assert_allclose(M.predict_planes(loaded, x, "horizontal"), before, atol=1e-6)
+    before = predict_planes(model, x, "horizontal")
+    save_model_dir(model, tmp_path, {"input_size": 32})
+    loaded, config = load_model_dir(tmp_path)
+    np.testing.assert_allclose(predict_planes(loaded, x, "horizontal"), before, atol=1e-6)
     assert config["input_size"] == 32
     with pytest.raises(ValueError, match="divisible"):
-        M.build_plane_classifier(30, 3, frontend="gabor", gabor={"grids": [4]})
+        build_plane_classifier(30, 3, frontend="gabor", gabor={"grids": [4]})
     with pytest.raises(ValueError, match="tta"):
-        M.predict_planes(model, x, "sideways")
+        predict_planes(model, x, "sideways")
 
 
 def test_upright_angle_keeps_the_top_on_top() -> None:
@@ -87,33 +98,33 @@ def test_ring_contrast_separates_heads_from_other_frames() -> None:
         # a segmentation that fitted an ellipse to whatever edges the frame has
         guess = Ellipse(150.0, 100.0, 80.0, 64.0, 0.3 * seed)
         others.append(brain_crop(other, Segmentation(True, guess, other.shape), 64))
-    ring_heads = M.ring_contrast(M.to_unit_float(np.stack(heads), 64))
-    ring_others = M.ring_contrast(M.to_unit_float(np.stack(others), 64))
+    ring_heads = ring_contrast(to_unit_float(np.stack(heads), 64))
+    ring_others = ring_contrast(to_unit_float(np.stack(others), 64))
     assert ring_heads.min() > 0.15
     assert ring_heads.min() > ring_others.max()
     flat = np.full((2, 64, 64, 1), 0.4, np.float32)
-    np.testing.assert_allclose(M.ring_contrast(flat), 0.0, atol=1e-6)
-    assert M.ring_contrast(flat[:0]).shape == (0,)
+    np.testing.assert_allclose(ring_contrast(flat), 0.0, atol=1e-6)
+    assert ring_contrast(flat[:0]).shape == (0,)
 
 
 def test_latent_ring_score_flags_a_crop_without_a_skull_ring() -> None:
-    model = M.build_autoencoder(32, (4, 8, 8))
+    model = build_autoencoder(32, (4, 8, 8))
     crops = []
     for seed in range(12):
         img, e = phantom_head((160, 220), axes=(60, 48), angle=0.2 * seed, noise=0.1, seed=seed)
         crops.append(brain_crop(img, Segmentation(True, e, img.shape), 32))
-    x = M.to_unit_float(np.stack(crops), 32)
-    latent = M.fit_latent_ring(M.latent_codes(model, x), x, 0.1)
+    x = to_unit_float(np.stack(crops), 32)
+    latent = fit_latent_ring(latent_codes(model, x), x, 0.1)
     assert {"dist_mean", "dist_std", "ring_mean", "ring_std"} <= set(latent)
-    planes = M.plane_one_hot([M.PLANES[0]] * len(x))
-    normal = M.score_anomaly("latent_ring", model, x, planes, latent)
+    planes = plane_one_hot([PLANES[0]] * len(x))
+    normal = score_anomaly("latent_ring", model, x, planes, latent)
     no_ring = x.copy()
     no_ring[:, :3], no_ring[:, -3:], no_ring[:, :, :3], no_ring[:, :, -3:] = 0.8, 0.8, 0.8, 0.8
     no_ring[:, 3:-3, 3:-3] = 0.8 * x[:, 3:-3, 3:-3].mean()
-    odd = M.score_anomaly("latent_ring", model, no_ring, planes, latent)
+    odd = score_anomaly("latent_ring", model, no_ring, planes, latent)
     assert np.median(odd) > np.percentile(normal, 95)
     # the score is the sum of its parts in training standard deviations (ring one-sided)
-    dist, ring = M.latent_ring_parts(model, no_ring, latent)
+    dist, ring = latent_ring_parts(model, no_ring, latent)
     z = (dist - latent["dist_mean"]) / latent["dist_std"]
     z += np.maximum(0.0, (latent["ring_mean"] - ring) / latent["ring_std"])
     np.testing.assert_allclose(odd, z, rtol=1e-5, atol=1e-5)

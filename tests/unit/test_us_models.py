@@ -6,7 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.ultrasound import models as M
+from stages.common.training import class_weights
+from stages.ultrasound.autoencoder import (
+    build_autoencoder,
+    fit_gaussian,
+    latent_codes,
+    mahalanobis,
+    reconstruction_mse,
+    score_anomaly,
+)
+from stages.ultrasound.crops import PLANES, crops_for, plane_one_hot, to_unit_float
+from stages.ultrasound.plane_classifier import build_plane_classifier, plane_scores, predict_planes
 from stages.ultrasound.split_planes import (
     assert_patient_disjoint,
     build_manifest,
@@ -24,7 +34,7 @@ def _labels(seed: int = 0, n_patients: int = 40) -> pd.DataFrame:
         for k in range(int(rng.integers(1, 5))):
             brain = rng.random() < 0.85
             plane = "Fetal brain" if brain else "Fetal femur"
-            bp = str(rng.choice(M.PLANES)) if brain else "Not A Brain"
+            bp = str(rng.choice(PLANES)) if brain else "Not A Brain"
             rows.append((f"Patient{p:05d}_Plane3_{k + 1}_of_4", p, plane, bp, train))
     return pd.DataFrame(
         rows, columns=["Image_name", "Patient_num", "Plane", "Brain_plane", "Train"]
@@ -76,7 +86,7 @@ def test_patient_sides_stay_put_when_patients_arrive() -> None:
     assert set(after["split"]) == {"train", "val", "test"}
     other_salt = build_manifest(labels, names, ok, 0.3, salt="t")
     assert not other_salt["split"].equals(after["split"])
-    balance = split_balance(after, M.PLANES)
+    balance = split_balance(after, PLANES)
     assert set(balance["split"]) == {"train", "val", "test"}
     shares = balance.groupby("split")["share_of_split"].sum()
     assert np.allclose(shares, 1.0)
@@ -112,30 +122,30 @@ def test_image_stem_and_crop_lookup() -> None:
     assert image_stem("Patient1_x") == "Patient1_x"
     images = np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4)
     man = pd.DataFrame({"image": ["c", "a"]})
-    out = M.crops_for(man, np.array(["a.png", "b.png", "c.png"]), images)
+    out = crops_for(man, np.array(["a.png", "b.png", "c.png"]), images)
     assert np.array_equal(out, images[[2, 0]])
     with pytest.raises(KeyError):
-        M.crops_for(pd.DataFrame({"image": ["zz"]}), np.array(["a"]), images[:1])
+        crops_for(pd.DataFrame({"image": ["zz"]}), np.array(["a"]), images[:1])
 
 
 @pytest.mark.unit
 def test_unit_float_and_one_hot() -> None:
-    x = M.to_unit_float(np.full((2, 20, 20), 255, np.uint8), 16)
+    x = to_unit_float(np.full((2, 20, 20), 255, np.uint8), 16)
     assert x.shape == (2, 16, 16, 1) and x.dtype == np.float32
     assert np.allclose(x, 1.0)
-    oh = M.plane_one_hot(["Trans-cerebellum", "Trans-thalamic"])
+    oh = plane_one_hot(["Trans-cerebellum", "Trans-thalamic"])
     assert oh.tolist() == [[0, 1, 0], [1, 0, 0]]
     with pytest.raises(KeyError):
-        M.plane_one_hot(["Fetal femur"])
-    w = M.class_weights(np.array([0, 0, 0, 1]), 3)
-    assert w[0] < w[1] and w[2] == 0.0
+        plane_one_hot(["Fetal femur"])
+    w = class_weights(np.array([0, 0, 0, 1]), 3)
+    assert w[0] < w[1] and w[2] == 1.0  # an absent class keeps the neutral weight
 
 
 @pytest.mark.unit
 def test_autoencoder_shapes() -> None:
-    model = M.build_autoencoder(32, (4, 8, 8))
+    model = build_autoencoder(32, (4, 8, 8))
     x = np.random.default_rng(0).random((2, 32, 32, 1)).astype(np.float32)
-    out = np.asarray(model({"image": x, "plane": M.plane_one_hot(M.PLANES[:2])}))
+    out = np.asarray(model({"image": x, "plane": plane_one_hot(PLANES[:2])}))
     assert out.shape == x.shape
     assert out.min() >= 0 and out.max() <= 1
     assert [layer.filters for layer in model.layers if type(layer).__name__ == "Conv2D"] == [
@@ -148,13 +158,13 @@ def test_autoencoder_shapes() -> None:
         1,
     ]
     with pytest.raises(ValueError):
-        M.build_autoencoder(36, (4, 8, 8))
+        build_autoencoder(36, (4, 8, 8))
 
 
 @pytest.mark.unit
 def test_mahalanobis_known_answers() -> None:
     mean, precision = np.zeros(2), np.diag([1.0, 0.25])  # variances 1 and 4
-    d = M.mahalanobis(np.array([[3.0, 0.0], [0.0, 4.0], [0.0, 0.0]]), mean, precision)
+    d = mahalanobis(np.array([[3.0, 0.0], [0.0, 4.0], [0.0, 0.0]]), mean, precision)
     np.testing.assert_allclose(d, [3.0, 2.0, 0.0], atol=1e-6)
 
 
@@ -162,32 +172,32 @@ def test_mahalanobis_known_answers() -> None:
 def test_fit_gaussian_shrinks_towards_scaled_identity() -> None:
     codes = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 3.0], [0.0, -3.0]])
     # sample covariance diag(2/3, 6); trace / D = 10/3
-    mean, precision = M.fit_gaussian(codes, 0.0)
+    mean, precision = fit_gaussian(codes, 0.0)
     np.testing.assert_allclose(mean, [0.0, 0.0], atol=1e-12)
     np.testing.assert_allclose(np.linalg.inv(precision), np.diag([2 / 3, 6.0]), atol=1e-9)
-    _, full = M.fit_gaussian(codes, 1.0)
+    _, full = fit_gaussian(codes, 1.0)
     np.testing.assert_allclose(np.linalg.inv(full), np.eye(2) * 10 / 3, atol=1e-9)
     # more codes than dimensions is not needed: shrinkage keeps a singular sample invertible
-    _, p1 = M.fit_gaussian(np.array([[0.0, 0.0, 1.0], [1.0, 1.0, 0.0]]), 0.1)
+    _, p1 = fit_gaussian(np.array([[0.0, 0.0, 1.0], [1.0, 1.0, 0.0]]), 0.1)
     assert np.all(np.isfinite(p1))
 
 
 @pytest.mark.unit
 def test_latent_score_flags_codes_far_from_training() -> None:
-    model = M.build_autoencoder(32, (4, 8, 8))
+    model = build_autoencoder(32, (4, 8, 8))
     rng = np.random.default_rng(0)
     heads = (0.4 + 0.05 * rng.standard_normal((20, 32, 32, 1))).clip(0, 1).astype(np.float32)
-    codes = M.latent_codes(model, heads)
+    codes = latent_codes(model, heads)
     assert codes.shape == (20, 16)  # mean and std of 8 bottleneck channels
-    mean, precision = M.fit_gaussian(codes, 0.1)
-    planes = M.plane_one_hot([M.PLANES[0]] * 20)
+    mean, precision = fit_gaussian(codes, 0.1)
+    planes = plane_one_hot([PLANES[0]] * 20)
     latent = {"mean": mean, "precision": precision}
-    normal = M.score_anomaly("latent_mahalanobis", model, heads, planes, latent)
-    odd = M.score_anomaly("latent_mahalanobis", model, 1.0 - heads, planes, latent)
+    normal = score_anomaly("latent_mahalanobis", model, heads, planes, latent)
+    odd = score_anomaly("latent_mahalanobis", model, 1.0 - heads, planes, latent)
     assert np.median(odd) > 2 * np.median(normal)
-    mse = M.score_anomaly("mse", model, heads, planes)
-    np.testing.assert_allclose(mse, M.reconstruction_mse(model, heads, planes), rtol=1e-6)
-    assert M.score_anomaly("mse", model, heads[:0], planes[:0]).shape == (0,)
+    mse = score_anomaly("mse", model, heads, planes)
+    np.testing.assert_allclose(mse, reconstruction_mse(model, heads, planes), rtol=1e-6)
+    assert score_anomaly("mse", model, heads[:0], planes[:0]).shape == (0,)
 
 
 @pytest.mark.unit
@@ -199,19 +209,19 @@ def test_plane_classifier_shapes() -> None:
         "brightness": 0.1,
         "contrast": 0.1,
     }
-    model = M.build_plane_classifier(32, 3, (4, 8), augment=aug)
+    model = build_plane_classifier(32, 3, (4, 8), augment=aug)
     x = np.random.default_rng(0).random((5, 32, 32, 1)).astype(np.float32)
-    prob = M.predict_planes(model, x, tta=True)
+    prob = predict_planes(model, x, tta=True)
     assert prob.shape == (5, 3)
     assert np.allclose(prob.sum(axis=1), 1.0, atol=1e-5)
     # augmentation is off at inference: the same input gives the same output
-    assert np.allclose(prob, M.predict_planes(model, x, tta=True))
+    assert np.allclose(prob, predict_planes(model, x, tta=True))
 
 
 @pytest.mark.unit
 def test_corruptions_keep_shape_and_change_images() -> None:
+    from stages.ultrasound.corruptions import CORRUPTIONS
     from stages.ultrasound.evaluate import anomaly_auc
-    from stages.ultrasound.models import CORRUPTIONS
 
     rng = np.random.default_rng(0)
     x = rng.integers(40, 200, size=(4, 32, 32), dtype=np.uint8)
@@ -228,10 +238,10 @@ def test_corruptions_keep_shape_and_change_images() -> None:
 @pytest.mark.unit
 def test_plane_scores_known_answers() -> None:
     prob = np.array([[0.7, 0.2, 0.1], [0.3, 0.3, 0.4], [0.1, 0.1, 0.8]])
-    s = M.plane_scores(prob, np.array([0, 1, 2]))
+    s = plane_scores(prob, np.array([0, 1, 2]))
     assert s["val_accuracy"] == pytest.approx(2 / 3)
     # promotion metric: minus the mean cross-entropy, higher is better
     assert s["val_log_loss_neg"] == pytest.approx((np.log(0.7) + np.log(0.3) + np.log(0.8)) / 3)
-    assert M.plane_scores(prob, np.array([1, 1, 2]))["val_log_loss_neg"] < s["val_log_loss_neg"]
-    empty = M.plane_scores(np.zeros((0, 3)), np.array([], dtype=int))
+    assert plane_scores(prob, np.array([1, 1, 2]))["val_log_loss_neg"] < s["val_log_loss_neg"]
+    empty = plane_scores(np.zeros((0, 3)), np.array([], dtype=int))
     assert np.isnan(empty["val_accuracy"]) and np.isnan(empty["val_log_loss_neg"])

@@ -8,15 +8,11 @@ import numpy as np
 import pytest
 
 from stages.common.parallel import Result, map_images
+from stages.ultrasound.hc18 import truth_mask
+from stages.ultrasound.head import Segmentation
+from stages.ultrasound.head.geometry import brain_crop, conic_to_ellipse, fit_ellipse_points
+from stages.ultrasound.head.segmenters import SegmentSettings, segment_image
 from stages.ultrasound.imaging import Ellipse, dice, ellipse_mask, ramanujan_perimeter
-from stages.ultrasound.segment import (
-    Segmentation,
-    brain_crop,
-    conic_to_ellipse,
-    fit_ellipse_points,
-    segment_image,
-    truth_mask,
-)
 from tests.synth_us import outline_annotation, phantom_head, phantom_non_brain
 
 pytestmark = pytest.mark.unit
@@ -45,7 +41,7 @@ def test_conic_round_trip():
 @pytest.mark.parametrize("seed, angle, noise", [(0, 0.3, 0.25), (1, 1.2, 0.4), (2, 2.5, 0.3)])
 def test_phantom_head_circumference_and_dice(seed, angle, noise):
     img, true = phantom_head((260, 380), axes=(110, 85), angle=angle, noise=noise, seed=seed)
-    seg = segment_image(img, SEG)
+    seg = segment_image(img, SegmentSettings.from_params(SEG))
     assert seg.ok, seg.reason
     hc_true = ramanujan_perimeter(true.a, true.b)
     assert seg.hc_px() == pytest.approx(hc_true, rel=0.03)
@@ -57,14 +53,14 @@ def test_phantom_head_circumference_and_dice(seed, angle, noise):
 
 def test_head_off_centre_and_partly_out_of_view():
     img, true = phantom_head((260, 380), center=(110, 120), axes=(120, 95), angle=0.2, seed=5)
-    seg = segment_image(img, SEG)
+    seg = segment_image(img, SegmentSettings.from_params(SEG))
     truth = ellipse_mask(img.shape, true)
     assert seg.ok and dice(seg.cranium, truth) > 0.93
 
 
 def test_no_head_gives_ok_false_or_low_score_never_a_crash():
     flat = np.full((200, 300), 40, np.uint8)
-    seg = segment_image(flat, SEG)
+    seg = segment_image(flat, SegmentSettings.from_params(SEG))
     assert isinstance(seg, Segmentation)
     assert not seg.ok
     crop = brain_crop(flat, seg, 32)
@@ -72,7 +68,9 @@ def test_no_head_gives_ok_false_or_low_score_never_a_crash():
 
 
 def test_non_brain_image_runs():
-    seg = segment_image(phantom_non_brain((200, 300), "Fetal femur", seed=1), SEG)
+    seg = segment_image(
+        phantom_non_brain((200, 300), "Fetal femur", seed=1), SegmentSettings.from_params(SEG)
+    )
     assert isinstance(seg.ok, bool)
 
 
@@ -119,7 +117,7 @@ def test_hc_recovered_within_a_few_percent_across_sizes():
     errs = []
     for seed, a in enumerate((70, 95, 125)):
         img, true = phantom_head((280, 400), axes=(a, 0.8 * a), angle=0.1 * seed, seed=10 + seed)
-        seg = segment_image(img, SEG)
+        seg = segment_image(img, SegmentSettings.from_params(SEG))
         errs.append(abs(seg.hc_px() / ramanujan_perimeter(true.a, true.b) - 1))
     assert max(errs) < 0.04, errs
     assert math.isfinite(sum(errs))
@@ -137,14 +135,14 @@ def _ring_image(shape=(300, 400), axes=(110.0, 85.0), thick=12.0, blur=1.5):
     from stages.ultrasound.imaging import ellipse_radius
 
     r = np.maximum(ellipse_radius(xx, yy, e), 1e-6)
-    # px inwards from the outer outline along the ray from the centre (how _refine looks)
+    # px inwards from the outer outline along the ray from the centre (how refine looks)
     depth = np.hypot(xx - e.cx, yy - e.cy) * (1 / r - 1)
     img = np.where((depth >= 0) & (depth <= thick), 220.0, np.where(depth > 0, 60.0, 20.0))
     return np.clip(gaussian_filter(img, blur), 0, 255).astype(np.uint8), e
 
 
 def test_edge_locators_on_a_gaussian_skull_profile():
-    from stages.ultrasound.segment import EDGE_LOCATORS
+    from stages.ultrasound.head.classical import EDGE_LOCATORS
 
     j = np.arange(80, dtype=float)
     prof = np.exp(-0.5 * ((j - 30) / 5.0) ** 2)[None, :]  # skull ridge at 30, sigma 5
@@ -165,7 +163,7 @@ def test_edge_locators_on_a_gaussian_skull_profile():
 def test_refined_outline_lands_on_the_chosen_edge_of_the_skull_band(edge, level, inward_px):
     img, e = _ring_image(thick=12.0)
     p = dict(SEG, refine_width=img.shape[1], refine_edge=edge, refine_level=level)
-    seg = segment_image(img, p)
+    seg = segment_image(img, SegmentSettings.from_params(p))
     assert seg.ok, seg.reason
     got = 0.5 * (seg.ellipse.a + seg.ellipse.b)
     outer = 0.5 * (e.a + e.b)
@@ -176,7 +174,7 @@ def test_refined_outline_lands_on_the_chosen_edge_of_the_skull_band(edge, level,
 
 
 def test_ring_scores_prefer_the_skull_to_an_outline_around_or_inside_it():
-    from stages.ultrasound.segment import SCORERS
+    from stages.ultrasound.head.classical import SCORERS
 
     img, e = _ring_image()
     g = img / 255.0
@@ -197,7 +195,7 @@ def test_rescored_and_refined_phantom_heads(seed, angle):
         refine_edge="level",
         refine_level=0.75,
     )
-    seg = segment_image(img, p)
+    seg = segment_image(img, SegmentSettings.from_params(p))
     assert seg.ok, seg.reason
     assert seg.hc_px() == pytest.approx(ramanujan_perimeter(true.a, true.b), rel=0.03)
     assert dice(seg.cranium, ellipse_mask(img.shape, true)) > 0.95
@@ -208,12 +206,19 @@ def test_ransac_survives_singular_draws_and_finds_the_ring(seed):
     """Few rays with three edges each make many 5-point draws singular (three points on one
     line through the centre, or one point twice; with 12 rays ``np.linalg.solve`` raises on
     these draws); they are skipped, never raised, whatever the seed."""
-    from stages.ultrasound.segment import _ransac_from_centre
+    from stages.ultrasound.head.classical import _ransac_from_centre
 
     img, e = _ring_image()
     g = img / 255.0
     p = {"n_rays": 12, "top_k": 3, "edge_px": 3, "inlier_px": 2.5, "min_axis_ratio": 0.55}
-    res = _ransac_from_centre(g, e.cx + 7, e.cy - 5, np.random.default_rng(seed), p, 1500)
+    res = _ransac_from_centre(
+        g,
+        e.cx + 7,
+        e.cy - 5,
+        np.random.default_rng(seed),
+        SegmentSettings.from_params(p).classical,
+        1500,
+    )
     assert res is not None
     fit, share = res
     assert share > 0.5

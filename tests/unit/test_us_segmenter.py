@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from stages.common.splits import groups_disjoint
+from stages.ultrasound.head.unet import ellipse_from_probability
 from stages.ultrasound.imaging import Ellipse, ellipse_mask, ramanujan_perimeter
-from stages.ultrasound.segment import ellipse_from_probability
 from stages.ultrasound.train_segmenter import (
     augment,
     exam_id,
@@ -115,7 +115,7 @@ def test_inputs_and_augmentation_keep_shapes_ranges_and_image_mask_alignment():
 
 
 def test_tiny_unet_shapes_and_probabilities():
-    from stages.ultrasound.models import build_unet, predict_masks
+    from stages.ultrasound.unet_model import build_unet, predict_masks
 
     model = build_unet((32, 48), filters=(4, 8, 8))
     x = np.random.default_rng(0).random((3, 32, 48, 1)).astype(np.float32)
@@ -129,7 +129,7 @@ def test_tiny_unet_shapes_and_probabilities():
 def test_each_hc18_image_gets_the_model_that_never_saw_it():
     from pathlib import Path
 
-    from stages.ultrasound.segment import segmenter_folder
+    from stages.ultrasound.paths import segmenter_folder
 
     models = Path("m")
     folds = {"001_HC": 0, "002_HC": 3}
@@ -140,7 +140,7 @@ def test_each_hc18_image_gets_the_model_that_never_saw_it():
 
 
 def test_target_ellipse_has_the_reported_circumference():
-    from stages.ultrasound.segment import ellipse_from_outline
+    from stages.ultrasound.head.geometry import ellipse_from_outline
     from stages.ultrasound.train_segmenter import target_mask
     from tests.synth_us import outline_annotation
 
@@ -160,7 +160,7 @@ def test_folds_of_very_few_images():
 
 
 def test_unet_method_falls_back_to_classical_below_the_score():
-    from stages.ultrasound.segment import segment_image
+    from stages.ultrasound.head.segmenters import SegmentSettings, segment_image
     from tests.synth_us import phantom_head
 
     class Blank:  # a network that marks nothing
@@ -169,10 +169,12 @@ def test_unet_method_falls_back_to_classical_below_the_score():
 
     img, _ = phantom_head((260, 380), axes=(110, 85), seed=0)
     p = {"method": "unet", "work_width": 240, "grid": 3, "n_hypotheses": 600}
-    assert not segment_image(img, p, Blank()).ok
-    assert segment_image(img, p | {"unet_fallback_score": 0.5}, Blank()).ok
+    assert not segment_image(img, SegmentSettings.from_params(p), Blank()).ok
+    assert segment_image(
+        img, SegmentSettings.from_params(p | {"unet_fallback_score": 0.5}), Blank()
+    ).ok
     with pytest.raises(ValueError, match="trained segmenter"):
-        segment_image(img, p)
+        segment_image(img, SegmentSettings.from_params(p))
 
 
 def test_training_is_seeded():
@@ -203,7 +205,7 @@ def test_training_is_seeded():
 
 def test_hc18_summary_charges_a_missing_ellipse_its_whole_circumference():
     """Known answer: errors 1 and 3 mm plus one image without an ellipse (true HC 100 mm)."""
-    from stages.ultrasound.segment import hc18_summary
+    from stages.ultrasound.hc18 import hc18_summary
 
     s = hc18_summary([0.9, 0.95, 0.0], [1.0, -3.0, np.nan], [150.0, 160.0, 100.0])
     assert s["hc_error_mm_mean"] == pytest.approx((1 + 3 + 100) / 3)
