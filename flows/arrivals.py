@@ -24,6 +24,7 @@ class StageRun(Protocol):
     stage: str
     ran: bool
 
+
 # Ingest stage -> (its tracked report, {data set: key of its data-version summary in the report})
 ARRIVAL_REPORTS: dict[str, tuple[str, dict[str, str]]] = {
     "ingest_ctg": ("data/reports/ingest_ctg.json", {"ctu-uhb": "arrivals"}),
