@@ -34,6 +34,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.arrivals import report_arrivals
+
 BRANCH_SUFFIXES: dict[str, str] = {"ctg": "_ctg", "us": "_us"}
 LOCK_NAME = "fetal-training.lock"
 
@@ -388,6 +390,7 @@ def training_flow(
         timings = [r for b in futures for r in futures[b].result()]
         if "other" in plan:
             timings += run_branch(str(root), "other", plan["other"], retries, stage_timeout_s)
+        report_arrivals(str(root), timings)
         if push:
             dvc_push(str(root))
         rows = [

@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score-us": ("stages.ultrasound.score", "Score ultrasound images with the champion models."),
     "compare-models": ("flows.registry", "Show a registered model's versions side by side."),
     "replay-ctg": ("flows.replay", "Stream a WFDB record as growing CSV chunks (demo/tests)."),
+    "add-data": (
+        "stages.add_data",
+        "Check new records or images; add them to landing/.",
+    ),
 }
 
 

@@ -18,9 +18,11 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
-import requests
+if TYPE_CHECKING:  # imported where used: the source stages read local mirrors and start fast
+    import requests
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,8 @@ def download_file(
         return FetchResult(dest, dest.stat().st_size, 0, skipped=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    import requests
+
     http = session or requests.Session()
     transferred = 0
     resumed = False
@@ -219,6 +223,8 @@ def read_source_text(source: str | Path, name: str, timeout_s: float = 60.0) -> 
     if is_url(source):
         base = str(source) if str(source).endswith("/") else f"{source}/"
         url = urljoin(base, name)
+        import requests
+
         try:
             resp = requests.get(url, timeout=timeout_s)
         except (requests.ConnectionError, requests.Timeout) as exc:

@@ -2,7 +2,8 @@
 
 Every file a stage writes goes through here, so a killed stage leaves either the old file or the
 new one, never half of one: we write to a temporary sibling and ``os.replace`` it (atomic on POSIX
-within one file system).
+within one file system). NumPy and pandas are imported where used: the source stages
+(``source_ctg``, ``source_us``) run on every ``dvc repro`` and must start fast.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 
 @contextlib.contextmanager
@@ -82,9 +85,10 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
+    np = sys.modules.get("numpy")  # a NumPy value exists only when NumPy was imported
+    if np is not None and isinstance(obj, np.generic):
         return obj.item()
-    if isinstance(obj, np.ndarray):
+    if np is not None and isinstance(obj, np.ndarray):
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
@@ -135,6 +139,8 @@ def save_npz(file: str | Path | BinaryIO, compress: bool = True, **arrays: np.nd
     Same layout as NumPy's (one ``<key>.npy`` zip entry per array, zip64), readable by
     ``np.load``; object arrays are refused (no pickles).
     """
+    import numpy as np
+
     compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     with zipfile.ZipFile(file, mode="w", compression=compression, allowZip64=True) as zf:
         for key, value in arrays.items():
@@ -175,6 +181,8 @@ class Quarantine:
         return [r["item"] for r in self.rows]
 
     def to_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
         return pd.DataFrame(self.rows, columns=["item", "stage", "reason"])
 
     def write(self, path: str | Path) -> None:

@@ -1,16 +1,20 @@
-"""ingest_ctg: fetch CTU-UHB (PhysioNet layout) into data/raw/ctu-uhb, every file checksummed.
+"""ingest_ctg: fetch CTU-UHB (PhysioNet layout) into data/raw/ctu-uhb, incrementally, checksummed.
 
-Source: the local mirror ``$FETAL_MIRROR/ctu-uhb`` when set, else PhysioNet's file server
-(``ingest_ctg.base_url``). RECORDS lists the records; SHA256SUMS.txt the published digests.
-Each record's ``.hea``/``.dat`` is fetched (resumable, atomic, verified); a record with a
-missing file or a wrong checksum is quarantined by name and the run goes on. The stage fails
-with a clear message when RECORDS is missing or empty, or when more than
+Input: the listing ``source_ctg`` wrote (data/sources/ctu-uhb.json: each record's origin and
+published SHA-256s). Records come from the source (``$FETAL_MIRROR/ctu-uhb`` when set, else
+PhysioNet's file server, ``ingest_ctg.base_url``) or the landing folder (``fetal add-data ctg``).
+Only what is new or changed is fetched (resumable, atomic, verified): a file whose listed checksum
+equals the one ingested before is left untouched. A record whose file is missing or fails its
+checksum is quarantined by name and the run goes on; if it had been ingested before, that version
+is kept (only verified bytes reach a model). A record no longer listed is removed (the source is
+the truth) and named as removed. The stage fails when the listing is empty, or when more than
 ``max_fail_fraction`` of the records could not be fetched.
 
 Outputs: data/raw/ctu-uhb/ (NNNN.hea/.dat, RECORDS and SHA256SUMS.txt of what was ingested),
-data/reports/ingest_ctg.json (what was ingested: a function of the source's files and the params)
-and the untracked run report data/runs/ingest_ctg.json (source, bytes transferred, files skipped
-or resumed, seconds, quarantine reasons: they depend on the run, not on the data).
+data/reports/ingest_ctg.json (counts, quarantined records and the data-version summary: records
+added / changed / removed since the previous ingest and the version hash, the SHA-256 of the
+ingested SHA256SUMS.txt) and the untracked run report data/runs/ingest_ctg.json (source, bytes
+transferred, files skipped or resumed, seconds: they depend on the run, not on the data).
 """
 
 from __future__ import annotations
@@ -25,22 +29,27 @@ from typing import Any
 
 from tqdm import tqdm
 
-from stages.common.download import (
-    DownloadError,
-    FetchResult,
-    fetch_file,
-    parse_sha256sums,
-    read_source_text,
+from stages.common.download import DownloadError, FetchResult, fetch_file
+from stages.common.io import Quarantine, read_json, write_json, write_run_report
+from stages.common.params import load_params, project_root
+from stages.common.sources import (
+    LANDING,
+    SOURCE,
+    SUMS_FILE,
+    arrivals,
+    format_sums,
+    item_digest,
+    landing_dir,
+    read_sums,
+    write_if_changed,
 )
-from stages.common.io import Quarantine, write_json, write_run_report, write_text
-from stages.common.params import load_params, mirror_dir, project_root
+from stages.ctg.listing import LISTING, RECORD_FILES, build_listing, parse_records, source_location
 
 log = logging.getLogger(__name__)
 
 STAGE = "ingest_ctg"
 OUT_DIR = Path("data/raw/ctu-uhb")
 REPORT = Path("data/reports/ingest_ctg.json")
-RECORD_FILES = (".hea", ".dat")
 # Keys of run_ingest's result that describe this run rather than the data (the run report's).
 RUN_KEYS = (
     "source",
@@ -61,11 +70,6 @@ class IngestResult:
     records: list[str]
     quarantine: Quarantine
     fetched: list[FetchResult] = field(default_factory=list)
-
-
-def parse_records(text: str) -> list[str]:
-    """Record names from a RECORDS file (one per line, blank lines and comments ignored)."""
-    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
 
 
 def ingest_records(
@@ -106,61 +110,113 @@ def ingest_records(
     return IngestResult(kept, quarantine, fetched)
 
 
-def run_ingest(source: str | Path, out_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
-    """Fetch RECORDS, SHA256SUMS.txt and the records from ``source`` into ``out_dir``."""
+def run_ingest(
+    source: str | Path,
+    out_dir: Path,
+    params: dict[str, Any],
+    listing: dict[str, Any] | None = None,
+    landing: Path | None = None,
+) -> dict[str, Any]:
+    """Bring ``out_dir`` to the records of ``listing`` (default: list ``source`` + ``landing``).
+
+    Files whose listed checksum matches the one ingested before are kept as they are; new and
+    changed ones are fetched from their origin; records no longer listed are deleted.
+    """
     t0 = time.perf_counter()
     timeout_s = float(params.get("timeout_s", 60))
-    names = parse_records(read_source_text(source, "RECORDS", timeout_s))
+    if listing is None:
+        listing = build_listing(source, landing, timeout_s)
+    records: dict[str, Any] = listing["records"]
+    names = sorted(records)
     if not names:
         raise IngestError(f"RECORDS at {source} lists no records")
     if int(params.get("max_records", 0)) > 0:
         names = names[: int(params["max_records"])]
-    checksums = parse_sha256sums(read_source_text(source, "SHA256SUMS.txt", timeout_s))
-    if not checksums:
-        raise IngestError(f"SHA256SUMS.txt at {source} lists no checksums")
+    checksums = {f: d for n in names for f, d in records[n]["files"].items() if d is not None}
+    before = read_sums(out_dir / SUMS_FILE)
+    before_records = parse_records(_read(out_dir / "RECORDS"))
+    origins: dict[str, str | Path | None] = {SOURCE: source, LANDING: landing}
     http = {"timeout_s": timeout_s, "retries": int(params.get("retries", 3))}
-    result = ingest_records(
-        names,
-        checksums,
-        lambda name, digest: fetch_file(source, name, out_dir, digest, **http),
-        workers=int(params.get("workers", 4)),
-    )
+
+    def fetch(name: str, digest: str | None) -> FetchResult:
+        dest = out_dir / name
+        if digest is not None and before.get(name) == digest and dest.is_file():
+            return FetchResult(dest, dest.stat().st_size, 0, skipped=True)  # not even rehashed
+        origin = origins[records[Path(name).stem]["origin"]]
+        if origin is None:
+            raise DownloadError(f"{name}: no landing folder")
+        return fetch_file(origin, name, out_dir, digest, **http)
+
+    result = ingest_records(names, checksums, fetch, workers=int(params.get("workers", 4)))
+    # A record that failed now but was ingested before keeps that (verified) version, unless one
+    # of its files was already replaced by the new one (a half-new record is dropped).
+    replaced = {f.path.name for f in result.fetched if not f.skipped}
+    kept_old = [
+        n
+        for n in result.quarantine.items()
+        if n in before_records
+        and all((out_dir / f).is_file() and f in before and f not in replaced for f in _files(n))
+    ]
+    for row in result.quarantine.rows:
+        if row["item"] in kept_old:
+            row["reason"] += "; the version ingested before is kept"
+    kept = sorted(set(result.records) | set(kept_old))
     n_failed = len(result.quarantine)
-    if not result.records:
+    if not kept:
         raise IngestError(f"no record could be ingested from {source}: {result.quarantine.rows}")
     if n_failed > float(params.get("max_fail_fraction", 0.1)) * len(names):
         raise IngestError(
             f"{n_failed} of {len(names)} records failed (> max_fail_fraction): "
             + ", ".join(result.quarantine.items())
         )
-    keep = {n + ext for n in result.records for ext in RECORD_FILES}
-    for stale in out_dir.iterdir():  # earlier runs (bigger max_records, quarantined files)
-        if stale.is_file() and stale.name not in keep | {"RECORDS", "SHA256SUMS.txt"}:
+    sums = {f: (before if n in kept_old else checksums)[f] for n in kept for f in _files(n)}
+    parts = {f + ".part" for n in names for f in _files(n)}  # resumable downloads stay
+    for stale in out_dir.iterdir():  # removed at the source, beyond max_records, quarantined
+        if stale.is_file() and stale.name not in set(sums) | parts | {"RECORDS", SUMS_FILE}:
             stale.unlink()
-    write_text(out_dir / "RECORDS", "".join(f"{n}\n" for n in result.records))
-    write_text(out_dir / "SHA256SUMS.txt", "".join(f"{checksums[f]} {f}\n" for f in sorted(keep)))
+    write_if_changed(out_dir / "RECORDS", "".join(f"{n}\n" for n in kept))
+    write_if_changed(out_dir / SUMS_FILE, format_sums(sums))
+    for row in result.quarantine.rows:  # the tracked report names origins, not locations
+        for label, where in origins.items():
+            if where is not None:
+                row["reason"] = row["reason"].replace(str(where), label)
+
+    def items(files: dict[str, str], recs: list[str]) -> dict[str, str]:
+        return {n: item_digest({f: files.get(f) for f in _files(n)}) for n in recs}
+
     return {
         "source": str(source),
         "n_records_listed": len(names),
-        "n_records": len(result.records),
+        "n_records": len(kept),
         "n_quarantined": n_failed,
         "quarantined": result.quarantine.rows,
-        "n_files": len(result.fetched),
+        "shadowed": listing.get("shadowed", []),
+        "arrivals": arrivals(items(before, before_records), items(sums, kept), before, sums),
+        "n_files": len(sums),
         "n_files_skipped": sum(f.skipped for f in result.fetched),
         "n_files_resumed": sum(f.resumed for f in result.fetched),
-        "bytes_total": sum(f.size_bytes for f in result.fetched),
+        "bytes_total": sum((out_dir / f).stat().st_size for f in sums),
         "bytes_transferred": sum(f.transferred_bytes for f in result.fetched),
         "seconds": round(time.perf_counter() - t0, 3),
     }
 
 
+def _files(record: str) -> list[str]:
+    return [record + ext for ext in RECORD_FILES]
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
 def tracked_report(report: dict[str, Any]) -> dict[str, Any]:
     """The DVC-tracked part of :func:`run_ingest`'s result: counts and quarantined record names.
 
-    Quarantine reasons name the source (a mirror path or a URL), so they stay in the run report.
+    Quarantine reasons name the origin (``source``, ``landing``), never its path or URL.
     """
     out = {k: v for k, v in report.items() if k not in RUN_KEYS}
     out["quarantined_records"] = sorted(r["item"] for r in report["quarantined"])
+    out["quarantine_reasons"] = {r["item"]: r["reason"] for r in report["quarantined"]}
     return out
 
 
@@ -168,24 +224,32 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(STAGE)
     root = project_root()
-    mirror = mirror_dir("ctu-uhb")
-    source: str | Path = mirror if mirror is not None else params["base_url"]
+    source = source_location(params)
     out_dir = root / OUT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
+    listing = read_json(root / LISTING) if (root / LISTING).is_file() else None
+    if listing is None:  # a main() run alone; `dvc repro` runs source_ctg first
+        log.info("no %s: listing the source now", LISTING)
     try:
-        report = run_ingest(source, out_dir, params)
+        report = run_ingest(source, out_dir, params, listing, landing_dir("ctu-uhb"))
     except (IngestError, DownloadError) as exc:
         raise SystemExit(f"{STAGE} failed: {exc}") from None
     write_json(root / REPORT, tracked_report(report))
     write_run_report(root, STAGE, {k: report[k] for k in RUN_KEYS})
+    new = report["arrivals"]
     log.info(
-        "ingested %d/%d records (%d quarantined, %d files skipped) from %s in %.1f s",
+        "ingested %d/%d records (%d quarantined, %d files skipped) from %s in %.1f s: "
+        "%d added, %d changed, %d removed, version %s",
         report["n_records"],
         report["n_records_listed"],
         report["n_quarantined"],
         report["n_files_skipped"],
         source,
         report["seconds"],
+        new["n_added"],
+        new["n_changed"],
+        new["n_removed"],
+        new["version"][:12],
     )
 
 

@@ -1,22 +1,29 @@
-"""Stage ``ingest_us``: FETAL_PLANES_DB and HC18 into ``data/raw``, from Zenodo or a local mirror.
+"""Stage ``ingest_us``: FETAL_PLANES_DB and HC18 into ``data/raw``, incrementally, checksummed.
 
 Sources (``ingest_us`` in params.yaml): FETAL_PLANES_DB, Zenodo record 3904280
 (Burgos-Artizzu XP et al. Sci Rep 2020;10:10200), and HC18, Zenodo record 1327317 (van den
-Heuvel TLA et al. PLoS ONE 2018;13:e0200412). Downloads are streamed, resumable and checksummed
-and zips are extracted safely (absolute paths, ``..`` and links refused) by
-``stages.common.download``. With ``FETAL_MIRROR`` set, the mirror folders are copied instead.
+Heuvel TLA et al. PLoS ONE 2018;13:e0200412), or their mirror (``FETAL_MIRROR``), plus the
+landing folder (``fetal add-data us``). Input: the listing ``source_us`` wrote
+(``data/sources/us.json``: each file's origin and SHA-256). Downloads are streamed, resumable and
+checksummed and zips are extracted safely by ``stages.common.download`` into a staging folder.
+
+Only what is new or changed is copied (verified against the listed SHA-256); a file whose
+checksum equals the one ingested before is left untouched. A file failing its check is
+quarantined by name (a version ingested before is kept); a file no longer listed is removed (the
+source is the truth). The label table is the source's, normalised, plus the landing folder's rows
+for images the source does not label.
 
 Outputs: ``data/raw/fetal_planes`` (``images/*.png``, ``FETAL_PLANES_DB_data.csv`` comma-separated
-with stripped headers and values), ``data/raw/hc18`` (``images/NNN_HC.png``,
-``images/NNN_HC_Annotation.png``, ``pixel_size_and_HC.csv`` as published) and
-``data/reports/ingest_us.json`` (counts; the sources go to the untracked run report
-``data/runs/ingest_us.json``). A label table listing images the source lacks is normal (held-out
-patients): it is counted in the report, not an error.
+with stripped headers and values, ``SHA256SUMS.txt`` of what was ingested), ``data/raw/hc18``
+(``images/NNN_HC.png``, ``images/NNN_HC_Annotation.png``, ``pixel_size_and_HC.csv`` as published,
+``SHA256SUMS.txt``) and ``data/reports/ingest_us.json`` (counts and, per data set, the
+data-version summary: files added / changed / removed since the previous ingest and the version
+hash; the sources go to the untracked run report ``data/runs/ingest_us.json``). A label table
+listing images the source lacks is normal (held-out patients): it is counted, not an error.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import shutil
 import tempfile
@@ -25,25 +32,27 @@ from typing import Any
 
 import pandas as pd
 
-from stages.common.io import atomic_dir, write_json, write_run_report
+from stages.common.download import DownloadError, copy_file, sha256_file
+from stages.common.io import read_json, write_json, write_run_report
 from stages.common.params import load_params, mirror_dir, project_root
+from stages.common.sources import (
+    LANDING,
+    SOURCE,
+    SUMS_FILE,
+    arrivals,
+    format_sums,
+    hash_folder,
+    landing_dir,
+    read_sums,
+    sha256_bytes,
+    write_if_changed,
+)
+from stages.ultrasound.label_checks import normalise_planes_table
+from stages.ultrasound.listing import LISTING, build_listing, image_names
 from stages.ultrasound.paths import HC18_CSV, IMAGE_SUFFIXES, PLANES_CSV, hc18_images
 
 log = logging.getLogger(__name__)
-
-
-def normalise_planes_table(text: str) -> pd.DataFrame:
-    """FETAL_PLANES label table from either published form, as clean strings.
-
-    The official file is ``;``-separated with a header ``Train `` (trailing space); the mirror's
-    is comma-separated and stripped. Both become comma-ready with stripped names and values.
-    """
-    first = text.splitlines()[0] if text else ""
-    sep = ";" if first.count(";") > first.count(",") else ","
-    df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
-    df.columns = [c.strip() for c in df.columns]
-    df = df.loc[:, [c for c in df.columns if c and not c.startswith("Unnamed")]]
-    return df.apply(lambda col: col.str.strip())
+LANDING_TABLE = f"landing/{PLANES_CSV}"  # the landing folder's label rows, in a listing
 
 
 def inventory(fp_dir: Path, hc_dir: Path) -> dict[str, Any]:
@@ -144,32 +153,128 @@ def ingest_hc18_download(p: dict[str, Any], out: Path, work: Path) -> None:
             shutil.copy2(png, out / "images" / png.name)
 
 
+def sync_files(
+    wanted: dict[str, tuple[Path, str | None]], out: Path, before: dict[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Copy each ``name -> (source file, sha256)`` into ``out/name`` unless ingested before with
+    that checksum. Returns the ingested checksums and the failures (name -> reason)."""
+    sums: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    for name, (src, digest) in sorted(wanted.items()):
+        dest = out / name
+        if digest is not None and before.get(name) == digest and dest.is_file():
+            sums[name] = digest  # unchanged: not copied, not even rehashed
+            continue
+        try:
+            copy_file(src, dest, digest)
+            sums[name] = digest or sha256_file(dest)
+        except (DownloadError, OSError) as exc:
+            reason = str(exc).replace(f"{src.parent}/", "")  # the tracked report names no paths
+            if name in before and dest.is_file():
+                sums[name] = before[name]
+                reason += "; the version ingested before is kept"
+            failed[name] = reason
+    return sums, failed
+
+
+def merged_planes_table(source_text: str, landing_text: str | None) -> str:
+    """The source's label table, normalised, plus landing rows for images it does not label."""
+    table = normalise_planes_table(source_text)
+    if landing_text:
+        rows = normalise_planes_table(landing_text)
+        table = pd.concat([table, rows[~rows["Image_name"].isin(table["Image_name"])]])
+    return table.to_csv(index=False)
+
+
+def _verified_text(path: Path, digest: str | None) -> str:
+    data = path.read_bytes()
+    if digest is not None and sha256_bytes(data) != digest:
+        raise DownloadError(f"{path.name}: checksum differs from the listing (changed since?)")
+    return data.decode("utf-8-sig", errors="replace")
+
+
+def ingest_dataset(
+    dataset: str, listed: dict[str, Any], origins: dict[str, Path | None], out: Path
+) -> dict[str, Any]:
+    """Bring ``out`` to the files of ``listed`` (one data set of the listing); the summary."""
+    before = read_sums(out / SUMS_FILE)
+    files = dict(listed["files"])
+    tables = {k: files.pop(k) for k in (PLANES_CSV, LANDING_TABLE) if k in files}
+    wanted = {
+        n: (origins[f["origin"]] / n, f["sha256"])  # type: ignore[operator]
+        for n, f in files.items()
+        if origins.get(f["origin"]) is not None
+    }
+    sums, failed = sync_files(wanted, out, before)
+    if dataset == "fetal_planes":
+        src = tables[PLANES_CSV]
+        text = merged_planes_table(
+            _verified_text(origins[SOURCE] / PLANES_CSV, src["sha256"]),  # type: ignore[operator]
+            _verified_text(origins[LANDING] / PLANES_CSV, tables[LANDING_TABLE]["sha256"])  # type: ignore[operator]
+            if LANDING_TABLE in tables
+            else None,
+        )
+        write_if_changed(out / PLANES_CSV, text)
+        sums[PLANES_CSV] = sha256_bytes(text.encode())
+    for stale in sorted(out.rglob("*")):  # removed at the source, or failed and never ingested
+        rel = stale.relative_to(out).as_posix()
+        if stale.is_file() and rel not in sums and rel != SUMS_FILE:
+            stale.unlink()
+    write_if_changed(out / SUMS_FILE, format_sums(sums))
+    return {**arrivals(_items(before), _items(sums), before, sums), "quarantined": failed}
+
+
+def _items(sums: dict[str, str]) -> dict[str, str]:
+    return {n.removeprefix("images/"): d for n, d in sums.items()}
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     p = load_params("ingest_us")
     root = project_root()
     raw = root / "data" / "raw"
+    listing = read_json(root / LISTING) if (root / LISTING).is_file() else None
+    if listing is None:  # a main() run alone; `dvc repro` runs source_us first
+        log.info("no %s: listing the sources now", LISTING)
+        listing = build_listing(p)
     sources: dict[str, str] = {}
+    summary: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(dir=raw.parent if raw.parent.exists() else None) as work:
-        for dataset, from_mirror, from_download in (
-            ("fetal_planes", ingest_planes_mirror, ingest_planes_download),
-            ("hc18", ingest_hc18_mirror, ingest_hc18_download),
+        for dataset, from_download in (
+            ("fetal_planes", ingest_planes_download),
+            ("hc18", ingest_hc18_download),
         ):
+            listed = listing[dataset]
             mirror = mirror_dir(dataset)
-            with atomic_dir(raw / dataset) as out:
-                if mirror is not None:
-                    log.info("%s: copying mirror %s", dataset, mirror)
-                    from_mirror(mirror, out)
-                    sources[dataset] = f"mirror:{mirror}"
-                else:
-                    log.info("%s: downloading from Zenodo", dataset)
-                    from_download(p, out, Path(work))
-                    sources[dataset] = "zenodo"
-    report = inventory(raw / "fetal_planes", raw / "hc18")
+            if "archive" in listed:  # Zenodo: download, extract, then ingest like a mirror
+                log.info("%s: downloading from Zenodo", dataset)
+                mirror = Path(work) / f"{dataset}_staged"
+                from_download(p, mirror, Path(work))
+                listed = _staged_listing(listed, mirror, dataset)
+                sources[dataset] = "zenodo"
+            else:
+                sources[dataset] = f"mirror:{mirror}"
+            origins = {SOURCE: mirror, LANDING: landing_dir(dataset)}
+            summary[dataset] = ingest_dataset(dataset, listed, origins, raw / dataset)
+            for name, reason in summary[dataset]["quarantined"].items():
+                log.error("%s/%s quarantined: %s", dataset, name, reason)
+    report = {**inventory(raw / "fetal_planes", raw / "hc18"), **summary}
     write_json(root / "data" / "reports" / "ingest_us.json", report)
     # Where the files came from (a mirror's absolute path or Zenodo) describes the run only.
     write_run_report(root, "ingest_us", {"sources": sources})
-    log.info("ingest_us: %s from %s", report, sources)
+    log.info(
+        "ingest_us from %s: %s",
+        sources,
+        {d: {k: s[k] for k in ("n_added", "n_changed", "n_removed")} for d, s in summary.items()},
+    )
+
+
+def _staged_listing(listed: dict[str, Any], staged: Path, dataset: str) -> dict[str, Any]:
+    """A downloaded archive's files (hashed) in place of the archive, landing files kept."""
+    names = image_names(staged / "images") + [PLANES_CSV if dataset == "fetal_planes" else HC18_CSV]
+    files = {n: {"origin": SOURCE, "sha256": d} for n, d in hash_folder(staged, names).items()}
+    files.update({n: f for n, f in listed["files"].items() if f["origin"] == LANDING})
+    return {**listed, "files": files}
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,65 +30,14 @@ from stages.common.io import RUNS_DIR, Quarantine, write_csv, write_json
 from stages.common.parallel import map_images
 from stages.common.params import load_params, project_root
 from stages.ultrasound.imaging import ImageError, read_image
+from stages.ultrasound.label_checks import check_image_file, check_label_table
 from stages.ultrasound.paths import HC18_CSV, PLANES_CSV, hc18_images
 
 log = logging.getLogger(__name__)
 
-PLANES_COLUMNS = ["Image_name", "Patient_num", "Plane", "Brain_plane", "Train"]
-
 
 class ValidationFailed(RuntimeError):
     """More images failed than ``max_fail_fraction`` allows."""
-
-
-def check_label_table(table: pd.DataFrame, p: dict[str, Any]) -> pd.DataFrame:
-    """Per-row reasons (``;``-joined, empty = fine) for the FETAL_PLANES label table.
-
-    Returns a frame with ``Image_name`` and ``reasons``. Raises ``KeyError`` when a required
-    column is missing (nothing can be checked then).
-    """
-    missing = [c for c in PLANES_COLUMNS if c not in table.columns]
-    if missing:
-        raise KeyError(f"label table lacks columns {missing}")
-    t = table.astype(str).apply(lambda c: c.str.strip())
-    reasons: list[list[str]] = [[] for _ in range(len(t))]
-
-    def flag(mask: pd.Series | np.ndarray, text: Any) -> None:
-        for i in np.flatnonzero(np.asarray(mask)):
-            reasons[i].append(text(i) if callable(text) else text)
-
-    flag(~t["Plane"].isin(p["planes"]), lambda i: f"unknown plane {t['Plane'].iloc[i]!r}")
-    flag(
-        ~t["Brain_plane"].isin(p["brain_planes"]),
-        lambda i: f"unknown brain plane {t['Brain_plane'].iloc[i]!r}",
-    )
-    flag(~t["Train"].isin(["0", "1"]), lambda i: f"Train not 0/1: {t['Train'].iloc[i]!r}")
-    flag(t["Image_name"].duplicated(keep=False), "duplicate Image_name")
-    pid = pd.to_numeric(t["Patient_num"], errors="coerce")
-    flag(~(pid > 0) | (pid % 1 != 0), lambda i: f"bad Patient_num {t['Patient_num'].iloc[i]!r}")
-    sides = t.groupby("Patient_num")["Train"].nunique()
-    flag(t["Patient_num"].isin(sides.index[sides > 1]), "patient on both sides of Train")
-    flag(t["Image_name"].eq(""), "empty Image_name")
-    return pd.DataFrame({"Image_name": t["Image_name"], "reasons": [";".join(r) for r in reasons]})
-
-
-def check_image_file(path: str, min_side_px: int, max_side_px: int) -> dict[str, Any]:
-    """Decode one image; returns width, height and the refusal reason ('' when fine)."""
-    # Decoders name the file by its full path; the reason (a tracked output) names it alone.
-    folder = f"{Path(path).parent}{os.sep}"
-    try:
-        img = read_image(path, min_side_px, max_side_px)
-    except ImageError as exc:
-        return {"width": np.nan, "height": np.nan, "reason": str(exc).replace(folder, "")}
-    except OSError as exc:
-        reason = f"unreadable: {exc}".replace(folder, "")
-        return {"width": np.nan, "height": np.nan, "reason": reason}
-    return {
-        "width": img.shape[1],
-        "height": img.shape[0],
-        "reason": "",
-        "mean_gray": float(img.mean()),
-    }
 
 
 def check_hc18(hc_dir: Path, csv: pd.DataFrame, image_checks: dict[str, dict]) -> dict[str, list]:

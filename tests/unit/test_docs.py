@@ -46,6 +46,7 @@ CLI_OWNERS = {
     "score-us": "stages.ultrasound.score",
     "compare-models": "flows.registry",
     "replay-ctg": "flows.replay",
+    "add-data": "stages.add_data",
 }
 PATH_RE = re.compile(r"^(?:\./)?((?:stages|flows|bench|docs|tests)/[\w./-]*)")
 # Read-only and quick: these documented commands are run for real.

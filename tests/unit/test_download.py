@@ -158,6 +158,27 @@ def test_resume_part_file_with_range(
     assert state.range_requests == [f"/ctu-uhb/1001.dat bytes={half}-"]
 
 
+def test_interrupted_download_is_kept_and_resumed_by_the_next_ingest(
+    server: tuple[str, ServerState], mirror: Path, tmp_path: Path
+) -> None:
+    url, state = server
+    out = tmp_path / "raw"
+    out.mkdir()
+    src = (mirror / "1003.dat").read_bytes()
+    (out / "1003.dat.part").write_bytes(src[: len(src) // 2])  # a run killed mid-download
+    state.fail_next["/ctu-uhb/1003.dat"] = 10  # the server is down for that file this time
+    params = {**HTTP, "retries": 0, "max_fail_fraction": 0.5}
+    report = run_ingest(url, out, params)
+    assert [r["item"] for r in report["quarantined"]] == ["1003"]
+    assert "1003" not in (out / "RECORDS").read_text().split()  # not ingested half-done
+    assert (out / "1003.dat.part").is_file()  # kept for the next run
+    state.fail_next.clear()
+    again = run_ingest(url, out, params)
+    assert again["arrivals"]["added"] == ["1003"] and again["n_files_resumed"] == 1
+    assert (out / "1003.dat").read_bytes() == src and not (out / "1003.dat.part").exists()
+    assert f"/ctu-uhb/1003.dat bytes={len(src) // 2}-" in state.range_requests
+
+
 def test_retries_server_errors_and_fails_fast_on_404(
     server: tuple[str, ServerState], mirror: Path, tmp_path: Path
 ) -> None:
