@@ -91,11 +91,12 @@ class PlanePredictor(_Predictor):
     def temperature(self) -> float:
         return float(self.config.get("temperature", 1.0))
 
-    def proba(self, crops_u8: np.ndarray) -> np.ndarray:
+    def proba(self, crops_u8: np.ndarray, calibrate: bool = True) -> np.ndarray:
+        """Plane probabilities (N, K) of head crops; ``calibrate`` False: before scaling."""
         prob = predict_planes(
             self.model, to_unit_float(crops_u8, self.size), self.config.get("tta", False)
         )
-        return calibrated(prob, self.temperature)
+        return calibrated(prob, self.temperature) if calibrate else prob
 
     def predict(self, model_input: pd.DataFrame) -> pd.DataFrame:
         """``model_input["image"]``: raw 2-D uint8 images -> plane, plane_probability, p_<plane>."""
