@@ -210,16 +210,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="report the plane even when the anomaly score flags the image or its "
         "probability is below score_us.min_plane_probability",
     )
-    parser.add_argument(
-        "--follow-links",
-        action="store_true",
-        help="follow symlinks in FOLDER wherever they point (default: refuse them)",
-    )
-    parser.add_argument(
-        "--log-file",
-        type=Path,
-        help=f"library messages (default {scoring.default_log_file('score-us')})",
-    )
+    scoring.add_input_arguments(parser, "score-us")
 
 
 def load_rules(args: argparse.Namespace) -> Rules:
