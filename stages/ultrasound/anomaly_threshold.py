@@ -55,14 +55,15 @@ def conformal_quantile(scores: np.ndarray, false_alarm: float) -> float:
     return float(s[rank - 1])
 
 
-def patient_folds(patients: Sequence[str], labels: Sequence[int], n_folds: int, seed: int):
-    """Patient-grouped, label-stratified folds (as many as there are patients, at most
-    ``n_folds``); None with fewer than two patients."""
+def patient_folds(patients: Sequence[str], n_folds: int, seed: int) -> np.ndarray | None:
+    """Patient-grouped folds (as many as there are patients, at most ``n_folds``), not
+    stratified (the encoder never sees the plane, and a small plane may have fewer patients
+    than folds); None with fewer than two patients."""
     k = min(int(n_folds), len(set(patients)))
     if k < 2:
         return None
     ids = [f"{p}:{i}" for i, p in enumerate(patients)]
-    return stratified_folds(ids, labels, k, seed, groups=list(patients))
+    return stratified_folds(ids, np.zeros(len(ids), dtype=int), k, seed, groups=list(patients))
 
 
 def out_of_fold_scores(

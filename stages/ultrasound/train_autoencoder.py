@@ -83,8 +83,7 @@ def anomaly_threshold(
         groups = (
             [*patients[0], *patients[1]] if patients else [f"image{i}" for i in range(len(x_all))]
         )
-        labels = np.concatenate([planes[0], planes[1]]).argmax(axis=1)
-        folds = patient_folds(groups, labels, params["threshold_folds"], params["seed"])
+        folds = patient_folds(groups, params["threshold_folds"], params["seed"])
         if folds is not None:
             codes = latent_codes(model, x_all)
             shrinkage = params["latent_shrinkage"]

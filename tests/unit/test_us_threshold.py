@@ -40,7 +40,7 @@ def test_out_of_fold_threshold_holds_on_new_codes_where_the_in_sample_one_does_n
     new = rng.normal(size=(4000, d)) * scale
     x = np.zeros((n, 4, 4, 1))
     patients = [f"p{i // 4}" for i in range(n)]
-    folds = patient_folds(patients, np.zeros(n, int), 5, seed=0)
+    folds = patient_folds(patients, 5, seed=0)
     assert folds is not None and len(set(folds)) == 5
     for p in set(patients):  # a patient's images stay in one fold
         assert len({f for f, q in zip(folds, patients, strict=True) if q == p}) == 1
