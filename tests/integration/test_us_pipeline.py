@@ -84,7 +84,8 @@ def test_dvc_repro_evaluate_us(toy_repo, tmp_path, monkeypatch) -> None:
     # the plane classifier's temperature, fitted on val, with its reliability diagram
     pc_report = json.loads((toy_repo / "data/reports/train_plane_classifier_us.json").read_text())
     pc_config = json.loads((toy_repo / "data/models/us/plane_classifier/config.json").read_text())
-    assert pc_config["temperature"] == pytest.approx(pc_report["temperature"]) > 0
+    assert pc_config["temperature"] > 0
+    assert pc_config["temperature"] == pytest.approx(pc_report["temperature"])
     assert 0 <= pc_report["val_ece"] <= 1 and 0 <= pc_report["val_ece_uncalibrated"] <= 1
     # the scaling minimises the val log-loss, so it never raises it
     assert pc_report["val_log_loss_neg"] >= pc_report["val_log_loss_neg_uncalibrated"] - 1e-6
