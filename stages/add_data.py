@@ -171,6 +171,7 @@ def add_us(
     """Check images and their label rows; copy passing ones into ``landing`` with their rows."""
     import pandas as pd
 
+    from stages.ultrasound.image_checks import ImageRules
     from stages.ultrasound.label_checks import (
         check_image_file,
         check_label_table,
@@ -197,7 +198,7 @@ def add_us(
             why.append(by_name[img.stem])
         if _conflicts(sums, {f"images/{img.name}": img}):
             why.append("the landing folder holds another image of that name")
-        check = check_image_file(str(img), int(p["min_side_px"]), int(p["max_side_px"]))
+        check = check_image_file(str(img), ImageRules.from_params(p))
         if check["reason"]:
             why.append(check["reason"])
         if why:

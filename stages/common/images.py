@@ -5,7 +5,8 @@ Rules (:func:`read_image_checked`), each refusal an :class:`ImageRejected` with 
 - ``too_many_pixels``: width x height from the header exceeds ``max_pixels`` (checked before a
   single row is decoded; a 390 KB PNG can claim 20000 x 20000). Pillow's own bomb guard
   (``Image.MAX_IMAGE_PIXELS``, error above twice that) is caught and named the same way.
-- ``too_small``: a side shorter than ``min_side_px``.
+- ``too_small``: a side shorter than ``min_side_px``; ``too_large``: a side longer than
+  ``max_side_px`` (when given; from the header too).
 - ``multi_frame``: more than one frame (animated GIF/PNG, multi-page TIFF, DICOM-like stacks):
   which frame to score is not ours to guess.
 - ``unsupported_format``: not one of ``formats`` (PNG, JPEG, TIFF, GIF, BMP by default).
@@ -72,6 +73,7 @@ def read_image_checked(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side_px: int = 1,
     formats: tuple[str, ...] = DEFAULT_FORMATS,
+    max_side_px: int | None = None,
 ) -> np.ndarray:
     """Read ``path`` as a 2-D uint8 array, or raise :class:`ImageRejected` (module doc).
 
@@ -87,6 +89,8 @@ def read_image_checked(
         Shortest accepted side in pixels.
     formats : tuple of str
         Pillow format names tried; anything else is ``unsupported_format``.
+    max_side_px : int, optional
+        Longest accepted side in pixels (None = no limit but ``max_pixels``).
     """
     try:
         with warnings.catch_warnings():
@@ -105,6 +109,8 @@ def read_image_checked(
             raise ImageRejected("too_many_pixels", f"{w}x{h} px > max_pixels {max_pixels}")
         if min(w, h) < min_side_px:
             raise ImageRejected("too_small", f"{w}x{h} px, a side < {min_side_px}")
+        if max_side_px is not None and max(w, h) > max_side_px:
+            raise ImageRejected("too_large", f"{w}x{h} px, a side > {max_side_px}")
         n_frames = int(getattr(im, "n_frames", 1))
         if n_frames > 1:
             raise ImageRejected("multi_frame", f"{n_frames} frames")

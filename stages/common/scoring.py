@@ -60,6 +60,18 @@ NOISY_LOGGERS = ("tensorflow", "absl", "keras", "mlflow", "h5py", "py.warnings",
 LOG_FILE_ENV = "FETAL_SCORE_LOG"
 
 
+def add_input_arguments(parser: Any, prog: str) -> None:
+    """``--follow-links`` and ``--log-file``: the options every scoring command shares."""
+    parser.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="follow symlinks in FOLDER wherever they point (default: refuse them)",
+    )
+    parser.add_argument(
+        "--log-file", type=Path, help=f"library messages (default {default_log_file(prog)})"
+    )
+
+
 def default_log_file(prog: str) -> Path:
     """``$FETAL_SCORE_LOG`` or ``<tmp>/fetal-<prog>.log``: outside the project, never tracked."""
     return Path(os.environ.get(LOG_FILE_ENV) or Path(tempfile.gettempdir()) / f"fetal-{prog}.log")

@@ -177,16 +177,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="abstain below this fraction of FHR present (default: score_ctg in params.yaml)",
     )
-    parser.add_argument(
-        "--follow-links",
-        action="store_true",
-        help="follow symlinks in FOLDER wherever they point (default: refuse them)",
-    )
-    parser.add_argument(
-        "--log-file",
-        type=Path,
-        help=f"library messages (default {scoring.default_log_file('score-ctg')})",
-    )
+    scoring.add_input_arguments(parser, "score-ctg")
 
 
 def load_rules(args: argparse.Namespace) -> Rules:

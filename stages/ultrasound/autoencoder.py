@@ -235,7 +235,7 @@ def _score_normalised_mse(
 def _score_latent_mahalanobis(
     model: Any, x: np.ndarray, planes: np.ndarray, latent: dict
 ) -> np.ndarray:
-    return mahalanobis(latent_codes(model, x), latent["mean"], latent["precision"])
+    return latent_score_from_codes("latent_mahalanobis", latent_codes(model, x), x, latent)
 
 
 def latent_ring_parts(model: Any, x: np.ndarray, latent: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -247,12 +247,39 @@ def latent_ring_parts(model: Any, x: np.ndarray, latent: dict) -> tuple[np.ndarr
     return dist, ring_contrast(x)
 
 
-def _score_latent_ring(model: Any, x: np.ndarray, planes: np.ndarray, latent: dict) -> np.ndarray:
-    dist, ring = latent_ring_parts(model, x, latent)
+def _ring_z(dist: np.ndarray, ring: np.ndarray, latent: dict) -> np.ndarray:
     z_dist = (dist - float(latent["dist_mean"])) / float(latent["dist_std"])
     # One-sided: a skull ring brighter than usual is no sign of an abnormal frame.
     z_ring = np.maximum(0.0, (float(latent["ring_mean"]) - ring) / float(latent["ring_std"]))
     return (z_dist + z_ring).astype(np.float32)
+
+
+def _score_latent_ring(model: Any, x: np.ndarray, planes: np.ndarray, latent: dict) -> np.ndarray:
+    return _ring_z(*latent_ring_parts(model, x, latent), latent)
+
+
+def fit_latent(kind: str, codes: np.ndarray, x: np.ndarray, shrinkage: float) -> dict:
+    """The statistics a latent score ``kind`` needs from normal crops ``x`` and their codes
+    (:func:`fit_gaussian` or :func:`fit_latent_ring`); {} for the reconstruction scores."""
+    if kind == "latent_mahalanobis":
+        mean, precision = fit_gaussian(codes, shrinkage)
+        return {"mean": mean, "precision": precision}
+    if kind == "latent_ring":
+        return fit_latent_ring(codes, x, shrinkage)
+    return {}
+
+
+def latent_score_from_codes(
+    kind: str, codes: np.ndarray, x: np.ndarray, latent: dict
+) -> np.ndarray:
+    """A latent score of crops ``x`` from their codes (already computed) and ``latent``
+    (:func:`fit_latent`): what the model's score is, without running the encoder again."""
+    dist = mahalanobis(codes, latent["mean"], latent["precision"])
+    if kind == "latent_mahalanobis":
+        return dist
+    if kind == "latent_ring":
+        return _ring_z(dist, ring_contrast(x), latent)
+    raise ValueError(f"{kind!r} is not a latent score ({' | '.join(LATENT_SCORES)})")
 
 
 # Anomaly scores of the autoencoder, by the name ``train_autoencoder_us.anomaly_score`` uses.

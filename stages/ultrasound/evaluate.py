@@ -1,13 +1,20 @@
 """Stage ``evaluate_us``: plane accuracy, anomaly AUROCs and segmentation on held-out images.
 
 - Plane classifier: accuracy, macro-F1, per-class recall and the confusion matrix on the test
-  split (FETAL_PLANES_DB ``Train == 0``: patients never seen in training or validation).
+  split (FETAL_PLANES_DB ``Train == 0``: patients never seen in training or validation); the
+  expected calibration error of its temperature-scaled probabilities and of the unscaled ones
+  (``plane_ece``, ``plane_ece_uncalibrated``) with their reliability diagram
+  (``figures/reliability.csv`` + ``.png``): the temperature was fitted on val, so this is
+  the out-of-sample check.
 - Autoencoder: validation MSE (the original project reported 0.00297 on its own images) and
   anomaly AUROCs on honest proxies, since FETAL_PLANES_DB has no anomaly labels: non-brain planes
   vs the test split's brain images, and synthetic corruptions (occlusion, noise, blank, inverted)
   of the test brain images vs the clean ones; for the model's own anomaly score (``anomaly_*``)
   and for the plain reconstruction MSE (``anomaly_mse_*``). The autoencoder is conditioned on
-  the plane the classifier predicts, as in ``fetal score-us``.
+  the plane the classifier predicts, as in ``fetal score-us``. The false-alarm rate (test brain
+  images flagged, ``ae_test_brain_flagged_rate``) against the model's ``target_false_alarm``
+  and the non-brain detection rate (``ae_nonbrain_flagged_rate``), each with a 95 %
+  patient-cluster bootstrap interval.
 - Segmentation: Dice and head-circumference error on HC18, read from ``segment_us``'s table.
 """
 
@@ -28,6 +35,7 @@ from stages.ultrasound.corruptions import CORRUPTIONS
 from stages.ultrasound.crops import PLANES, brain_rows, crops_for, to_unit_float
 from stages.ultrasound.hc18 import hc18_summary
 from stages.ultrasound.predictors import AutoencoderPredictor, PlanePredictor
+from stages.ultrasound.reliability import write_reliability
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +77,17 @@ def score_part_aurocs(
         "anomaly_part_latent_nonbrain_auroc": metrics.auc(y, np.r_[dist_n, dist_a]),
         "anomaly_part_ring_nonbrain_auroc": metrics.auc(y, -np.r_[ring_n, ring_a]),
     }
+
+
+def flagged_rate(
+    scores: np.ndarray, threshold: float, patients: pd.Series, prefix: str, n_boot: int, seed: int
+) -> dict[str, float]:
+    """Share of images whose score exceeds ``threshold``, with a 95 % interval resampling
+    patients (their images are not independent); keys ``<prefix>``, ``_ci_low``, ``_ci_high``."""
+    flags = np.asarray(scores) > threshold
+    lo, hi = metrics.cluster_bootstrap_accuracy_ci(flags, patients.astype(str), n_boot, seed)
+    rate = float(flags.mean()) if len(flags) else float("nan")
+    return {prefix: rate, f"{prefix}_ci_low": lo, f"{prefix}_ci_high": hi}
 
 
 def plane_report(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
@@ -134,9 +153,10 @@ def evaluate(
     out["ae_test_brain_mse"] = (
         float(np.mean(ae.errors(test_x, pred_planes))) if len(test_x) else float("nan")
     )
-    out["ae_test_brain_flagged_rate"] = (
-        float(np.mean(clean > ae.threshold)) if len(clean) else float("nan")
+    out |= flagged_rate(
+        clean, ae.threshold, test["patient"], "ae_test_brain_flagged_rate", nb, seed
     )
+    out["ae_target_false_alarm"] = float(ae.config.get("target_false_alarm", float("nan")))
     # The model's anomaly score and, for comparison, the plain reconstruction MSE of the same
     # images (``anomaly_mse_*``): the README shows both.
     scores = {"test brain": clean}
@@ -147,7 +167,14 @@ def evaluate(
         other_planes = [PLANES[i] for i in plane.proba(other_x).argmax(axis=1)]
         scores["non-brain"] = ae.anomaly_scores(other_x, other_planes)
         mse_scores["non-brain"] = ae.errors(other_x, other_planes)
-        out["ae_nonbrain_flagged_rate"] = float(np.mean(scores["non-brain"] > ae.threshold))
+        out |= flagged_rate(
+            scores["non-brain"],
+            ae.threshold,
+            other["patient"],
+            "ae_nonbrain_flagged_rate",
+            nb,
+            seed,
+        )
         out |= score_part_aurocs(ae, test_x, other_x)
     for kind, corrupt in CORRUPTIONS.items():
         bad = corrupt(test_x, rng, params)
@@ -160,7 +187,12 @@ def evaluate(
                 res = anomaly_auc(normal, s, nb, seed)
                 key = kind.replace("-", "").replace(" ", "_")
                 out |= {f"{prefix}_{key}_{k}": v for k, v in res.items()}
-    return out, {"cm": cm, "scores": scores, "test": test.assign(predicted=pred_planes)}
+    calibration = {
+        "uncalibrated": plane.proba(test_x, calibrate=False) if len(test) else prob,
+        "temperature_scaled": prob,
+    }
+    tables = {"cm": cm, "scores": scores, "test": test.assign(predicted=pred_planes)}
+    return out, tables | {"calibration": calibration, "y_true": y_true}
 
 
 def write_figures(folder: Path, tables: dict[str, Any], threshold: float) -> None:
@@ -225,6 +257,18 @@ def main() -> None:
         report, tables = evaluate(plane, ae, manifest, names, images, params)
         report |= segmentation_report(pd.read_csv(root / SEGMENTATION))
         write_figures(root / FIGURES, tables, ae.threshold)
+        ece = write_reliability(
+            root / FIGURES,
+            tables["calibration"],
+            tables["y_true"],
+            int(params["calibration_bins"]),
+            f"Plane classifier, test split (T = {plane.temperature:.2f})",
+        )
+        report |= {
+            "plane_temperature": plane.temperature,
+            "plane_ece": ece["temperature_scaled"],
+            "plane_ece_uncalibrated": ece["uncalibrated"],
+        }
         write_csv(
             root / FIGURES / "test_predictions.csv",
             tables["test"][["image", "patient", "brain_plane", "predicted"]],

@@ -13,24 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from stages.common.images import DEFAULT_MAX_PIXELS, ImageRejected, read_image_checked
 from stages.common.io import save_npz
 
-# Modes PIL reports for 8-bit data; everything else (I;16, I, F, 1, CMYK...) is refused.
-_EIGHT_BIT_MODES = {"L", "P", "RGB", "RGBA", "LA"}
-
-
-class ImageError(ValueError):
-    """An ultrasound image we refuse, with a short machine-readable ``reason``.
-
-    Reasons: ``undecodable`` (truncated or not an image), ``not_8bit``, ``multichannel``
-    (channels differ: a colour overlay), ``too_small`` / ``too_large``.
-    """
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+# One reader for every ultrasound image (validation, the stages, score-us): the scoring core's.
+# Its reasons: undecodable, unsupported_format, too_many_pixels, too_small, too_large,
+# multi_frame, multichannel (channels differ: a colour overlay); 16-bit is min-max scaled.
+ImageError = ImageRejected
 
 
 @dataclass(frozen=True)
@@ -104,43 +95,29 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 # --------------------------------------------------------------------------- decoding
 
 
-def decode_image(data: bytes, min_side_px: int = 1, max_side_px: int = 1 << 16) -> np.ndarray:
-    """Decode PNG/JPEG bytes into a 2-D uint8 array, or raise :class:`ImageError`.
+def decode_image(
+    data: bytes,
+    min_side_px: int = 1,
+    max_side_px: int = 1 << 16,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Decode image bytes into a 2-D uint8 array, or raise :class:`ImageError`.
 
-    Identical colour channels (grayscale saved as RGB by redistributors) are accepted and
-    collapsed; differing channels mean an overlay or a colour Doppler image and are refused.
+    :func:`stages.common.images.read_image_checked` (its rules: identical colour channels are
+    collapsed, differing ones refused, 16-bit scaled by its own min-max, sizes checked from
+    the header before decoding).
     """
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()  # decodes every row: a truncated file fails here, not later
-            mode = im.mode
-            if mode not in _EIGHT_BIT_MODES:
-                raise ImageError("not_8bit", f"mode {mode}")
-            if mode == "P":
-                im = im.convert("RGB")
-            arr = np.asarray(im)
-    except ImageError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError("undecodable", f"{type(exc).__name__}: {exc}") from exc
-    if arr.ndim == 3:
-        colour = arr[..., :3] if arr.shape[2] >= 3 else arr[..., :1]
-        if colour.shape[2] > 1 and not all(
-            np.array_equal(colour[..., 0], colour[..., k]) for k in range(1, colour.shape[2])
-        ):
-            raise ImageError("multichannel", f"{colour.shape[2]} differing channels")
-        arr = colour[..., 0]
-    h, w = arr.shape
-    if min(h, w) < min_side_px:
-        raise ImageError("too_small", f"{w}x{h} px < {min_side_px}")
-    if max(h, w) > max_side_px:
-        raise ImageError("too_large", f"{w}x{h} px > {max_side_px}")
-    return np.ascontiguousarray(arr, dtype=np.uint8)
+    return read_image_checked(io.BytesIO(data), max_pixels, min_side_px, max_side_px=max_side_px)
 
 
-def read_image(path: str | Path, min_side_px: int = 1, max_side_px: int = 1 << 16) -> np.ndarray:
-    """Read an image file as 2-D uint8 (see :func:`decode_image`)."""
-    return decode_image(Path(path).read_bytes(), min_side_px, max_side_px)
+def read_image(
+    path: str | Path,
+    min_side_px: int = 1,
+    max_side_px: int = 1 << 16,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Read an image file as 2-D uint8 (:func:`stages.common.images.read_image_checked`)."""
+    return read_image_checked(path, max_pixels, min_side_px, max_side_px=max_side_px)
 
 
 def encode_png(img: np.ndarray) -> bytes:

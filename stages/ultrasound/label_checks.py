@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages.ultrasound.imaging import ImageError, read_image
+from stages.ultrasound.image_checks import ImageRules, read_checked
+from stages.ultrasound.imaging import ImageError
 
 PLANES_COLUMNS = ["Image_name", "Patient_num", "Plane", "Brain_plane", "Train"]
 
@@ -67,12 +68,12 @@ def check_label_table(table: pd.DataFrame, p: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame({"Image_name": t["Image_name"], "reasons": [";".join(r) for r in reasons]})
 
 
-def check_image_file(path: str, min_side_px: int, max_side_px: int) -> dict[str, Any]:
-    """Decode one image; returns width, height and the refusal reason ('' when fine)."""
+def check_image_file(path: str, rules: ImageRules) -> dict[str, Any]:
+    """Decode and check one image; returns width, height and the refusal reason ('' when fine)."""
     # Decoders name the file by its full path; the reason (a tracked output) names it alone.
     folder = f"{Path(path).parent}{os.sep}"
     try:
-        img = read_image(path, min_side_px, max_side_px)
+        img = read_checked(path, rules)
     except ImageError as exc:
         return {"width": np.nan, "height": np.nan, "reason": str(exc).replace(folder, "")}
     except OSError as exc:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from stages.common.calibration import logits_from_probabilities, softmax
 from stages.common.metrics import log_loss
 from stages.common.training import class_weights
 from stages.ultrasound.crops import PLANES
@@ -312,3 +313,16 @@ def predict_planes(model: Any, x: np.ndarray, tta: bool | str = False) -> np.nda
     batch = np.concatenate([flips[v](x) for v in views])
     prob = run(batch).reshape(len(views), len(x), -1).mean(axis=0)
     return prob.astype(np.float32)
+
+
+def calibrated(prob: np.ndarray, temperature: float) -> np.ndarray:
+    """Plane probabilities (N, K) after temperature scaling (Guo et al. 2017, ICML).
+
+    ``softmax(log(prob) / temperature)``: the log-probabilities are the logits up to a per-row
+    constant, so this is the network's softmax with its logits divided by ``temperature``
+    (fitted on validation images by ``train_plane_classifier_us``). 1 = unchanged (models saved
+    before calibration); above 1 softens over-confident probabilities. The argmax never moves.
+    """
+    if float(temperature) == 1.0 or len(prob) == 0:
+        return prob
+    return softmax(logits_from_probabilities(prob), float(temperature)).astype(np.float32)

@@ -27,7 +27,7 @@ from stages.ultrasound.model_dir import (
     load_arrays,
     load_model_dir,
 )
-from stages.ultrasound.plane_classifier import predict_planes
+from stages.ultrasound.plane_classifier import calibrated, predict_planes
 
 
 @dataclass
@@ -81,12 +81,22 @@ class _Predictor:
 
 
 class PlanePredictor(_Predictor):
-    """The plane classifier: crops -> probabilities; raw images (pyfunc) -> a table."""
+    """The plane classifier: crops -> probabilities; raw images (pyfunc) -> a table.
 
-    def proba(self, crops_u8: np.ndarray) -> np.ndarray:
-        return predict_planes(
+    Probabilities are temperature-scaled by the folder's ``config["temperature"]`` (fitted on
+    the validation images by ``train_plane_classifier_us``; 1 for folders saved before).
+    """
+
+    @property
+    def temperature(self) -> float:
+        return float(self.config.get("temperature", 1.0))
+
+    def proba(self, crops_u8: np.ndarray, calibrate: bool = True) -> np.ndarray:
+        """Plane probabilities (N, K) of head crops; ``calibrate`` False: before scaling."""
+        prob = predict_planes(
             self.model, to_unit_float(crops_u8, self.size), self.config.get("tta", False)
         )
+        return calibrated(prob, self.temperature) if calibrate else prob
 
     def predict(self, model_input: pd.DataFrame) -> pd.DataFrame:
         """``model_input["image"]``: raw 2-D uint8 images -> plane, plane_probability, p_<plane>."""

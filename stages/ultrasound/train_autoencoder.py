@@ -1,7 +1,10 @@
 """Stage ``train_autoencoder_us``: a plane-conditioned convolutional autoencoder of brain crops.
 
-Trained on the train split's brain crops only (grayscale, scaled to [0, 1]); the anomaly
-threshold is the ``threshold_percentile`` of the validation images' anomaly scores.
+Trained on the train split's brain crops only (grayscale, scaled to [0, 1]). The anomaly
+threshold is a conformal quantile (``target_false_alarm``) of out-of-fold scores of every train
+and val brain image, patient-grouped folds over the latent statistics of the one trained
+encoder (:mod:`stages.ultrasound.anomaly_threshold`, with its caveat); the reconstruction scores
+(no statistics to refit) use the val images' scores alone.
 The score is a parameter (``anomaly_score``); params.yaml uses the Mahalanobis distance of the
 encoder's bottleneck code to the training brain codes. Reconstruction MSE, raw or divided by
 the image's variance, rewards images that are simply easy to reconstruct: dark, smooth
@@ -13,7 +16,7 @@ FETAL_PLANES_DB has no anomaly labels: the autoencoder flags images unlike its t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +27,15 @@ from stages.common import metrics, tracking
 from stages.common.io import atomic_dir, write_json
 from stages.common.params import load_params, project_root
 from stages.common.training import epoch_timer, seed_everything
+from stages.ultrasound.anomaly_threshold import (
+    conformal_quantile,
+    out_of_fold_scores,
+    patient_folds,
+)
 from stages.ultrasound.autoencoder import (
+    LATENT_SCORES,
     build_autoencoder,
-    fit_gaussian,
-    fit_latent_ring,
+    fit_latent,
     latent_codes,
     reconstruct,
     score_anomaly,
@@ -48,12 +56,57 @@ SEGMENTER = FINAL_SEGMENTER  # bundled: new images are cropped as the training i
 LOADER = "stages.ultrasound.predictors:load_autoencoder_predictor"
 
 
+def anomaly_threshold(
+    model: Any,
+    x: tuple[np.ndarray, np.ndarray],
+    planes: tuple[np.ndarray, np.ndarray],
+    latent: dict[str, np.ndarray],
+    params: dict[str, Any],
+    patients: tuple[Sequence[str], Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """The threshold (:mod:`stages.ultrasound.anomaly_threshold`) and how it was chosen.
+
+    ``x``, ``planes`` and ``patients`` are (train, val) pairs; without patients each image
+    is its own group. Returns ``threshold``, ``threshold_method``, ``threshold_n`` (scores
+    behind it), ``val_flagged_rate`` (the val images flagged by the final model at the
+    threshold: honest for the encoder and the Gaussian alike, but ~25 images) and
+    ``val_percentile_threshold`` (the former rule: that percentile of the val scores alone).
+    """
+    kind, alpha = params.get("anomaly_score", "normalised_mse"), float(params["target_false_alarm"])
+    has_val = len(x[1]) > 0
+    x_thr, p_thr = (x[1], planes[1]) if has_val else (x[0], planes[0])
+    final = score_anomaly(kind, model, x_thr, p_thr, latent)
+    method, scores = "val_conformal", final
+    if kind in LATENT_SCORES:
+        x_all = np.concatenate([x[0], x[1]])
+        n_tr = len(x[0])
+        groups = (
+            [*patients[0], *patients[1]] if patients else [f"image{i}" for i in range(len(x_all))]
+        )
+        folds = patient_folds(groups, params["threshold_folds"], params["seed"])
+        if folds is not None:
+            codes = latent_codes(model, x_all)
+            shrinkage = params["latent_shrinkage"]
+            scores = out_of_fold_scores(kind, codes, x_all, folds, shrinkage)
+            method = "oof_conformal"
+            log.info("threshold from %d out-of-fold scores (%d of train images)", len(scores), n_tr)
+    threshold = conformal_quantile(scores, alpha)
+    return {
+        "threshold": threshold,
+        "threshold_method": method,
+        "threshold_n": len(scores),
+        "val_flagged_rate": float(np.mean(final > threshold)) if has_val else float("nan"),
+        "val_percentile_threshold": float(np.percentile(final, 100 * (1 - alpha))),
+    }
+
+
 def train_autoencoder(
     x_train: np.ndarray,
     planes_train: np.ndarray,
     x_val: np.ndarray,
     planes_val: np.ndarray,
     params: dict[str, Any],
+    patients: tuple[Sequence[str], Sequence[str]] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Fit the autoencoder and derive its anomaly threshold.
 
@@ -65,15 +118,17 @@ def train_autoencoder(
         One-hot planes (N, 3).
     params
         The ``train_autoencoder_us`` section.
+    patients
+        Patient of each (train, val) image: the groups of the threshold's folds.
 
     Returns
     -------
     model, result
         The fitted Keras model and ``val_mse`` (mean per-image MSE on val), ``train_mse``,
-        ``threshold`` (the percentile of the val images' anomaly scores, the score named by
-        ``params["anomaly_score"]``, see :data:`stages.ultrasound.autoencoder.ANOMALY_SCORES`),
-        ``epoch_times_s`` and ``latent`` (the training codes' ``mean`` and ``precision`` for
-        the latent score, else empty).
+        the threshold of the score named by ``params["anomaly_score"]`` (see
+        :data:`stages.ultrasound.autoencoder.ANOMALY_SCORES`) and how it was chosen
+        (:func:`anomaly_threshold`), ``epoch_times_s`` and ``latent`` (the training codes'
+        statistics for the latent scores, else empty).
     """
     seed_everything(params["seed"])
     model = build_autoencoder(
@@ -93,21 +148,17 @@ def train_autoencoder(
     recon_tr = reconstruct(model, x_train, planes_train)
     train_mse = np.mean((recon_tr - x_train) ** 2)
     kind = params.get("anomaly_score", "normalised_mse")
-    latent: dict[str, np.ndarray] = {}
-    if kind == "latent_mahalanobis":
-        # The normal class is the training brain codes; the val images set the threshold.
-        mean, precision = fit_gaussian(latent_codes(model, x_train), params["latent_shrinkage"])
-        latent = {"mean": mean, "precision": precision}
-    elif kind == "latent_ring":
-        latent = fit_latent_ring(latent_codes(model, x_train), x_train, params["latent_shrinkage"])
-    # With no val image (tiny test sets) the threshold falls back to the training images.
-    x_thr, p_thr = (x_val, planes_val) if len(x_val) else (x_train, planes_train)
-    recon = reconstruct(model, x_thr, p_thr)
-    scores = score_anomaly(kind, model, x_thr, p_thr, latent)
+    # The normal class is the training brain codes (the final statistics: train images only).
+    codes_tr = latent_codes(model, x_train) if kind in LATENT_SCORES else None
+    latent = fit_latent(kind, codes_tr, x_train, params.get("latent_shrinkage", 0.0))
+    x_val_or_train = x_val if len(x_val) else x_train
+    recon = reconstruct(model, x_val_or_train, planes_val if len(x_val) else planes_train)
     result = {
         "train_mse": float(train_mse),
-        "val_mse": float(np.mean((recon - x_thr) ** 2)),
-        "threshold": float(np.percentile(scores, params["threshold_percentile"])),
+        "val_mse": float(np.mean((recon - x_val_or_train) ** 2)),
+        **anomaly_threshold(
+            model, (x_train, x_val), (planes_train, planes_val), latent, params, patients
+        ),
         "n_train": len(x_train),
         "n_val": len(x_val),
         "epoch_times_s": [round(t, 3) for t in times],
@@ -160,9 +211,10 @@ def main() -> None:
     with np.load(root / CROPS) as z:
         names, images = z["names"], z["images"]
     size = params["input_size"]
-    data, crops_u8 = {}, {}
+    data, crops_u8, patients = {}, {}, {}
     for split in ("train", "val"):
         rows = brain_rows(manifest, split)
+        patients[split] = list(rows["patient"].astype(str))
         if split == "val":
             planes_val = list(rows["brain_plane"])
         crops_u8[split] = crops_for(rows, names, images)
@@ -173,7 +225,9 @@ def main() -> None:
     with tracking.run(
         "us-brain-autoencoder", "train_autoencoder_us", params, stage="train_autoencoder_us"
     ):
-        model, result = train_autoencoder(*data["train"], *data["val"], params)
+        model, result = train_autoencoder(
+            *data["train"], *data["val"], params, (patients["train"], patients["val"])
+        )
         result["val_corruption_auroc"] = corruption_auroc(
             anomaly_scorer(model, data["val"][1], result["latent"], params),
             crops_u8["val"],
@@ -185,7 +239,8 @@ def main() -> None:
             "planes": list(PLANES),
             "threshold": result["threshold"],
             "val_mse": result["val_mse"],
-            "threshold_percentile": params["threshold_percentile"],
+            "threshold_method": result["threshold_method"],
+            "target_false_alarm": params["target_false_alarm"],
             "anomaly_score": params.get("anomaly_score", "normalised_mse"),
             **crop_params,
         }
@@ -194,7 +249,9 @@ def main() -> None:
             # new images must be cropped by the segmenter that cropped the training images
             bundle_segmenter(tmp, crop_params["segment_us"], root / SEGMENTER)
         times = result["epoch_times_s"]
-        report = {k: v for k, v in result.items() if k not in ("epoch_times_s", "latent")}
+        # threshold_method (a word) goes to the model's config, not into the metrics
+        skip = ("epoch_times_s", "latent", "threshold_method")
+        report = {k: v for k, v in result.items() if k not in skip}
         report |= {
             "val_mse_neg": -result["val_mse"],
             "epoch_time_s_mean": float(np.mean(times)),

@@ -9,6 +9,14 @@ epochs (val accuracy 0.16-0.52, often one plane for every image), strong augment
 network from fitting even the training images in ~200 steps, and early stopping on a 25-image
 validation loss kept epoch 1. The settings are in params.yaml (``batch_norm``, ``augment``,
 ``early_stopping``, ``input_size``).
+
+Calibration: the read-out's probabilities were over-confident (0.99 on a blank frame, 0.9997
+for the wrong plane on a head from another hospital). One temperature (Guo et al. 2017,
+ICML) is fitted on the validation images by minimising their log-loss, stored as the model
+folder's ``config["temperature"]`` and applied by the predictor; the reliability diagram
+before and after (``data/reports/train_plane_classifier_us/reliability.csv`` + ``.png``) and
+both ECEs go into the report. The temperature is fitted on those same images, so their ECE
+after scaling is in-sample: ``evaluate_us`` reports the test split's.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from stages.common import tracking
+from stages.common.calibration import fit_temperature, logits_from_probabilities
 from stages.common.io import atomic_dir, write_json
 from stages.common.params import load_params, project_root
 from stages.common.training import class_weights, epoch_timer, seed_everything
@@ -30,11 +39,13 @@ from stages.ultrasound.model_dir import bundle_segmenter, save_model_dir
 from stages.ultrasound.paths import FINAL_SEGMENTER
 from stages.ultrasound.plane_classifier import (
     build_plane_classifier,
+    calibrated,
     fit_gabor_classifier,
     plane_scores,
     predict_planes,
 )
 from stages.ultrasound.registry import code_key, metric_tags
+from stages.ultrasound.reliability import write_reliability
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +53,7 @@ CROPS = Path("data/processed/us/crops.npz")
 MANIFEST = Path("data/processed/us/planes_manifest.csv")
 MODEL_DIR = Path("data/models/us/plane_classifier")
 REPORT = Path("data/reports/train_plane_classifier_us.json")
+RELIABILITY = Path("data/reports/train_plane_classifier_us")  # reliability.csv + .png
 SEGMENTER = FINAL_SEGMENTER  # bundled: new images are cropped as the training images were
 LOADER = "stages.ultrasound.predictors:load_plane_predictor"
 
@@ -163,6 +175,36 @@ def _result(
     }
 
 
+def calibrate(
+    model: Any, x_val: np.ndarray, y_val: np.ndarray, params: dict[str, Any], folder: Path
+) -> tuple[float, dict[str, float]]:
+    """Fit the temperature on the validation crops; write their reliability diagram.
+
+    Returns the temperature (1 without validation images) and the report's metrics: ECE
+    before and after scaling, and the validation log-loss (negated) of the scaled
+    probabilities, the promotion metric (a champion is re-scored through its predictor, which
+    applies its own temperature), with the unscaled one for comparison.
+    """
+    prob = predict_planes(model, x_val, params["tta"])
+    y = np.asarray(y_val, dtype=int)
+    temperature = fit_temperature(logits_from_probabilities(prob), y) if len(y) else 1.0
+    scaled = calibrated(prob, temperature)
+    ece = write_reliability(
+        folder,
+        {"uncalibrated": prob, "temperature_scaled": scaled},
+        y,
+        int(params["calibration_bins"]),
+        f"Plane classifier, validation (T = {temperature:.2f})",
+    )
+    return temperature, {
+        "temperature": temperature,
+        "val_ece_uncalibrated": ece["uncalibrated"],
+        "val_ece": ece["temperature_scaled"],
+        "val_log_loss_neg_uncalibrated": plane_scores(prob, y)["val_log_loss_neg"],
+        "val_log_loss_neg": plane_scores(scaled, y)["val_log_loss_neg"],
+    }
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params("train_plane_classifier_us")
@@ -184,11 +226,13 @@ def main() -> None:
         stage="train_plane_classifier_us",
     ):
         model, result = train_plane_classifier(*data["train"], *data["val"], params)
+        temperature, calibration = calibrate(model, *data["val"], params, root / RELIABILITY)
         config = {
             "kind": "plane_classifier",
             "input_size": params["input_size"],
             "planes": list(PLANES),
             "tta": params["tta"],
+            "temperature": temperature,
             **crop_params,
         }
         with atomic_dir(root / MODEL_DIR) as tmp:
@@ -208,6 +252,7 @@ def main() -> None:
             )
         }
         report |= {"epoch_time_s_mean": float(np.mean(times)), "train_time_s": float(sum(times))}
+        report |= calibration  # val_log_loss_neg: of the temperature-scaled probabilities
         tracking.log_metrics(report)
         for epoch, values in enumerate(zip(*result["history"].values(), strict=True)):
             tracking.log_metrics(dict(zip(result["history"], values, strict=True)), step=epoch)

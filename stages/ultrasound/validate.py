@@ -5,8 +5,9 @@ Checks (``validate_us`` in params.yaml):
 - FETAL_PLANES label table: required columns, ``Plane`` / ``Brain_plane`` in the allowed sets,
   ``Train`` in {0, 1}, unique ``Image_name``, positive integer ``Patient_num``, one patient on
   one side of the published split;
-- every image: decodable, 8-bit, one channel (or identical channels), sides within
-  [min_side_px, max_side_px];
+- every image (:mod:`stages.ultrasound.image_checks`, the checks ``fetal score-us`` applies
+  too): decodable, one frame, one channel (or identical channels; 16-bit is min-max scaled),
+  sides within [min_side_px, max_side_px], gray levels spanning at least ``min_gray_range``;
 - HC18: every image has its annotation (same size, non-empty) and a positive pixel size.
 
 The table-level expectations also run as a Great Expectations 1.x suite
@@ -29,6 +30,7 @@ import pandas as pd
 from stages.common.io import RUNS_DIR, Quarantine, write_csv, write_json
 from stages.common.parallel import map_images
 from stages.common.params import load_params, project_root
+from stages.ultrasound.image_checks import ImageRules
 from stages.ultrasound.imaging import ImageError, read_image
 from stages.ultrasound.label_checks import check_image_file, check_label_table
 from stages.ultrasound.paths import HC18_CSV, PLANES_CSV, hc18_images
@@ -73,9 +75,7 @@ def validate(raw: Path, p: dict[str, Any], params_dask: dict[str, Any]) -> pd.Da
     labels = check_label_table(table, p).set_index("Image_name")
     fp_files = sorted(q for q in (fp / "images").iterdir() if q.suffix.lower() == ".png")
     hc_files = hc18_images(hc / "images")
-    check = functools.partial(
-        check_image_file, min_side_px=int(p["min_side_px"]), max_side_px=int(p["max_side_px"])
-    )
+    check = functools.partial(check_image_file, rules=ImageRules.from_params(p))
     results = map_images(check, [str(f) for f in fp_files + hc_files], params_dask, desc="validate")
     checks = [r.value if r.ok else {"reason": f"check crashed: {r.error}"} for r in results]
     hc_csv = pd.read_csv(hc / HC18_CSV)

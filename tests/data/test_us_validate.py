@@ -59,8 +59,8 @@ def table(raw: Path) -> pd.DataFrame:
     "k, reason",
     [
         (0, "undecodable"),
-        (1, "undecodable"),
-        (2, "not_8bit"),
+        (1, "unsupported_format"),
+        (2, "low_dynamic_range"),  # 16-bit is scaled by its own min-max: a flat one is blank
         (3, "too_small"),
         (4, "unknown plane 'Fetal elbow'"),
         (5, "annotation missing"),

@@ -76,14 +76,42 @@ def test_dvc_repro_evaluate_us(toy_repo, tmp_path, monkeypatch) -> None:
         assert (model_dir / "segmenter" / "model.keras").is_file() == (method == "unet")
     ae_report = json.loads((toy_repo / "data/reports/train_autoencoder_us.json").read_text())
     assert ae_report["val_mse"] > 0 and len(ae_report["epoch_times_s"]) == 2
+    # the threshold: a conformal quantile of out-of-fold scores of every train + val brain image
+    ae_config = json.loads((toy_repo / "data/models/us/autoencoder/config.json").read_text())
+    assert ae_config["threshold_method"] == "oof_conformal"
+    assert ae_report["threshold_n"] == ae_report["n_train"] + ae_report["n_val"]
+    assert ae_config["threshold"] == pytest.approx(ae_report["threshold"])
+    # the plane classifier's temperature, fitted on val, with its reliability diagram
+    pc_report = json.loads((toy_repo / "data/reports/train_plane_classifier_us.json").read_text())
+    pc_config = json.loads((toy_repo / "data/models/us/plane_classifier/config.json").read_text())
+    assert pc_config["temperature"] > 0
+    assert pc_config["temperature"] == pytest.approx(pc_report["temperature"])
+    assert 0 <= pc_report["val_ece"] <= 1 and 0 <= pc_report["val_ece_uncalibrated"] <= 1
+    # the scaling minimises the val log-loss, so it never raises it
+    assert pc_report["val_log_loss_neg"] >= pc_report["val_log_loss_neg_uncalibrated"] - 1e-6
+    for name in ("reliability.csv", "reliability.png"):
+        assert (toy_repo / "data/reports/train_plane_classifier_us" / name).is_file()
     report = json.loads((toy_repo / "data/reports/evaluate_us.json").read_text())
     assert 0 <= report["plane_accuracy"] <= 1
     assert 0 <= report["anomaly_nonbrain_auroc"] <= 1
     for kind in ("occlusion", "noise", "blank", "inverted"):
         assert f"anomaly_{kind}_auroc" in report
     assert all(isinstance(v, (int, float)) for v in report.values())
+    assert 0 <= report["plane_ece"] <= 1 and report["ae_target_false_alarm"] == 0.05
+    lo, hi = (
+        report["ae_test_brain_flagged_rate_ci_low"],
+        report["ae_test_brain_flagged_rate_ci_high"],
+    )
+    assert lo <= report["ae_test_brain_flagged_rate"] <= hi
     figures = toy_repo / "data/reports/evaluate_us/figures"
-    for name in ("confusion.png", "confusion.csv", "anomaly_hist.png", "anomaly_roc.png"):
+    for name in (
+        "confusion.png",
+        "confusion.csv",
+        "anomaly_hist.png",
+        "anomaly_roc.png",
+        "reliability.csv",
+        "reliability.png",
+    ):
         assert (figures / name).is_file(), name
 
     from stages.common import tracking
@@ -105,8 +133,10 @@ def test_dvc_repro_evaluate_us(toy_repo, tmp_path, monkeypatch) -> None:
     for path in sorted(images.glob("*.png"))[:2]:
         Image.open(path).save(some / path.name)
     out = tmp_path / "preds.csv"
-    assert main([str(some), "--out", str(out)]) == 0
-    assert len(pd.read_csv(out)) == 2
+    rc = main([str(some), "--out", str(out), "--no-abstain"])
+    preds = pd.read_csv(out)
+    assert len(preds) == 2 and preds["error"].isna().all()
+    assert rc == (0 if preds["plane"].notna().any() else 4)  # 4: no skull in either image
     # the registered head segmenter takes raw images too
     from stages.ultrasound.imaging import read_image
 

@@ -72,7 +72,7 @@ def test_autoencoder_reconstructs_heads_better_than_blank_or_noise(heads) -> Non
         "epochs": 60,
         "batch_size": 8,
         "learning_rate": 3e-3,
-        "threshold_percentile": 95,
+        "target_false_alarm": 0.05,
     }
     x_tr = to_unit_float(heads["x_tr"], SIZE)
     x_te = to_unit_float(heads["x_te"], SIZE)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +96,9 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> dict:
             str(plane_dir),
             "--ae-model",
             str(ae_dir),
+            "--no-abstain",  # untrained models: neither confident nor calling heads normal
+            "--log-file",
+            str(tmp / "score.log"),
         ]
     )
     return {"rc": rc, "preds": pd.read_csv(out), "masks": masks, "truth": truth}
@@ -100,29 +106,29 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.mark.unit
 def test_scores_every_readable_image_and_reports_the_broken_one(scored, capsys) -> None:
-    preds = scored["preds"]
-    assert scored["rc"] == 0
-    assert list(preds.columns) == [
-        "image",
-        "plane",
-        "plane_probability",
-        "anomaly_score",
-        "anomalous",
-        "hc_mm",
-    ]
-    assert sorted(preds["image"]) == sorted(
-        ["head_0.png", "head_1.png", "head_2.png", "head_jpg.jpg", "abdomen.png"]
+    preds = scored["preds"].set_index("image")
+    assert scored["rc"] == 3  # some file failed, the others scored
+    header = "image,plane,plane_probability,anomaly_score,anomalous,hc_mm,abstained_reason,error"
+    assert ",".join(scored["preds"].columns) == header
+    assert sorted(preds.index) == sorted(
+        ["head_0.png", "head_1.png", "head_2.png", "head_jpg.jpg", "abdomen.png", "broken.png"]
     )
-    assert set(preds["plane"]) <= set(PLANES)
-    assert preds["plane_probability"].between(1 / 3 - 1e-6, 1).all()
-    assert (preds["anomaly_score"] > 0).all()
-    assert preds["anomalous"].isin([True, False]).all()
+    assert preds.loc["broken.png", "error"].startswith("ImageRejected: ")
+    heads = preds.loc[["head_0.png", "head_1.png", "head_2.png", "head_jpg.jpg"]]
+    assert heads["error"].isna().all() and heads["abstained_reason"].isna().all()
+    assert set(heads["plane"]) <= set(PLANES)
+    assert heads["plane_probability"].between(1 / 3 - 1e-6, 1).all()
+    assert (heads["anomaly_score"] > 0).all()
+    assert heads["anomalous"].isin([True, False]).all()
 
 
 @pytest.mark.unit
 def test_hc_only_with_pixel_size_and_close_to_truth(scored) -> None:
     preds = scored["preds"].set_index("image")
     assert preds.loc[["head_2.png", "head_jpg.jpg", "abdomen.png"], "hc_mm"].isna().all()
+    abdomen = preds.loc["abdomen.png"]
+    no_skull = str(abdomen["abstained_reason"]).startswith("no_skull")
+    assert pd.isna(abdomen["plane"]) == no_skull  # no skull, no plane, even with --no-abstain
     for name, px in (("head_0", 0.2), ("head_1", 0.1)):
         e = scored["truth"][name]
         true_mm = ramanujan_perimeter(e.a, e.b) * px
@@ -134,7 +140,7 @@ def test_masks_have_image_size_and_binary_values(scored) -> None:
     masks = sorted(p.name for p in scored["masks"].iterdir())
     assert masks == sorted(
         ["head_0.png", "head_1.png", "head_2.png", "head_jpg.png", "abdomen.png"]
-    )
+    )  # a mask per decoded image: none for broken.png
     for name, e in scored["truth"].items():
         m = np.asarray(Image.open(scored["masks"] / f"{name}.png"))
         assert m.shape == SHAPE and m.dtype == np.uint8
@@ -142,6 +148,58 @@ def test_masks_have_image_size_and_binary_values(scored) -> None:
         # the mask covers the true head: area within 20 % of the ellipse's
         assert abs((m > 0).sum() / (math.pi * e.a * e.b) - 1) < 0.2
         assert m[int(e.cy), int(e.cx)] == 255 and m[0, 0] == 0
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A valid PNG header claiming ``width`` x ``height`` with almost no pixel data: a
+    decompression bomb's first bytes (a real one is ~390 KB for 20000 x 20000)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.unit
+def test_out_of_distribution_inputs_get_no_plane(tmp_path: Path) -> None:
+    """A 1 x 1 image, an all-black frame, a decompression bomb, a link out of the folder and
+    noise: none gets a plane, each has its reason, even from an over-confident classifier."""
+    from stages.ultrasound.score import main
+
+    plane_dir, ae_dir = _model_dirs(tmp_path / "models")
+    config = json.loads((plane_dir / "config.json").read_text())
+    config["temperature"] = 0.02  # probabilities near 1: the abstention rules must hold it back
+    (plane_dir / "config.json").write_text(json.dumps(config))
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(5)
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(images / "one_px.png")
+    Image.fromarray(np.zeros((600, 800), np.uint8)).save(images / "black.png")
+    Image.fromarray(rng.integers(0, 256, (600, 800), dtype=np.uint8)).save(images / "noise.png")
+    (images / "bomb.png").write_bytes(_png_header_only(20000, 20000))
+    Image.fromarray(phantom_head(SHAPE, seed=9)[0]).save(tmp_path / "outside.png")
+    (images / "link.png").symlink_to(tmp_path / "outside.png")
+    out = tmp_path / "preds.csv"
+    argv = [str(images), "--out", str(out), "--plane-model", str(plane_dir)]
+    rc = main([*argv, "--ae-model", str(ae_dir), "--log-file", str(tmp_path / "log")])
+    preds = pd.read_csv(out).set_index("image")
+    assert rc == 4  # no image got a plane
+    assert sorted(preds.index) == ["black.png", "bomb.png", "link.png", "noise.png", "one_px.png"]
+    assert preds["plane"].isna().all() and preds["plane_probability"].isna().all()
+    assert preds.loc["one_px.png", "error"].startswith("ImageRejected: too_small")
+    assert preds.loc["black.png", "error"].startswith("ImageRejected: low_dynamic_range")
+    assert preds.loc["bomb.png", "error"].startswith("ImageRejected: too_many_pixels")
+    assert preds.loc["link.png", "error"].startswith("symlink")
+    assert pd.isna(preds.loc["noise.png", "error"])
+    assert preds.loc["noise.png", "abstained_reason"].split(":")[0] in {"no_skull", "anomalous"}
 
 
 @pytest.mark.unit

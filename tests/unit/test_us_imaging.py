@@ -65,10 +65,10 @@ def test_decode_accepts_gray_and_identical_rgb_channels():
 @pytest.mark.parametrize(
     "data, reason",
     [
-        (b"this is not a png at all", "undecodable"),
+        (b"this is not a png at all", "unsupported_format"),  # Pillow identifies no format
         ("truncated", "undecodable"),
-        ("sixteen_bit", "not_8bit"),
         ("one_px", "too_small"),
+        ("wide", "too_large"),
         ("colour", "multichannel"),
     ],
 )
@@ -78,8 +78,8 @@ def test_decode_refuses_bad_images_with_a_named_reason(data, reason):
     if data == "truncated":
         full = _png(g)
         data = full[: len(full) // 2]
-    elif data == "sixteen_bit":
-        data = _png(g.astype(np.uint16) * 257)
+    elif data == "wide":
+        data = _png(np.zeros((70, 5000), np.uint8))
     elif data == "one_px":
         data = _png(np.zeros((1, 1), np.uint8))
     elif data == "colour":
@@ -87,8 +87,14 @@ def test_decode_refuses_bad_images_with_a_named_reason(data, reason):
         rgb[10:20, 10:20, 0] = 255  # a red overlay
         data = _png(rgb)
     with pytest.raises(ImageError) as exc:
-        decode_image(data, min_side_px=64)
+        decode_image(data, min_side_px=64, max_side_px=4096)
     assert exc.value.reason == reason
+
+
+def test_decode_scales_16_bit_by_its_own_range():
+    g = np.random.default_rng(1).integers(0, 256, (80, 100), dtype=np.uint8)
+    g[0, 0], g[0, 1] = 0, 255
+    assert np.array_equal(decode_image(_png(g.astype(np.uint16) * 257)), g)
 
 
 @pytest.mark.parametrize("layout", ["png", "shards"])
