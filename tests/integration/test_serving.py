@@ -59,3 +59,44 @@ def test_malformed_payload_gets_4xx_with_a_clear_message(served: str, payload, e
     status, body = post_json(f"{served}/invocations", payload)
     assert 400 <= status < 500, (status, body)
     assert expect in json.dumps(body), body
+
+
+def test_make_serve_works_as_the_readme_writes_it(tmp_path) -> None:
+    """`make serve` from a shell whose PATH lacks the venv (uvicorn not on it: the README's old
+    command failed with "Return code = 127"), then the README's curl payload and a real record."""
+    import os
+    import shutil
+    import subprocess
+
+    from tests.conftest import ROOT
+    from tests.integration.services import free_port, stop, wait_http
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    register_champion(uri, lambda: log_baseline_model(str(tmp_path / "config.json")))
+    port = free_port()
+    venv_bin = os.path.dirname(os.sys.executable)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin)
+    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": uri}
+    env.pop("VIRTUAL_ENV", None)
+    log = tmp_path / "make-serve.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            ["make", "-s", "serve", f"SERVE_PORT={port}"],
+            cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/ping", 180, proc)
+        # the README's curl payload, as written (this test champion has no minimum length)
+        readme = {"dataframe_records": [{"fhr_bpm": [140.0, 141.0], "uc": [12.0, 13.0]}]}
+        status, body = post_json(f"{url}/invocations", readme)
+        assert status == 200 and set(body["predictions"][0]) == {"probability", "alert"}, body
+        n = 20 * 60 * 4
+        record = {"dataframe_records": [{"fhr_bpm": [140.0] * n, "uc": [20.0] * n}]}
+        status, body = post_json(f"{url}/invocations", record)
+        assert status == 200 and len(body["predictions"]) == 1, (status, body)
+    finally:
+        stop(proc)
+        print(log.read_text()[-2000:])
