@@ -372,10 +372,11 @@ def _who() -> dict[str, str]:
     }
 
 
-def _complete_move(name: str, entry: Mapping[str, Any]) -> None:
-    """Move ``champion`` as ``entry`` says and tag both versions (idempotent)."""
+def _complete_move(name: str, entry: Mapping[str, Any], move: bool = True) -> None:
+    """Move ``champion`` as ``entry`` says (unless ``move`` is False) and tag both versions."""
     c = client()
-    set_alias(name, CHAMPION, str(entry["to"]))
+    if move:
+        set_alias(name, CHAMPION, str(entry["to"]))
     c.set_model_version_tag(name, str(entry["to"]), "promoted_at", entry["when"])
     c.set_model_version_tag(name, str(entry["to"]), "promotion_reason", entry["reason"])
     if entry.get("from") is not None:
@@ -405,7 +406,7 @@ def reconcile_history(name: str) -> str:
         client().delete_registered_model_tag(name, promotion.history_key(last["seq"]))
         client().set_model_version_tag(name, str(last["to"]), "promotion_decision", "rolled back")
     else:  # finish the move, or re-tag after a kill between the alias move and the tags
-        _complete_move(name, last)
+        _complete_move(name, last, move=action == "complete")
     if action != "ok":
         log.warning("%s: unfinished champion move %s: %s", name, last, action)
     return action
