@@ -121,6 +121,22 @@ def compare(evaluation: Evaluation, champion_items: pd.DataFrame, margin: float)
     )
 
 
+def score_interval(evaluation: Evaluation, level: float = 0.95) -> tuple[float, float, float]:
+    """``(value, low, high)`` of one version's score on its items: the paired bootstrap (same
+    resampling, by cluster when there are clusters) against a null side whose score is 0."""
+    items, score = evaluation.items, SCORES[evaluation.score]
+
+    def vs_null(y: np.ndarray, pred: np.ndarray) -> float:
+        return 0.0 if np.isnan(pred).all() else score(y, pred)
+
+    pred = predictions(items)
+    clusters = items[CLUSTER].to_numpy() if CLUSTER in items else None
+    return paired.paired_bootstrap(
+        vs_null, items[Y].to_numpy(), np.full_like(pred, np.nan), pred,
+        evaluation.n_bootstrap, evaluation.seed, clusters, level,
+    )  # fmt: skip
+
+
 # --------------------------------------------------------------------------- decisions
 
 
