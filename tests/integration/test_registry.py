@@ -10,23 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import norm
 
 from flows import registry
 from flows.tasks import log_baseline_model
 from stages.common import promotion, tracking
+from tests.synth_registry import oof_items
 
 pytestmark = pytest.mark.integration
-
-
-def ctg_items(auc: float, n: int = 400, seed: int = 0, noise_seed: int = 1) -> pd.DataFrame:
-    """Records ``r0..`` with fixed labels (seed) and binormal probabilities of about ``auc``;
-    the same ``noise_seed`` gives two versions the same noise (strongly paired)."""
-    y = np.random.default_rng(seed).random(n) < 0.25
-    noise = np.random.default_rng(noise_seed).normal(size=n)
-    score = noise + y * np.sqrt(2) * norm.ppf(auc)
-    prob = 1 / (1 + np.exp(-score))
-    return pd.DataFrame({"item": [f"r{i}" for i in range(n)], "y": y.astype(int), "pred": prob})
 
 
 def evaluation(items: pd.DataFrame) -> promotion.Evaluation:
@@ -46,17 +36,17 @@ def promote(tmp_path: Path, name: str, key: str, items: pd.DataFrame) -> promoti
 
 def test_worse_noisy_and_clearly_better_challengers(tmp_path: Path):
     name = "paired-ctg"
-    first = promote(tmp_path, name, "a", ctg_items(0.70))
+    first = promote(tmp_path, name, "a", oof_items(0.70))
     assert first.promoted and first.reason == "no champion yet"
-    worse = promote(tmp_path, name, "b", ctg_items(0.62))
+    worse = promote(tmp_path, name, "b", oof_items(0.62))
     assert not worse.promoted and worse.difference < 0
     assert tracking.alias_version(name, "champion") == "1"
     # better by more than the margin, but on 60 records with other noise: within noise
-    noisy = promote(tmp_path, name, "c", ctg_items(0.75, noise_seed=7).iloc[:60])
+    noisy = promote(tmp_path, name, "c", oof_items(0.75, noise_seed=7).iloc[:60])
     assert noisy.difference >= 0.005 and noisy.ci_low <= 0 and not noisy.promoted, noisy
     assert "within noise" in noisy.reason and noisy.n == 60
     assert tracking.alias_version(name, "champion") == "1"
-    better = promote(tmp_path, name, "d", ctg_items(0.85))
+    better = promote(tmp_path, name, "d", oof_items(0.85))
     assert better.promoted and better.method == "DeLong" and better.n == 400
     assert better.ci_low > 0 and better.difference >= 0.005
     assert better.champion_value == pytest.approx(0.70, abs=0.04)
@@ -69,8 +59,8 @@ def test_worse_noisy_and_clearly_better_challengers(tmp_path: Path):
 
 def test_grown_data_is_compared_on_the_common_records_only(tmp_path: Path):
     name = "grown-ctg"
-    assert promote(tmp_path, name, "old", ctg_items(0.70, n=300)).promoted
-    grown = ctg_items(0.85, n=450)  # 150 new records: no champion prediction for them
+    assert promote(tmp_path, name, "old", oof_items(0.70, n=300)).promoted
+    grown = oof_items(0.85, n=450)  # 150 new records: no champion prediction for them
     d = promote(tmp_path, name, "new", grown)
     assert d.n == 300 and d.promoted
     assert d.challenger_value == pytest.approx(
@@ -113,9 +103,9 @@ def test_ultrasound_champion_is_rescored_per_item_by_patients(tmp_path: Path):
 
 def test_history_per_move_and_a_kill_between_entry_and_alias_move(tmp_path: Path, monkeypatch):
     name = "history-ctg"
-    promote(tmp_path, name, "h1", ctg_items(0.65))
-    promote(tmp_path, name, "h2", ctg_items(0.60))  # rejected: no entry
-    promote(tmp_path, name, "h3", ctg_items(0.80))
+    promote(tmp_path, name, "h1", oof_items(0.65))
+    promote(tmp_path, name, "h2", oof_items(0.60))  # rejected: no entry
+    promote(tmp_path, name, "h3", oof_items(0.80))
     hist = tracking.champion_history(name)
     assert [(e["from"], e["to"]) for e in hist] == [(None, "1"), ("1", "3")]
     assert hist[1]["method"] == "DeLong" and hist[1]["n"] == 400 and hist[1]["user"]
@@ -129,13 +119,13 @@ def test_history_per_move_and_a_kill_between_entry_and_alias_move(tmp_path: Path
     with monkeypatch.context() as m:
         m.setattr(tracking, "set_alias", killed)
         with pytest.raises(KeyboardInterrupt):
-            promote(tmp_path, name, "h4", ctg_items(0.95))
+            promote(tmp_path, name, "h4", oof_items(0.95))
     assert tracking.alias_version(name, "champion") == "3"
     assert [e["to"] for e in tracking.champion_history(name)] == ["1", "3", "4"]
     entry = tracking.champion_history(name)[-1]
     assert {"when", "from", "to", "difference", "ci", "method", "n", "reason"} <= set(entry)
     # the next decision completes the move first, then decides on its own challenger
-    d = promote(tmp_path, name, "h5", ctg_items(0.50))
+    d = promote(tmp_path, name, "h5", oof_items(0.50))
     assert not d.promoted and d.champion_version == "4"
     assert tracking.alias_version(name, "champion") == "4"
     assert tracking.client().get_model_version(name, "4").tags["promoted_at"] == entry["when"]
@@ -144,7 +134,7 @@ def test_history_per_move_and_a_kill_between_entry_and_alias_move(tmp_path: Path
     with monkeypatch.context() as m:
         m.setattr(tracking, "set_alias", killed)
         with pytest.raises(KeyboardInterrupt):
-            promote(tmp_path, name, "h6", ctg_items(0.99))
+            promote(tmp_path, name, "h6", oof_items(0.99))
     tracking.client().set_registered_model_alias(name, "champion", "3")
     assert tracking.reconcile_history(name) == "rollback"
     assert [e["to"] for e in tracking.champion_history(name)] == ["1", "3", "4"]
@@ -154,8 +144,8 @@ def test_history_per_move_and_a_kill_between_entry_and_alias_move(tmp_path: Path
 
 def test_compare_models_shows_the_deciding_fields(tmp_path: Path, capsys):
     name = "cmp-model"
-    promote(tmp_path, name, "a", ctg_items(0.70))
-    promote(tmp_path, name, "b", ctg_items(0.90))
+    promote(tmp_path, name, "a", oof_items(0.70))
+    promote(tmp_path, name, "b", oof_items(0.90))
     assert registry.main([name]) == 0
     out = capsys.readouterr().out
     print(out)
