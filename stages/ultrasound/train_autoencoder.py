@@ -26,6 +26,7 @@ from stages.common.params import load_params, project_root
 from stages.common.promotion import score_interval
 from stages.common.provenance import data_version
 from stages.common.training import epoch_timer, seed_everything
+from stages.ultrasound import registry
 from stages.ultrasound.autoencoder import (
     build_autoencoder,
     fit_gaussian,
@@ -38,14 +39,6 @@ from stages.ultrasound.corruptions import CORRUPTIONS
 from stages.ultrasound.crops import PLANES, brain_rows, crops_for, plane_one_hot, to_unit_float
 from stages.ultrasound.model_dir import bundle_segmenter, save_model_dir
 from stages.ultrasound.paths import FINAL_SEGMENTER
-from stages.ultrasound.registry import (
-    SIGNATURES,
-    card_facts,
-    code_key,
-    interval_tag,
-    item_evaluation,
-    metric_tags,
-)
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +170,7 @@ def corruption_items(rows: pd.DataFrame) -> tuple[list[str], list[str]]:
 
 def autoencoder_card(report: dict[str, Any], evaluation: Any, n_train: str, version: str) -> dict:
     """The model card's facts from this stage's report and its val evaluation."""
-    return card_facts(
+    return registry.card_facts(
         "autoencoder",
         "us-brain-autoencoder",
         "Plane-conditioned convolutional autoencoder of brain crops: an anomaly score for images "
@@ -258,7 +251,7 @@ def main() -> None:
         }
         version = data_version(root, ["us", "fetal_planes"], eval_paths)
         ids, patients = corruption_items(val_rows)
-        evaluation = item_evaluation(
+        evaluation = registry.item_evaluation(
             ids, patients, y_val, val_scores, params["promote_metric"], "auc", int(params["seed"])
         )
         n_train = f"{len(crops_u8['train'])} brain crops"
@@ -266,9 +259,9 @@ def main() -> None:
             root / MODEL_DIR,
             LOADER,
             params["registered_name"],
-            {**metric_tags(values), "eval_data_hash": tracking.data_hash(eval_paths),
-             "data_version": version, "metric_interval": interval_tag(evaluation)},
-            code_key(eval_paths, {"params": params, **crop_params}),
+            {**registry.metric_tags(values), "eval_data_hash": tracking.data_hash(eval_paths),
+             "data_version": version, "metric_interval": registry.interval_tag(evaluation)},
+            registry.code_key(eval_paths, {"params": params, **crop_params}),
             params["promote_metric"],
             params["promote_margin"],
             evaluation=evaluation,
@@ -277,7 +270,7 @@ def main() -> None:
             rescore=lambda champion: corruption_scores(
                 lambda x: champion.anomaly_scores(x, planes_val), crops_u8["val"], params
             )[1],
-            signature=SIGNATURES["autoencoder"],
+            signature=registry.SIGNATURES["autoencoder"],
         ).to_dict()  # fmt: skip
     write_json(root / REPORT, report)
     log.info(

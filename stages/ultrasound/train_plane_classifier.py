@@ -28,6 +28,7 @@ from stages.common.params import load_params, project_root
 from stages.common.promotion import Evaluation, score_interval
 from stages.common.provenance import data_version
 from stages.common.training import class_weights, epoch_timer, seed_everything
+from stages.ultrasound import registry
 from stages.ultrasound.crops import PLANES, brain_rows, crops_for, to_unit_float
 from stages.ultrasound.model_dir import bundle_segmenter, save_model_dir
 from stages.ultrasound.paths import FINAL_SEGMENTER
@@ -36,14 +37,6 @@ from stages.ultrasound.plane_classifier import (
     fit_gabor_classifier,
     plane_scores,
     predict_planes,
-)
-from stages.ultrasound.registry import (
-    SIGNATURES,
-    card_facts,
-    code_key,
-    interval_tag,
-    item_evaluation,
-    metric_tags,
 )
 
 log = logging.getLogger(__name__)
@@ -180,7 +173,7 @@ def plane_card(
     accuracy = replace(evaluation, score="accuracy")
     loss, loss_low, loss_high = score_interval(evaluation)
     counts = train_rows["brain_plane"].value_counts().to_dict()
-    return card_facts(
+    return registry.card_facts(
         "plane_classifier",
         "us-plane-classifier",
         "Small CNN classifying brain-plane head crops (FETAL_PLANES_DB).",
@@ -255,7 +248,7 @@ def main() -> None:
         metrics = {k: report[k] for k in ("val_accuracy", "val_log_loss_neg")}
         version = data_version(root, ["us", "fetal_planes"], eval_paths)
         val = rows_of["val"]
-        evaluation = item_evaluation(
+        evaluation = registry.item_evaluation(
             list(val["image"]), list(val["patient"].astype(str)), data["val"][1],
             predict_planes(model, data["val"][0], params["tta"]),
             params["promote_metric"], "log_loss_neg", int(params["seed"]),
@@ -264,16 +257,16 @@ def main() -> None:
             root / MODEL_DIR,
             LOADER,
             params["registered_name"],
-            {**metric_tags(metrics), "eval_data_hash": tracking.data_hash(eval_paths),
-             "data_version": version, "metric_interval": interval_tag(evaluation)},
-            code_key(eval_paths, {"params": params, **crop_params}),
+            {**registry.metric_tags(metrics), "eval_data_hash": tracking.data_hash(eval_paths),
+             "data_version": version, "metric_interval": registry.interval_tag(evaluation)},
+            registry.code_key(eval_paths, {"params": params, **crop_params}),
             params["promote_metric"],
             params["promote_margin"],
             evaluation=evaluation,
             card_facts=plane_card(report, evaluation, rows_of["train"], version),
             # the champion's probabilities on exactly these val crops (paired per image)
             rescore=lambda champion: champion.proba(crops_u8["val"]),
-            signature=SIGNATURES["plane_classifier"],
+            signature=registry.SIGNATURES["plane_classifier"],
         ).to_dict()  # fmt: skip
     write_json(root / REPORT, report)
     log.info(

@@ -47,6 +47,7 @@ from stages.common.promotion import Evaluation, score_interval
 from stages.common.provenance import data_version
 from stages.common.splits import stratified_folds
 from stages.common.training import epoch_timer, seed_everything
+from stages.ultrasound import registry
 from stages.ultrasound.hc18 import hc18_summary, truth_mask
 from stages.ultrasound.head.geometry import ellipse_from_outline
 from stages.ultrasound.head.unet import ellipse_from_probability, to_input
@@ -60,14 +61,6 @@ from stages.ultrasound.imaging import (
 )
 from stages.ultrasound.model_dir import save_model_dir
 from stages.ultrasound.paths import SEGMENTER_FINAL, SEGMENTER_FOLDS, SEGMENTER_MODELS, fold_dir
-from stages.ultrasound.registry import (
-    SIGNATURES,
-    card_facts,
-    code_key,
-    interval_tag,
-    item_evaluation,
-    metric_tags,
-)
 from stages.ultrasound.unet_model import build_unet, predict_masks
 
 log = logging.getLogger(__name__)
@@ -274,13 +267,15 @@ def oof_evaluation(oof: pd.DataFrame, metric: str, seed: int) -> Evaluation:
     signed, truth = oof["hc_error_mm"].to_numpy(float), oof["hc_true_mm"].to_numpy(float)
     err = np.where(np.isnan(signed), truth, np.abs(signed))
     names = list(oof["image"])
-    return item_evaluation(names, [exam_id(n) for n in names], truth, err, metric, "mean_neg", seed)
+    return registry.item_evaluation(
+        names, [exam_id(n) for n in names], truth, err, metric, "mean_neg", seed
+    )
 
 
 def segmenter_card(report: dict[str, Any], evaluation: Evaluation, version: str) -> dict:
     """The model card's facts from this stage's report."""
     value, low, high = score_interval(evaluation)
-    return card_facts(
+    return registry.card_facts(
         "segmenter",
         "us-head-segmenter",
         "U-Net for the fetal skull on HC18; head circumference from the fitted ellipse.",
@@ -389,14 +384,14 @@ def main() -> None:
             root / MODEL_DIR / FINAL,
             LOADER,
             params["registered_name"],
-            {**metric_tags(metrics), "eval_data_hash": tracking.data_hash(eval_paths),
-             "data_version": version, "metric_interval": interval_tag(evaluation)},
-            code_key(eval_paths, {"params": params, "enhance_us": enhance_params}),
+            {**registry.metric_tags(metrics), "eval_data_hash": tracking.data_hash(eval_paths),
+             "data_version": version, "metric_interval": registry.interval_tag(evaluation)},
+            registry.code_key(eval_paths, {"params": params, "enhance_us": enhance_params}),
             params["promote_metric"],
             params["promote_margin"],
             evaluation=evaluation,
             card_facts=segmenter_card(report, evaluation, version),
-            signature=SIGNATURES["segmenter"],
+            signature=registry.SIGNATURES["segmenter"],
         ).to_dict()  # fmt: skip
     write_csv(root / OOF, oof)
     write_json(root / REPORT, report)
