@@ -50,9 +50,10 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
     }
     if verdict.get("champion_version") and verdict.get("method"):
         ci = verdict.get("ci_low"), verdict.get("ci_high")
-        span = f" [{_num(ci[0])}, {_num(ci[1])}]" if ci[0] is not None else ""
+        span = f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci[0] is not None else ""
+        diff = verdict.get("difference")
         out["vs_champion"] = (
-            f"{_num(verdict.get('difference'))}{span} vs v{verdict['champion_version']}, "
+            f"{'-' if diff is None else f'{diff:+.4f}'}{span} vs v{verdict['champion_version']}, "
             f"{verdict['method']}, n={verdict.get('n')}"
         )
     return out

@@ -249,9 +249,16 @@ def history_entry(decision: Decision, who: Mapping[str, str], when_utc: str) -> 
 
 
 def dumps(entry: Mapping[str, Any]) -> str:
-    """Compact JSON (one tag value); NaN becomes null."""
-    clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in entry.items()}
-    return json.dumps(clean, separators=(",", ":"), sort_keys=True, default=str)
+    """Compact JSON (one tag value); NaN becomes null, at any depth (strict JSON)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and v != v:
+            return None
+        if isinstance(v, Mapping):
+            return {k: clean(x) for k, x in v.items()}
+        return [clean(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+    return json.dumps(clean(entry), separators=(",", ":"), sort_keys=True, default=str)
 
 
 def reconcile(last: Mapping[str, Any] | None, champion: str | None) -> str:
@@ -279,12 +286,13 @@ def history_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
             "champion": _num(e.get("champion_value")),
             "challenger": _num(e.get("challenger_value")),
             "difference": _num(e.get("difference")),
-            "interval": "" if not e.get("ci") or e["ci"][0] is None
+            "interval": "" if None in (e.get("ci") or [None])
             else f"[{e['ci'][0]:+.4f}, {e['ci'][1]:+.4f}]",
             "method": e.get("method", ""),
             "n": e.get("n", ""),
-            "by": f"{e.get('stage', '')} ({e.get('user', '')}, {str(e.get('git_commit', ''))[:8]},"
-                  f" run {str(e.get('run_id', ''))[:8]})",
+            "by": " ".join(x for x in (e.get("stage"), e.get("user"),
+                                       str(e.get("git_commit") or "")[:8],
+                                       f"run {e['run_id'][:8]}" if e.get("run_id") else "") if x),
             "reason": e.get("reason", ""),
         }
         for e in reversed(entries)
