@@ -27,7 +27,6 @@ from stages.common import metrics, paired
 
 ITEM, CLUSTER, Y, PRED = "item", "cluster", "y", "pred"
 HISTORY_PREFIX = "champion_history."
-ITEMS_ARTIFACT = "evaluation/items.csv"  # a version's per-item evaluation, in its run
 
 
 def _mean_neg(y: np.ndarray, pred: np.ndarray) -> float:
@@ -59,6 +58,11 @@ class Evaluation:
     score: str = "auc"
     n_bootstrap: int = 1000
     seed: int = 0
+
+
+def items_artifact(name: str, version: str) -> str:
+    """Where a version's per-item evaluation lives in its run (versions may share a run)."""
+    return f"evaluation/{name}/v{version}/items.csv"
 
 
 def pred_columns(items: pd.DataFrame) -> list[str]:

@@ -288,13 +288,13 @@ def champion_uri(name: str) -> str:
 
 
 def record_evaluation(name: str, version: str, evaluation: promotion.Evaluation) -> None:
-    """Store a version's per-item evaluation in its run (``evaluation/items.csv``): the
-    champion's side of every later paired comparison."""
+    """Store a version's per-item evaluation in its run (:func:`promotion.items_artifact`):
+    the champion's side of every later paired comparison."""
     run_id = client().get_model_version(name, version).run_id
+    where = Path(promotion.items_artifact(name, version))
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(promotion.ITEMS_ARTIFACT).name
-        evaluation.items.to_csv(path, index=False)
-        client().log_artifact(run_id, str(path), str(Path(promotion.ITEMS_ARTIFACT).parent))
+        evaluation.items.to_csv(Path(tmp) / where.name, index=False)
+        client().log_artifact(run_id, str(Path(tmp) / where.name), str(where.parent))
 
 
 def version_items(name: str, version: str) -> pd.DataFrame | None:
@@ -302,7 +302,7 @@ def version_items(name: str, version: str) -> pd.DataFrame | None:
     run_id = client().get_model_version(name, version).run_id
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = client().download_artifacts(run_id, promotion.ITEMS_ARTIFACT, tmp)
+            path = client().download_artifacts(run_id, promotion.items_artifact(name, version), tmp)
         except Exception:  # no such artifact
             return None
         return pd.read_csv(path, dtype={promotion.ITEM: str})
