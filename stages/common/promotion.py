@@ -58,6 +58,10 @@ class Evaluation:
     score: str = "auc"
     n_bootstrap: int = 1000
     seed: int = 0
+    # A champion registered before items were stored: a run artifact holding the same facts
+    # (CTG: oof_predictions.csv) and how to read it as items.
+    legacy_artifact: str = ""
+    legacy_items: Callable[[pd.DataFrame], pd.DataFrame] | None = None
 
 
 def items_artifact(name: str, version: str) -> str:

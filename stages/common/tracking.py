@@ -205,12 +205,8 @@ def load_predictor(uri: str) -> Any:
 
 
 def model_signature(spec: Mapping[str, Any]) -> Any:
-    """An MLflow ``ModelSignature`` from ``{"inputs": [(name, type, required)], "outputs": ...}``.
-
-    Types: ``double``, ``float``, ``long``, ``integer``, ``boolean``, ``string`` and
-    ``array<T>`` (nested: ``array<array<long>>`` is a 2-D image). Pure data in the stages, MLflow
-    types here (only this module imports mlflow).
-    """
+    """An MLflow ``ModelSignature`` from ``{"inputs": [(name, type, required)], "outputs": ...}``;
+    types are ``DataType`` names or ``array<T>`` (``array<array<long>>``: a 2-D image)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
@@ -297,15 +293,22 @@ def record_evaluation(name: str, version: str, evaluation: promotion.Evaluation)
         client().log_artifact(run_id, str(Path(tmp) / where.name), str(where.parent))
 
 
-def version_items(name: str, version: str) -> pd.DataFrame | None:
-    """The per-item evaluation a version's run stored, or None (older versions have none)."""
+IDS = {promotion.ITEM: str, "record": str}  # ids stay text ("001" is not 1)
+
+
+def version_items(
+    name: str, version: str, evaluation: promotion.Evaluation | None = None
+) -> pd.DataFrame | None:
+    """The per-item evaluation a version's run stored, else its ``evaluation.legacy_artifact``
+    converted (versions registered before items were stored), else None."""
     run_id = client().get_model_version(name, version).run_id
+    legacy = [evaluation.legacy_artifact] if evaluation and evaluation.legacy_artifact else []
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client().download_artifacts(run_id, promotion.items_artifact(name, version), tmp)
-        except Exception:  # no such artifact
-            return None
-        return pd.read_csv(path, dtype={promotion.ITEM: str})
+        for i, where in enumerate([promotion.items_artifact(name, version), *legacy]):
+            with contextlib.suppress(Exception):  # no such artifact: try the next
+                frame = pd.read_csv(client().download_artifacts(run_id, where, tmp), dtype=IDS)
+                return evaluation.legacy_items(frame) if i else frame  # type: ignore[union-attr]
+    return None
 
 
 def decide(
@@ -353,7 +356,7 @@ def decide(
                 f"({type(exc).__name__}: {exc}): champion kept"
             )
     else:
-        champ_items = version_items(name, str(champ.version))
+        champ_items = version_items(name, str(champ.version), evaluation)
         if champ_items is None:
             return keep(f"champion v{champ.version} has no stored per-item evaluation: kept")
     verdict = promotion.compare(evaluation, champ_items, margin)
@@ -363,13 +366,8 @@ def decide(
 
 def _who() -> dict[str, str]:
     run = _mlflow().active_run()
-    tags = run.data.tags if run else {}
-    return {
-        "stage": tags.get("dvc_stage", ""),
-        "run_id": run.info.run_id if run else "",
-        "git_commit": git_commit(),
-        "user": getpass.getuser(),
-    }
+    stage, run_id = (run.data.tags.get("dvc_stage", ""), run.info.run_id) if run else ("", "")
+    return {"stage": stage, "run_id": run_id, "git_commit": git_commit(), "user": getpass.getuser()}
 
 
 def _complete_move(name: str, entry: Mapping[str, Any], move: bool = True) -> None:

@@ -9,6 +9,7 @@ import pandas as pd
 
 from stages.common.promotion import Evaluation
 
+LEGACY_OOF = "oof_predictions.csv"  # train_ctg has logged it at the root of every run
 # MLflow signature spec (stages.common.tracking.model_signature): raw 4 Hz samples in.
 SIGNATURE: dict[str, list[tuple[str, str, bool]]] = {
     "inputs": [
@@ -29,15 +30,21 @@ OUTPUTS = [
 ]
 
 
-def oof_evaluation(oof: pd.DataFrame, metric: str, seed: int) -> Evaluation:
-    """The out-of-fold predictions (``record, label, probability``) as a paired evaluation:
-    each record's probability comes from a fold model that did not train on it, and the salted
-    hashed folds keep it so as records are added (DeLong on the common records)."""
-    items = pd.DataFrame(
+def oof_items(oof: pd.DataFrame) -> pd.DataFrame:
+    """``record, label, probability`` (train_ctg's oof_predictions.csv) as promotion items."""
+    return pd.DataFrame(
         {"item": oof["record"].astype(str), "y": oof["label"].astype(int),
          "pred": oof["probability"].astype(float)}
     )  # fmt: skip
-    return Evaluation(items, metric, method="delong", score="auc", seed=seed)
+
+
+def oof_evaluation(oof: pd.DataFrame, metric: str, seed: int) -> Evaluation:
+    """The out-of-fold predictions as a paired evaluation: each record's probability comes from
+    a fold model that did not train on it, and the salted hashed folds keep it so as records are
+    added (DeLong on the common records). A champion registered before per-item evaluations
+    were stored is read from the ``oof_predictions.csv`` its run logged."""
+    return Evaluation(oof_items(oof), metric, method="delong", score="auc", seed=seed,
+                      legacy_artifact=LEGACY_OOF, legacy_items=oof_items)  # fmt: skip
 
 
 def card_facts(

@@ -171,3 +171,25 @@ def test_compare_models_unknown_name_fails_clearly(capsys):
     assert registry.main(["no-such-model"]) == 1
     err = capsys.readouterr().err
     assert "no-such-model" in err and "cannot read" in err
+
+
+def test_a_ctg_champion_from_before_stored_items_is_paired_on_its_logged_oof(tmp_path: Path):
+    from stages.ctg.registry import oof_evaluation
+
+    def oof(auc: float) -> pd.DataFrame:  # train_ctg's oof_predictions.csv columns
+        items = oof_items(auc)
+        return pd.DataFrame({"record": items["item"], "fold": 0, "label": items["y"],
+                             "probability": items["pred"]})  # fmt: skip
+
+    name = "legacy-ctg"
+    oof(0.7).to_csv(tmp_path / "oof_predictions.csv", index=False)
+    with tracking.run("registry-test", "old"):
+        uri = log_baseline_model(str(tmp_path / "config.json"))
+        tracking.log_artifact(tmp_path / "oof_predictions.csv")  # what train_ctg always logged
+    v1 = tracking.register_model(uri, name, {"cv_auc": 0.7}, "old")
+    tracking.set_alias(name, "champion", v1)  # promoted the old way: no items stored
+    v2 = new_version(tmp_path, name, "new")
+    d = tracking.promote_if_better(
+        name, v2, "cv_auc", 0.005, oof_evaluation(oof(0.85), "cv_auc", 0)
+    )
+    assert d.promoted and d.n == 400 and d.method == "DeLong", d
