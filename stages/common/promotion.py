@@ -269,15 +269,19 @@ def dumps(entry: Mapping[str, Any]) -> str:
     return json.dumps(clean(entry), separators=(",", ":"), sort_keys=True, default=str)
 
 
-def reconcile(last: Mapping[str, Any] | None, champion: str | None) -> str:
-    """What to do with the last history entry given the current ``champion`` version.
+def reconcile(last: Mapping[str, Any] | None, champion: str | None, completed: bool) -> str:
+    """What to do with the last history entry, given the current ``champion`` version and
+    whether the move ``completed`` (its new champion carries the entry's ``promoted_at``).
 
-    ``"ok"``: the alias points where the entry says. ``"complete"``: the writer died between
-    the entry and the alias move (the alias still holds the entry's ``from``): move it.
-    ``"rollback"``: the alias is elsewhere (moved by hand since): the entry never happened, drop it.
+    ``"ok"``: nothing to do (a completed move stays history even if the alias was moved by hand
+    since). ``"retag"``: the alias moved, the version tags were not written. ``"complete"``: the
+    writer died between the entry and the alias move (the alias still holds ``from``): move it.
+    ``"rollback"``: the alias was moved elsewhere meanwhile: the entry never happened, drop it.
     """
-    if last is None or str(last["to"]) == str(champion):
+    if last is None or completed:
         return "ok"
+    if str(last["to"]) == str(champion):
+        return "retag"
     frm = last.get("from")
     return "complete" if (None if frm is None else str(frm)) == champion else "rollback"
 

@@ -390,20 +390,21 @@ def champion_history(name: str) -> list[dict[str, Any]]:
 def reconcile_history(name: str) -> str:
     """Finish or undo a move a killed run left half done (entry written, alias not moved).
 
-    Returns the action taken: ``ok``, ``complete`` or ``rollback`` (:func:`promotion.reconcile`).
+    Returns the action taken (:func:`promotion.reconcile`).
     """
     try:
         entries = champion_history(name)
     except Exception:  # no such registered model yet
         return "ok"
     last = entries[-1] if entries else None
-    action = promotion.reconcile(last, alias_version(name, CHAMPION))
-    if last is None:
-        return action
+    done = last is not None and last["when"] == client().get_model_version(
+        name, str(last["to"])
+    ).tags.get("promoted_at")
+    action = promotion.reconcile(last, alias_version(name, CHAMPION), done)
     if action == "rollback":
         client().delete_registered_model_tag(name, promotion.history_key(last["seq"]))
         client().set_model_version_tag(name, str(last["to"]), "promotion_decision", "rolled back")
-    else:  # finish the move, or re-tag after a kill between the alias move and the tags
+    elif action != "ok":  # finish the move, or tag after a kill between alias move and tags
         _complete_move(name, last, move=action == "complete")
     if action != "ok":
         log.warning("%s: unfinished champion move %s: %s", name, last, action)

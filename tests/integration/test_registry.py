@@ -138,6 +138,9 @@ def test_history_per_move_and_a_kill_between_entry_and_alias_move(tmp_path: Path
     tracking.client().set_registered_model_alias(name, "champion", "3")
     assert tracking.reconcile_history(name) == "rollback"
     assert [e["to"] for e in tracking.champion_history(name)] == ["1", "3", "4"]
+    # a completed move stays history when the alias is moved by hand afterwards
+    assert tracking.reconcile_history(name) == "ok"
+    assert [e["to"] for e in tracking.champion_history(name)] == ["1", "3", "4"]
 
     assert registry.main([name, "--history"]) == 0
 

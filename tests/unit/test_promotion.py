@@ -33,17 +33,19 @@ def test_worse_noisy_and_better_by_the_rule():
 
 
 @pytest.mark.parametrize(
-    ("last", "champion", "action"),
+    ("last", "champion", "completed", "action"),
     [
-        (None, None, "ok"),
-        ({"from": "1", "to": "2"}, "2", "ok"),
-        ({"from": "1", "to": "2"}, "1", "complete"),  # killed between entry and alias move
-        ({"from": None, "to": "1"}, None, "complete"),  # killed before the first champion
-        ({"from": "1", "to": "2"}, "3", "rollback"),  # alias moved by hand since
+        (None, None, False, "ok"),
+        ({"from": "1", "to": "2"}, "2", True, "ok"),
+        ({"from": "1", "to": "2"}, "3", True, "ok"),  # moved by hand after a completed move
+        ({"from": "1", "to": "2"}, "2", False, "retag"),  # killed between alias move and tags
+        ({"from": "1", "to": "2"}, "1", False, "complete"),  # killed between entry and alias
+        ({"from": None, "to": "1"}, None, False, "complete"),  # ... before the first champion
+        ({"from": "1", "to": "2"}, "3", False, "rollback"),  # alias moved elsewhere meanwhile
     ],
 )
-def test_reconcile_a_half_written_move(last, champion, action):
-    assert promotion.reconcile(last, champion) == action
+def test_reconcile_a_half_written_move(last, champion, completed, action):
+    assert promotion.reconcile(last, champion, completed) == action
 
 
 def test_history_tags_round_trip_in_order():
