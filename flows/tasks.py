@@ -68,7 +68,9 @@ def load_bradycardia_predictor(artifacts: dict[str, str]) -> BradycardiaPredicto
     """Loader for :func:`stages.common.tracking.log_predictor_model` (``config`` = JSON file)."""
     import json
 
-    with open(artifacts["config"], encoding="utf-8") as fh:
+    # ``config`` (log_baseline_model) or a model folder holding config.json (register_and_promote)
+    path = artifacts.get("config") or f"{artifacts['model_dir']}/config.json"
+    with open(path, encoding="utf-8") as fh:
         return BradycardiaPredictor(**json.load(fh))
 
 
@@ -79,6 +81,7 @@ def log_baseline_model(config_path: str, brady_bpm: float = 110.0) -> str:
     import pandas as pd
 
     from stages.common import tracking
+    from stages.ctg.registry import SIGNATURE
 
     with open(config_path, "w", encoding="utf-8") as fh:
         json.dump({"brady_bpm": brady_bpm, "alert_threshold": 0.5}, fh)
@@ -89,4 +92,5 @@ def log_baseline_model(config_path: str, brady_bpm: float = 110.0) -> str:
         artifacts={"config": config_path},
         pip_requirements=["pandas", "numpy"],
         input_example=example,
+        signature=tracking.model_signature(SIGNATURE),  # the trained model's schema
     )

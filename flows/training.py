@@ -6,11 +6,11 @@ DVC's own stage graph (the one ``dvc dag`` draws); the CTG (``*_ctg``) and ultra
 branches are submitted as two concurrent tasks. DVC holds its repository lock only while it
 hashes and commits, not while a stage's command runs, so the two branches' commands overlap.
 
-After the stages, for every params section with ``registered_name`` whose stage ran, the
-``challenger`` version is compared with the ``champion`` on the same evaluation data
-(``eval_data_hash`` tag) and promoted only when it is better by ``promote_margin``. The table is
-published as a Prefect markdown artifact and as an MLflow artifact. A failed stage stops the flow
-before promotion: the champion stays.
+Promotion is decided once, by the training stages themselves (``dvc repro`` without Prefect
+promotes the same way): the flow only reports it. It notes each registered model's champion
+when it starts; after the stages it reads the champion again, the decision the stage tagged on
+the challenger and the champion's history, and publishes champion before, champion after and why
+as a Prefect markdown artifact (``registry-comparison``) and an MLflow artifact.
 
 Run it: ``python -m flows.training [--stages a b] [--no-push]`` (``--help``).
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -77,15 +78,71 @@ def registry_targets(params: dict[str, Any], stages: list[str]) -> list[dict[str
 
 
 def comparison_markdown(rows: list[dict[str, Any]]) -> str:
-    """One markdown table of promotion decisions (the Prefect and MLflow artifact)."""
+    """The registry report (Prefect and MLflow artifact): champion before and after, and why."""
     if not rows:
         return "No registered model was produced by the stages that ran."
-    cols = ["model", "metric", "challenger", "champion_before", "margin", "same_data", "decision"]
+    cols = ["model", "champion_before", "champion_after", "challenger", "paired_difference",
+            "decision"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
     reasons = "\n".join(f"- **{r['model']}**: {r['reason']}" for r in rows)
-    return "\n".join(lines) + "\n\n" + reasons
+    moves = [(r["model"], m) for r in rows for m in r.get("moves", [])]
+    history = "\n".join(
+        f"- **{name}** v{m['from']} -> v{m['to']} at {m['when']} by {m.get('stage', '')} "
+        f"(run {m.get('run_id', '')}, commit {m.get('git_commit', '')}, {m.get('user', '')}): "
+        f"{m['metric']} {m['champion_value']} -> {m['challenger_value']}, {m['method']}, "
+        f"n={m['n']}: {m['reason']}"
+        for name, m in moves
+    )
+    return (
+        "\n".join(lines)
+        + "\n\n"
+        + reasons
+        + ("\n\n## Champion moves in this run\n\n" + history if moves else "")
+    )
+
+
+def report_row(
+    target: dict[str, Any],
+    before: dict[str, Any],
+    after: str | None,
+    challenger: str | None,
+    verdict: dict[str, Any],
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """What the stage decided, as the flow reports it: the alias before the run (``before``:
+    ``champion`` and the last history ``seq``), after it, and why (the history entries this run
+    added, else the verdict the stage tagged on the challenger)."""
+    moves = [m for m in history if m["seq"] > before["seq"]]
+    moved = after != before["champion"]
+    reason = moves[-1]["reason"] if moved and moves else verdict.get("reason", "")
+    if challenger is None:
+        reason = "no challenger version"
+    diff = verdict.get("difference")
+    paired = "" if diff is None else (
+        f"{diff:+.4f} [{verdict.get('ci_low', float('nan')):+.4f}, "
+        f"{verdict.get('ci_high', float('nan')):+.4f}] {verdict.get('method', '')}, "
+        f"n={verdict.get('n')}"
+    )  # fmt: skip
+
+    def label(v: str | None) -> str:
+        return "none" if v is None else f"v{v}"
+
+    return {
+        "model": target["name"],
+        "metric": target["metric"],
+        "champion_before": label(before["champion"]),
+        "champion_after": label(after),
+        "challenger": label(challenger),
+        "paired_difference": paired,
+        "decision": f"PROMOTED {label(before['champion'])} -> {label(after)}"
+        if moved
+        else "kept champion",
+        "promoted": moved,
+        "reason": reason or "no decision recorded",
+        "moves": moves,
+    }
 
 
 # --------------------------------------------------------------------------- I/O helpers
@@ -274,43 +331,45 @@ def dvc_push(repo: str) -> str:
 
 
 @task
-def promote(repo: str, target: dict[str, Any], require_same_data: bool) -> dict[str, Any] | None:
-    """Compare the challenger with the champion; move ``champion`` only if better by the margin."""
+def champions(repo: str, targets: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each registered model's champion and last history entry, before the stages run."""
+    from stages.common import tracking
+
+    out = {}
+    with project_env(repo):
+        for t in targets:
+            try:
+                history = tracking.champion_history(t["name"])
+            except Exception:  # not registered yet
+                history = []
+            seq = history[-1]["seq"] if history else 0
+            out[t["name"]] = {"champion": tracking.alias_version(t["name"], "champion"), "seq": seq}
+    return out
+
+
+@task
+def promote(
+    repo: str, target: dict[str, Any], before: dict[str, Any], ran: bool = True
+) -> dict[str, Any]:
+    """Report what the training stage decided (it decides; the flow never does)."""
     from stages.common import tracking
 
     logger = get_run_logger()
+    name = target["name"]
     with project_env(repo):
-        version = tracking.alias_version(target["name"], tracking.CHALLENGER)
-        if version is None:
-            logger.warning("%s has no challenger version: nothing to compare", target["name"])
-            return None
-        decision = tracking.decide_promotion(
-            target["name"],
-            version,
-            target["metric"],
-            target["margin"],
-            require_same_data=require_same_data,
-        )
-        if decision.promoted:
-            tracking.set_alias(target["name"], tracking.CHAMPION, version)
-    logger.info(
-        "%s v%s: %s (%s)",
-        target["name"],
-        version,
-        "PROMOTED" if decision.promoted else "champion kept",
-        decision.reason,
-    )
-    champ = (
-        "none"
-        if decision.champion_version is None
-        else f"v{decision.champion_version}: {decision.champion_value:.4f}"
-    )
-    return {
-        **decision.to_dict(),
-        "challenger": f"v{decision.challenger_version}: {decision.challenger_value:.4f}",
-        "champion_before": champ,
-        "decision": "PROMOTED" if decision.promoted else "kept champion",
-    }
+        after = tracking.alias_version(name, tracking.CHAMPION)
+        challenger = tracking.alias_version(name, tracking.CHALLENGER)
+        verdict: dict[str, Any] = {}
+        history: list[dict[str, Any]] = []
+        if challenger is not None:
+            tags = tracking.client().get_model_version(name, challenger).tags
+            verdict = json.loads(tags.get("promotion_verdict") or "{}")
+            history = tracking.champion_history(name)
+    row = report_row(target, before, after, challenger, verdict, history)
+    if not ran and not row["promoted"]:
+        row["reason"] = f"{target['stage']} unchanged: nothing to decide"
+    logger.info("%s: %s (%s)", name, row["decision"], row["reason"])
+    return row
 
 
 @task
@@ -329,7 +388,7 @@ def publish(repo: str, rows: list[dict[str, Any]], timings: list[StageResult]) -
         + timing
     )
     create_markdown_artifact(
-        key="registry-comparison", markdown=body, description="challenger vs champion"
+        key="registry-comparison", markdown=body, description="champion before and after, and why"
     )
     out = Path(repo) / "data" / "reports" / "registry_comparison.md"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -353,9 +412,8 @@ def training_flow(
     push: bool = True,
     retries: int = 2,
     stage_timeout_s: float | None = None,
-    require_same_data: bool = True,
 ) -> dict[str, Any]:
-    """Reproduce the pipeline, promote challengers that beat the champion, push the data.
+    """Reproduce the pipeline, report the stages' promotion decisions, push the data.
 
     Parameters
     ----------
@@ -369,8 +427,6 @@ def training_flow(
         Retries of a failing stage (transient failures: a busy lock, a flaky download).
     stage_timeout_s
         Kill a stage that runs longer than this (None: no limit).
-    require_same_data
-        Promote only when challenger and champion were evaluated on the same data.
     """
     from stages.common.params import project_root
 
@@ -381,23 +437,22 @@ def training_flow(
     plan = branches(order)
     logger.info("plan: %s", {b: s for b, s in plan.items()})
     with workspace_lock(root, logger):
+        targets = registry_targets(params, order)
+        before = champions(str(root), targets)
         futures = {
             b: run_branch.submit(str(root), b, s, retries, stage_timeout_s)
             for b, s in plan.items()
             if b != "other"
         }
-        # result() raises when a branch failed: nothing below (promotion, push) runs then.
+        # result() raises when a branch failed: nothing below (report, push) runs then.
         timings = [r for b in futures for r in futures[b].result()]
         if "other" in plan:
             timings += run_branch(str(root), "other", plan["other"], retries, stage_timeout_s)
         report_arrivals(str(root), timings)
         if push:
             dvc_push(str(root))
-        rows = [
-            row
-            for t in registry_targets(params, order)
-            if (row := promote(str(root), t, require_same_data)) is not None
-        ]
+        ran = {t.stage for t in timings if t.ran}
+        rows = [promote(str(root), t, before[t["name"]], t["stage"] in ran) for t in targets]
         publish(str(root), rows, timings)
     return {"stages": [asdict(t) for t in timings], "decisions": rows}
 

@@ -113,6 +113,29 @@ def data_hash(paths: list[str | Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def data_version(root: Path, sources: Sequence[str], fallback: list[Path]) -> str:
+    """The version of the data a model was trained and evaluated on (the ``data_version`` tag).
+
+    The data loop's per-source versions when it recorded them (``data_version`` in
+    ``data/raw/<source>.version.json`` or ``data/reports/ingest_<source>.json``), joined as
+    ``source=version``; else ``sha:`` + :func:`data_hash` of the ``fallback`` files the stage read.
+    """
+    found = []
+    for source in sources:
+        for path in (
+            root / f"data/raw/{source}.version.json",
+            root / f"data/reports/ingest_{source}.json",
+        ):
+            try:
+                version = json.loads(path.read_text(encoding="utf-8")).get("data_version")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if version:
+                found.append(f"{source}={version}")
+                break
+    return ",".join(found) if found else f"sha:{data_hash(fallback)}"
+
+
 # What a registered pyfunc needs besides the stage code it ships with (``code_paths``). One list
 # for both modalities: the whole ``stages`` package ships with every model.
 SERVING_PACKAGES = (

@@ -4,25 +4,29 @@ Defaults: a ``sqlite:///mlflow.db`` store in the project root with artifacts und
 ``mlartifacts/``; ``MLFLOW_TRACKING_URI`` overrides (a tracking server, PostgreSQL, ...).
 Nothing happens at import time: URIs are set when a function here is first called.
 
-Promotion follows aliases, never the deprecated registry stages: each new version gets
-``challenger``; ``champion`` moves only when the challenger beats the champion's metric by the
-margin in ``params.yaml``. Registration is idempotent: a version carries the key of the inputs
-that made it, so a stage killed after registering and run again reuses that version instead of
-adding a duplicate.
+Promotion follows aliases: each new version gets ``challenger``; ``champion`` moves only when
+the challenger beats the champion on the same items by the margin and beyond noise
+(:mod:`stages.common.promotion`), decided once, in the training stage. Every move is an entry of
+the champion's history. Registration is idempotent (a version carries the key of its inputs).
 """
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import importlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from stages.common import model_card, promotion
 from stages.common.params import project_root
 from stages.common.provenance import (  # noqa: F401  (re-exported: tracking.data_hash, ...)
     data_hash,
@@ -171,10 +175,8 @@ def log_predictor_model(
     input_example: Any = None,
     signature: Any = None,
 ) -> str:
-    """Log a :class:`PredictorModel` in the active run and return its model URI.
-
-    ``pip_requirements`` defaults to :func:`pinned_requirements`.
-    """
+    """Log a :class:`PredictorModel` in the active run; its model URI (``pip_requirements``
+    default: :func:`pinned_requirements`)."""
     if pip_requirements is None:
         pip_requirements = pinned_requirements()
     mlflow = _mlflow()
@@ -202,44 +204,24 @@ def load_predictor(uri: str) -> Any:
     return load_model(uri).unwrap_python_model()._predictor
 
 
+def model_signature(spec: Mapping[str, Any]) -> Any:
+    """An MLflow ``ModelSignature`` from ``{"inputs": [(name, type, required)], "outputs": ...}``;
+    types are ``DataType`` names or ``array<T>`` (``array<array<long>>``: a 2-D image)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    def dtype(text: str) -> Any:
+        if text.startswith("array<") and text.endswith(">"):
+            return Array(dtype(text[6:-1]))
+        return getattr(DataType, text)
+
+    def schema(cols: Any) -> Any:
+        return Schema([ColSpec(dtype(t), n, required=bool(r)) for n, t, r in cols])
+
+    return ModelSignature(inputs=schema(spec["inputs"]), outputs=schema(spec["outputs"]))
+
+
 # --------------------------------------------------------------------------- registry
-
-
-@dataclass
-class Decision:
-    """What promotion decided and why; published by stages and flows as a table."""
-
-    model: str
-    challenger_version: str
-    champion_version: str | None
-    metric: str
-    challenger_value: float
-    champion_value: float | None
-    margin: float
-    promoted: bool
-    reason: str
-    same_data: bool | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_markdown(self) -> str:
-        rows = [
-            ("model", self.model),
-            ("metric", self.metric),
-            ("challenger", f"v{self.challenger_version}: {self.challenger_value:.4f}"),
-            (
-                "champion",
-                "none"
-                if self.champion_version is None
-                else f"v{self.champion_version}: {self.champion_value:.4f}",
-            ),
-            ("margin", f"{self.margin:.4f}"),
-            ("same evaluation data", str(self.same_data)),
-            ("decision", "PROMOTED" if self.promoted else "kept champion"),
-            ("reason", self.reason),
-        ]
-        return "| field | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
 
 
 def register_model(
@@ -248,11 +230,9 @@ def register_model(
     tags: Mapping[str, Any],
     idempotency_key: str,
 ) -> str:
-    """Register ``model_uri`` as a new version of ``name`` tagged with its metrics; return it.
+    """Register ``model_uri`` as a version of ``name`` with ``tags``; alias it ``challenger``.
 
-    When a version with the same ``idempotency_key`` already exists (a rerun after a crash
-    between registering and finishing), that version is returned and nothing new is added.
-    The ``challenger`` alias is set on the returned version.
+    A version with the same ``idempotency_key`` (a rerun after a crash) is reused, not added.
     """
     c = client()
     try:
@@ -299,85 +279,136 @@ def set_alias(name: str, alias: str, version: str) -> None:
     client().set_registered_model_alias(name, alias, str(version))
 
 
-def decide_promotion(
+def champion_uri(name: str) -> str:
+    return f"models:/{name}@{CHAMPION}"
+
+
+def record_evaluation(name: str, version: str, evaluation: promotion.Evaluation) -> None:
+    """Store a version's per-item evaluation in its run (:func:`promotion.items_artifact`):
+    the champion's side of every later paired comparison."""
+    run_id = client().get_model_version(name, version).run_id
+    where = Path(promotion.items_artifact(name, version))
+    with tempfile.TemporaryDirectory() as tmp:
+        evaluation.items.to_csv(Path(tmp) / where.name, index=False)
+        client().log_artifact(run_id, str(Path(tmp) / where.name), str(where.parent))
+
+
+IDS = {promotion.ITEM: str, "record": str}  # ids stay text ("001" is not 1)
+
+
+def version_items(
+    name: str, version: str, evaluation: promotion.Evaluation | None = None
+) -> pd.DataFrame | None:
+    """The per-item evaluation a version's run stored, else its ``evaluation.legacy_artifact``
+    converted (versions registered before items were stored), else None."""
+    run_id = client().get_model_version(name, version).run_id
+    legacy = [evaluation.legacy_artifact] if evaluation and evaluation.legacy_artifact else []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, where in enumerate([promotion.items_artifact(name, version), *legacy]):
+            with contextlib.suppress(Exception):  # no such artifact: try the next
+                frame = pd.read_csv(client().download_artifacts(run_id, where, tmp), dtype=IDS)
+                return evaluation.legacy_items(frame) if i else frame  # type: ignore[union-attr]
+    return None
+
+
+def decide(
     name: str,
     version: str,
     metric: str,
     margin: float,
-    higher_is_better: bool = True,
-    require_same_data: bool = False,
-    rescore: Callable[[str], float] | None = None,
-) -> Decision:
-    """Whether ``version`` should become champion (read-only: no alias moves).
-
-    ``require_same_data``: a challenger evaluated on other data than the champion
-    (``eval_data_hash`` tags differ) is not comparable, so it is not promoted.
-    ``rescore``: when the data differ (or the champion lacks ``metric``),
-    ``rescore(champion model URI)`` computes the champion's ``metric`` on the challenger's
-    evaluation data, and that value is compared instead of the champion's tag (the stage knows
-    how to score any version of its model; a tag measured on other data is not a fair
-    opponent). If re-scoring fails or gives NaN, the champion is kept and the reason says why.
-    """
+    evaluation: promotion.Evaluation | None = None,
+    rescore: Callable[[Any], Any] | None = None,
+) -> promotion.Decision:
+    """Whether ``version`` should become champion (read-only). Paired on the challenger's items:
+    the champion's stored items (common ones), or ``rescore(champion predictor) -> predictions``
+    on exactly the challenger's items. Without a pairing, the champion stays."""
     c = client()
     challenger = c.get_model_version(name, version)
-    value = float(challenger.tags[metric])
+    data = challenger.tags.get("data_version", "")
+    value = float(challenger.tags.get(metric, "nan"))
     try:
         champ = c.get_model_version_by_alias(name, CHAMPION)
     except Exception:  # no champion alias yet
         champ = None
+
+    def keep(reason: str) -> promotion.Decision:
+        return promotion.Decision(
+            name, version, str(champ.version), metric, value, None, margin, False, reason,
+            challenger_data_version=data, champion_data_version=champ.tags.get("data_version", ""),
+        )  # fmt: skip
+
     if champ is None:
-        return Decision(name, version, None, metric, value, None, margin, True, "no champion yet")
-    champ_value = float(champ.tags.get(metric, "nan"))
-
-    def verdict(promoted: bool, reason: str, same: bool) -> Decision:
-        # champ_value is read when called: after a re-score it is the re-scored figure
-        return Decision(
-            name,
-            version,
-            str(champ.version),
-            metric,
-            value,
-            champ_value,
-            margin,
-            promoted,
-            reason,
-            same,
-        )
-
+        return promotion.Decision(
+            name, version, None, metric, value, None, margin, True, "no champion yet",
+            challenger_data_version=data,
+        )  # fmt: skip
     if str(champ.version) == str(version):
-        return verdict(False, "challenger is already the champion", True)
-    same = challenger.tags.get("eval_data_hash") == champ.tags.get("eval_data_hash")
-    rescored = ""
-    # Re-score when the champion's figure was measured on other data, or is missing (a new
-    # promotion metric): a NaN champion value would otherwise promote anything.
-    if rescore is not None and (not same or champ_value != champ_value):
+        return keep("challenger is already the champion")
+    if evaluation is None:
+        return keep("no per-item evaluation of the challenger: cannot pair, champion kept")
+    if rescore is not None:
         try:
-            rescored_value, why = float(rescore(f"models:/{name}/{champ.version}")), ""
+            pred = rescore(load_predictor(f"models:/{name}/{champ.version}"))
+            champ_items = promotion.with_predictions(evaluation.items, pred)
         except Exception as exc:  # a registry glitch or a scorer bug must not move the alias
-            rescored_value, why = float("nan"), f"{type(exc).__name__}: {exc}"
-        if rescored_value != rescored_value:
-            return verdict(
-                False,
+            return keep(
                 f"champion v{champ.version} could not be re-scored on this evaluation data "
-                f"({why or 'NaN'}): champion kept",
-                False,
+                f"({type(exc).__name__}: {exc}): champion kept"
             )
-        champ_value, same = rescored_value, True
-        rescored = f"champion v{champ.version} re-scored on this evaluation data: "
-    gain = value - champ_value if higher_is_better else champ_value - value
-    if require_same_data and not same:
-        return verdict(
-            False,
-            f"evaluated on other data (eval_data_hash {challenger.tags.get('eval_data_hash')} vs "
-            f"{champ.tags.get('eval_data_hash')}): not comparable, champion kept",
-            same,
-        )
-    better = champ_value != champ_value or gain > margin
-    if better:
-        return verdict(True, f"{rescored}{metric} better by {gain:+.4f} > margin {margin}", same)
-    return verdict(
-        False, f"{rescored}{metric} better by {gain:+.4f}, not more than margin {margin}", same
-    )
+    else:
+        champ_items = version_items(name, str(champ.version), evaluation)
+        if champ_items is None:
+            return keep(f"champion v{champ.version} has no stored per-item evaluation: kept")
+    verdict = promotion.compare(evaluation, champ_items, margin)
+    versions = (data, champ.tags.get("data_version", ""))
+    return promotion.decision_from_verdict(name, version, str(champ.version), verdict, versions)
+
+
+def _who() -> dict[str, str]:
+    run = _mlflow().active_run()
+    stage, run_id = (run.data.tags.get("dvc_stage", ""), run.info.run_id) if run else ("", "")
+    return {"stage": stage, "run_id": run_id, "git_commit": git_commit(), "user": getpass.getuser()}
+
+
+def _complete_move(name: str, entry: Mapping[str, Any], move: bool = True) -> None:
+    """Move ``champion`` as ``entry`` says (unless ``move`` is False) and tag both versions."""
+    c = client()
+    if move:
+        set_alias(name, CHAMPION, str(entry["to"]))
+    c.set_model_version_tag(name, str(entry["to"]), "promoted_at", entry["when"])
+    c.set_model_version_tag(name, str(entry["to"]), "promotion_reason", entry["reason"])
+    if entry.get("from") is not None:
+        c.set_model_version_tag(name, str(entry["from"]), "replaced_at", entry["when"])
+        c.set_model_version_tag(name, str(entry["from"]), "replaced_by", str(entry["to"]))
+
+
+def champion_history(name: str) -> list[dict[str, Any]]:
+    """Every alias move of ``name``'s champion, oldest first (registered-model tags)."""
+    return promotion.history(client().get_registered_model(name).tags or {})
+
+
+def reconcile_history(name: str) -> str:
+    """Finish or undo a move a killed run left half done (entry written, alias not moved).
+
+    Returns the action taken (:func:`promotion.reconcile`).
+    """
+    try:
+        entries = champion_history(name)
+    except Exception:  # no such registered model yet
+        return "ok"
+    last = entries[-1] if entries else None
+    done = last is not None and last["when"] == client().get_model_version(
+        name, str(last["to"])
+    ).tags.get("promoted_at")
+    action = promotion.reconcile(last, alias_version(name, CHAMPION), done)
+    if action == "rollback":
+        client().delete_registered_model_tag(name, promotion.history_key(last["seq"]))
+        client().set_model_version_tag(name, str(last["to"]), "promotion_decision", "rolled back")
+    elif action != "ok":  # finish the move, or tag after a kill between alias move and tags
+        _complete_move(name, last, move=action == "complete")
+    if action != "ok":
+        log.warning("%s: unfinished champion move %s: %s", name, last, action)
+    return action
 
 
 def promote_if_better(
@@ -385,49 +416,28 @@ def promote_if_better(
     version: str,
     metric: str,
     margin: float,
-    higher_is_better: bool = True,
-    rescore: Callable[[str], float] | None = None,
-) -> Decision:
-    """Move ``champion`` to ``version`` only if it beats the champion's ``metric`` by ``margin``.
-
-    Metrics are read from the versions' tags (set at registration); with ``rescore`` a champion
-    evaluated on other data is scored again on the challenger's (:func:`decide_promotion`).
-    With no champion yet, the first version becomes champion.
-    """
-    decision = decide_promotion(name, version, metric, margin, higher_is_better, rescore=rescore)
-    if decision.promoted:
-        set_alias(name, CHAMPION, version)
-    return decision
-
-
-def compare_versions(name: str) -> list[dict[str, Any]]:
-    """Every version of ``name`` with its tags, run params/metrics and aliases, newest first."""
+    evaluation: promotion.Evaluation | None = None,
+    rescore: Callable[[Any], Any] | None = None,
+) -> promotion.Decision:
+    """Decide (:func:`decide`), tag the verdict on the version; on promotion write the history
+    entry, then move ``champion``, then tag the versions. A kill between entry and alias move is
+    finished (or undone) by the next call for the model (:func:`reconcile_history`)."""
     c = client()
-    rm = c.get_registered_model(name)
-    aliases: dict[str, list[str]] = {}
-    for alias, ver in (rm.aliases or {}).items():
-        aliases.setdefault(str(ver), []).append(alias)
-    rows = []
-    for mv in sorted(c.search_model_versions(f"name='{name}'"), key=lambda m: -int(m.version)):
-        row: dict[str, Any] = {
-            "version": int(mv.version),
-            "aliases": ",".join(sorted(aliases.get(str(mv.version), []))),
-            "run_id": mv.run_id or "",
-            **{k: v for k, v in mv.tags.items()},
-        }
-        if mv.run_id:
-            try:
-                r = c.get_run(mv.run_id)
-                row.update({f"metric.{k}": v for k, v in r.data.metrics.items()})
-                row.update({f"param.{k}": v for k, v in r.data.params.items()})
-            except Exception:  # the run may live in a store we cannot reach; tags still tell
-                pass
-        rows.append(row)
-    return rows
-
-
-def champion_uri(name: str) -> str:
-    return f"models:/{name}@{CHAMPION}"
+    reconcile_history(name)
+    if evaluation is not None:
+        record_evaluation(name, version, evaluation)
+    decision = decide(name, version, metric, margin, evaluation, rescore)
+    verdict = "promoted" if decision.promoted else "rejected"
+    c.set_model_version_tag(name, version, "promotion_decision", verdict)
+    c.set_model_version_tag(name, version, "promotion_reason", decision.reason)
+    c.set_model_version_tag(name, version, "promotion_verdict", promotion.dumps(decision.to_dict()))
+    if decision.promoted:
+        when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        entry = promotion.history_entry(decision, _who(), when)
+        seq = max([e["seq"] for e in champion_history(name)] + [0]) + 1
+        c.set_registered_model_tag(name, promotion.history_key(seq), promotion.dumps(entry))
+        _complete_move(name, entry)
+    return decision
 
 
 def register_and_promote(
@@ -438,37 +448,51 @@ def register_and_promote(
     idempotency_key: str,
     promote_metric: str,
     promote_margin: float,
-    rescore: Callable[[Any], float] | None = None,
+    evaluation: promotion.Evaluation,
+    card_facts: Mapping[str, Any],
+    rescore: Callable[[Any], Any] | None = None,
     input_example: Any = None,
-    signature: Any = None,
-) -> Decision:
-    """Log ``model_dir`` as a pyfunc in the active run, register it, promote it if better.
-
-    ``tags`` (the version's metrics, ``eval_data_hash``, ...) go on the new version;
-    ``idempotency_key`` (:func:`idempotency_key`) makes a rerun after a crash reuse it. A
-    champion evaluated on other data is judged by ``rescore(its predictor)``
-    (:func:`decide_promotion`); errors there keep the champion and say why. The run is tagged
-    with the registered version and the decision.
-    """
+    signature: Mapping[str, Any] | None = None,
+) -> promotion.Decision:
+    """Log ``model_dir`` as a pyfunc (with ``signature``, a :func:`model_signature` spec) in the
+    active run with its model card, register it (idempotent), describe the version with the card
+    and promote it if the paired comparison says so (:func:`promote_if_better`)."""
     uri = log_predictor_model(
         name="model",
         loader=loader,
         artifacts={"model_dir": str(model_dir)},
         input_example=input_example,
-        signature=signature,
+        signature=model_signature(signature) if signature else None,
     )
+    card = model_card.model_card(card_facts)
+    _mlflow().log_text(card, "model_card.md")
     version = register_model(uri, registered_name, tags, idempotency_key=idempotency_key)
-
-    def champion_score(model_uri: str) -> float:
-        return float(rescore(load_predictor(model_uri)))  # type: ignore[misc]
-
+    client().update_model_version(registered_name, version, description=card)
     decision = promote_if_better(
-        registered_name,
-        version,
-        promote_metric,
-        float(promote_margin),
-        rescore=champion_score if rescore is not None else None,
+        registered_name, version, promote_metric, float(promote_margin), evaluation, rescore
     )
     set_tags({"registered_version": version, "promoted": decision.promoted})
     log.info("registry decision:\n%s", decision.to_markdown())
     return decision
+
+
+def compare_versions(name: str) -> list[dict[str, Any]]:
+    """Every version of ``name`` with its tags, run params/metrics and aliases, newest first."""
+    c = client()
+    aliases: dict[str, list[str]] = {}
+    for alias, ver in (c.get_registered_model(name).aliases or {}).items():
+        aliases.setdefault(str(ver), []).append(alias)
+    rows = []
+    for mv in sorted(c.search_model_versions(f"name='{name}'"), key=lambda m: -int(m.version)):
+        row: dict[str, Any] = {
+            "version": int(mv.version),
+            "aliases": ",".join(sorted(aliases.get(str(mv.version), []))),
+            "run_id": mv.run_id or "",
+            **dict(mv.tags),
+        }
+        with contextlib.suppress(Exception):  # a run in a store we cannot reach: tags still tell
+            r = c.get_run(mv.run_id)
+            row.update({f"metric.{k}": v for k, v in r.data.metrics.items()})
+            row.update({f"param.{k}": v for k, v in r.data.params.items()})
+        rows.append(row)
+    return rows

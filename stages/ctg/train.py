@@ -8,8 +8,9 @@ fold trains several seeded networks, on random crops of the window redrawn every
 scores a record by averaging them over fixed crops; the averaging is part of the saved model, so
 the out-of-fold predictions and the served model are the same computation. A final model trained
 the same way on all records is saved in ``data/models/ctg`` and registered in MLflow as
-``ctg-distress`` (alias ``challenger``; ``champion`` moves only when the CV AUC beats the
-champion's by ``promote_margin``).
+``ctg-distress`` (alias ``challenger``), with its signature and model card; ``champion`` moves
+only when its out-of-fold AUC beats the champion's on the records both scored out of fold, by
+``promote_margin`` and beyond noise (DeLong, :mod:`stages.common.promotion`).
 
 The alert threshold stored with the model is Youden's J on the OOF probabilities.
 """
@@ -28,9 +29,11 @@ import pandas as pd
 from stages.common import io, tracking
 from stages.common.metrics import auc, youden_threshold
 from stages.common.params import load_params, project_root
-from stages.common.provenance import idempotency_key
+from stages.common.promotion import score_interval
+from stages.common.provenance import data_version, idempotency_key
 from stages.common.training import class_weights, epoch_timer, seed_everything
 from stages.ctg import model as ctg_model
+from stages.ctg.registry import SIGNATURE, card_facts, oof_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -299,32 +302,38 @@ def register(
     params: Mapping[str, Any],
     report: dict[str, Any],
     input_paths: list[Path],
-    x_example: dict[str, Any],
+    oof: pd.DataFrame,
 ) -> dict[str, Any]:
-    """Log the pyfunc model in the active run, register it, promote if better; the Decision."""
+    """Log the pyfunc model (signature, card) in the active run, register it and decide its
+    promotion on the records it shares with the champion; the Decision."""
     metric = str(params["promote_metric"])
+    version = data_version(root, ["ctg", "ctu-uhb"], [root / RECORDS, root / FOLDS])
+    evaluation = oof_evaluation(oof, metric, int(params["seed"]))
+    _, *auc_ci = score_interval(evaluation)
     decision = tracking.register_and_promote(
         root / MODEL_DIR,
         "stages.ctg.model:load_predictor",
         str(params["registered_name"]),
         {
             metric: report[metric],
+            "metric_interval": f"[{auc_ci[0]:.4f}, {auc_ci[1]:.4f}]",
+            "data_version": version,
             "eval_data_hash": tracking.data_hash([root / FOLDS, root / RECORDS]),
             "n_records": report["n_records"],
         },
         idempotency_key(input_paths, params, tracking.git_commit()),
         metric,
         float(params["promote_margin"]),
-        input_example=x_example,
-        # No MLflow schema: an inferred one would make the optional fs_hz column required; the
-        # predictor checks its input itself and raises ValueError with a clear message.
-        signature=False,
+        evaluation=evaluation,
+        card_facts=card_facts(report, (auc_ci[0], auc_ci[1]), version),
+        input_example=example_input(),
+        signature=SIGNATURE,
     )
     return decision.to_dict()
 
 
 def example_input(n_min: float = 12.0, fs_hz: float = 4.0) -> pd.DataFrame:
-    """A one-row raw input (flat 140 bpm, resting UC) for the MLflow signature/example."""
+    """A one-row raw input (flat 140 bpm, resting UC) for the MLflow input example."""
     n = int(n_min * 60 * fs_hz)
     return pd.DataFrame({"fhr_bpm": [[140.0] * n], "uc": [[10.0] * n], "fs_hz": [fs_hz]})
 
@@ -389,7 +398,7 @@ def main() -> None:
         tracking.log_figure(learning_curve_figure(all_curves), "learning_curves.png")
         tracking.log_artifact(root / CURVES)
         tracking.log_artifact(root / OOF)
-        report["decision"] = register(root, params, report, inputs, example_input())
+        report["decision"] = register(root, params, report, inputs, oof_df)
     io.write_json(root / REPORT, report)
 
 

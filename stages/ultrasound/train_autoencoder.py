@@ -26,7 +26,10 @@ import pandas as pd
 from stages.common import metrics, tracking
 from stages.common.io import atomic_dir, write_json
 from stages.common.params import load_params, project_root
+from stages.common.promotion import score_interval
+from stages.common.provenance import data_version
 from stages.common.training import epoch_timer, seed_everything
+from stages.ultrasound import registry
 from stages.ultrasound.anomaly_threshold import (
     conformal_quantile,
     out_of_fold_scores,
@@ -44,7 +47,6 @@ from stages.ultrasound.corruptions import CORRUPTIONS
 from stages.ultrasound.crops import PLANES, brain_rows, crops_for, plane_one_hot, to_unit_float
 from stages.ultrasound.model_dir import bundle_segmenter, save_model_dir
 from stages.ultrasound.paths import FINAL_SEGMENTER
-from stages.ultrasound.registry import code_key, metric_tags
 
 log = logging.getLogger(__name__)
 
@@ -179,27 +181,69 @@ def anomaly_scorer(
     return score
 
 
-def corruption_auroc(
+def corruption_scores(
     score: Callable[[np.ndarray], np.ndarray], crops_u8: np.ndarray, params: dict[str, Any]
-) -> float:
-    """AUROC of ``score`` separating ``crops_u8`` from corrupted copies of them.
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(y, scores)``: ``score`` of ``crops_u8`` (y = 0) then of corrupted copies (y = 1).
 
     Every corruption of :data:`stages.ultrasound.corruptions.CORRUPTIONS` (occlusion, noise, blank,
-    inverted; strengths from ``params["val_corruption"]``) is applied to every crop and the
-    corrupted crops are pooled as the abnormal class. This is the promotion metric: validation
-    MSE rewards an autoencoder that reconstructs anything well, non-brain images included,
-    which is the opposite of what a detector should do. ``score`` maps uint8 crops to anomaly
-    scores (:func:`anomaly_scorer` for a new model, a registered predictor's
-    ``anomaly_scores`` for the champion), so every version is scored on the same images and
-    the same corruptions (seeded). NaN without crops.
+    inverted; strengths from ``params["val_corruption"]``) is applied to every crop, in that
+    order, seeded: every version is scored on the same images and the same corruptions, item by
+    item (the pairing of promotion). ``score`` maps uint8 crops to anomaly scores
+    (:func:`anomaly_scorer` for a new model, a registered predictor's ``anomaly_scores``).
     """
-    if len(crops_u8) == 0:
-        return float("nan")
     rng = np.random.default_rng(params["seed"])
     clean = score(crops_u8)
     bad = [score(fn(crops_u8, rng, params["val_corruption"])) for fn in CORRUPTIONS.values()]
     y = np.r_[np.zeros(len(clean)), np.ones(len(clean) * len(bad))].astype(int)
-    return metrics.auc(y, np.concatenate([clean, *bad]))
+    return y, np.concatenate([clean, *bad])
+
+
+def corruption_auroc(
+    score: Callable[[np.ndarray], np.ndarray], crops_u8: np.ndarray, params: dict[str, Any]
+) -> float:
+    """AUROC of ``score`` separating ``crops_u8`` from corrupted copies of them
+    (:func:`corruption_scores`). This is the promotion metric: validation MSE rewards an
+    autoencoder that reconstructs anything well, non-brain images included, the opposite of
+    what a detector should do. NaN without crops.
+    """
+    if len(crops_u8) == 0:
+        return float("nan")
+    return metrics.auc(*corruption_scores(score, crops_u8, params))
+
+
+def corruption_items(rows: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Item ids and patients of :func:`corruption_scores`' rows (crop, then crop|corruption)."""
+    names, patients = list(rows["image"]), list(rows["patient"].astype(str))
+    ids = names + [f"{n}|{c}" for c in CORRUPTIONS for n in names]
+    return ids, patients * (1 + len(CORRUPTIONS))
+
+
+def autoencoder_card(report: dict[str, Any], evaluation: Any, n_train: str, version: str) -> dict:
+    """The model card's facts from this stage's report and its val evaluation."""
+    return registry.card_facts(
+        "autoencoder",
+        "us-brain-autoencoder",
+        "Plane-conditioned convolutional autoencoder of brain crops: an anomaly score for images "
+        "unlike the training brains (quality, plane, possibly pathology). Not a diagnosis.",
+        version,
+        n_train,
+        "no anomaly labels: trained on normal-appearing brain crops only",
+        "Validation crops of held-out patients (hashed patient split) against corrupted copies "
+        "(occlusion, noise, blank, inverted, seeded); interval: bootstrap by patient. "
+        "Promotion: the champion is re-scored on the same crops and corruptions, paired "
+        "bootstrap by patient.",
+        {
+            "val_corruption_auroc": score_interval(evaluation),
+            "val_mse": report["val_mse"],
+            "threshold": report["threshold"],
+        },
+        [
+            "real pathology was never seen: a high score is not a finding",
+            "easy-to-reconstruct dark or smooth non-brain crops may score low",
+            "a failed skull segmentation gives an off-centre crop and a high score",
+        ],
+    )
 
 
 def main() -> None:
@@ -216,7 +260,7 @@ def main() -> None:
         rows = brain_rows(manifest, split)
         patients[split] = list(rows["patient"].astype(str))
         if split == "val":
-            planes_val = list(rows["brain_plane"])
+            planes_val, val_rows = list(rows["brain_plane"]), rows
         crops_u8[split] = crops_for(rows, names, images)
         data[split] = (
             to_unit_float(crops_u8[split], size),
@@ -228,11 +272,10 @@ def main() -> None:
         model, result = train_autoencoder(
             *data["train"], *data["val"], params, (patients["train"], patients["val"])
         )
-        result["val_corruption_auroc"] = corruption_auroc(
-            anomaly_scorer(model, data["val"][1], result["latent"], params),
-            crops_u8["val"],
-            params,
+        y_val, val_scores = corruption_scores(
+            anomaly_scorer(model, data["val"][1], result["latent"], params), crops_u8["val"], params
         )
+        result["val_corruption_auroc"] = metrics.auc(y_val, val_scores) if len(y_val) else np.nan
         config = {
             "kind": "autoencoder",
             "input_size": size,
@@ -259,31 +302,33 @@ def main() -> None:
             "epoch_times_s": times,
         }
         tracking.log_metrics({k: v for k, v in report.items() if not isinstance(v, list)})
-        # A champion evaluated on other crops is scored again on these val crops (its own
-        # predictor, conditioned on the same planes); val MSE is not re-scored.
-        rescore = (
-            (
-                lambda champion: corruption_auroc(
-                    lambda x: champion.anomaly_scores(x, planes_val), crops_u8["val"], params
-                )
-            )
-            if params["promote_metric"] == "val_corruption_auroc"
-            else None
-        )
         eval_paths = [root / CROPS, root / MANIFEST]
-        metrics = {
+        values = {
             k: report[k] for k in ("val_mse", "val_mse_neg", "val_corruption_auroc", "threshold")
         }
+        version = data_version(root, ["us", "fetal_planes"], eval_paths)
+        ids, patients = corruption_items(val_rows)
+        evaluation = registry.item_evaluation(
+            ids, patients, y_val, val_scores, params["promote_metric"], "auc", int(params["seed"])
+        )
+        n_train = f"{len(crops_u8['train'])} brain crops"
         decision = tracking.register_and_promote(
             root / MODEL_DIR,
             LOADER,
             params["registered_name"],
-            {**metric_tags(metrics), "eval_data_hash": tracking.data_hash(eval_paths)},
-            code_key(eval_paths, {"params": params, **crop_params}),
+            {**registry.metric_tags(values), "eval_data_hash": tracking.data_hash(eval_paths),
+             "data_version": version, "metric_interval": registry.interval_tag(evaluation)},
+            registry.code_key(eval_paths, {"params": params, **crop_params}),
             params["promote_metric"],
             params["promote_margin"],
-            rescore=rescore,
-        ).to_dict()
+            evaluation=evaluation,
+            card_facts=autoencoder_card(report, evaluation, n_train, version),
+            # the champion's scores on exactly these crops and corruptions (paired per item)
+            rescore=lambda champion: corruption_scores(
+                lambda x: champion.anomaly_scores(x, planes_val), crops_u8["val"], params
+            )[1],
+            signature=registry.SIGNATURES["autoencoder"],
+        ).to_dict()  # fmt: skip
     write_json(root / REPORT, report)
     log.info(
         "val MSE %.5f, val corruption AUROC %.3f, threshold %.5f; %s",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,10 @@ from stages.common import tracking
 from stages.common.calibration import fit_temperature, logits_from_probabilities
 from stages.common.io import atomic_dir, write_json
 from stages.common.params import load_params, project_root
+from stages.common.promotion import Evaluation, score_interval
+from stages.common.provenance import data_version
 from stages.common.training import class_weights, epoch_timer, seed_everything
+from stages.ultrasound import registry
 from stages.ultrasound.crops import PLANES, brain_rows, crops_for, to_unit_float
 from stages.ultrasound.model_dir import bundle_segmenter, save_model_dir
 from stages.ultrasound.paths import FINAL_SEGMENTER
@@ -44,7 +48,6 @@ from stages.ultrasound.plane_classifier import (
     plane_scores,
     predict_planes,
 )
-from stages.ultrasound.registry import code_key, metric_tags
 from stages.ultrasound.reliability import write_reliability
 
 log = logging.getLogger(__name__)
@@ -205,6 +208,36 @@ def calibrate(
     }
 
 
+def plane_card(
+    report: dict[str, Any], evaluation: Evaluation, train_rows: pd.DataFrame, version: str
+) -> dict[str, Any]:
+    """The model card's facts from this stage's report and its val evaluation."""
+    accuracy = replace(evaluation, score="accuracy")
+    loss, loss_low, loss_high = score_interval(evaluation)
+    counts = train_rows["brain_plane"].value_counts().to_dict()
+    return registry.card_facts(
+        "plane_classifier",
+        "us-plane-classifier",
+        "Small CNN classifying brain-plane head crops (FETAL_PLANES_DB).",
+        version,
+        f"{report['n_train']} head crops of {train_rows['patient'].nunique()} patients",
+        ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
+        f"Validation on {report['n_val']} crops of held-out patients (patient-disjoint hashed "
+        "split); intervals: bootstrap by patient. Promotion: the champion is re-scored on the "
+        "same val crops and compared by a paired bootstrap by patient.",
+        {
+            "val_accuracy": score_interval(accuracy),
+            "val_log_loss": (-loss, -loss_high, -loss_low),
+            "best_epoch": report["best_epoch"],
+        },
+        [
+            "a failed skull segmentation gives a wrong crop and an unreliable plane",
+            "non-brain planes are out of scope (not a class)",
+            "~25 validation crops: intervals are wide",
+        ],
+    )
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params("train_plane_classifier_us")
@@ -213,9 +246,9 @@ def main() -> None:
     manifest = pd.read_csv(root / MANIFEST)
     with np.load(root / CROPS) as z:
         names, images = z["names"], z["images"]
-    data, crops_u8 = {}, {}
+    data, crops_u8, rows_of = {}, {}, {}
     for split in ("train", "val"):
-        rows = brain_rows(manifest, split)
+        rows = rows_of[split] = brain_rows(manifest, split)
         crops_u8[split] = crops_for(rows, names, images)
         x = to_unit_float(crops_u8[split], params["input_size"])
         data[split] = (x, rows["brain_plane"].map(PLANES.index).to_numpy(dtype=int))
@@ -258,19 +291,28 @@ def main() -> None:
             tracking.log_metrics(dict(zip(result["history"], values, strict=True)), step=epoch)
         eval_paths = [root / CROPS, root / MANIFEST]
         metrics = {k: report[k] for k in ("val_accuracy", "val_log_loss_neg")}
+        version = data_version(root, ["us", "fetal_planes"], eval_paths)
+        val = rows_of["val"]
+        evaluation = registry.item_evaluation(
+            list(val["image"]), list(val["patient"].astype(str)), data["val"][1],
+            predict_planes(model, data["val"][0], params["tta"]),
+            params["promote_metric"], "log_loss_neg", int(params["seed"]),
+        )  # fmt: skip
         decision = tracking.register_and_promote(
             root / MODEL_DIR,
             LOADER,
             params["registered_name"],
-            {**metric_tags(metrics), "eval_data_hash": tracking.data_hash(eval_paths)},
-            code_key(eval_paths, {"params": params, **crop_params}),
+            {**registry.metric_tags(metrics), "eval_data_hash": tracking.data_hash(eval_paths),
+             "data_version": version, "metric_interval": registry.interval_tag(evaluation)},
+            registry.code_key(eval_paths, {"params": params, **crop_params}),
             params["promote_metric"],
             params["promote_margin"],
-            # a champion evaluated on other crops is scored again on these val crops
-            rescore=lambda champion: plane_scores(champion.proba(crops_u8["val"]), data["val"][1])[
-                params["promote_metric"]
-            ],
-        ).to_dict()
+            evaluation=evaluation,
+            card_facts=plane_card(report, evaluation, rows_of["train"], version),
+            # the champion's probabilities on exactly these val crops (paired per image)
+            rescore=lambda champion: champion.proba(crops_u8["val"]),
+            signature=registry.SIGNATURES["plane_classifier"],
+        ).to_dict()  # fmt: skip
     write_json(root / REPORT, report)
     log.info(
         "val accuracy %.3f (best epoch %d); %s",

@@ -18,8 +18,9 @@ ellipse alone (the 0.5 contour, no classical refinement), ``segment_us``'s repor
 the whole method (its ``unet_level`` and refinement settings).
 
 The final model is registered as ``us-head-segmenter``, promoted on ``oof_hc_error_mm_mean_neg``
-(minus the OOF mean absolute HC error): head circumference is what the segmentation is for and
-what the 3 mm target is about; Dice is near 0.97 for nearly any right ellipse and barely moves.
+(minus the OOF mean absolute HC error, paired per image with the champion's stored OOF errors):
+head circumference is what the segmentation is for and what the 3 mm target is about; Dice is
+near 0.97 for nearly any right ellipse and barely moves.
 
 Reference: Ronneberger O et al. U-Net, MICCAI 2015; data: van den Heuvel TLA et al. PLoS ONE
 2018;13(8):e0200412 (HC18).
@@ -42,8 +43,11 @@ from scipy.ndimage import affine_transform
 from stages.common import tracking
 from stages.common.io import atomic_dir, write_csv, write_json
 from stages.common.params import load_params, project_root
+from stages.common.promotion import Evaluation, score_interval
+from stages.common.provenance import data_version
 from stages.common.splits import stratified_folds
 from stages.common.training import epoch_timer, seed_everything
+from stages.ultrasound import registry
 from stages.ultrasound.hc18 import hc18_summary, truth_mask
 from stages.ultrasound.head.geometry import ellipse_from_outline
 from stages.ultrasound.head.unet import ellipse_from_probability, to_input
@@ -57,7 +61,6 @@ from stages.ultrasound.imaging import (
 )
 from stages.ultrasound.model_dir import save_model_dir
 from stages.ultrasound.paths import SEGMENTER_FINAL, SEGMENTER_FOLDS, SEGMENTER_MODELS, fold_dir
-from stages.ultrasound.registry import code_key, metric_tags
 from stages.ultrasound.unet_model import build_unet, predict_masks
 
 log = logging.getLogger(__name__)
@@ -257,6 +260,45 @@ def summary(oof: pd.DataFrame) -> dict[str, float]:
     return out | {"oof_hc_error_mm_mean_neg": -out["oof_hc_error_mm_mean"]}
 
 
+def oof_evaluation(oof: pd.DataFrame, metric: str, seed: int) -> Evaluation:
+    """Each HC18 image's out-of-fold |HC error| (mm; no ellipse = its whole circumference, as
+    :func:`~stages.ultrasound.hc18.hc18_summary` counts it), clustered by examination: the stored
+    per-image values promotion pairs on (re-scoring the final model would use training images)."""
+    signed, truth = oof["hc_error_mm"].to_numpy(float), oof["hc_true_mm"].to_numpy(float)
+    err = np.where(np.isnan(signed), truth, np.abs(signed))
+    names = list(oof["image"])
+    return registry.item_evaluation(
+        names, [exam_id(n) for n in names], truth, err, metric, "mean_neg", seed
+    )
+
+
+def segmenter_card(report: dict[str, Any], evaluation: Evaluation, version: str) -> dict:
+    """The model card's facts from this stage's report."""
+    value, low, high = score_interval(evaluation)
+    return registry.card_facts(
+        "segmenter",
+        "us-head-segmenter",
+        "U-Net for the fetal skull on HC18; head circumference from the fitted ellipse.",
+        version,
+        f"{report['n_images']} HC18 images",
+        "not applicable (segmentation); head sizes stratified over folds",
+        f"{report['n_folds']}-fold cross-validation by examination: every figure is out-of-fold. "
+        "Promotion: paired bootstrap by examination of the per-image |HC error| on the images "
+        "both versions scored out of fold.",
+        {
+            "oof_hc_error_mm_mean": (-value, -high, -low),
+            "oof_hc_error_mm_median": report["oof_hc_error_mm_median"],
+            "oof_dice_mean": report["oof_dice_mean"],
+            "oof_n_no_ellipse": report.get("oof_n_no_ellipse", 0),
+        },
+        [
+            "no ellipse found (counted as an error of the whole circumference)",
+            "big heads (third trimester): the largest errors in mm",
+            "images from other machines or with strong shadowing are untested",
+        ],
+    )
+
+
 def model_config(
     params: dict[str, Any], enhance_params: dict[str, Any], fold: int | None, n_train: int
 ) -> dict:
@@ -336,15 +378,21 @@ def main() -> None:
         tracking.log_metrics({k: v for k, v in report.items() if not isinstance(v, dict)})
         eval_paths = [root / ENHANCED, root / RAW / "pixel_size_and_HC.csv", root / FOLDS]
         metrics = {k: v for k, v in report.items() if k.startswith("oof_")}
+        version = data_version(root, ["us", "hc18"], [root / RAW / "pixel_size_and_HC.csv"])
+        evaluation = oof_evaluation(oof, params["promote_metric"], int(params["seed"]))
         decision = tracking.register_and_promote(
             root / MODEL_DIR / FINAL,
             LOADER,
             params["registered_name"],
-            {**metric_tags(metrics), "eval_data_hash": tracking.data_hash(eval_paths)},
-            code_key(eval_paths, {"params": params, "enhance_us": enhance_params}),
+            {**registry.metric_tags(metrics), "eval_data_hash": tracking.data_hash(eval_paths),
+             "data_version": version, "metric_interval": registry.interval_tag(evaluation)},
+            registry.code_key(eval_paths, {"params": params, "enhance_us": enhance_params}),
             params["promote_metric"],
             params["promote_margin"],
-        ).to_dict()
+            evaluation=evaluation,
+            card_facts=segmenter_card(report, evaluation, version),
+            signature=registry.SIGNATURES["segmenter"],
+        ).to_dict()  # fmt: skip
     write_csv(root / OOF, oof)
     write_json(root / REPORT, report)
     log.info(

@@ -39,10 +39,13 @@ def toy(toy_repo: Path, tmp_path: Path) -> Path:
 def _artifact_markdown(key: str) -> str:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=1
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,  # the latest run's
+            limit=1,
         )
     assert arts, f"no Prefect artifact with key {key}"
     return arts[0].data
@@ -144,7 +147,7 @@ def test_stale_dvc_locks_of_dead_and_zombie_processes_are_released(tmp_path: Pat
     assert lock == {"write": {"data/b": live}, "read": {"data/c": [live]}}
 
 
-def test_training_flow_reproduces_promotes_by_margin_and_pushes(toy: Path, prefect_api):
+def test_training_flow_reproduces_reports_the_stage_decision_and_pushes(toy: Path, prefect_api):
     set_params(toy, {"prep_ctg": {"sleep_s": 2}, "prep_us": {"sleep_s": 2}})
     out = training.training_flow(repo=str(toy), retries=0)
 
@@ -160,9 +163,11 @@ def test_training_flow_reproduces_promotes_by_margin_and_pushes(toy: Path, prefe
         t["prep_ctg"]["start"], t["prep_us"]["start"]
     )
     assert overlap > 0.5, t
-    # first model becomes champion; the table is published (Prefect + file logged to MLflow)
+    # the stage made the first model champion; the flow reports it (Prefect + MLflow artifact)
     assert tracking.alias_version("toy-ctg", "champion") == "1"
-    assert out["decisions"][0]["promoted"] is True
+    row = out["decisions"][0]
+    assert row["promoted"] is True and row["champion_before"] == "none"
+    assert row["champion_after"] == "v1" and row["reason"] == "no champion yet"
     assert "PROMOTED" in _artifact_markdown("registry-comparison")
     # dvc push filled the local remote with the cached outputs
     assert any(p.is_file() for p in (toy.parent / "remote").rglob("*"))
@@ -171,32 +176,61 @@ def test_training_flow_reproduces_promotes_by_margin_and_pushes(toy: Path, prefe
     again = training.training_flow(repo=str(toy), retries=0, push=False)
     assert not any(s["ran"] for s in again["stages"])
     assert len(tracking.compare_versions("toy-ctg")) == 1
+    assert again["decisions"][0]["decision"] == "kept champion"
 
-    # a challenger better by less than the margin (0.003 < 0.005) is registered, not promoted
+    # a challenger better by less than the margin (about 0.003 < 0.005): registered, kept out
     set_params(toy, {"train_ctg": {"score": 0.703}})
     out = training.training_flow(repo=str(toy), retries=0, push=False)
     ran = {s["stage"] for s in out["stages"] if s["ran"]}
     assert ran == {"train_ctg", "evaluate_ctg"}  # only what changed
     assert tracking.alias_version("toy-ctg", "challenger") == "2"
     assert tracking.alias_version("toy-ctg", "champion") == "1"
-    assert "not more than margin" in out["decisions"][0]["reason"]
+    row = out["decisions"][0]
+    assert "below the margin" in row["reason"] and "DeLong" in row["paired_difference"]
+    assert row["champion_before"] == row["champion_after"] == "v1" and not row["promoted"]
+
+    # clearly better: the STAGE moves the alias; the flow reports v1 -> v3, with the figures
+    set_params(toy, {"train_ctg": {"score": 0.9}})
+    out = training.training_flow(repo=str(toy), retries=0, push=False)
+    row = out["decisions"][0]
+    assert tracking.alias_version("toy-ctg", "champion") == "3"
+    assert (row["champion_before"], row["champion_after"]) == ("v1", "v3") and row["promoted"]
+    assert row["decision"] == "PROMOTED v1 -> v3" and "DeLong" in row["paired_difference"]
+    art = _artifact_markdown("registry-comparison")
+    assert "Champion moves in this run" in art and "v1 -> v3" in art
+    assert [(m["from"], m["to"]) for m in row["moves"]] == [("1", "3")]
+    decision = json.loads((toy / "data/reports/train_ctg.json").read_text())["decision"]
+    assert decision["promoted"] and decision["n"] == 400 and decision["ci_low"] > 0
+
+    # every version explains itself: card numbers = the stage's report; same input schema
+    import mlflow
+
+    report = json.loads((toy / "data/reports/train_ctg.json").read_text())
+    card = tracking.client().get_model_version("toy-ctg", "3").description
+    assert f"cv_auc: {report['cv_auc']:.4f} (95 % interval" in card and "not a diagnosis" in card
+    assert f"size: {report['n_records']} records" in card
+    schemas = {
+        v: mlflow.models.get_model_info(f"models:/toy-ctg/{v}").signature for v in ("1", "3")
+    }
+    assert schemas["1"].inputs == schemas["3"].inputs
+    assert schemas["1"].inputs.input_names() == ["fhr_bpm", "uc", "fs_hz"]
+    assert schemas["3"].outputs.input_names() == ["probability", "alert"]
 
 
-def test_failed_stage_promotes_nothing_and_champion_stays(toy: Path, prefect_api):
+def test_failed_training_stage_promotes_nothing_and_champion_stays(toy: Path, prefect_api):
     training.training_flow(repo=str(toy), retries=0, push=False)
     assert tracking.alias_version("toy-ctg", "champion") == "1"
-    # a much better model is trained, but its evaluation fails: it must not become champion
-    set_params(toy, {"train_ctg": {"score": 0.95}, "evaluate_ctg": {"fail": True}})
-    with pytest.raises(Exception, match="evaluate_ctg"):
+    # a much better model is configured, but its training stage fails: nothing is decided
+    set_params(toy, {"train_ctg": {"score": 0.95, "fail": True}})
+    with pytest.raises(Exception, match="train_ctg"):
         training.training_flow(repo=str(toy), retries=0, push=False)
     assert tracking.alias_version("toy-ctg", "champion") == "1"
-    assert not (toy / "data/reports/evaluate_ctg.json").exists() or json.loads(
-        (toy / "data/reports/evaluate_ctg.json").read_text()
-    )["auc"] == pytest.approx(0.70)
-    # evaluation fixed: the rerun completes and now promotes the better model
-    set_params(toy, {"evaluate_ctg": {"fail": False}})
-    training.training_flow(repo=str(toy), retries=0, push=False)
+    assert len(tracking.compare_versions("toy-ctg")) == 1
+    # training fixed: the rerun's stage promotes the better model
+    set_params(toy, {"train_ctg": {"fail": False}})
+    out = training.training_flow(repo=str(toy), retries=0, push=False)
     assert tracking.alias_version("toy-ctg", "champion") == "2"
+    assert out["decisions"][0]["champion_before"] == "v1"
     assert len(tracking.compare_versions("toy-ctg")) == 2
 
 

@@ -22,6 +22,7 @@ import pytest
 
 from stages.common import tracking
 from tests.integration.services import create_database, mlflow_server, require_env
+from tests.synth_registry import oof_evaluation
 
 pytestmark = pytest.mark.integration
 
@@ -68,27 +69,27 @@ def test_registry_promotion_idempotence_and_concurrency(store: str, tmp_path: Pa
 
     v1 = _register(uri, name, 0.70, "k1")
     assert tracking.alias_version(name, "challenger") == v1
-    d = tracking.promote_if_better(name, v1, "cv_auc", 0.005)
+    d = tracking.promote_if_better(name, v1, "cv_auc", 0.005, oof_evaluation(0.70))
     assert d.promoted and tracking.alias_version(name, "champion") == v1
 
     v2 = _register(uri, name, 0.703, "k2")  # +0.003 < margin
-    d = tracking.promote_if_better(name, v2, "cv_auc", 0.005)
-    assert not d.promoted and d.same_data is True
+    d = tracking.promote_if_better(name, v2, "cv_auc", 0.005, oof_evaluation(0.703))
+    assert not d.promoted and d.n == 400
     assert tracking.alias_version(name, "champion") == v1
     assert tracking.alias_version(name, "challenger") == v2
 
     v3 = _register(uri, name, 0.75, "k3")  # +0.05 > margin
-    assert tracking.promote_if_better(name, v3, "cv_auc", 0.005).promoted
+    assert tracking.promote_if_better(name, v3, "cv_auc", 0.005, oof_evaluation(0.85)).promoted
     assert tracking.alias_version(name, "champion") == v3
 
     # idempotent: the same inputs (key) again -> the same version, nothing added
     assert _register(uri, name, 0.75, "k3") == v3
     assert len(tracking.compare_versions(name)) == 3
 
-    # other evaluation data is not comparable when the flow requires the same data
+    # a challenger without a per-item evaluation cannot be paired: the champion stays
     v4 = tracking.register_model(uri, name, {"cv_auc": 0.9, "eval_data_hash": "other"}, "k4")
-    d = tracking.decide_promotion(name, v4, "cv_auc", 0.005, require_same_data=True)
-    assert not d.promoted and d.same_data is False and "not comparable" in d.reason
+    d = tracking.promote_if_better(name, v4, "cv_auc", 0.005)
+    assert not d.promoted and "cannot pair" in d.reason
 
     # two processes at once: same key -> one version; different keys -> two distinct versions
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}

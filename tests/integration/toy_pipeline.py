@@ -2,8 +2,9 @@
 
 ``install_toy_pipeline(repo)`` replaces a toy repository's ``dvc.yaml``/``params.yaml`` with five
 trivial stages (``prep_ctg -> train_ctg -> evaluate_ctg`` and ``prep_us -> train_us``) run by
-``toy_stage.py``. ``train_ctg`` registers a real (baseline) pyfunc model as ``toy-ctg`` with the
-promotion metric and evaluation-data hash as tags, as the real training stages do. Each stage
+``toy_stage.py``. ``train_ctg`` registers a real (baseline) pyfunc model as ``toy-ctg`` through
+the real training stages' path (signature, model card, synthetic out-of-fold predictions of about
+AUC ``score``) and decides its promotion in the stage, as they do. Each stage
 records its start and end times, so tests can check the branches overlapped.
 """
 
@@ -43,21 +44,41 @@ if p.get("fail"):
 if stage.startswith("prep"):
     write(f"data/{stage}.json", {"value": p["value"]})
 elif stage == "train_ctg":
-    from flows.tasks import log_baseline_model
+    import numpy as np
+    import pandas as pd
+    from scipy.stats import norm
+
     from stages.common import tracking
+    from stages.common.promotion import score_interval
+    from stages.ctg.registry import SIGNATURE, card_facts, oof_evaluation
 
     ehash = tracking.data_hash(["data/prep_ctg.json"])
     key = f"{ehash}-{p['score']}"
+    # out-of-fold predictions of about AUC `score`: same records, labels and noise every run
+    n = int(p.get("n_records", 400))
+    y = np.random.default_rng(0).random(n) < 0.25
+    noise = np.random.default_rng(1).normal(size=n)
+    prob = 1 / (1 + np.exp(-(noise + y * np.sqrt(2) * norm.ppf(p["score"]))))
+    oof = pd.DataFrame({"record": [f"r{i}" for i in range(n)], "label": y.astype(int),
+                        "probability": prob})
+    evaluation = oof_evaluation(oof, "cv_auc", 0)
+    auc, low, high = score_interval(evaluation)
+    report = {"cv_auc": auc, "n_records": n, "n_pos": int(y.sum()), "alert_threshold": 0.5}
+    model_dir = Path("data/models/toy")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.json").write_text(json.dumps({"brady_bpm": 110.0, "alert_threshold": 0.5}))
     with tracking.run("toy", "train_ctg", params=p, stage="train_ctg"):
-        Path("data/models").mkdir(parents=True, exist_ok=True)
-        uri = log_baseline_model("data/models/config.json")
-        version = tracking.register_model(
-            uri, p["registered_name"],
-            tags={"cv_auc": p["score"], "eval_data_hash": ehash}, idempotency_key=key,
+        decision = tracking.register_and_promote(
+            model_dir, "flows.tasks:load_bradycardia_predictor", p["registered_name"],
+            {"cv_auc": auc, "eval_data_hash": ehash, "data_version": f"sha:{ehash}",
+             "metric_interval": f"[{low:.4f}, {high:.4f}]"},
+            key, "cv_auc", p["promote_margin"], evaluation,
+            card_facts(report, (low, high), f"sha:{ehash}"), signature=SIGNATURE,
         )
     # A kill here (after registering, before the outputs) must not add a version on rerun.
     time.sleep(float(p.get("sleep_after_register_s", 0)))
-    write("data/models/ctg.json", {"version": version, "score": p["score"]})
+    write("data/reports/train_ctg.json", {**report, "decision": decision.to_dict()})
+    write("data/models/ctg.json", {"version": decision.challenger_version, "score": p["score"]})
 elif stage == "evaluate_ctg":
     model = json.loads(Path("data/models/ctg.json").read_text())
     write("data/reports/evaluate_ctg.json", {"auc": model["score"]})
@@ -79,7 +100,8 @@ PIPELINE = {
             "cmd": "python toy_stage.py train_ctg",
             "deps": ["toy_stage.py", "data/prep_ctg.json"],
             "params": ["train_ctg"],
-            "outs": ["data/models/ctg.json"],
+            "outs": ["data/models/ctg.json", "data/models/toy"],
+            "metrics": [{"data/reports/train_ctg.json": {"cache": False}}],
         },
         "evaluate_ctg": {
             "cmd": "python toy_stage.py evaluate_ctg",

@@ -15,8 +15,10 @@ from stages.common import tracking
 from stages.common.params import load_params
 from stages.ctg import model as ctg_model
 from stages.ctg import train
+from stages.ctg.registry import SIGNATURE
 from stages.ctg.signal import preprocess_signals
 from tests.synth_ctg import synth_record
+from tests.synth_registry import oof_evaluation
 
 pytestmark = pytest.mark.model
 
@@ -152,7 +154,7 @@ def _log(trained: dict) -> str:
             loader="stages.ctg.model:load_predictor",
             artifacts={"model_dir": str(trained["dir"])},
             input_example=train.example_input(),
-            signature=False,
+            signature=tracking.model_signature(SIGNATURE),  # what train_ctg registers
         )
 
 
@@ -170,7 +172,7 @@ def test_pyfunc_roundtrip_through_the_registry(trained: dict, records: list) -> 
     np.testing.assert_allclose(
         got["probability"].to_numpy(), want["probability"].to_numpy(), atol=1e-6
     )
-    with pytest.raises(Exception, match="missing column"):
+    with pytest.raises(Exception, match="missing inputs"):  # the signature's check
         served.predict(pd.DataFrame({"fhr_bpm": frame["fhr_bpm"]}))
 
 
@@ -179,12 +181,12 @@ def test_challenger_becomes_champion_only_when_better_by_margin(trained: dict) -
     name = "ctg-promo"
     tags = {"eval_data_hash": "h"}
     v1 = tracking.register_model(uri, name, {**tags, "cv_auc": 0.70}, idempotency_key="a")
-    assert tracking.promote_if_better(name, v1, "cv_auc", 0.005).promoted
+    assert tracking.promote_if_better(name, v1, "cv_auc", 0.005, oof_evaluation(0.70)).promoted
     v2 = tracking.register_model(uri, name, {**tags, "cv_auc": 0.703}, idempotency_key="b")
-    d2 = tracking.promote_if_better(name, v2, "cv_auc", 0.005)
+    d2 = tracking.promote_if_better(name, v2, "cv_auc", 0.005, oof_evaluation(0.703))
     assert not d2.promoted and d2.champion_version == v1
     v3 = tracking.register_model(uri, name, {**tags, "cv_auc": 0.72}, idempotency_key="c")
-    d3 = tracking.promote_if_better(name, v3, "cv_auc", 0.005)
+    d3 = tracking.promote_if_better(name, v3, "cv_auc", 0.005, oof_evaluation(0.85))
     assert d3.promoted
     c = tracking.client()
     assert str(c.get_model_version_by_alias(name, "champion").version) == v3

@@ -64,8 +64,10 @@ def test_quarantine_keeps_every_item_with_reason(tmp_path: Path):
 
 
 def test_registry_promotes_only_beyond_margin_and_is_idempotent(tmp_path: Path, monkeypatch):
-    """Real MLflow (sqlite): champion moves only when the challenger beats it by the margin."""
+    """Real MLflow (sqlite): champion moves only when the challenger beats it by the margin
+    on the same records (paired)."""
     from stages.common import tracking
+    from tests.synth_registry import oof_evaluation
 
     monkeypatch.setenv("FETAL_PROJECT_ROOT", str(tmp_path))
     (tmp_path / "params.yaml").write_text("{}\n")
@@ -76,13 +78,17 @@ def test_registry_promotes_only_beyond_margin_and_is_idempotent(tmp_path: Path, 
             "model", "tests.unit.test_common:_ConstantPredictor", {"w": artifact}, ["pandas"]
         )
     v1 = tracking.register_model(uri, "unit-model", {"cv_auc": 0.70}, idempotency_key="a")
-    assert tracking.promote_if_better("unit-model", v1, "cv_auc", 0.01).promoted
+    assert tracking.promote_if_better(
+        "unit-model", v1, "cv_auc", 0.01, oof_evaluation(0.7)
+    ).promoted
     v2 = tracking.register_model(uri, "unit-model", {"cv_auc": 0.705}, idempotency_key="b")
-    decision = tracking.promote_if_better("unit-model", v2, "cv_auc", 0.01)
+    decision = tracking.promote_if_better("unit-model", v2, "cv_auc", 0.01, oof_evaluation(0.705))
     assert not decision.promoted and decision.champion_version == v1
     assert tracking.register_model(uri, "unit-model", {"cv_auc": 0.705}, "b") == v2  # no duplicate
-    v3 = tracking.register_model(uri, "unit-model", {"cv_auc": 0.75}, idempotency_key="c")
-    assert tracking.promote_if_better("unit-model", v3, "cv_auc", 0.01).promoted
+    v3 = tracking.register_model(uri, "unit-model", {"cv_auc": 0.85}, idempotency_key="c")
+    assert tracking.promote_if_better(
+        "unit-model", v3, "cv_auc", 0.01, oof_evaluation(0.85)
+    ).promoted
     rows = tracking.compare_versions("unit-model")
     assert [r["version"] for r in rows] == [3, 2, 1]
     assert rows[0]["aliases"] == "challenger,champion"

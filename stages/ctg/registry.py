@@ -1,0 +1,77 @@
+"""What a ``ctg-distress`` version is registered with: signature, card facts, paired evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from stages.common.promotion import Evaluation
+
+LEGACY_OOF = "oof_predictions.csv"  # train_ctg has logged it at the root of every run
+# MLflow signature spec (stages.common.tracking.model_signature): raw 4 Hz samples in.
+SIGNATURE: dict[str, list[tuple[str, str, bool]]] = {
+    "inputs": [
+        ("fhr_bpm", "array<double>", True),
+        ("uc", "array<double>", True),
+        ("fs_hz", "double", False),
+    ],
+    "outputs": [("probability", "double", True), ("alert", "boolean", True)],
+}
+INPUTS = [
+    ("fhr_bpm", "list of float", "fetal heart rate, bpm, raw samples at fs_hz (0 = signal loss)"),
+    ("uc", "list of float", "uterine contractions (tocodynamometry units), same samples"),
+    ("fs_hz", "float, optional", "sampling rate in Hz (default 4)"),
+]
+OUTPUTS = [
+    ("probability", "float", "probability of umbilical-artery acidaemia (pH < 7.15), 0-1"),
+    ("alert", "bool", "probability >= the stored alert threshold (Youden's J, out-of-fold)"),
+]
+
+
+def oof_items(oof: pd.DataFrame) -> pd.DataFrame:
+    """``record, label, probability`` (train_ctg's oof_predictions.csv) as promotion items."""
+    return pd.DataFrame(
+        {"item": oof["record"].astype(str), "y": oof["label"].astype(int),
+         "pred": oof["probability"].astype(float)}
+    )  # fmt: skip
+
+
+def oof_evaluation(oof: pd.DataFrame, metric: str, seed: int) -> Evaluation:
+    """The out-of-fold predictions as a paired evaluation: each record's probability comes from
+    a fold model that did not train on it, and the salted hashed folds keep it so as records are
+    added (DeLong on the common records). A champion registered before per-item evaluations
+    were stored is read from the ``oof_predictions.csv`` its run logged."""
+    return Evaluation(oof_items(oof), metric, method="delong", score="auc", seed=seed,
+                      legacy_artifact=LEGACY_OOF, legacy_items=oof_items)  # fmt: skip
+
+
+def card_facts(
+    report: Mapping[str, Any], auc_ci: tuple[float, float], data_version: str
+) -> dict[str, Any]:
+    """The model card's facts from ``train_ctg``'s report (:mod:`stages.common.model_card`)."""
+    n, n_pos = int(report["n_records"]), int(report["n_pos"])
+    return {
+        "name": "ctg-distress",
+        "summary": "Conv1D + LSTM on the last minutes of intrapartum CTG (FHR and UC).",
+        "intended_use": "Flag intrapartum CTG recordings at risk of fetal acidaemia for review.",
+        "inputs": INPUTS,
+        "outputs": OUTPUTS,
+        "data_version": data_version,
+        "n_train": f"{n} records (CTU-UHB)",
+        "class_balance": f"{n_pos} acidaemic / {n - n_pos} not ({n_pos / max(n, 1):.1%})",
+        "evaluation": "Record-level cross-validation over salted hashed folds: every figure is "
+        "out-of-fold. Promotion: DeLong's paired test on the records champion and challenger "
+        "share; the 95 % interval of the AUC below is a bootstrap over records.",
+        "metrics": {
+            "cv_auc": (float(report["cv_auc"]), *auc_ci),
+            "alert_threshold": float(report["alert_threshold"]),
+        },
+        "failure_cases": [
+            "long signal loss (more than the preprocessing gap limit) in the analysed window",
+            "recordings shorter than min_input_minutes are refused, not scored",
+            "maternal heart rate recorded as FHR is not detected",
+            "one centre (CTU-UHB, Brno): other populations and monitors are untested",
+        ],
+    }
