@@ -87,7 +87,7 @@ def _preprocess_note(project: Path) -> str:
 
 
 def bench_training(project: Path) -> list[dict[str, Any]]:
-    path = project / "data/reports/train_ctg.json"
+    path = project / "data/runs/train_ctg.json"  # timings: the untracked run report
     if not path.is_file():
         return [_row("train_ctg epoch / fold", None, None, f"no {path.relative_to(project)} yet")]
     r = json.loads(path.read_text())
@@ -102,7 +102,7 @@ def bench_training(project: Path) -> list[dict[str, Any]]:
                 step,
                 float(value) if value is not None else None,
                 None,
-                "from train_ctg.json" if value is not None else f"no key {key}",
+                "from data/runs/train_ctg.json" if value is not None else f"no key {key}",
             )
         )
     return rows

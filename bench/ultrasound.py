@@ -149,13 +149,17 @@ def speed_rows(root: Path, paths: list[str]) -> list[tuple[str, str, str]]:
             else f"median of {len(paths)}; p95 {1000 * lat[1]:.0f} ms",
         )
     )
+
+    def read(folder: str, stage: str) -> dict:
+        f = root / folder / f"{stage}.json"
+        return json.loads(f.read_text()) if f.is_file() else {}
+
+    # times live in the untracked run reports (data/runs/), counts in the tracked reports
     for stage in ("train_autoencoder_us", "train_plane_classifier_us"):
-        f = root / "data/reports" / f"{stage}.json"
-        r = json.loads(f.read_text()) if f.is_file() else {}
-        value = f"{r['train_time_s']:.0f} s" if "train_time_s" in r else "n/a"
+        r, t = read("data/reports", stage), read("data/runs", stage)
+        value = f"{t['train_time_s']:.0f} s" if "train_time_s" in t else "n/a"
         rows.append((f"{stage} training", value, f"{r.get('n_train', '?')} train images"))
-    f = root / "data/reports/train_segmenter_us.json"
-    seg = json.loads(f.read_text()) if f.is_file() else {}
+    seg = {**read("data/reports", "train_segmenter_us"), **read("data/runs", "train_segmenter_us")}
     per_model = seg.get("train_time_s_per_model", {})
     rows.append(
         (

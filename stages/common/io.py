@@ -133,6 +133,31 @@ def write_csv(path: str | Path, df: pd.DataFrame) -> None:
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
+def canonical_keras_archive(path: str | Path) -> None:
+    """Rewrite a ``.keras`` file so that the same model gives the same bytes (atomically).
+
+    Keras 3 stamps ``metadata.json`` with ``date_saved`` and the weights' zip entry with the
+    current time; both are replaced by :data:`_ZIP_DATE`. Entries, order and contents otherwise
+    stay as Keras wrote them (``keras.saving.load_model`` reads the result unchanged).
+    """
+    import json
+
+    path = Path(path)
+    with zipfile.ZipFile(path) as src:
+        entries = [(info, src.read(info)) for info in src.infolist()]
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as out:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                meta = json.loads(data)
+                if "date_saved" in meta:
+                    meta["date_saved"] = "1980-01-01@00:00:00"
+                data = json.dumps(meta).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=_ZIP_DATE)
+            fixed.compress_type = info.compress_type
+            fixed.external_attr = 0o644 << 16
+            out.writestr(fixed, data)
+
+
 def save_npz(file: str | Path | BinaryIO, compress: bool = True, **arrays: np.ndarray) -> None:
     """``np.savez[_compressed]`` with byte-identical output for identical arrays.
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stages.common.io import canonical_keras_archive
 from stages.ctg.signal import preprocess_signals
 
 MODEL_FILE = "model.keras"
@@ -279,6 +280,7 @@ def save_model_dir(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / MODEL_FILE)
+    canonical_keras_archive(folder / MODEL_FILE)  # same model, same bytes (dvc.lock)
     config = {
         "preprocess_ctg": dict(preprocess_params),
         "normalisation": dict(norm),

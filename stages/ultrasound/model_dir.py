@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from stages.common.io import canonical_keras_archive, save_npz
+
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
 LATENT_FILE = "latent.npz"  # the training codes' Gaussian (latent anomaly score); plain arrays
@@ -28,10 +30,11 @@ def save_model_dir(
     ``arrays`` as ``latent.npz`` (plain arrays, read back without pickle) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / MODEL_FILE)
+    canonical_keras_archive(folder / MODEL_FILE)  # same model, same bytes (dvc.lock)
     with open(folder / CONFIG_FILE, "w", encoding="utf-8") as fh:
         json.dump(config, fh, indent=2, sort_keys=True)
     if arrays:
-        np.savez(folder / LATENT_FILE, **arrays)
+        save_npz(folder / LATENT_FILE, compress=False, **arrays)
 
 
 def bundle_segmenter(model_dir: Path, segment_params: dict[str, Any], segmenter: Path) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from stages.common import metrics, tracking
-from stages.common.io import atomic_dir, write_json
+from stages.common.io import atomic_dir, write_json, write_run_report
 from stages.common.params import load_params, project_root
 from stages.common.promotion import score_interval
 from stages.common.provenance import data_version
@@ -295,13 +295,16 @@ def main() -> None:
         # threshold_method (a word) goes to the model's config, not into the metrics
         skip = ("epoch_times_s", "latent", "threshold_method")
         report = {k: v for k, v in result.items() if k not in skip}
-        report |= {
-            "val_mse_neg": -result["val_mse"],
+        report["val_mse_neg"] = -result["val_mse"]
+        # times are run facts (untracked data/runs/ and MLflow), not model facts
+        timings = {
             "epoch_time_s_mean": float(np.mean(times)),
             "train_time_s": float(np.sum(times)),
             "epoch_times_s": times,
         }
-        tracking.log_metrics({k: v for k, v in report.items() if not isinstance(v, list)})
+        tracking.log_metrics(
+            {k: v for k, v in {**report, **timings}.items() if not isinstance(v, list)}
+        )
         eval_paths = [root / CROPS, root / MANIFEST]
         values = {
             k: report[k] for k in ("val_mse", "val_mse_neg", "val_corruption_auroc", "threshold")
@@ -330,6 +333,7 @@ def main() -> None:
             signature=registry.SIGNATURES["autoencoder"],
         ).to_dict()  # fmt: skip
     write_json(root / REPORT, report)
+    write_run_report(root, "train_autoencoder_us", timings)
     log.info(
         "val MSE %.5f, val corruption AUROC %.3f, threshold %.5f; %s",
         report["val_mse"],

@@ -41,7 +41,7 @@ import pandas as pd
 from scipy.ndimage import affine_transform
 
 from stages.common import tracking
-from stages.common.io import atomic_dir, write_csv, write_json
+from stages.common.io import atomic_dir, write_csv, write_json, write_run_report
 from stages.common.params import load_params, project_root
 from stages.common.promotion import Evaluation, score_interval
 from stages.common.provenance import data_version
@@ -372,10 +372,15 @@ def main() -> None:
             **summary(oof),
             "n_images": len(names),
             "n_folds": int(params["n_folds"]),
+        }
+        # times are run facts (untracked data/runs/ and MLflow), not model facts
+        timings = {
             "epoch_time_s_mean": float(np.mean([t for v in times.values() for t in v])),
             "train_time_s_per_model": {k: float(np.sum(v)) for k, v in times.items()},
         }
-        tracking.log_metrics({k: v for k, v in report.items() if not isinstance(v, dict)})
+        tracking.log_metrics(
+            {k: v for k, v in {**report, **timings}.items() if not isinstance(v, dict)}
+        )
         eval_paths = [root / ENHANCED, root / RAW / "pixel_size_and_HC.csv", root / FOLDS]
         metrics = {k: v for k, v in report.items() if k.startswith("oof_")}
         version = data_version(root, ["us", "hc18"], [root / RAW / "pixel_size_and_HC.csv"])
@@ -395,6 +400,7 @@ def main() -> None:
         ).to_dict()  # fmt: skip
     write_csv(root / OOF, oof)
     write_json(root / REPORT, report)
+    write_run_report(root, "train_segmenter_us", timings)
     log.info(
         "OOF Dice %.3f (median %.3f), |HC error| %.2f mm (median %.2f); %s",
         report["oof_dice_mean"],

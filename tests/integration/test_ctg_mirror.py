@@ -30,6 +30,7 @@ def test_ctg_branch_on_real_mirror(toy_repo: Path, monkeypatch: pytest.MonkeyPat
     run_dvc(toy_repo, "repro", "evaluate_ctg", timeout=600)
     train = json.loads((toy_repo / "data/reports/train_ctg.json").read_text())
     ev = json.loads((toy_repo / "data/reports/evaluate_ctg.json").read_text())
+    run = json.loads((toy_repo / "data/runs/train_ctg.json").read_text())
     ci_report(
         "ctg_mirror",
         "CTG branch on the real mirror, SMOKE RUN (2 epochs, small network, 5 folds): "
@@ -37,7 +38,7 @@ def test_ctg_branch_on_real_mirror(toy_repo: Path, monkeypatch: pytest.MonkeyPat
         + (toy_repo / "data/reports/evaluate_ctg/metrics.md").read_text()
         + f"\nsmoke: lstm AUC {ev['lstm.auc']:.3f} [{ev['lstm.auc_ci_low']:.3f}, "
         f"{ev['lstm.auc_ci_high']:.3f}], FIGO baseline AUC {ev['baseline.auc']:.3f}, "
-        f"signal loss AUC {ev['signal_loss.auc']:.3f}, {train['mean_epoch_s']:.1f} s/epoch",
+        f"signal loss AUC {ev['signal_loss.auc']:.3f}, {run['mean_epoch_s']:.1f} s/epoch",
     )
     assert len(train["fold"]) == 5
     assert ev["n_records"] >= 400 and ev["lstm.n_pos"] >= 70

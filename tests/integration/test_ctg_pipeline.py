@@ -46,7 +46,9 @@ def test_dvc_repro_evaluate_ctg(
     reports = toy_repo / "data/reports"
     train = json.loads((reports / "train_ctg.json").read_text())
     assert 0.0 <= train["cv_auc"] <= 1.0 and set(train["fold"]) == {"0", "1", "2"}
-    assert train["decision"]["promoted"] is True  # the first version becomes champion
+    assert "decision" not in train and "total_s" not in train  # run facts: data/runs/
+    run = json.loads((toy_repo / "data/runs/train_ctg.json").read_text())
+    assert run["decision"]["promoted"] is True  # the first version becomes champion
     oof = pd.read_csv(reports / "train_ctg/oof_predictions.csv", dtype={"record": str})
     assert list(oof.columns) == ["record", "fold", "label", "ph", "probability"]
     assert len(oof) == 12 and oof["probability"].between(0, 1).all()

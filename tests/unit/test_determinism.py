@@ -47,3 +47,27 @@ def test_intra_op_threads_from_argument_environment_or_default(monkeypatch) -> N
     assert intra_op_threads() == 1 and intra_op_threads(3) == 3
     with pytest.raises(ValueError, match=">= 1"):
         intra_op_threads(0)
+
+
+def test_the_same_keras_model_saves_to_the_same_bytes(tmp_path) -> None:
+    """Keras stamps the save time into .keras files; canonical_keras_archive removes it."""
+    import hashlib
+    import time
+
+    import keras
+    import numpy as np
+
+    from stages.common.io import canonical_keras_archive
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    digests = []
+    for name in ("a.keras", "b.keras"):
+        model.save(tmp_path / name)
+        canonical_keras_archive(tmp_path / name)
+        digests.append(hashlib.sha256((tmp_path / name).read_bytes()).hexdigest())
+        time.sleep(1.1)  # a later second: the raw Keras files would differ
+    assert digests[0] == digests[1]
+    again = keras.saving.load_model(tmp_path / "a.keras")
+    x = np.ones((2, 4), dtype="float32")
+    np.testing.assert_array_equal(again.predict(x, verbose=0), model.predict(x, verbose=0))
