@@ -194,8 +194,9 @@ def log_predictor_model(
 
 
 def load_model(uri: str) -> Any:
-    """Load a pyfunc model (``models:/ctg-distress@champion``, ``runs:/...``, a path)."""
-    return _mlflow().pyfunc.load_model(uri)
+    """A pyfunc model (``models:/NAME@champion``, ``runs:/...``, a path); no dependency check:
+    versions are pinned to this environment (and its warnings would precede scoring output)."""
+    return _mlflow().pyfunc.load_model(uri, suppress_warnings=True)
 
 
 def load_predictor(uri: str) -> Any:
