@@ -32,6 +32,7 @@ from stages.common.params import load_params, project_root
 from stages.common.promotion import score_interval
 from stages.common.provenance import data_version, idempotency_key
 from stages.common.training import class_weights, epoch_timer, seed_everything
+from stages.ctg import crops as ctg_crops
 from stages.ctg import model as ctg_model
 from stages.ctg.registry import SIGNATURE, card_facts, oof_evaluation
 
@@ -99,7 +100,7 @@ class _RandomCropBatches:
 
             def on_epoch_end(self) -> None:
                 self._order = rng.permutation(len(x))
-                self._x = ctg_model.random_crops(x, crop_len, rng)
+                self._x = ctg_crops.random_crops(x, crop_len, rng)
 
         return Batches()
 
@@ -154,9 +155,9 @@ def fit_network(
         )
     weights = class_weights(y[tr], 2)
     if crop_len:
-        offsets = ctg_model.crop_offsets(x.shape[1], crop_len, int(params.get("tta_crops", 1)))
+        offsets = ctg_crops.crop_offsets(x.shape[1], crop_len, int(params.get("tta_crops", 1)))
         validation = (
-            (ctg_model.fixed_crops(x[va], crop_len, offsets), np.tile(y[va], len(offsets)))
+            (ctg_crops.fixed_crops(x[va], crop_len, offsets), np.tile(y[va], len(offsets)))
             if va.size
             else None
         )
@@ -217,7 +218,7 @@ def fit_average(
         curves.append(c.assign(member=j))
         epoch_s += t
     offsets = (
-        ctg_model.crop_offsets(x.shape[1], crop_len, int(params.get("tta_crops", 1)))
+        ctg_crops.crop_offsets(x.shape[1], crop_len, int(params.get("tta_crops", 1)))
         if crop_len
         else None
     )
@@ -348,7 +349,7 @@ def main() -> None:
     n_steps = ctg_model.window_steps(params, pre)
     x = ctg_model.model_inputs(fhr, uc, norm)[:, -n_steps:]
     y = table["label"].to_numpy(int)
-    crop_len = ctg_model.crop_steps(params, pre)
+    crop_len = ctg_crops.crop_steps(params, pre)
     t0 = time.perf_counter()
     oof, per_fold, curves = cross_validate(x, y, table["fold"].to_numpy(int), params, crop_len)
     final, final_curves, final_epoch_s = fit_average(x, y, params, int(params["seed"]), crop_len)

@@ -15,6 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+# registers the GaborGrid layer, so a plane classifier's model.keras loads (the segmenter's and
+# the autoencoder's do not need it: model_dir stays free of it, and so does the U-Net stage)
+import stages.ultrasound.gabor  # noqa: F401
 from stages.ultrasound.autoencoder import ANOMALY_SCORES, LATENT_SCORES, reconstruct, score_anomaly
 from stages.ultrasound.crops import plane_one_hot, to_unit_float
 from stages.ultrasound.enhancement import enhance_image

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.unit
 
 
 def test_crop_offsets_end_at_the_window_end_and_span_it():
-    from stages.ctg.model import crop_offsets
+    from stages.ctg.crops import crop_offsets
 
     assert crop_offsets(3600, 1800, 1).tolist() == [1800]  # one crop: the most recent minutes
     assert crop_offsets(3600, 1800, 3).tolist() == [0, 900, 1800]
@@ -19,7 +19,7 @@ def test_crop_offsets_end_at_the_window_end_and_span_it():
 
 
 def test_random_crops_are_windows_of_the_input():
-    from stages.ctg.model import random_crops
+    from stages.ctg.crops import random_crops
 
     x = np.arange(2 * 50 * 3, dtype=float).reshape(2, 50, 3)
     crops = random_crops(x, 20, np.random.default_rng(0))
@@ -31,6 +31,7 @@ def test_random_crops_are_windows_of_the_input():
 
 def test_averaged_model_is_the_mean_of_members_over_crops():
     from stages.ctg import model as M
+    from stages.ctg.crops import crop_offsets
 
     params = {
         "conv_layers": 1, "conv_filters": 4, "conv_kernel": 3, "conv_pool": 2, "units": 4,
@@ -38,7 +39,7 @@ def test_averaged_model_is_the_mean_of_members_over_crops():
     }  # fmt: skip
     seq_len, crop_len = 40, 24
     members = [M.build_model(crop_len, params, name=f"m{j}") for j in range(2)]
-    offsets = M.crop_offsets(seq_len, crop_len, 3)
+    offsets = crop_offsets(seq_len, crop_len, 3)
     avg = M.averaged_model(members, seq_len, crop_len, offsets)
     x = np.random.default_rng(1).normal(size=(5, seq_len, 3)).astype(np.float32)
     manual = np.mean(
