@@ -23,17 +23,18 @@ import pandas as pd
 from stages.common import io, plots, tracking
 from stages.common import metrics as M
 from stages.common.params import load_params, project_root
+from stages.ctg.paths import (
+    CTG_MODEL_DIR,
+    CTU_UHB_RAW,
+    EVALUATE_CTG_DIR,
+    EVALUATE_CTG_REPORT,
+    FEATURES_CSV,
+    OOF_PREDICTIONS_CSV,
+    RECORDS_CSV,
+)
 
 log = logging.getLogger(__name__)
 
-OOF = Path("data/reports/train_ctg/oof_predictions.csv")
-FEATURES = Path("data/processed/ctg/features.csv")
-RECORDS = Path("data/processed/ctg/records.csv")
-FOLDS = Path("data/processed/ctg/folds.csv")
-REPORT = Path("data/reports/evaluate_ctg.json")
-MODEL_DIR = Path("data/models/ctg")
-RAW = Path("data/raw/ctu-uhb")
-OUT_DIR = Path("data/reports/evaluate_ctg")
 # Thresholded metrics copied into the report (counts tp/fp/... go to the confusion CSV).
 REPORTED = (
     "auc",
@@ -164,13 +165,15 @@ def write_curves(
     """DVC plot CSVs (the network) and PNG figures (network beside baseline); the figures."""
     y = table["label"].to_numpy(int)
     lstm = scores["lstm"]
-    io.write_csv(root / OUT_DIR / "roc.csv", pd.DataFrame(M.roc_table(y, lstm)))
-    io.write_csv(root / OUT_DIR / "pr.csv", pd.DataFrame(M.pr_table(y, lstm)))
-    io.write_csv(root / OUT_DIR / "calibration.csv", pd.DataFrame(M.calibration_table(y, lstm)))
+    io.write_csv(root / EVALUATE_CTG_DIR / "roc.csv", pd.DataFrame(M.roc_table(y, lstm)))
+    io.write_csv(root / EVALUATE_CTG_DIR / "pr.csv", pd.DataFrame(M.pr_table(y, lstm)))
+    io.write_csv(
+        root / EVALUATE_CTG_DIR / "calibration.csv", pd.DataFrame(M.calibration_table(y, lstm))
+    )
     pred = (lstm >= thresholds["lstm"]).astype(int)
     names = np.array(["normal", "acidemic"])
     io.write_csv(
-        root / OUT_DIR / "confusion.csv",
+        root / EVALUATE_CTG_DIR / "confusion.csv",
         pd.DataFrame({"record": table["record"], "actual": names[y], "predicted": names[pred]}),
     )
     labels = {n: f"{n} (AUC {M.auc(y, p):.3f})" for n, p in scores.items()}
@@ -220,12 +223,12 @@ def trace_figures(root: Path, examples: dict[str, str]) -> dict[str, Any]:
     from stages.ctg.risk import alert_threshold, risk_over_time
     from stages.ctg.signal import read_ctg_record
 
-    predictor = load_predictor({"model_dir": str(root / MODEL_DIR)})
+    predictor = load_predictor({"model_dir": str(root / CTG_MODEL_DIR)})
     min_minutes = float(predictor.config.get("min_input_minutes", 10))
     figs = {}
     for caption, record in examples.items():
         try:
-            rec = read_ctg_record(root / RAW / record)
+            rec = read_ctg_record(root / CTU_UHB_RAW / record)
             t, risk = risk_over_time(predictor, rec.fhr_bpm, rec.uc, rec.fs_hz, 5.0, min_minutes)
         except Exception as exc:  # an illustration must not fail the evaluation
             log.warning("no trace figure for record %s: %s", record, exc)
@@ -241,9 +244,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params("evaluate_ctg")
     root = project_root()
-    oof = pd.read_csv(root / OOF, dtype={"record": str})
-    feats = pd.read_csv(root / FEATURES, dtype={"record": str})
-    recs = pd.read_csv(root / RECORDS, dtype={"record": str})
+    oof = pd.read_csv(root / OOF_PREDICTIONS_CSV, dtype={"record": str})
+    feats = pd.read_csv(root / FEATURES_CSV, dtype={"record": str})
+    recs = pd.read_csv(root / RECORDS_CSV, dtype={"record": str})
     # The signal-loss reference score comes from records.csv under its own name (features.csv
     # may hold a column of the same name, which stays a baseline feature).
     ref = recs[["record", "signal_loss_frac"]].rename(columns={"signal_loss_frac": "_loss_ref"})
@@ -287,11 +290,12 @@ def main() -> None:
         tracking.log_metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
         for name, fig in figs.items():
             tracking.log_figure(fig, f"figures/{name}")
-            plots.save_figure(fig, root / OUT_DIR / "figures" / name)
-        tracking.log_artifact(root / OUT_DIR, "evaluate_ctg")
-    io.write_json(root / REPORT, report)
+            plots.save_figure(fig, root / EVALUATE_CTG_DIR / "figures" / name)
+        tracking.log_artifact(root / EVALUATE_CTG_DIR, "evaluate_ctg")
+    io.write_json(root / EVALUATE_CTG_REPORT, report)
     io.write_text(
-        root / OUT_DIR / "metrics.md", metrics_table(report, list(params["ph_thresholds"])) + "\n"
+        root / EVALUATE_CTG_DIR / "metrics.md",
+        metrics_table(report, list(params["ph_thresholds"])) + "\n",
     )
     log.info(
         "LSTM AUC %.3f [%.3f, %.3f]; baseline AUC %.3f; signal loss AUC %.3f",

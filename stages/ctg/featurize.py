@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,14 +28,12 @@ from tqdm import tqdm
 
 from stages.common.io import write_csv
 from stages.common.params import load_params, project_root
+from stages.ctg.paths import CTU_UHB_RAW, FEATURES_CSV, RECORDS_CSV
 from stages.ctg.signal import CleaningParams, clean_fhr, clean_uc, last_window, read_ctg_record
 
 log = logging.getLogger(__name__)
 
 STAGE = "featurize_ctg"
-RAW_DIR = Path("data/raw/ctu-uhb")
-RECORDS_CSV = Path("data/processed/ctg/records.csv")
-FEATURES_CSV = Path("data/processed/ctg/features.csv")
 
 EPISODE_BPM = 15.0  # FIGO: accelerations/decelerations are 15 bpm off the baseline
 EPISODE_MIN_S = 15.0  # ... lasting at least 15 s
@@ -193,7 +190,7 @@ def main() -> None:
     names = pd.read_csv(root / RECORDS_CSV, dtype={"record": str})["record"].tolist()
     rows = []
     for name in tqdm(names, disable=None, desc=STAGE):
-        rec = read_ctg_record(root / RAW_DIR / name)
+        rec = read_ctg_record(root / CTU_UHB_RAW / name)
         if rec.fs_hz != float(params["fs_hz"]):
             raise SystemExit(
                 f"{STAGE} failed: record {name} is at {rec.fs_hz} Hz, not {params['fs_hz']}"

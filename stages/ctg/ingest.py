@@ -43,13 +43,12 @@ from stages.common.sources import (
     read_sums,
     write_if_changed,
 )
-from stages.ctg.listing import LISTING, RECORD_FILES, build_listing, parse_records, source_location
+from stages.ctg.listing import RECORD_FILES, build_listing, parse_records, source_location
+from stages.ctg.paths import CTU_UHB_LISTING, CTU_UHB_RAW, INGEST_CTG_REPORT
 
 log = logging.getLogger(__name__)
 
 STAGE = "ingest_ctg"
-OUT_DIR = Path("data/raw/ctu-uhb")
-REPORT = Path("data/reports/ingest_ctg.json")
 # Keys of run_ingest's result that describe this run rather than the data (the run report's).
 RUN_KEYS = (
     "source",
@@ -225,16 +224,16 @@ def main() -> None:
     params = load_params(STAGE)
     root = project_root()
     source = source_location(params)
-    out_dir = root / OUT_DIR
+    out_dir = root / CTU_UHB_RAW
     out_dir.mkdir(parents=True, exist_ok=True)
-    listing = read_json(root / LISTING) if (root / LISTING).is_file() else None
+    listing = read_json(root / CTU_UHB_LISTING) if (root / CTU_UHB_LISTING).is_file() else None
     if listing is None:  # a main() run alone; `dvc repro` runs source_ctg first
-        log.info("no %s: listing the source now", LISTING)
+        log.info("no %s: listing the source now", CTU_UHB_LISTING)
     try:
         report = run_ingest(source, out_dir, params, listing, landing_dir("ctu-uhb"))
     except (IngestError, DownloadError) as exc:
         raise SystemExit(f"{STAGE} failed: {exc}") from None
-    write_json(root / REPORT, tracked_report(report))
+    write_json(root / INGEST_CTG_REPORT, tracked_report(report))
     write_run_report(root, STAGE, {k: report[k] for k in RUN_KEYS})
     new = report["arrivals"]
     log.info(

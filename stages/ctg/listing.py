@@ -15,7 +15,6 @@ from stages.common.download import parse_sha256sums, read_source_text
 from stages.common.params import mirror_dir
 from stages.common.sources import LANDING, SOURCE
 
-LISTING = Path("data/sources/ctu-uhb.json")
 RECORD_FILES = (".hea", ".dat")
 
 

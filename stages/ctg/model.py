@@ -427,8 +427,7 @@ class CtgPredictor:
 
 
 def _one_record(value: Any) -> bool:
-    """Whether a dict value is one record's signal (flat samples or one base64 string) rather
-    than one entry per record."""
+    """Whether a dict value is one record's signal (samples or base64), not one per record."""
     if isinstance(value, str):
         return True
     if isinstance(value, np.ndarray):

@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,16 +24,18 @@ from tqdm import tqdm
 
 from stages.common.io import write_csv, write_json, write_npz, write_run_report
 from stages.common.params import load_params, project_root
+from stages.ctg.paths import (
+    CTU_UHB_RAW,
+    PREPROCESS_CTG_REPORT,
+    RECORDS_CSV,
+    SEQUENCES_NPZ,
+    VALIDATION_CSV,
+)
 from stages.ctg.signal import CtgRecord, parse_float, preprocess_signals, read_ctg_record
 
 log = logging.getLogger(__name__)
 
 STAGE = "preprocess_ctg"
-RAW_DIR = Path("data/raw/ctu-uhb")
-VALIDATION_CSV = Path("data/interim/ctg/validation.csv")
-SEQUENCES = Path("data/processed/ctg/sequences.npz")
-RECORDS_CSV = Path("data/processed/ctg/records.csv")
-REPORT = Path("data/reports/preprocess_ctg.json")
 
 
 @dataclass
@@ -91,12 +92,12 @@ def main() -> None:
     excluded = validation.loc[~validation["passed"].astype(bool), "record"].tolist()
     if not passed:
         raise SystemExit(f"{STAGE} failed: no record passed validation ({VALIDATION_CSV})")
-    records = [read_ctg_record(root / RAW_DIR / name) for name in passed]
+    records = [read_ctg_record(root / CTU_UHB_RAW / name) for name in passed]
     seq = build_sequences(records, params)
     # Uncompressed (13 MB for 452 records): compressing NaN-rich float32 took ~1.4 s of the 5 s
     # budget and saved little; still written atomically.
     write_npz(
-        root / SEQUENCES,
+        root / SEQUENCES_NPZ,
         compress=False,
         records=seq.records,
         fhr_bpm=seq.fhr_bpm,
@@ -107,7 +108,7 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     labels = seq.table["label"]
     write_json(
-        root / REPORT,
+        root / PREPROCESS_CTG_REPORT,
         {
             "n_records": len(passed),
             "n_excluded": len(excluded),
@@ -123,7 +124,7 @@ def main() -> None:
     log.info(
         "%d records -> %s %s in %.2f s (%d positive at pH < %s; %d excluded)",
         len(passed),
-        SEQUENCES,
+        SEQUENCES_NPZ,
         seq.fhr_bpm.shape,
         seconds,
         int(labels.sum()),

@@ -21,7 +21,8 @@ import logging
 from stages.common.download import DownloadError
 from stages.common.params import load_params, project_root
 from stages.common.sources import LANDING, landing_dir, listing_text, write_if_changed
-from stages.ctg.listing import LISTING, build_listing, source_location
+from stages.ctg.listing import build_listing, source_location
+from stages.ctg.paths import CTU_UHB_LISTING
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ STAGE = "source_ctg"
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params("ingest_ctg")
-    out = project_root() / LISTING
+    out = project_root() / CTU_UHB_LISTING
     try:
         listing = build_listing(
             source_location(params), landing_dir("ctu-uhb"), float(params.get("timeout_s", 60))

@@ -9,7 +9,6 @@ the same out-of-fold records. Class balance per fold is reported (``fold_balance
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pandas as pd
 
@@ -20,13 +19,11 @@ from stages.common.splits import (
     hashed_folds,
     single_class_folds,
 )
+from stages.ctg.paths import FOLD_BALANCE_CSV, FOLDS_CSV, RECORDS_CSV
 
 log = logging.getLogger(__name__)
 
 STAGE = "split_ctg"
-RECORDS_CSV = Path("data/processed/ctg/records.csv")
-FOLDS_CSV = Path("data/processed/ctg/folds.csv")
-BALANCE_CSV = Path("data/processed/ctg/fold_balance.csv")
 
 
 def make_folds(records: pd.DataFrame, n_folds: int, salt: str) -> pd.DataFrame:
@@ -53,7 +50,7 @@ def main() -> None:
     folds = make_folds(records, int(params["n_folds"]), str(params["salt"]))
     balance = fold_balance(folds["label"], folds["fold"])
     write_csv(root / FOLDS_CSV, folds)
-    write_csv(root / BALANCE_CSV, balance)
+    write_csv(root / FOLD_BALANCE_CSV, balance)
     log.info("%d records in %d folds:\n%s", len(folds), params["n_folds"], balance.to_string())
 
 

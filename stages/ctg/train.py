@@ -34,17 +34,18 @@ from stages.common.provenance import data_version, idempotency_key
 from stages.common.training import class_weights, epoch_timer, seed_everything
 from stages.ctg import crops as ctg_crops
 from stages.ctg import model as ctg_model
+from stages.ctg.paths import (
+    CTG_MODEL_DIR,
+    FOLDS_CSV,
+    LEARNING_CURVES_CSV,
+    OOF_PREDICTIONS_CSV,
+    RECORDS_CSV,
+    SEQUENCES_NPZ,
+    TRAIN_CTG_REPORT,
+)
 from stages.ctg.registry import SIGNATURE, card_facts, oof_evaluation
 
 log = logging.getLogger(__name__)
-
-SEQUENCES = Path("data/processed/ctg/sequences.npz")
-RECORDS = Path("data/processed/ctg/records.csv")
-FOLDS = Path("data/processed/ctg/folds.csv")
-MODEL_DIR = Path("data/models/ctg")
-REPORT = Path("data/reports/train_ctg.json")
-OOF = Path("data/reports/train_ctg/oof_predictions.csv")
-CURVES = Path("data/reports/train_ctg/learning_curves.csv")
 
 
 def inner_split(
@@ -266,11 +267,11 @@ def cross_validate(
 
 def load_inputs(root: Path) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Sequences aligned with records.csv and folds.csv: ``(fhr_bpm, uc, table)``."""
-    with np.load(root / SEQUENCES, allow_pickle=False) as npz:
+    with np.load(root / SEQUENCES_NPZ, allow_pickle=False) as npz:
         names = [str(r) for r in npz["records"]]
         fhr, uc = npz["fhr_bpm"], npz["uc"]
-    records = pd.read_csv(root / RECORDS, dtype={"record": str})
-    folds = pd.read_csv(root / FOLDS, dtype={"record": str})[["record", "fold"]]
+    records = pd.read_csv(root / RECORDS_CSV, dtype={"record": str})
+    folds = pd.read_csv(root / FOLDS_CSV, dtype={"record": str})[["record", "fold"]]
     table = records[["record", "label", "ph"]].merge(folds, on="record", how="inner")
     pos = {n: i for i, n in enumerate(names)}
     missing = [r for r in table["record"] if r not in pos]
@@ -308,18 +309,18 @@ def register(
     """Log the pyfunc model (signature, card) in the active run, register it and decide its
     promotion on the records it shares with the champion; the Decision."""
     metric = str(params["promote_metric"])
-    version = data_version(root, ["ctg", "ctu-uhb"], [root / RECORDS, root / FOLDS])
+    version = data_version(root, ["ctg", "ctu-uhb"], [root / RECORDS_CSV, root / FOLDS_CSV])
     evaluation = oof_evaluation(oof, metric, int(params["seed"]))
     _, *auc_ci = score_interval(evaluation)
     decision = tracking.register_and_promote(
-        root / MODEL_DIR,
+        root / CTG_MODEL_DIR,
         "stages.ctg.model:load_predictor",
         str(params["registered_name"]),
         {
             metric: report[metric],
             "metric_interval": f"[{auc_ci[0]:.4f}, {auc_ci[1]:.4f}]",
             "data_version": version,
-            "eval_data_hash": tracking.data_hash([root / FOLDS, root / RECORDS]),
+            "eval_data_hash": tracking.data_hash([root / FOLDS_CSV, root / RECORDS_CSV]),
             "n_records": report["n_records"],
         },
         idempotency_key(input_paths, params, tracking.git_commit()),
@@ -354,7 +355,7 @@ def main() -> None:
     oof, per_fold, curves = cross_validate(x, y, table["fold"].to_numpy(int), params, crop_len)
     final, final_curves, final_epoch_s = fit_average(x, y, params, int(params["seed"]), crop_len)
     threshold = youden_threshold(y, oof)
-    with io.atomic_dir(root / MODEL_DIR) as tmp:
+    with io.atomic_dir(root / CTG_MODEL_DIR) as tmp:
         ctg_model.save_model_dir(
             tmp,
             final,
@@ -368,10 +369,11 @@ def main() -> None:
             },
         )
     oof_df = table[["record", "fold", "label", "ph"]].assign(probability=oof)
-    io.write_csv(root / OOF, oof_df)
+    io.write_csv(root / OOF_PREDICTIONS_CSV, oof_df)
     all_curves = pd.concat([curves, final_curves.assign(fold="final")], ignore_index=True)
     io.write_csv(
-        root / CURVES, all_curves[["fold", "member", "epoch", "loss", "val_loss", "val_auc"]]
+        root / LEARNING_CURVES_CSV,
+        all_curves[["fold", "member", "epoch", "loss", "val_loss", "val_auc"]],
     )
     # The tracked report holds what the model is (a pure function of deps and params); times go
     # to the untracked run report (data/runs/) and MLflow.
@@ -392,7 +394,7 @@ def main() -> None:
         "fold_s": {str(f["fold"]): f["fold_s"] for f in per_fold},
     }
     log.info("CV AUC (pooled out-of-fold, %d records): %.4f", y.size, report["cv_auc"])
-    inputs = [root / SEQUENCES, root / RECORDS, root / FOLDS]
+    inputs = [root / SEQUENCES_NPZ, root / RECORDS_CSV, root / FOLDS_CSV]
     with tracking.run(
         "ctg", "train_ctg", params={"train_ctg": params, "preprocess_ctg": pre}, stage="train_ctg"
     ):
@@ -409,11 +411,11 @@ def main() -> None:
                 step=int(r.epoch),
             )
         tracking.log_figure(learning_curve_figure(all_curves), "learning_curves.png")
-        tracking.log_artifact(root / CURVES)
-        tracking.log_artifact(root / OOF)
+        tracking.log_artifact(root / LEARNING_CURVES_CSV)
+        tracking.log_artifact(root / OOF_PREDICTIONS_CSV)
         # version numbers depend on the registry's history: a run fact, not a model fact
         timings["decision"] = register(root, params, report, inputs, oof_df)
-    io.write_json(root / REPORT, report)
+    io.write_json(root / TRAIN_CTG_REPORT, report)
     io.write_run_report(root, "train_ctg", timings)
 
 

@@ -26,16 +26,13 @@ import pandas as pd
 from stages.common.checks import CheckReport, gx_expectations, run_expectations
 from stages.common.io import RUNS_DIR, Quarantine, write_csv, write_json
 from stages.common.params import load_params, project_root
+from stages.ctg.paths import CTU_UHB_RAW, QUARANTINE_CSV, VALIDATE_CTG_REPORT, VALIDATION_CSV
 from stages.ctg.record_checks import expected_channels, record_limits, record_stats
 from stages.ctg.signal import CtgReadError, parse_float, read_ctg_record
 
 log = logging.getLogger(__name__)
 
 STAGE = "validate_ctg"
-RAW_DIR = Path("data/raw/ctu-uhb")
-VALIDATION_CSV = Path("data/interim/ctg/validation.csv")
-QUARANTINE_CSV = Path("data/interim/ctg/quarantine.csv")
-REPORT = Path("data/reports/validate_ctg.json")
 DOCS_DIR = RUNS_DIR / "gx" / "ctg"  # untracked: Data Docs carry run timestamps
 
 STAT_COLUMNS = [
@@ -169,7 +166,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(STAGE)
     root = project_root()
-    raw_dir = root / RAW_DIR
+    raw_dir = root / CTU_UHB_RAW
     records_file = raw_dir / "RECORDS"
     names = records_file.read_text().split() if records_file.is_file() else []
     if not names:
@@ -184,7 +181,7 @@ def main() -> None:
     summary = summarise(table, quarantine, report)
     write_csv(root / VALIDATION_CSV, table)
     quarantine.write(root / QUARANTINE_CSV)
-    write_json(root / REPORT, summary)
+    write_json(root / VALIDATE_CTG_REPORT, summary)
     for row in quarantine.rows:
         log.warning("quarantined %s: %s", row["item"], row["reason"])
     log.info("%d/%d records passed", summary["n_passed"], summary["n_records"])
@@ -192,7 +189,7 @@ def main() -> None:
         raise SystemExit(
             f"{STAGE} failed: {summary['n_failed']} of {summary['n_records']} records failed "
             f"validation (> max_fail_fraction {params['max_fail_fraction']}); "
-            f"by reason: {summary['failures_by_reason']}; see {REPORT}"
+            f"by reason: {summary['failures_by_reason']}; see {VALIDATE_CTG_REPORT}"
         )
 
 

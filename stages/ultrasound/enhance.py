@@ -28,6 +28,7 @@ from stages.ultrasound.enhancement import (
 from stages.ultrasound.figures import before_after_figure
 from stages.ultrasound.hc18 import truth_mask
 from stages.ultrasound.imaging import read_image, write_store_chunk
+from stages.ultrasound.paths import ENHANCED_DIR, US_VALIDATION_CSV
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,12 @@ def main() -> None:
     p, pdask = load_params("enhance_us"), load_params("dask")
     root = project_root()
     raw, reports = root / "data/raw", root / "data/reports"
-    val = pd.read_csv(root / "data/interim/us/validation.csv")
+    val = pd.read_csv(root / US_VALIDATION_CSV)
     ok = val[val["passed"]]
     chunk = int(p.get("shard_size", 1000))
     failed: list[str] = []
     with dask_client(pdask) if len(ok) >= 16 else _no_client() as client:
-        with atomic_dir(root / "data/interim/us/enhanced") as out:
+        with atomic_dir(root / ENHANCED_DIR) as out:
             for dataset, grp in ok.groupby("dataset"):
                 names = list(grp["image"])
                 for k in range(0, len(names), chunk):

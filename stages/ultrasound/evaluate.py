@@ -34,18 +34,19 @@ from stages.ultrasound.autoencoder import latent_ring_parts
 from stages.ultrasound.corruptions import CORRUPTIONS
 from stages.ultrasound.crops import PLANES, brain_rows, crops_for, to_unit_float
 from stages.ultrasound.hc18 import hc18_summary
+from stages.ultrasound.paths import (
+    AUTOENCODER_DIR,
+    CROPS_NPZ,
+    EVALUATE_US_FIGURES,
+    EVALUATE_US_REPORT,
+    PLANE_CLASSIFIER_DIR,
+    PLANES_MANIFEST_CSV,
+    SEGMENTATION_CSV,
+)
 from stages.ultrasound.predictors import AutoencoderPredictor, PlanePredictor
 from stages.ultrasound.reliability import write_reliability
 
 log = logging.getLogger(__name__)
-
-CROPS = Path("data/processed/us/crops.npz")
-MANIFEST = Path("data/processed/us/planes_manifest.csv")
-SEGMENTATION = Path("data/processed/us/segmentation.csv")
-AE_DIR = Path("data/models/us/autoencoder")
-PLANE_DIR = Path("data/models/us/plane_classifier")
-REPORT = Path("data/reports/evaluate_us.json")
-FIGURES = Path("data/reports/evaluate_us/figures")
 
 
 def anomaly_auc(normal: np.ndarray, abnormal: np.ndarray, n_bootstrap: int, seed: int) -> dict:
@@ -248,17 +249,17 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params("evaluate_us")
     root = project_root()
-    manifest = pd.read_csv(root / MANIFEST)
-    with np.load(root / CROPS) as z:
+    manifest = pd.read_csv(root / PLANES_MANIFEST_CSV)
+    with np.load(root / CROPS_NPZ) as z:
         names, images = z["names"], z["images"]
-    plane = PlanePredictor(root / PLANE_DIR)
-    ae = AutoencoderPredictor(root / AE_DIR)
+    plane = PlanePredictor(root / PLANE_CLASSIFIER_DIR)
+    ae = AutoencoderPredictor(root / AUTOENCODER_DIR)
     with tracking.run("us-evaluation", "evaluate_us", params, stage="evaluate_us"):
         report, tables = evaluate(plane, ae, manifest, names, images, params)
-        report |= segmentation_report(pd.read_csv(root / SEGMENTATION))
-        write_figures(root / FIGURES, tables, ae.threshold)
+        report |= segmentation_report(pd.read_csv(root / SEGMENTATION_CSV))
+        write_figures(root / EVALUATE_US_FIGURES, tables, ae.threshold)
         ece = write_reliability(
-            root / FIGURES,
+            root / EVALUATE_US_FIGURES,
             tables["calibration"],
             tables["y_true"],
             int(params["calibration_bins"]),
@@ -270,12 +271,12 @@ def main() -> None:
             "plane_ece_uncalibrated": ece["uncalibrated"],
         }
         write_csv(
-            root / FIGURES / "test_predictions.csv",
+            root / EVALUATE_US_FIGURES / "test_predictions.csv",
             tables["test"][["image", "patient", "brain_plane", "predicted"]],
         )
         tracking.log_metrics(report)
-        tracking.log_artifact(root / FIGURES, "figures")
-    write_json(root / REPORT, report)
+        tracking.log_artifact(root / EVALUATE_US_FIGURES, "figures")
+    write_json(root / EVALUATE_US_REPORT, report)
     log.info(
         "plane accuracy %.3f, macro-F1 %.3f, non-brain AUROC %.3f, AE val MSE %.5f",
         report["plane_accuracy"],

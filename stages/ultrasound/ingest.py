@@ -48,8 +48,8 @@ from stages.common.sources import (
     write_if_changed,
 )
 from stages.ultrasound.label_checks import normalise_planes_table
-from stages.ultrasound.listing import LISTING, build_listing, image_names
-from stages.ultrasound.paths import HC18_CSV, IMAGE_SUFFIXES, PLANES_CSV, hc18_images
+from stages.ultrasound.listing import build_listing, image_names
+from stages.ultrasound.paths import HC18_CSV, IMAGE_SUFFIXES, PLANES_CSV, US_LISTING, hc18_images
 
 log = logging.getLogger(__name__)
 LANDING_TABLE = f"landing/{PLANES_CSV}"  # the landing folder's label rows, in a listing
@@ -233,9 +233,9 @@ def main() -> None:
     p = load_params("ingest_us")
     root = project_root()
     raw = root / "data" / "raw"
-    listing = read_json(root / LISTING) if (root / LISTING).is_file() else None
+    listing = read_json(root / US_LISTING) if (root / US_LISTING).is_file() else None
     if listing is None:  # a main() run alone; `dvc repro` runs source_us first
-        log.info("no %s: listing the sources now", LISTING)
+        log.info("no %s: listing the sources now", US_LISTING)
         listing = build_listing(p)
     sources: dict[str, str] = {}
     summary: dict[str, Any] = {}

@@ -21,7 +21,6 @@ from stages.common.sources import (
 )
 from stages.ultrasound.paths import HC18_CSV, IMAGE_SUFFIXES, PLANES_CSV
 
-LISTING = Path("data/sources/us.json")
 MANIFEST = "manifest.csv"
 ZENODO = "zenodo"
 

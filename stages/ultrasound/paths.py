@@ -1,4 +1,4 @@
-"""Where ultrasound files live: the raw data sets' layout, the head segmenter's folds and models.
+"""Where ultrasound files live: the raw data sets' layout, each data file or folder a stage writes.
 
 ``ingest_us`` lays the raw folders out with the names below and ``validate_us`` reads them;
 ``train_segmenter_us`` writes the segmenter's fold manifest and models (its ``outs`` in dvc.yaml),
@@ -13,10 +13,53 @@ PLANES_CSV = "FETAL_PLANES_DB_data.csv"  # FETAL_PLANES_DB label table, in data/
 HC18_CSV = "pixel_size_and_HC.csv"  # HC18 pixel sizes and circumferences, in data/raw/hc18
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
+# source_us writes the listing of the ultrasound images
+US_LISTING = Path("data/sources/us.json")
+
+# ingest_us writes the raw data sets
+FETAL_PLANES_RAW = Path("data/raw/fetal_planes")
+HC18_RAW = Path("data/raw/hc18")
+PLANES_LABELS_CSV = FETAL_PLANES_RAW / PLANES_CSV
+
+# validate_us writes the per-image checks
+US_VALIDATION_CSV = Path("data/interim/us/validation.csv")
+US_QUARANTINE_CSV = Path("data/interim/us/quarantine.csv")
+
+# enhance_us writes the enhanced images, one folder per data set
+ENHANCED_DIR = Path("data/interim/us/enhanced")
+ENHANCED_HC18 = ENHANCED_DIR / "hc18"
+
+# train_segmenter_us writes the fold manifest, the models, its metrics and out-of-fold scores
 SEGMENTER_FOLDS = Path("data/processed/us/segmenter_folds.csv")
 SEGMENTER_MODELS = Path("data/models/us/segmenter")
 SEGMENTER_FINAL = "final"
 FINAL_SEGMENTER = SEGMENTER_MODELS / SEGMENTER_FINAL
+TRAIN_SEGMENTER_REPORT = Path("data/reports/train_segmenter_us.json")
+SEGMENTER_OOF_CSV = Path("data/reports/train_segmenter_us/oof.csv")
+
+# segment_us writes the label images, the head crops and one segmentation row per image
+SEGMENTED_DIR = Path("data/interim/us/segmented")
+CROPS_NPZ = Path("data/processed/us/crops.npz")
+SEGMENTATION_CSV = Path("data/processed/us/segmentation.csv")
+
+# split_planes_us writes the plane manifest (with its split) and the split balance
+PLANES_MANIFEST_CSV = Path("data/processed/us/planes_manifest.csv")
+SPLIT_BALANCE_CSV = Path("data/processed/us/split_balance.csv")
+
+# train_autoencoder_us writes the autoencoder folder and its metrics
+AUTOENCODER_DIR = Path("data/models/us/autoencoder")
+TRAIN_AUTOENCODER_REPORT = Path("data/reports/train_autoencoder_us.json")
+
+# train_plane_classifier_us writes the classifier folder, its metrics and reliability plots
+PLANE_CLASSIFIER_DIR = Path("data/models/us/plane_classifier")
+TRAIN_PLANE_CLASSIFIER_REPORT = Path("data/reports/train_plane_classifier_us.json")
+TRAIN_PLANE_CLASSIFIER_DIR = Path(
+    "data/reports/train_plane_classifier_us"
+)  # reliability.csv + .png
+
+# evaluate_us writes its metrics and figures
+EVALUATE_US_REPORT = Path("data/reports/evaluate_us.json")
+EVALUATE_US_FIGURES = Path("data/reports/evaluate_us/figures")
 
 
 def hc18_images(folder: Path) -> list[Path]:

@@ -30,6 +30,12 @@ from stages.ultrasound.head.segmenters import SegmentSettings, segment_image
 from stages.ultrasound.head.unet import load_segmenter
 from stages.ultrasound.imaging import dice, load_item, read_image, store_items, write_store_chunk
 from stages.ultrasound.paths import (
+    CROPS_NPZ,
+    ENHANCED_DIR,
+    HC18_CSV,
+    HC18_RAW,
+    SEGMENTATION_CSV,
+    SEGMENTED_DIR,
     SEGMENTER_FOLDS,
     SEGMENTER_MODELS,
     read_segmenter_folds,
@@ -77,8 +83,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     p, pdask, layout = load_params("segment_us"), load_params("dask"), load_params("enhance_us")
     root = project_root()
-    enhanced, reports = root / "data/interim/us/enhanced", root / "data/reports"
-    hc_csv = pd.read_csv(root / "data/raw/hc18/pixel_size_and_HC.csv")
+    enhanced, reports = root / ENHANCED_DIR, root / "data/reports"
+    hc_csv = pd.read_csv(root / HC18_RAW / HC18_CSV)
     hc_info = {str(f)[:-4]: (float(px), float(hc)) for f, px, hc in hc_csv.itertuples(index=False)}
     uses_unet = p["method"] == "unet"
     folds = read_segmenter_folds(root / SEGMENTER_FOLDS) if uses_unet else {}
@@ -87,7 +93,7 @@ def main() -> None:
         for name, loc in store_items(enhanced / dataset):
             px, hc = hc_info.get(name, (np.nan, np.nan)) if dataset == "hc18" else (np.nan, np.nan)
             ann = (
-                str(root / "data/raw/hc18/images" / f"{name}_Annotation.png")
+                str(root / HC18_RAW / "images" / f"{name}_Annotation.png")
                 if dataset == "hc18"
                 else ""
             )
@@ -104,7 +110,7 @@ def main() -> None:
     done = [(it, r.value) for it, r in zip(items, res, strict=True) if r.ok]
     failures = [f"{it[0]}/{it[1]}: {r.error}" for it, r in zip(items, res, strict=True) if not r.ok]
     df = pd.DataFrame([v["row"] for _, v in done])
-    with atomic_dir(root / "data/interim/us/segmented") as out:
+    with atomic_dir(root / SEGMENTED_DIR) as out:
         for dataset in ("fetal_planes", "hc18"):
             write_store_chunk(
                 out / dataset,
@@ -113,12 +119,12 @@ def main() -> None:
                 0,
             )
     write_npz(
-        root / "data/processed/us/crops.npz",
+        root / CROPS_NPZ,
         images=np.stack([v["crop"] for _, v in done]).astype(np.uint8),
         names=np.array([it[1] for it, _ in done]),
         datasets=np.array([it[0] for it, _ in done]),
     )
-    write_csv(root / "data/processed/us/segmentation.csv", df)
+    write_csv(root / SEGMENTATION_CSV, df)
     hc = df[df["dataset"] == "hc18"]
     report = (
         {

@@ -22,7 +22,8 @@ import logging
 
 from stages.common.params import load_params, project_root
 from stages.common.sources import LANDING, listing_text, write_if_changed
-from stages.ultrasound.listing import LISTING, build_listing
+from stages.ultrasound.listing import build_listing
+from stages.ultrasound.paths import US_LISTING
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ STAGE = "source_us"
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     listing = build_listing(load_params("ingest_us"))
-    written = write_if_changed(project_root() / LISTING, listing_text(listing))
+    written = write_if_changed(project_root() / US_LISTING, listing_text(listing))
     fp = listing["fetal_planes"]["files"].values()
     log.info(
         "%s: %d FETAL_PLANES files (%d from the landing folder), %d HC18 files%s",

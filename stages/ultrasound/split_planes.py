@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,14 +22,16 @@ from stages.common.io import write_csv
 from stages.common.params import load_params, project_root
 from stages.common.splits import hashed_sides
 from stages.ultrasound.crops import image_stem
+from stages.ultrasound.paths import (
+    PLANES_LABELS_CSV,
+    PLANES_MANIFEST_CSV,
+    SEGMENTATION_CSV,
+    SPLIT_BALANCE_CSV,
+    US_VALIDATION_CSV,
+)
 
 log = logging.getLogger(__name__)
 
-LABELS_CSV = Path("data/raw/fetal_planes/FETAL_PLANES_DB_data.csv")
-VALIDATION_CSV = Path("data/interim/us/validation.csv")
-SEGMENTATION_CSV = Path("data/processed/us/segmentation.csv")
-OUT_CSV = Path("data/processed/us/planes_manifest.csv")
-BALANCE_CSV = Path("data/processed/us/split_balance.csv")
 COLUMNS = ["image", "patient", "plane", "brain_plane", "split", "is_brain", "seg_ok"]
 
 
@@ -112,8 +113,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params("split_planes_us")
     root = project_root()
-    labels = pd.read_csv(root / LABELS_CSV)
-    validation = pd.read_csv(root / VALIDATION_CSV)
+    labels = pd.read_csv(root / PLANES_LABELS_CSV)
+    validation = pd.read_csv(root / US_VALIDATION_CSV)
     validation = validation[validation["dataset"].eq("fetal_planes")]
     passed = set(validation.loc[validation["passed"].astype(bool), "image"].map(image_stem))
     seg = pd.read_csv(root / SEGMENTATION_CSV)
@@ -127,9 +128,9 @@ def main() -> None:
         str(params["salt"]),
     )
     balance = split_balance(manifest, params["planes"])
-    write_csv(root / OUT_CSV, manifest)
-    write_csv(root / BALANCE_CSV, balance)
-    log.info("wrote %s (%d images)\n%s", OUT_CSV, len(manifest), balance.to_string())
+    write_csv(root / PLANES_MANIFEST_CSV, manifest)
+    write_csv(root / SPLIT_BALANCE_CSV, balance)
+    log.info("wrote %s (%d images)\n%s", PLANES_MANIFEST_CSV, len(manifest), balance.to_string())
 
 
 if __name__ == "__main__":

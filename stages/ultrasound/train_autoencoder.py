@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,14 +45,16 @@ from stages.ultrasound.autoencoder import (
 from stages.ultrasound.corruptions import CORRUPTIONS
 from stages.ultrasound.crops import PLANES, brain_rows, crops_for, plane_one_hot, to_unit_float
 from stages.ultrasound.model_dir import bundle_segmenter, save_model_dir
-from stages.ultrasound.paths import FINAL_SEGMENTER
+from stages.ultrasound.paths import (
+    AUTOENCODER_DIR,
+    CROPS_NPZ,
+    FINAL_SEGMENTER,
+    PLANES_MANIFEST_CSV,
+    TRAIN_AUTOENCODER_REPORT,
+)
 
 log = logging.getLogger(__name__)
 
-CROPS = Path("data/processed/us/crops.npz")
-MANIFEST = Path("data/processed/us/planes_manifest.csv")
-MODEL_DIR = Path("data/models/us/autoencoder")
-REPORT = Path("data/reports/train_autoencoder_us.json")
 SEGMENTER = FINAL_SEGMENTER  # bundled: new images are cropped as the training images were
 LOADER = "stages.ultrasound.predictors:load_autoencoder_predictor"
 
@@ -251,8 +252,8 @@ def main() -> None:
     params = load_params("train_autoencoder_us")
     crop_params = {"enhance_us": load_params("enhance_us"), "segment_us": load_params("segment_us")}
     root = project_root()
-    manifest = pd.read_csv(root / MANIFEST)
-    with np.load(root / CROPS) as z:
+    manifest = pd.read_csv(root / PLANES_MANIFEST_CSV)
+    with np.load(root / CROPS_NPZ) as z:
         names, images = z["names"], z["images"]
     size = params["input_size"]
     data, crops_u8, patients = {}, {}, {}
@@ -287,7 +288,7 @@ def main() -> None:
             "anomaly_score": params.get("anomaly_score", "normalised_mse"),
             **crop_params,
         }
-        with atomic_dir(root / MODEL_DIR) as tmp:
+        with atomic_dir(root / AUTOENCODER_DIR) as tmp:
             save_model_dir(model, tmp, config, result["latent"])
             # new images must be cropped by the segmenter that cropped the training images
             bundle_segmenter(tmp, crop_params["segment_us"], root / SEGMENTER)
@@ -305,7 +306,7 @@ def main() -> None:
         tracking.log_metrics(
             {k: v for k, v in {**report, **timings}.items() if not isinstance(v, list)}
         )
-        eval_paths = [root / CROPS, root / MANIFEST]
+        eval_paths = [root / CROPS_NPZ, root / PLANES_MANIFEST_CSV]
         values = {
             k: report[k] for k in ("val_mse", "val_mse_neg", "val_corruption_auroc", "threshold")
         }
@@ -316,7 +317,7 @@ def main() -> None:
         )
         n_train = f"{len(crops_u8['train'])} brain crops"
         decision = tracking.register_and_promote(
-            root / MODEL_DIR,
+            root / AUTOENCODER_DIR,
             LOADER,
             params["registered_name"],
             {**registry.metric_tags(values), "eval_data_hash": tracking.data_hash(eval_paths),
@@ -332,7 +333,7 @@ def main() -> None:
             )[1],
             signature=registry.SIGNATURES["autoencoder"],
         ).to_dict()  # fmt: skip
-    write_json(root / REPORT, report)
+    write_json(root / TRAIN_AUTOENCODER_REPORT, report)
     write_run_report(root, "train_autoencoder_us", timings)
     log.info(
         "val MSE %.5f, val corruption AUROC %.3f, threshold %.5f; %s",

@@ -40,7 +40,14 @@ from stages.common.training import class_weights, epoch_timer, seed_everything
 from stages.ultrasound import registry
 from stages.ultrasound.crops import PLANES, brain_rows, crops_for, to_unit_float
 from stages.ultrasound.model_dir import bundle_segmenter, save_model_dir
-from stages.ultrasound.paths import FINAL_SEGMENTER
+from stages.ultrasound.paths import (
+    CROPS_NPZ,
+    FINAL_SEGMENTER,
+    PLANE_CLASSIFIER_DIR,
+    PLANES_MANIFEST_CSV,
+    TRAIN_PLANE_CLASSIFIER_DIR,
+    TRAIN_PLANE_CLASSIFIER_REPORT,
+)
 from stages.ultrasound.plane_classifier import (
     build_plane_classifier,
     calibrated,
@@ -52,11 +59,6 @@ from stages.ultrasound.reliability import write_reliability
 
 log = logging.getLogger(__name__)
 
-CROPS = Path("data/processed/us/crops.npz")
-MANIFEST = Path("data/processed/us/planes_manifest.csv")
-MODEL_DIR = Path("data/models/us/plane_classifier")
-REPORT = Path("data/reports/train_plane_classifier_us.json")
-RELIABILITY = Path("data/reports/train_plane_classifier_us")  # reliability.csv + .png
 SEGMENTER = FINAL_SEGMENTER  # bundled: new images are cropped as the training images were
 LOADER = "stages.ultrasound.predictors:load_plane_predictor"
 
@@ -243,8 +245,8 @@ def main() -> None:
     params = load_params("train_plane_classifier_us")
     crop_params = {"enhance_us": load_params("enhance_us"), "segment_us": load_params("segment_us")}
     root = project_root()
-    manifest = pd.read_csv(root / MANIFEST)
-    with np.load(root / CROPS) as z:
+    manifest = pd.read_csv(root / PLANES_MANIFEST_CSV)
+    with np.load(root / CROPS_NPZ) as z:
         names, images = z["names"], z["images"]
     data, crops_u8, rows_of = {}, {}, {}
     for split in ("train", "val"):
@@ -259,7 +261,9 @@ def main() -> None:
         stage="train_plane_classifier_us",
     ):
         model, result = train_plane_classifier(*data["train"], *data["val"], params)
-        temperature, calibration = calibrate(model, *data["val"], params, root / RELIABILITY)
+        temperature, calibration = calibrate(
+            model, *data["val"], params, root / TRAIN_PLANE_CLASSIFIER_DIR
+        )
         config = {
             "kind": "plane_classifier",
             "input_size": params["input_size"],
@@ -268,7 +272,7 @@ def main() -> None:
             "temperature": temperature,
             **crop_params,
         }
-        with atomic_dir(root / MODEL_DIR) as tmp:
+        with atomic_dir(root / PLANE_CLASSIFIER_DIR) as tmp:
             save_model_dir(model, tmp, config)
             # new images must be cropped by the segmenter that cropped the training images
             bundle_segmenter(tmp, crop_params["segment_us"], root / SEGMENTER)
@@ -290,7 +294,7 @@ def main() -> None:
         tracking.log_metrics({**report, **timings})
         for epoch, values in enumerate(zip(*result["history"].values(), strict=True)):
             tracking.log_metrics(dict(zip(result["history"], values, strict=True)), step=epoch)
-        eval_paths = [root / CROPS, root / MANIFEST]
+        eval_paths = [root / CROPS_NPZ, root / PLANES_MANIFEST_CSV]
         metrics = {k: report[k] for k in ("val_accuracy", "val_log_loss_neg")}
         version = data_version(root, ["us", "fetal_planes"], eval_paths)
         val = rows_of["val"]
@@ -300,7 +304,7 @@ def main() -> None:
             params["promote_metric"], "log_loss_neg", int(params["seed"]),
         )  # fmt: skip
         decision = tracking.register_and_promote(
-            root / MODEL_DIR,
+            root / PLANE_CLASSIFIER_DIR,
             LOADER,
             params["registered_name"],
             {**registry.metric_tags(metrics), "eval_data_hash": tracking.data_hash(eval_paths),
@@ -314,7 +318,7 @@ def main() -> None:
             rescore=lambda champion: champion.proba(crops_u8["val"]),
             signature=registry.SIGNATURES["plane_classifier"],
         ).to_dict()  # fmt: skip
-    write_json(root / REPORT, report)
+    write_json(root / TRAIN_PLANE_CLASSIFIER_REPORT, report)
     write_run_report(root, "train_plane_classifier_us", timings)
     log.info(
         "val accuracy %.3f (best epoch %d); %s",

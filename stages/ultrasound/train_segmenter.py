@@ -32,7 +32,6 @@ import logging
 import math
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -60,17 +59,20 @@ from stages.ultrasound.imaging import (
     read_image,
 )
 from stages.ultrasound.model_dir import save_model_dir
-from stages.ultrasound.paths import SEGMENTER_FINAL, SEGMENTER_FOLDS, SEGMENTER_MODELS, fold_dir
+from stages.ultrasound.paths import (
+    ENHANCED_HC18,
+    HC18_RAW,
+    SEGMENTER_FINAL,
+    SEGMENTER_FOLDS,
+    SEGMENTER_MODELS,
+    SEGMENTER_OOF_CSV,
+    TRAIN_SEGMENTER_REPORT,
+    fold_dir,
+)
 from stages.ultrasound.unet_model import build_unet, predict_masks
 
 log = logging.getLogger(__name__)
 
-ENHANCED = Path("data/interim/us/enhanced/hc18")
-RAW = Path("data/raw/hc18")
-FOLDS = SEGMENTER_FOLDS
-MODEL_DIR = SEGMENTER_MODELS
-REPORT = Path("data/reports/train_segmenter_us.json")
-OOF = Path("data/reports/train_segmenter_us/oof.csv")
 FINAL = SEGMENTER_FINAL
 LOADER = "stages.ultrasound.predictors:load_segmenter_predictor"
 
@@ -321,12 +323,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params, enhance_params = load_params("train_segmenter_us"), load_params("enhance_us")
     root = project_root()
-    info = pd.read_csv(root / RAW / "pixel_size_and_HC.csv")
+    info = pd.read_csv(root / HC18_RAW / "pixel_size_and_HC.csv")
     info = {str(f)[:-4]: (float(px), float(hc)) for f, px, hc in info.itertuples(index=False)}
     names, images, truths, targets = [], [], [], []
-    for name, img in iter_store(root / ENHANCED):
+    for name, img in iter_store(root / ENHANCED_HC18):
         if name in info:
-            outline = read_image(root / RAW / f"images/{name}_Annotation.png")
+            outline = read_image(root / HC18_RAW / f"images/{name}_Annotation.png")
             names.append(name)
             images.append(img)
             truths.append(truth_mask(outline)[0])  # what Dice is scored against
@@ -336,7 +338,7 @@ def main() -> None:
     y = np.stack([mask_to_input(t, hw) for t in targets])
     px_mm, hc_mm = (np.array([info[n][k] for n in names]) for k in (0, 1))
     folds = segmenter_folds(names, hc_mm, int(params["n_folds"]), int(params["seed"]))
-    write_csv(root / FOLDS, folds)
+    write_csv(root / SEGMENTER_FOLDS, folds)
     oof = pd.DataFrame(
         index=range(len(names)), columns=["dice", "hc_mm", "hc_error_mm", "hc_true_mm"]
     )
@@ -344,7 +346,7 @@ def main() -> None:
     with tracking.run(
         "us-head-segmenter", "train_segmenter_us", params, stage="train_segmenter_us"
     ):
-        with atomic_dir(root / MODEL_DIR) as tmp:
+        with atomic_dir(root / SEGMENTER_MODELS) as tmp:
             for k in range(int(params["n_folds"])):
                 held = (folds["fold"] == k).to_numpy()
                 model, res = train_unet(x[~held], y[~held], params, int(params["seed"]) + k)
@@ -381,12 +383,16 @@ def main() -> None:
         tracking.log_metrics(
             {k: v for k, v in {**report, **timings}.items() if not isinstance(v, dict)}
         )
-        eval_paths = [root / ENHANCED, root / RAW / "pixel_size_and_HC.csv", root / FOLDS]
+        eval_paths = [
+            root / ENHANCED_HC18,
+            root / HC18_RAW / "pixel_size_and_HC.csv",
+            root / SEGMENTER_FOLDS,
+        ]
         metrics = {k: v for k, v in report.items() if k.startswith("oof_")}
-        version = data_version(root, ["us", "hc18"], [root / RAW / "pixel_size_and_HC.csv"])
+        version = data_version(root, ["us", "hc18"], [root / HC18_RAW / "pixel_size_and_HC.csv"])
         evaluation = oof_evaluation(oof, params["promote_metric"], int(params["seed"]))
         decision = tracking.register_and_promote(
-            root / MODEL_DIR / FINAL,
+            root / SEGMENTER_MODELS / FINAL,
             LOADER,
             params["registered_name"],
             {**registry.metric_tags(metrics), "eval_data_hash": tracking.data_hash(eval_paths),
@@ -398,8 +404,8 @@ def main() -> None:
             card_facts=segmenter_card(report, evaluation, version),
             signature=registry.SIGNATURES["segmenter"],
         ).to_dict()  # fmt: skip
-    write_csv(root / OOF, oof)
-    write_json(root / REPORT, report)
+    write_csv(root / SEGMENTER_OOF_CSV, oof)
+    write_json(root / TRAIN_SEGMENTER_REPORT, report)
     write_run_report(root, "train_segmenter_us", timings)
     log.info(
         "OOF Dice %.3f (median %.3f), |HC error| %.2f mm (median %.2f); %s",

@@ -33,7 +33,13 @@ from stages.common.params import load_params, project_root
 from stages.ultrasound.image_checks import ImageRules
 from stages.ultrasound.imaging import ImageError, read_image
 from stages.ultrasound.label_checks import check_image_file, check_label_table
-from stages.ultrasound.paths import HC18_CSV, PLANES_CSV, hc18_images
+from stages.ultrasound.paths import (
+    HC18_CSV,
+    PLANES_CSV,
+    US_QUARANTINE_CSV,
+    US_VALIDATION_CSV,
+    hc18_images,
+)
 
 log = logging.getLogger(__name__)
 
@@ -209,13 +215,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     p, pd_ = load_params("validate_us"), load_params("dask")
     root = project_root()
-    raw, interim, reports = root / "data/raw", root / "data/interim/us", root / "data/reports"
+    raw, reports = root / "data/raw", root / "data/reports"
     df = validate(raw, p, pd_)
     q = Quarantine("validate_us")
     for r in df.loc[~df["passed"]].itertuples():
         q.add(f"{r.dataset}/{r.image}", r.reasons)
-    write_csv(interim / "validation.csv", df)
-    q.write(interim / "quarantine.csv")
+    write_csv(root / US_VALIDATION_CSV, df)
+    q.write(root / US_QUARANTINE_CSV)
     gx = run_gx(raw, df, p, root / RUNS_DIR / "gx" / "us")
     fail_frac = float((~df["passed"]).mean()) if len(df) else 1.0
     report = {

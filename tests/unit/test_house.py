@@ -4,7 +4,10 @@
 - no import cycles, function-level imports included;
 - no module imports a stage module (only a stage's own ``python -m`` runs it): helpers never
   import stages, and two stages share code through a helper;
-- no module over 500 lines; only ``stages/common/tracking.py`` imports mlflow.
+- no module over 500 lines; only ``stages/common/tracking.py`` imports mlflow;
+- data locations are named once, in the paths modules (``stages/ctg/paths.py``,
+  ``stages/ultrasound/paths.py``; the shared folders where they live in ``stages/common/``),
+  and each one is declared in dvc.yaml unless it is untracked (``data/runs``).
 
 Each rule is also run on a small synthetic project where it must fail.
 """
@@ -24,6 +27,12 @@ pytestmark = pytest.mark.unit
 
 MAX_MODULE_LINES = 500
 MLFLOW_HOME = "stages/common/tracking.py"
+PATHS_MODULES = ("stages/ctg/paths.py", "stages/ultrasound/paths.py")
+SHARED_DATA_DIRS = {
+    ("stages/common/io.py", "RUNS_DIR"),
+    ("stages/common/sources.py", "SOURCES_DIR"),
+}
+UNTRACKED = ("data/runs",)  # run reports and GX Data Docs: git-ignored, no stage declares them
 
 
 def stage_module_names(root: Path = ig.ROOT) -> set[str]:
@@ -39,6 +48,80 @@ def modules_importing_stages(root: Path = ig.ROOT) -> list[str]:
         for imp in imports
         if imp.target in stages
     ]
+
+
+def _data_paths(node: ast.AST) -> list[str]:
+    """The ``"data..."`` strings of the ``Path(...)`` calls inside ``node``."""
+    return [
+        call.args[0].value
+        for call in ast.walk(node)
+        if isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Name)
+        and call.func.id == "Path"
+        and call.args
+        and isinstance(call.args[0], ast.Constant)
+        and isinstance(call.args[0].value, str)
+        and (call.args[0].value == "data" or call.args[0].value.startswith("data/"))
+    ]
+
+
+def _module_constants(path: Path) -> list[tuple[str, int, str]]:
+    """Module-level ``NAME = ...Path("data...")...``: (name, line, data path)."""
+    found = []
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, ast.AnnAssign) and node.value is not None
+            else []
+        )
+        for target in targets:
+            for data in _data_paths(node.value):
+                found.append((ast.unparse(target), node.lineno, data))
+    return found
+
+
+def data_constants_outside_paths_modules(root: Path = ig.ROOT) -> list[str]:
+    """Data path constants a stage or helper defines instead of importing them."""
+    wrong = []
+    for path in sorted((root / "stages").rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel in PATHS_MODULES:
+            continue
+        for name, line, data in _module_constants(path):
+            if (rel, name) not in SHARED_DATA_DIRS:
+                wrong.append(f"{rel}:{line} {name} = Path({data!r})")
+    return wrong
+
+
+def declared_data_paths(root: Path = ig.ROOT) -> set[str]:
+    """The deps, outs, metrics and plots of every stage in dvc.yaml."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    return {
+        (next(iter(item)) if isinstance(item, dict) else str(item)).rstrip("/")
+        for stage in stages.values()
+        for key in ("deps", "outs", "metrics", "plots")
+        for item in stage.get(key, [])
+    }
+
+
+def undeclared_data_paths(root: Path = ig.ROOT) -> list[str]:
+    """Paths-module data paths that no stage declares: not a declared path, not inside a
+    declared folder, not a folder holding declared files, and not untracked."""
+    declared = declared_data_paths(root)
+    modules = [*PATHS_MODULES, *sorted({rel for rel, _ in SHARED_DATA_DIRS})]
+    wrong = []
+    for rel in modules:
+        for name, line, data in _module_constants(root / rel):
+            data = data.rstrip("/")
+            if any(data == u or data.startswith(u + "/") for u in UNTRACKED):
+                continue
+            if not any(
+                data == d or data.startswith(d + "/") or d.startswith(data + "/") for d in declared
+            ):
+                wrong.append(f"{rel}:{line} {name} = Path({data!r})")
+    return wrong
 
 
 # --------------------------------------------------------------------------- the real tree
@@ -87,6 +170,16 @@ def test_only_the_tracking_module_imports_mlflow() -> None:
                 if any(n == "mlflow" or n.startswith("mlflow.") for n in names):
                     importers.append(str(path.relative_to(ig.ROOT)))
     assert sorted(set(importers)) == [MLFLOW_HOME]
+
+
+def test_data_paths_are_defined_only_in_the_paths_modules() -> None:
+    assert data_constants_outside_paths_modules() == [], (
+        "import the data locations from stages/ctg/paths.py or stages/ultrasound/paths.py"
+    )
+
+
+def test_every_data_path_is_declared_in_dvc_yaml() -> None:
+    assert undeclared_data_paths() == []
 
 
 # --------------------------------------------------------------------------- the rules can fail
@@ -178,6 +271,35 @@ def test_helper_importing_a_stage_is_found(tmp_path: Path) -> None:
     files = {**FILES, "stages/plots.py": "from stages.fit import main\n"}
     root = _project(tmp_path, files, PIPELINE)
     assert modules_importing_stages(root) == ["stages.plots:1 imports stage stages.fit"]
+
+
+def test_a_data_constant_in_a_stage_is_found(tmp_path: Path) -> None:
+    files = {
+        **FILES,
+        "stages/fit.py": 'from pathlib import Path\n\nOUT = Path("data/x")\nN = Path("model")\n',
+        "stages/ctg/paths.py": 'from pathlib import Path\n\nX = Path("data/x")\n',
+    }
+    root = _project(tmp_path, files, PIPELINE)
+    assert data_constants_outside_paths_modules(root) == ["stages/fit.py:3 OUT = Path('data/x')"]
+
+
+def test_an_undeclared_data_path_is_found(tmp_path: Path) -> None:
+    paths = """\
+        from pathlib import Path
+
+        X = Path("data/x/inside.csv")
+        RUNS = Path("data/runs/gx")
+        NEW = Path("data/y.csv")
+        """
+    files = {
+        **FILES,
+        "stages/ctg/paths.py": paths,
+        "stages/ultrasound/paths.py": 'from pathlib import Path\n\nD = Path("data")\n',
+        "stages/common/io.py": 'from pathlib import Path\n\nRUNS_DIR = Path("data/runs")\n',
+        "stages/common/sources.py": "",
+    }
+    root = _project(tmp_path, files, PIPELINE)
+    assert undeclared_data_paths(root) == ["stages/ctg/paths.py:5 NEW = Path('data/y.csv')"]
 
 
 @pytest.mark.parametrize("module", sorted(stage_module_names()))
