@@ -70,3 +70,20 @@ def brain_rows(manifest: pd.DataFrame, split: str, planes: Sequence[str] = PLANE
     """Manifest rows of one split whose brain plane is one of ``planes``."""
     keep = manifest["is_brain"].astype(bool) & manifest["brain_plane"].isin(list(planes))
     return manifest[keep & manifest["split"].eq(split)].reset_index(drop=True)
+
+
+def brain_split_crops(
+    manifest_csv: Path, crops_npz: Path, splits: Sequence[str] = ("train", "val")
+) -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
+    """Per split: the manifest's brain-plane rows and their uint8 head crops, row-aligned.
+
+    What ``train_autoencoder_us`` and ``train_plane_classifier_us`` both train on.
+    """
+    manifest = pd.read_csv(manifest_csv)
+    with np.load(crops_npz) as z:
+        names, images = z["names"], z["images"]
+    out = {}
+    for split in splits:
+        rows = brain_rows(manifest, split)
+        out[split] = (rows, crops_for(rows, names, images))
+    return out

@@ -43,7 +43,12 @@ from stages.ultrasound.autoencoder import (
     score_anomaly,
 )
 from stages.ultrasound.corruptions import CORRUPTIONS
-from stages.ultrasound.crops import PLANES, brain_rows, crops_for, plane_one_hot, to_unit_float
+from stages.ultrasound.crops import (
+    PLANES,
+    brain_split_crops,
+    plane_one_hot,
+    to_unit_float,
+)
 from stages.ultrasound.model_dir import bundle_segmenter, save_model_dir
 from stages.ultrasound.paths import (
     AUTOENCODER_DIR,
@@ -252,17 +257,15 @@ def main() -> None:
     params = load_params("train_autoencoder_us")
     crop_params = {"enhance_us": load_params("enhance_us"), "segment_us": load_params("segment_us")}
     root = project_root()
-    manifest = pd.read_csv(root / PLANES_MANIFEST_CSV)
-    with np.load(root / CROPS_NPZ) as z:
-        names, images = z["names"], z["images"]
     size = params["input_size"]
     data, crops_u8, patients = {}, {}, {}
-    for split in ("train", "val"):
-        rows = brain_rows(manifest, split)
+    for split, (rows, crops) in brain_split_crops(
+        root / PLANES_MANIFEST_CSV, root / CROPS_NPZ
+    ).items():
         patients[split] = list(rows["patient"].astype(str))
         if split == "val":
             planes_val, val_rows = list(rows["brain_plane"]), rows
-        crops_u8[split] = crops_for(rows, names, images)
+        crops_u8[split] = crops
         data[split] = (
             to_unit_float(crops_u8[split], size),
             plane_one_hot(rows["brain_plane"]),

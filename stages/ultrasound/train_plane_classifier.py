@@ -38,7 +38,7 @@ from stages.common.promotion import Evaluation, score_interval
 from stages.common.provenance import data_version
 from stages.common.training import class_weights, epoch_timer, seed_everything
 from stages.ultrasound import registry
-from stages.ultrasound.crops import PLANES, brain_rows, crops_for, to_unit_float
+from stages.ultrasound.crops import PLANES, brain_split_crops, to_unit_float
 from stages.ultrasound.model_dir import bundle_segmenter, save_model_dir
 from stages.ultrasound.paths import (
     CROPS_NPZ,
@@ -245,13 +245,11 @@ def main() -> None:
     params = load_params("train_plane_classifier_us")
     crop_params = {"enhance_us": load_params("enhance_us"), "segment_us": load_params("segment_us")}
     root = project_root()
-    manifest = pd.read_csv(root / PLANES_MANIFEST_CSV)
-    with np.load(root / CROPS_NPZ) as z:
-        names, images = z["names"], z["images"]
     data, crops_u8, rows_of = {}, {}, {}
-    for split in ("train", "val"):
-        rows = rows_of[split] = brain_rows(manifest, split)
-        crops_u8[split] = crops_for(rows, names, images)
+    for split, (rows, crops) in brain_split_crops(
+        root / PLANES_MANIFEST_CSV, root / CROPS_NPZ
+    ).items():
+        rows_of[split], crops_u8[split] = rows, crops
         x = to_unit_float(crops_u8[split], params["input_size"])
         data[split] = (x, rows["brain_plane"].map(PLANES.index).to_numpy(dtype=int))
     with tracking.run(
