@@ -246,13 +246,14 @@ def synthetic_model_dir(
     its compute time is the real one) fitted for one epoch on ``n_records`` synthetic
     70-minute records, saved as the stage saves it."""
     from stages.common.params import load_params
+    from stages.common.training import seed_everything
     from stages.ctg import model as ctg_model
     from stages.ctg.signal import preprocess_signals
     from tests.synth_ctg import synth_record
 
     params = {**load_params("train_ctg", ROOT / "params.yaml"), **(overrides or {})}
     pre = dict(load_params("preprocess_ctg", ROOT / "params.yaml"))
-    ctg_model.set_determinism(seed)
+    seed_everything(seed)
     rng = np.random.default_rng(seed)
     recs = [synth_record(rng, acidemic=bool(i % 2), duration_min=70.0) for i in range(n_records)]
     pairs = [preprocess_signals(f, u, FS_HZ, pre) for f, u, _ in recs]
@@ -280,7 +281,6 @@ def log_ctg_model(model_dir: Path) -> str:
         name="model",
         loader="stages.ctg.model:load_predictor",
         artifacts={"model_dir": str(model_dir)},
-        pip_requirements=train.PIP_REQUIREMENTS,
         input_example=train.example_input(),
         signature=False,
     )

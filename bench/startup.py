@@ -58,12 +58,13 @@ def make_model(folder: Path) -> str:
     if local.is_dir():
         return str(local)
     from stages.common.params import load_params
+    from stages.common.training import seed_everything
     from stages.ctg import model as ctg_model
 
     params = dict(load_params("train_ctg", ROOT / "params.yaml"))
     params.update(units=8, dense_units=8, conv_filters=8)
     pre = dict(load_params("preprocess_ctg", ROOT / "params.yaml"))
-    ctg_model.set_determinism(0)
+    seed_everything(0)
     net = ctg_model.build_model(int(pre["last_minutes"] * 60 * pre["fs_out_hz"]), params)
     ctg_model.save_model_dir(folder, net, pre, ctg_model.normalisation(params), 0.5, 10.0)
     return str(folder)
