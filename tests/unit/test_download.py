@@ -80,6 +80,14 @@ def mirror(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def raw_dir(tmp_path: Path) -> Path:
+    """An empty ingest output folder."""
+    out = tmp_path / "raw"
+    out.mkdir()
+    return out
+
+
+@pytest.fixture
 def server(mirror: Path) -> Iterator[tuple[str, ServerState]]:
     """A threaded HTTP server on 127.0.0.1 (random port) serving the mirror's parent folder."""
     state = ServerState()
@@ -104,11 +112,10 @@ def test_parse_sha256sums_formats() -> None:
 
 
 def test_ingest_over_http_then_skip_on_rerun(
-    server: tuple[str, ServerState], mirror: Path, tmp_path: Path
+    server: tuple[str, ServerState], mirror: Path, raw_dir: Path
 ) -> None:
     url, _ = server
-    out = tmp_path / "raw"
-    out.mkdir()
+    out = raw_dir
     report = run_ingest(url, out, {**HTTP, "max_records": 0})
     assert report["n_records"] == 4 and report["n_quarantined"] == 0
     assert report["bytes_transferred"] == report["bytes_total"] > 0
@@ -159,11 +166,10 @@ def test_resume_part_file_with_range(
 
 
 def test_interrupted_download_is_kept_and_resumed_by_the_next_ingest(
-    server: tuple[str, ServerState], mirror: Path, tmp_path: Path
+    server: tuple[str, ServerState], mirror: Path, raw_dir: Path
 ) -> None:
     url, state = server
-    out = tmp_path / "raw"
-    out.mkdir()
+    out = raw_dir
     src = (mirror / "1003.dat").read_bytes()
     (out / "1003.dat.part").write_bytes(src[: len(src) // 2])  # a run killed mid-download
     state.fail_next["/ctu-uhb/1003.dat"] = 10  # the server is down for that file this time
