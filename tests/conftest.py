@@ -71,6 +71,20 @@ def set_params(repo: Path, updates: dict[str, dict]) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def toy_ctg_source(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n_records: int, params: dict
+) -> Path:
+    """A synthetic mirror of ``n_records`` 35-45 minute CTG records as the toy repository's source
+    (``FETAL_MIRROR``), with ``params`` set; returns the mirror's ``ctu-uhb`` folder."""
+    from tests.synth_ctg import make_ctg_mirror
+
+    minutes = (35, 45)
+    mirror = make_ctg_mirror(tmp_path / "mirror", n_records=n_records, seed=4, duration_min=minutes)
+    monkeypatch.setenv("FETAL_MIRROR", str(mirror.parent))
+    set_params(repo, params)
+    return mirror
+
+
 @pytest.fixture
 def toy_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh git + DVC repository holding a copy of the project's code and pipeline."""

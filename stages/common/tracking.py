@@ -317,8 +317,9 @@ def decide(
     version: str,
     metric: str,
     margin: float,
-    evaluation: promotion.Evaluation | None = None,
-    rescore: Callable[[Any], Any] | None = None,
+    *,
+    evaluation: promotion.Evaluation | None,
+    rescore: Callable[[Any], Any] | None,
 ) -> promotion.Decision:
     """Whether ``version`` should become champion (read-only). Paired on the challenger's items:
     the champion's stored items (common ones), or ``rescore(champion predictor) -> predictions``
@@ -427,7 +428,7 @@ def promote_if_better(
     reconcile_history(name)
     if evaluation is not None:
         record_evaluation(name, version, evaluation)
-    decision = decide(name, version, metric, margin, evaluation, rescore)
+    decision = decide(name, version, metric, margin, evaluation=evaluation, rescore=rescore)
     verdict = "promoted" if decision.promoted else "rejected"
     c.set_model_version_tag(name, version, "promotion_decision", verdict)
     c.set_model_version_tag(name, version, "promotion_reason", decision.reason)

@@ -106,19 +106,22 @@ def _find(root: Path, name: str) -> Path:
     return hits[0]
 
 
-def ingest_planes_download(p: dict[str, Any], out: Path, work: Path) -> None:
-    """Download and safely extract FETAL_PLANES_ZENODO.zip, then lay it out like the mirror."""
+def _download_and_extract(p: dict[str, Any], dataset: str, zip_name: str, work: Path) -> Path:
+    """Download ``p[<dataset>_url]`` (checked against ``p[<dataset>_sha256]`` when set) to
+    ``work/zip_name`` and extract it safely into ``work/<dataset>``; returns that folder."""
     from stages.common import download as dl
 
-    zpath = work / "FETAL_PLANES_ZENODO.zip"
-    dl.download_file(
-        p["fetal_planes_url"],
-        zpath,
-        sha256=p.get("fetal_planes_sha256") or None,
-        timeout_s=float(p.get("timeout_s", 120)),
-    )
-    ex = work / "fetal_planes"
-    dl.safe_extract_zip(zpath, ex)
+    zpath = work / zip_name
+    sha256 = p.get(f"{dataset}_sha256") or None
+    timeout_s = float(p.get("timeout_s", 120))
+    dl.download_file(p[f"{dataset}_url"], zpath, sha256=sha256, timeout_s=timeout_s)
+    dl.safe_extract_zip(zpath, work / dataset)
+    return work / dataset
+
+
+def ingest_planes_download(p: dict[str, Any], out: Path, work: Path) -> None:
+    """Download and safely extract FETAL_PLANES_ZENODO.zip, then lay it out like the mirror."""
+    ex = _download_and_extract(p, "fetal_planes", "FETAL_PLANES_ZENODO.zip", work)
     csv = _find(ex, PLANES_CSV)
     img_dir = next((d for d in ex.rglob("*") if d.is_dir() and d.name.lower() == "images"), None)
     if img_dir is None:
@@ -137,16 +140,8 @@ def ingest_hc18_download(p: dict[str, Any], out: Path, work: Path) -> None:
     """Download HC18's training_set.zip and its CSV; keep images and outline annotations."""
     from stages.common import download as dl
 
-    zpath = work / "training_set.zip"
-    dl.download_file(
-        p["hc18_url"],
-        zpath,
-        sha256=p.get("hc18_sha256") or None,
-        timeout_s=float(p.get("timeout_s", 120)),
-    )
+    ex = _download_and_extract(p, "hc18", "training_set.zip", work)
     dl.download_file(p["hc18_csv_url"], out / HC18_CSV, timeout_s=float(p.get("timeout_s", 120)))
-    ex = work / "hc18"
-    dl.safe_extract_zip(zpath, ex)
     (out / "images").mkdir(parents=True, exist_ok=True)
     for png in sorted(ex.rglob("*HC*.png")):
         if png.is_file() and not png.is_symlink():

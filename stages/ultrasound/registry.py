@@ -80,32 +80,70 @@ def item_evaluation(
                       score=score, seed=seed)  # fmt: skip
 
 
+# The model cards' fixed text; ``evaluation`` is formatted with the stage's report figures.
+CARD_TEXT: dict[str, dict[str, Any]] = {
+    "segmenter": {
+        "name": "us-head-segmenter",
+        "summary": "U-Net for the fetal skull on HC18; head circumference from the fitted ellipse.",
+        "evaluation": "{n_folds}-fold cross-validation by examination: every figure is out-of-fold."
+        " Promotion: paired bootstrap by examination of the per-image |HC error| on the images "
+        "both versions scored out of fold.",
+        "failure_cases": [
+            "no ellipse found (counted as an error of the whole circumference)",
+            "big heads (third trimester): the largest errors in mm",
+            "images from other machines or with strong shadowing are untested",
+        ],
+    },
+    "plane_classifier": {
+        "name": "us-plane-classifier",
+        "summary": "Small CNN classifying brain-plane head crops (FETAL_PLANES_DB).",
+        "evaluation": "Validation on {n_val} crops of held-out patients (patient-disjoint hashed "
+        "split); intervals: bootstrap by patient. Promotion: the champion is re-scored on the "
+        "same val crops and compared by a paired bootstrap by patient.",
+        "failure_cases": [
+            "a failed skull segmentation gives a wrong crop and an unreliable plane",
+            "non-brain planes are out of scope (not a class)",
+            "~25 validation crops: intervals are wide",
+        ],
+    },
+    "autoencoder": {
+        "name": "us-brain-autoencoder",
+        "summary": "Plane-conditioned convolutional autoencoder of brain crops: an anomaly score "
+        "for images unlike the training brains (quality, plane, possibly pathology). Not a "
+        "diagnosis.",
+        "evaluation": "Validation crops of held-out patients (hashed patient split) against "
+        "corrupted copies (occlusion, noise, blank, inverted, seeded); interval: bootstrap by "
+        "patient. Promotion: the champion is re-scored on the same crops and corruptions, paired "
+        "bootstrap by patient.",
+        "failure_cases": [
+            "real pathology was never seen: a high score is not a finding",
+            "easy-to-reconstruct dark or smooth non-brain crops may score low",
+            "a failed skull segmentation gives an off-centre crop and a high score",
+        ],
+    },
+}
+
+
 def card_facts(
-    kind: str,
-    name: str,
-    summary: str,
-    data_version: str,
-    n_train: str,
-    class_balance: str,
-    evaluation: str,
-    metrics: dict[str, Any],
-    failure_cases: list[str],
+    kind: str, data_version: str, training: tuple[str, str], metrics: dict[str, Any], **report: Any
 ) -> dict[str, Any]:
-    """The model card's facts of an ultrasound model (:mod:`stages.common.model_card`)."""
+    """The model card's facts of an ultrasound model (:mod:`stages.common.model_card`):
+    ``training`` is (size with its unit, class balance); ``report`` fills the evaluation text."""
+    text = CARD_TEXT[kind]
     inputs, outputs = CARD_IO[kind]
     return {
-        "name": name,
-        "summary": summary,
+        "name": text["name"],
+        "summary": text["summary"],
         "intended_use": "Research tool on fetal ultrasound images (HC18, FETAL_PLANES_DB): "
         "measurements and flags for a sonographer to check.",
         "inputs": inputs,
         "outputs": outputs,
         "data_version": data_version,
-        "n_train": n_train,
-        "class_balance": class_balance,
-        "evaluation": evaluation,
+        "n_train": training[0],
+        "class_balance": training[1],
+        "evaluation": text["evaluation"].format(**report),
         "metrics": metrics,
-        "failure_cases": failure_cases,
+        "failure_cases": text["failure_cases"],
     }
 
 

@@ -227,29 +227,13 @@ def corruption_items(rows: pd.DataFrame) -> tuple[list[str], list[str]]:
 
 def autoencoder_card(report: dict[str, Any], evaluation: Any, n_train: str, version: str) -> dict:
     """The model card's facts from this stage's report and its val evaluation."""
-    return registry.card_facts(
-        "autoencoder",
-        "us-brain-autoencoder",
-        "Plane-conditioned convolutional autoencoder of brain crops: an anomaly score for images "
-        "unlike the training brains (quality, plane, possibly pathology). Not a diagnosis.",
-        version,
-        n_train,
-        "no anomaly labels: trained on normal-appearing brain crops only",
-        "Validation crops of held-out patients (hashed patient split) against corrupted copies "
-        "(occlusion, noise, blank, inverted, seeded); interval: bootstrap by patient. "
-        "Promotion: the champion is re-scored on the same crops and corruptions, paired "
-        "bootstrap by patient.",
-        {
-            "val_corruption_auroc": score_interval(evaluation),
-            "val_mse": report["val_mse"],
-            "threshold": report["threshold"],
-        },
-        [
-            "real pathology was never seen: a high score is not a finding",
-            "easy-to-reconstruct dark or smooth non-brain crops may score low",
-            "a failed skull segmentation gives an off-centre crop and a high score",
-        ],
-    )
+    metrics = {
+        "val_corruption_auroc": score_interval(evaluation),
+        "val_mse": report["val_mse"],
+        "threshold": report["threshold"],
+    }
+    no_labels = "no anomaly labels: trained on normal-appearing brain crops only"
+    return registry.card_facts("autoencoder", version, (n_train, no_labels), metrics)
 
 
 def main() -> None:

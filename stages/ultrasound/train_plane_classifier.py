@@ -217,26 +217,15 @@ def plane_card(
     accuracy = replace(evaluation, score="accuracy")
     loss, loss_low, loss_high = score_interval(evaluation)
     counts = train_rows["brain_plane"].value_counts().to_dict()
+    metrics = {
+        "val_accuracy": score_interval(accuracy),
+        "val_log_loss": (-loss, -loss_high, -loss_low),
+        "best_epoch": report["best_epoch"],
+    }
+    n_train = f"{report['n_train']} head crops of {train_rows['patient'].nunique()} patients"
+    balance = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
     return registry.card_facts(
-        "plane_classifier",
-        "us-plane-classifier",
-        "Small CNN classifying brain-plane head crops (FETAL_PLANES_DB).",
-        version,
-        f"{report['n_train']} head crops of {train_rows['patient'].nunique()} patients",
-        ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
-        f"Validation on {report['n_val']} crops of held-out patients (patient-disjoint hashed "
-        "split); intervals: bootstrap by patient. Promotion: the champion is re-scored on the "
-        "same val crops and compared by a paired bootstrap by patient.",
-        {
-            "val_accuracy": score_interval(accuracy),
-            "val_log_loss": (-loss, -loss_high, -loss_low),
-            "best_epoch": report["best_epoch"],
-        },
-        [
-            "a failed skull segmentation gives a wrong crop and an unreliable plane",
-            "non-brain planes are out of scope (not a class)",
-            "~25 validation crops: intervals are wide",
-        ],
+        "plane_classifier", version, (n_train, balance), metrics, n_val=report["n_val"]
     )
 
 

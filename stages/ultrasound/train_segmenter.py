@@ -277,28 +277,17 @@ def oof_evaluation(oof: pd.DataFrame, metric: str, seed: int) -> Evaluation:
 def segmenter_card(report: dict[str, Any], evaluation: Evaluation, version: str) -> dict:
     """The model card's facts from this stage's report."""
     value, low, high = score_interval(evaluation)
-    return registry.card_facts(
-        "segmenter",
-        "us-head-segmenter",
-        "U-Net for the fetal skull on HC18; head circumference from the fitted ellipse.",
-        version,
+    metrics = {
+        "oof_hc_error_mm_mean": (-value, -high, -low),
+        "oof_hc_error_mm_median": report["oof_hc_error_mm_median"],
+        "oof_dice_mean": report["oof_dice_mean"],
+        "oof_n_no_ellipse": report.get("oof_n_no_ellipse", 0),
+    }
+    training = (
         f"{report['n_images']} HC18 images",
         "not applicable (segmentation); head sizes stratified over folds",
-        f"{report['n_folds']}-fold cross-validation by examination: every figure is out-of-fold. "
-        "Promotion: paired bootstrap by examination of the per-image |HC error| on the images "
-        "both versions scored out of fold.",
-        {
-            "oof_hc_error_mm_mean": (-value, -high, -low),
-            "oof_hc_error_mm_median": report["oof_hc_error_mm_median"],
-            "oof_dice_mean": report["oof_dice_mean"],
-            "oof_n_no_ellipse": report.get("oof_n_no_ellipse", 0),
-        },
-        [
-            "no ellipse found (counted as an error of the whole circumference)",
-            "big heads (third trimester): the largest errors in mm",
-            "images from other machines or with strong shadowing are untested",
-        ],
     )
+    return registry.card_facts("segmenter", version, training, metrics, n_folds=report["n_folds"])
 
 
 def model_config(

@@ -16,9 +16,9 @@ import yaml
 
 from stages.common.download import sha256_file
 from stages.common.io import read_json
-from tests.conftest import run_dvc, set_params
+from tests.conftest import run_dvc, set_params, toy_ctg_source
 from tests.integration.test_ctg_pipeline import ran_stages
-from tests.synth_ctg import make_ctg_mirror, synth_record, write_ctg_record, write_index
+from tests.synth_ctg import synth_record, write_ctg_record, write_index
 from tests.synth_us import make_us_mirror
 
 pytestmark = pytest.mark.integration
@@ -43,17 +43,13 @@ def _train_inputs_md5(repo: Path) -> dict[str, str]:
 def test_ctg_arrivals_through_dvc_repro(
     toy_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mirror = make_ctg_mirror(tmp_path / "mirror", n_records=8, seed=4, duration_min=(35, 45))
-    monkeypatch.setenv("FETAL_MIRROR", str(mirror.parent))
-    set_params(
-        toy_repo,
-        {
-            "ingest_ctg": {"max_fail_fraction": 0.5},
-            "validate_ctg": {"max_fail_fraction": 0.5},
-            "preprocess_ctg": {"last_minutes": 30},
-            "split_ctg": {"n_folds": 3},
-        },
-    )
+    params = {
+        "ingest_ctg": {"max_fail_fraction": 0.5},
+        "validate_ctg": {"max_fail_fraction": 0.5},
+        "preprocess_ctg": {"last_minutes": 30},
+        "split_ctg": {"n_folds": 3},
+    }
+    mirror = toy_ctg_source(toy_repo, tmp_path, monkeypatch, 8, params)
     raw = toy_repo / "data/raw/ctu-uhb"
     processed = toy_repo / "data/processed/ctg"
     first = run_dvc(toy_repo, "repro", "split_ctg").stdout

@@ -108,11 +108,10 @@ def test_dvc_repro_ctg_data_stages_on_toy_repo(
     toy_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The dvc.yaml blocks agree with what the stages read and write: repro, then nothing to do."""
-    from tests.conftest import run_dvc, set_params
+    from tests.conftest import run_dvc, set_params, toy_ctg_source
 
-    mirror = make_ctg_mirror(tmp_path / "mirror", n_records=10, seed=4, duration_min=(35, 45))
-    monkeypatch.setenv("FETAL_MIRROR", str(mirror.parent))
-    set_params(toy_repo, {"ingest_ctg": {"max_records": 0}, "split_ctg": {"n_folds": 3}})
+    params = {"ingest_ctg": {"max_records": 0}, "split_ctg": {"n_folds": 3}}
+    toy_ctg_source(toy_repo, tmp_path, monkeypatch, 10, params)
     run_dvc(toy_repo, "repro", "split_ctg", "featurize_ctg")
     for out in ["sequences.npz", "records.csv", "folds.csv", "features.csv"]:
         assert (toy_repo / "data/processed/ctg" / out).is_file()
