@@ -1,0 +1,123 @@
+"""The figures the docs quote, rendered from the committed metrics (``data/reports/*.json``).
+
+``docs/results.md`` and ``README.md`` hold blocks between ``<!-- figures:NAME -->`` and
+``<!-- /figures -->``; this module renders each block from the reports, so the quoted figures
+cannot drift from the metrics DVC committed. After a full ``make pipeline``:
+
+    python -m tests.doc_figures --write      # refresh the blocks from data/reports/
+    python -m tests.doc_figures              # exit 1 when a block differs (the docs test does this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORTS = ROOT / "data" / "reports"
+DOCS = [ROOT / "docs" / "results.md", ROOT / "README.md"]
+BLOCK = re.compile(r"(<!-- figures:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /figures -->)", re.S)
+
+Reports = dict[str, dict]
+
+
+def load_reports(folder: Path = REPORTS) -> Reports:
+    """Every committed metrics file, by stage name (``evaluate_ctg`` for evaluate_ctg.json)."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+
+
+def _f(value: float, digits: int = 3) -> str:
+    return f"{value:.{digits}f}"
+
+
+def _interval(r: dict, key: str, digits: int = 3) -> str:
+    return (
+        f"{_f(r[key], digits)} [{_f(r[key + '_ci_low'], digits)}, "
+        f"{_f(r[key + '_ci_high'], digits)}]"
+    )
+
+
+def ctg_table(reports: Reports) -> str:
+    """evaluate_ctg's own table (the stage writes it from the same report)."""
+    return (REPORTS / "evaluate_ctg" / "metrics.md").read_text().strip() + "\n"
+
+
+def us_table(reports: Reports) -> str:
+    seg, ev = reports["train_segmenter_us"], reports["evaluate_us"]
+    rows = [
+        ("HC18 segmentation, mean Dice (out-of-fold)",
+         f"{_f(seg['oof_dice_mean'])} (median {_f(seg['oof_dice_median'])})"),
+        ("HC18 head circumference, mean abs. error (out-of-fold)",
+         f"{_f(seg['oof_hc_error_mm_mean'], 2)} mm "
+         f"(median {_f(seg['oof_hc_error_mm_median'], 2)})"),
+        (f"plane accuracy, 3 brain planes, held-out patients ({ev['n_test']} images)",
+         f"{_interval(ev, 'plane_accuracy')} (macro-F1 {_f(ev['plane_macro_f1'])})"),
+        ("plane calibration, expected calibration error (uncalibrated -> temperature)",
+         f"{_f(ev['plane_ece_uncalibrated'])} -> {_f(ev['plane_ece'])}"),
+        ("anomaly AUROC, non-brain planes vs held-out brain",
+         _interval(ev, "anomaly_nonbrain_auroc")),
+        ("held-out brain images flagged anomalous (target "
+         f"{_f(ev['ae_target_false_alarm'], 2)})",
+         _interval(ev, "ae_test_brain_flagged_rate")),
+        ("held-out non-brain images flagged anomalous", _interval(ev, "ae_nonbrain_flagged_rate")),
+    ]  # fmt: skip
+    body = "\n".join(f"| {what} | {figure} |" for what, figure in rows)
+    return "| what | figure [95 % interval] |\n|---|---:|\n" + body + "\n"
+
+
+def headline(reports: Reports) -> str:
+    ctg, seg, ev = reports["evaluate_ctg"], reports["train_segmenter_us"], reports["evaluate_us"]
+    return (
+        f"- CTG, pH < 7.15, record-level out-of-fold AUC: network {_interval(ctg, 'lstm.auc')}, "
+        f"logistic regression on FIGO features {_interval(ctg, 'baseline.auc')}.\n"
+        f"- HC18 out-of-fold: Dice {_f(seg['oof_dice_mean'])}, head circumference error "
+        f"{_f(seg['oof_hc_error_mm_mean'], 2)} mm.\n"
+        f"- Brain-plane accuracy on held-out patients {_interval(ev, 'plane_accuracy')}; "
+        f"non-brain vs brain anomaly AUROC {_f(ev['anomaly_nonbrain_auroc'])}.\n"
+    )
+
+
+RENDER: dict[str, Callable[[Reports], str]] = {
+    "ctg": ctg_table,
+    "us": us_table,
+    "headline": headline,
+}
+
+
+def stale_blocks(
+    docs: list[Path] = DOCS, reports: Reports | None = None, write: bool = False
+) -> list[str]:
+    """``file: block`` for every block that differs from its rendering (rewritten if ``write``)."""
+    reports = load_reports() if reports is None else reports
+    stale = []
+    for doc in docs:
+        text = doc.read_text()
+
+        def fill(m: re.Match, doc: Path = doc) -> str:
+            body = RENDER[m["name"]](reports)
+            if body != m["body"]:
+                stale.append(f"{doc.name}: {m['name']}")
+            return m.group(1) + body + m.group(4)
+
+        new = BLOCK.sub(fill, text)
+        if write and new != text:
+            doc.write_text(new)
+    return stale
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="rewrite the stale blocks")
+    args = parser.parse_args()
+    stale = stale_blocks(write=args.write)
+    for s in stale:
+        print(("rewritten " if args.write else "stale ") + s)
+    sys.exit(1 if stale and not args.write else 0)
+
+
+if __name__ == "__main__":
+    main()
