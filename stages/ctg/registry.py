@@ -1,4 +1,8 @@
-"""What a ``ctg-distress`` version is registered with: signature, card facts, paired evaluation."""
+"""What a ``ctg-distress`` version is registered with: signature, card facts, paired evaluation.
+
+Every family (``train_ctg``'s network, ``train_families_ctg``'s feature models) is registered with
+the same signature, input example, card layout and paired evaluation: they compete on equal terms.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import pandas as pd
 
 from stages.common.promotion import Evaluation
 
+FAMILY_TAG = "family"  # version tag: lstm | logistic | gbm | hybrid
 LEGACY_OOF = "oof_predictions.csv"  # train_ctg has logged it at the root of every run
 # MLflow signature spec (stages.common.tracking.model_signature): raw 4 Hz samples in.
 SIGNATURE: dict[str, list[tuple[str, str, bool]]] = {
@@ -30,6 +35,25 @@ OUTPUTS = [
 ]
 
 
+# What each family is, for its model card.
+SUMMARIES = {
+    "lstm": "Conv1D + LSTM on the last minutes of intrapartum CTG (FHR and UC).",
+    "logistic": "Logistic regression (L2, class-balanced) on ~20 FIGO-style features (baseline, "
+    "variability, accelerations, decelerations, contractions) of the last minutes of the raw "
+    "FHR and UC, cleaned as for the network.",
+    "gbm": "Gradient-boosted trees (scikit-learn histogram boosting) on the same FIGO-style "
+    "features as the logistic family.",
+    "hybrid": "Stacking: a logistic regression on the Conv1D + LSTM network's logit and the "
+    "FIGO-style features, fitted on the network's out-of-fold predictions.",
+}
+
+
+def example_input(n_min: float = 12.0, fs_hz: float = 4.0) -> pd.DataFrame:
+    """A one-row raw input (flat 140 bpm, resting UC) for the MLflow input example."""
+    n = int(n_min * 60 * fs_hz)
+    return pd.DataFrame({"fhr_bpm": [[140.0] * n], "uc": [[10.0] * n], "fs_hz": [fs_hz]})
+
+
 def oof_items(oof: pd.DataFrame) -> pd.DataFrame:
     """``record, label, probability`` (train_ctg's oof_predictions.csv) as promotion items."""
     return pd.DataFrame(
@@ -48,13 +72,17 @@ def oof_evaluation(oof: pd.DataFrame, metric: str, seed: int) -> Evaluation:
 
 
 def card_facts(
-    report: Mapping[str, Any], auc_ci: tuple[float, float], data_version: str
+    report: Mapping[str, Any],
+    auc_ci: tuple[float, float],
+    data_version: str,
+    family: str = "lstm",
 ) -> dict[str, Any]:
-    """The model card's facts from ``train_ctg``'s report (:mod:`stages.common.model_card`)."""
+    """The model card's facts from a family's report (``cv_auc``, ``n_records``, ``n_pos``,
+    ``alert_threshold``; :mod:`stages.common.model_card`)."""
     n, n_pos = int(report["n_records"]), int(report["n_pos"])
     return {
         "name": "ctg-distress",
-        "summary": "Conv1D + LSTM on the last minutes of intrapartum CTG (FHR and UC).",
+        "summary": f"Family `{family}`: {SUMMARIES[family]}",
         "intended_use": "Flag intrapartum CTG recordings at risk of fetal acidaemia for review.",
         "inputs": INPUTS,
         "outputs": OUTPUTS,

@@ -43,7 +43,7 @@ from stages.ctg.paths import (
     SEQUENCES_NPZ,
     TRAIN_CTG_REPORT,
 )
-from stages.ctg.registry import SIGNATURE, card_facts, oof_evaluation
+from stages.ctg.registry import FAMILY_TAG, SIGNATURE, card_facts, example_input, oof_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +322,7 @@ def register(
             "data_version": version,
             "eval_data_hash": tracking.data_hash([root / FOLDS_CSV, root / RECORDS_CSV]),
             "n_records": report["n_records"],
+            FAMILY_TAG: "lstm",
         },
         idempotency_key(input_paths, params, tracking.git_commit()),
         metric,
@@ -332,12 +333,6 @@ def register(
         signature=SIGNATURE,
     )
     return decision.to_dict()
-
-
-def example_input(n_min: float = 12.0, fs_hz: float = 4.0) -> pd.DataFrame:
-    """A one-row raw input (flat 140 bpm, resting UC) for the MLflow input example."""
-    n = int(n_min * 60 * fs_hz)
-    return pd.DataFrame({"fhr_bpm": [[140.0] * n], "uc": [[10.0] * n], "fs_hz": [fs_hz]})
 
 
 def main() -> None:
