@@ -7,11 +7,15 @@ the same signature, input example, card layout and paired evaluation: they compe
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from stages.common.promotion import Evaluation
+from stages.common import tracking
+from stages.common.promotion import Evaluation, score_interval
+from stages.common.provenance import data_version
+from stages.ctg.paths import FOLDS_CSV, RECORDS_CSV
 
 FAMILY_TAG = "family"  # version tag: lstm | logistic | gbm | hybrid
 LEGACY_OOF = "oof_predictions.csv"  # train_ctg has logged it at the root of every run
@@ -103,3 +107,49 @@ def card_facts(
             "one centre (CTU-UHB, Brno): other populations and monitors are untested",
         ],
     }
+
+
+def register_family(
+    root: Path,
+    model_dir: Path,
+    loader: str,
+    family: str,
+    report: Mapping[str, Any],
+    promotion: Mapping[str, Any],
+    oof: pd.DataFrame,
+    seed: int,
+    key: str,
+) -> dict[str, Any]:
+    """Register one family's model folder as a ``ctg-distress`` version in the active run and
+    decide its promotion; the Decision as a dict.
+
+    Every family gets the same tags (``family``, the metric and its interval, data version,
+    evaluation data hash), signature, input example, model card and paired evaluation of its
+    out-of-fold predictions ``oof`` (``record, label, probability``). ``promotion`` holds
+    ``registered_name``, ``promote_metric`` and ``promote_margin``; ``key`` is the idempotency key.
+    """
+    metric = str(promotion["promote_metric"])
+    version = data_version(root, ["ctg", "ctu-uhb"], [root / RECORDS_CSV, root / FOLDS_CSV])
+    evaluation = oof_evaluation(oof, metric, seed)
+    _, low, high = score_interval(evaluation)
+    decision = tracking.register_and_promote(
+        model_dir,
+        loader,
+        str(promotion["registered_name"]),
+        {
+            metric: report[metric],
+            "metric_interval": f"[{low:.4f}, {high:.4f}]",
+            "data_version": version,
+            "eval_data_hash": tracking.data_hash([root / FOLDS_CSV, root / RECORDS_CSV]),
+            "n_records": report["n_records"],
+            FAMILY_TAG: family,
+        },
+        key,
+        metric,
+        float(promotion["promote_margin"]),
+        evaluation=evaluation,
+        card_facts=card_facts(report, (low, high), version, family),
+        input_example=example_input(),
+        signature=SIGNATURE,
+    )
+    return decision.to_dict()
