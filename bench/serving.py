@@ -275,13 +275,13 @@ def synthetic_model_dir(
 def log_ctg_model(model_dir: Path) -> str:
     """The pyfunc exactly as ``train_ctg`` logs it (loader, artifacts, requirements, example)."""
     from stages.common import tracking
-    from stages.ctg import train
+    from stages.ctg import registry
 
     return tracking.log_predictor_model(
         name="model",
         loader="stages.ctg.model:load_predictor",
         artifacts={"model_dir": str(model_dir)},
-        input_example=train.example_input(),
+        input_example=registry.example_input(),
         signature=False,
     )
 

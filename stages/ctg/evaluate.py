@@ -23,6 +23,7 @@ import pandas as pd
 from stages.common import io, plots, tracking
 from stages.common import metrics as M
 from stages.common.params import load_params, project_root
+from stages.ctg import families
 from stages.ctg.paths import (
     CTG_MODEL_DIR,
     CTU_UHB_RAW,
@@ -51,32 +52,13 @@ REPORTED = (
 def baseline_oof(
     features: pd.DataFrame, labels: np.ndarray, folds: np.ndarray, c: float, seed: int
 ) -> np.ndarray:
-    """OOF probabilities of a standardised logistic regression on numeric feature columns.
-
-    Missing feature values are imputed with the training folds' median; classes are balanced.
-    """
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x = features.to_numpy(dtype=float)
-    # Columns that are all-NaN would break the imputer; they carry no information anyway.
-    x = x[:, ~np.isnan(x).all(axis=0)]
-    oof = np.full(labels.size, np.nan)
-    for k in np.unique(folds):
-        test = folds == k
-        clf = make_pipeline(
-            SimpleImputer(strategy="median"),
-            StandardScaler(),
-            LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed),
-        )
-        if len(np.unique(labels[~test])) < 2:  # a fold with one class: no model, prevalence
-            oof[test] = labels[~test].mean()
-            continue
-        clf.fit(x[~test], labels[~test])
-        oof[test] = clf.predict_proba(x[test])[:, 1]
-    return oof
+    """OOF probabilities of the logistic family (:func:`families.logistic_pipeline`: median
+    imputation, standardisation, balanced classes) on the informative numeric feature columns:
+    the same model ``train_families_ctg`` registers as ``logistic``."""
+    cols = families.informative_columns(features)
+    return families.oof_predict(
+        lambda: families.logistic_pipeline(c, seed), features[cols].to_numpy(float), labels, folds
+    )
 
 
 def operating_threshold(setting: Any, y: np.ndarray, prob: np.ndarray) -> tuple[float, str]:

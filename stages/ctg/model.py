@@ -269,7 +269,7 @@ class CtgPredictor:
         self.model = model
         self.config = dict(config)
         self.preprocess_params = dict(config["preprocess_ctg"])
-        self.norm = dict(config["normalisation"])
+        self.norm = dict(config.get("normalisation", {}))  # a feature model has none
         threshold = config.get("alert_threshold")
         self.threshold = None if threshold is None else float(threshold)
         self.fs_in_hz = float(self.preprocess_params.get("fs_in_hz", DEFAULT_FS_HZ))
@@ -375,8 +375,8 @@ class CtgPredictor:
                 f"takes {bound} {minutes:g} min ({limit} samples at {fs:g} Hz)"
             )
 
-    def prepare(self, model_input: Any) -> np.ndarray:
-        """Validate raw input and return the network input ``(n, T, 3)``."""
+    def raw_records(self, model_input: Any) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        """Validate raw input: ``(fhr_bpm, uc, fs_hz)`` per record, raw samples (0 = missing)."""
         columns, n = self._columns(model_input)
         chosen = {}
         for signal, options in self.SIGNAL_COLUMNS.items():
@@ -392,7 +392,7 @@ class CtgPredictor:
             chosen[signal] = found[0]
         if n == 0:
             raise ValueError("input has no rows")
-        fhr_rows, uc_rows = [], []
+        records = []
         for i in range(n):
             fs = self._number(columns.get("fs_hz", [None] * n)[i], "fs_hz", i, self.fs_in_hz)
             if fs != self.fs_in_hz:
@@ -408,6 +408,13 @@ class CtgPredictor:
             if fhr.size != uc.size:
                 raise ValueError(f"row {i}: fhr_bpm has {fhr.size} samples but uc has {uc.size}")
             self._length_checked(fhr.size, fs, i)
+            records.append((fhr, uc, fs))
+        return records
+
+    def prepare(self, model_input: Any) -> np.ndarray:
+        """Validate raw input and return the network input ``(n, T, 3)``."""
+        fhr_rows, uc_rows = [], []
+        for i, (fhr, uc, fs) in enumerate(self.raw_records(model_input)):
             f_out, u_out = preprocess_signals(fhr, uc, fs, self.preprocess_params)
             if np.isnan(f_out).all():
                 raise ValueError(f"row {i}: no valid FHR sample in the analysed window")

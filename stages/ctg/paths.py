@@ -41,3 +41,9 @@ LEARNING_CURVES_CSV = Path("data/reports/train_ctg/learning_curves.csv")
 # evaluate_ctg writes its metrics and the curves/figures folder
 EVALUATE_CTG_REPORT = Path("data/reports/evaluate_ctg.json")
 EVALUATE_CTG_DIR = Path("data/reports/evaluate_ctg")
+
+# train_families_ctg writes the feature families' model folders (one per family), their metrics
+# and out-of-fold predictions
+CTG_FAMILIES_DIR = Path("data/models/ctg_families")
+TRAIN_FAMILIES_CTG_REPORT = Path("data/reports/train_families_ctg.json")
+FAMILIES_OOF_CSV = Path("data/reports/train_families_ctg/oof_predictions.csv")

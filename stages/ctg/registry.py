@@ -1,14 +1,23 @@
-"""What a ``ctg-distress`` version is registered with: signature, card facts, paired evaluation."""
+"""What a ``ctg-distress`` version is registered with: signature, card facts, paired evaluation.
+
+Every family (``train_ctg``'s network, ``train_families_ctg``'s feature models) is registered with
+the same signature, input example, card layout and paired evaluation: they compete on equal terms.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from stages.common.promotion import Evaluation
+from stages.common import tracking
+from stages.common.promotion import Evaluation, score_interval
+from stages.common.provenance import data_version
+from stages.ctg.paths import FOLDS_CSV, RECORDS_CSV
 
+FAMILY_TAG = "family"  # version tag: lstm | logistic | gbm | hybrid
 LEGACY_OOF = "oof_predictions.csv"  # train_ctg has logged it at the root of every run
 # MLflow signature spec (stages.common.tracking.model_signature): raw 4 Hz samples in.
 SIGNATURE: dict[str, list[tuple[str, str, bool]]] = {
@@ -30,6 +39,25 @@ OUTPUTS = [
 ]
 
 
+# What each family is, for its model card.
+SUMMARIES = {
+    "lstm": "Conv1D + LSTM on the last minutes of intrapartum CTG (FHR and UC).",
+    "logistic": "Logistic regression (L2, class-balanced) on ~20 FIGO-style features (baseline, "
+    "variability, accelerations, decelerations, contractions) of the last minutes of the raw "
+    "FHR and UC, cleaned as for the network.",
+    "gbm": "Gradient-boosted trees (scikit-learn histogram boosting) on the same FIGO-style "
+    "features as the logistic family.",
+    "hybrid": "Stacking: a logistic regression on the Conv1D + LSTM network's logit and the "
+    "FIGO-style features, fitted on the network's out-of-fold predictions.",
+}
+
+
+def example_input(n_min: float = 12.0, fs_hz: float = 4.0) -> pd.DataFrame:
+    """A one-row raw input (flat 140 bpm, resting UC) for the MLflow input example."""
+    n = int(n_min * 60 * fs_hz)
+    return pd.DataFrame({"fhr_bpm": [[140.0] * n], "uc": [[10.0] * n], "fs_hz": [fs_hz]})
+
+
 def oof_items(oof: pd.DataFrame) -> pd.DataFrame:
     """``record, label, probability`` (train_ctg's oof_predictions.csv) as promotion items."""
     return pd.DataFrame(
@@ -48,13 +76,17 @@ def oof_evaluation(oof: pd.DataFrame, metric: str, seed: int) -> Evaluation:
 
 
 def card_facts(
-    report: Mapping[str, Any], auc_ci: tuple[float, float], data_version: str
+    report: Mapping[str, Any],
+    auc_ci: tuple[float, float],
+    data_version: str,
+    family: str = "lstm",
 ) -> dict[str, Any]:
-    """The model card's facts from ``train_ctg``'s report (:mod:`stages.common.model_card`)."""
+    """The model card's facts from a family's report (``cv_auc``, ``n_records``, ``n_pos``,
+    ``alert_threshold``; :mod:`stages.common.model_card`)."""
     n, n_pos = int(report["n_records"]), int(report["n_pos"])
     return {
         "name": "ctg-distress",
-        "summary": "Conv1D + LSTM on the last minutes of intrapartum CTG (FHR and UC).",
+        "summary": f"Family `{family}`: {SUMMARIES[family]}",
         "intended_use": "Flag intrapartum CTG recordings at risk of fetal acidaemia for review.",
         "inputs": INPUTS,
         "outputs": OUTPUTS,
@@ -75,3 +107,49 @@ def card_facts(
             "one centre (CTU-UHB, Brno): other populations and monitors are untested",
         ],
     }
+
+
+def register_family(
+    root: Path,
+    model_dir: Path,
+    loader: str,
+    family: str,
+    report: Mapping[str, Any],
+    promotion: Mapping[str, Any],
+    oof: pd.DataFrame,
+    seed: int,
+    key: str,
+) -> dict[str, Any]:
+    """Register one family's model folder as a ``ctg-distress`` version in the active run and
+    decide its promotion; the Decision as a dict.
+
+    Every family gets the same tags (``family``, the metric and its interval, data version,
+    evaluation data hash), signature, input example, model card and paired evaluation of its
+    out-of-fold predictions ``oof`` (``record, label, probability``). ``promotion`` holds
+    ``registered_name``, ``promote_metric`` and ``promote_margin``; ``key`` is the idempotency key.
+    """
+    metric = str(promotion["promote_metric"])
+    version = data_version(root, ["ctg", "ctu-uhb"], [root / RECORDS_CSV, root / FOLDS_CSV])
+    evaluation = oof_evaluation(oof, metric, seed)
+    _, low, high = score_interval(evaluation)
+    decision = tracking.register_and_promote(
+        model_dir,
+        loader,
+        str(promotion["registered_name"]),
+        {
+            metric: report[metric],
+            "metric_interval": f"[{low:.4f}, {high:.4f}]",
+            "data_version": version,
+            "eval_data_hash": tracking.data_hash([root / FOLDS_CSV, root / RECORDS_CSV]),
+            "n_records": report["n_records"],
+            FAMILY_TAG: family,
+        },
+        key,
+        metric,
+        float(promotion["promote_margin"]),
+        evaluation=evaluation,
+        card_facts=card_facts(report, (low, high), version, family),
+        input_example=example_input(),
+        signature=SIGNATURE,
+    )
+    return decision.to_dict()

@@ -29,8 +29,7 @@ import pandas as pd
 from stages.common import io, tracking
 from stages.common.metrics import auc, youden_threshold
 from stages.common.params import load_params, project_root
-from stages.common.promotion import score_interval
-from stages.common.provenance import data_version, idempotency_key
+from stages.common.provenance import idempotency_key
 from stages.common.training import class_weights, epoch_timer, seed_everything
 from stages.ctg import crops as ctg_crops
 from stages.ctg import model as ctg_model
@@ -43,7 +42,7 @@ from stages.ctg.paths import (
     SEQUENCES_NPZ,
     TRAIN_CTG_REPORT,
 )
-from stages.ctg.registry import SIGNATURE, card_facts, oof_evaluation
+from stages.ctg.registry import register_family
 
 log = logging.getLogger(__name__)
 
@@ -308,36 +307,11 @@ def register(
 ) -> dict[str, Any]:
     """Log the pyfunc model (signature, card) in the active run, register it and decide its
     promotion on the records it shares with the champion; the Decision."""
-    metric = str(params["promote_metric"])
-    version = data_version(root, ["ctg", "ctu-uhb"], [root / RECORDS_CSV, root / FOLDS_CSV])
-    evaluation = oof_evaluation(oof, metric, int(params["seed"]))
-    _, *auc_ci = score_interval(evaluation)
-    decision = tracking.register_and_promote(
-        root / CTG_MODEL_DIR,
-        "stages.ctg.model:load_predictor",
-        str(params["registered_name"]),
-        {
-            metric: report[metric],
-            "metric_interval": f"[{auc_ci[0]:.4f}, {auc_ci[1]:.4f}]",
-            "data_version": version,
-            "eval_data_hash": tracking.data_hash([root / FOLDS_CSV, root / RECORDS_CSV]),
-            "n_records": report["n_records"],
-        },
-        idempotency_key(input_paths, params, tracking.git_commit()),
-        metric,
-        float(params["promote_margin"]),
-        evaluation=evaluation,
-        card_facts=card_facts(report, (auc_ci[0], auc_ci[1]), version),
-        input_example=example_input(),
-        signature=SIGNATURE,
-    )
-    return decision.to_dict()
-
-
-def example_input(n_min: float = 12.0, fs_hz: float = 4.0) -> pd.DataFrame:
-    """A one-row raw input (flat 140 bpm, resting UC) for the MLflow input example."""
-    n = int(n_min * 60 * fs_hz)
-    return pd.DataFrame({"fhr_bpm": [[140.0] * n], "uc": [[10.0] * n], "fs_hz": [fs_hz]})
+    key = idempotency_key(input_paths, params, tracking.git_commit())
+    return register_family(
+        root, root / CTG_MODEL_DIR, "stages.ctg.model:load_predictor", "lstm", report, params,
+        oof, int(params["seed"]), key,
+    )  # fmt: skip
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from stages.common import tracking
 from stages.common.params import load_params
 from stages.ctg import model as ctg_model
 from stages.ctg import train
-from stages.ctg.registry import SIGNATURE
+from stages.ctg.registry import SIGNATURE, example_input
 from stages.ctg.signal import preprocess_signals
 from tests.synth_ctg import synth_record
 from tests.synth_registry import oof_evaluation
@@ -153,7 +153,7 @@ def _log(trained: dict) -> str:
             name="model",
             loader="stages.ctg.model:load_predictor",
             artifacts={"model_dir": str(trained["dir"])},
-            input_example=train.example_input(),
+            input_example=example_input(),
             signature=tracking.model_signature(SIGNATURE),  # what train_ctg registers
         )
 

@@ -14,7 +14,7 @@ from stages.common import scoring, tracking
 from stages.common.params import load_params
 from stages.common.training import seed_everything
 from stages.ctg import model as ctg_model
-from stages.ctg import score, train
+from stages.ctg import registry, score
 from tests.synth_ctg import synth_record, write_ctg_record
 
 pytestmark = pytest.mark.unit
@@ -108,7 +108,7 @@ def test_risk_plot_and_champion_from_registry(
             name="model",
             loader="stages.ctg.model:load_predictor",
             artifacts={"model_dir": str(model_dir)},
-            input_example=train.example_input(),
+            input_example=registry.example_input(),
             signature=False,
         )
     version = tracking.register_model(uri, "ctg-distress", {"cv_auc": 0.7}, idempotency_key="s")
