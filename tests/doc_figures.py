@@ -69,11 +69,44 @@ def us_table(reports: Reports) -> str:
     return "| what | figure [95 % interval] |\n|---|---:|\n" + body + "\n"
 
 
+def families_table(reports: Reports) -> str:
+    """train_families_ctg: every family on the same folds, paired against the baseline."""
+    fam = reports["train_families_ctg"]
+    base, rows = fam["baseline"], []
+    for name, f in fam["families"].items():
+        d = f[f"vs_{base}"]
+        diff = (
+            "(baseline)"
+            if name == base
+            else (
+                f"{d['difference']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], "
+                f"p = {d['p_value']:.2f}"
+            )
+        )
+        rows.append(
+            f"| {name} | {_f(f['cv_auc'])} [{_f(f['auc_ci_low'])}, {_f(f['auc_ci_high'])}] | "
+            f"{_f(f['sensitivity'])} | {_f(f['specificity'])} | {diff} | "
+            f"{f['n_pos']}/{f['n_records'] - f['n_pos']} |"
+        )
+    head = (
+        f"| family | OOF AUC [95 % CI] | sens. | spec. | AUC difference to {base} [95 % CI], "
+        "DeLong | pos/neg |\n|---|---|---:|---:|---|---:|\n"
+    )
+    return head + "\n".join(rows) + "\n"
+
+
 def headline(reports: Reports) -> str:
-    ctg, seg, ev = reports["evaluate_ctg"], reports["train_segmenter_us"], reports["evaluate_us"]
+    fam = reports["train_families_ctg"]
+    aucs = ", ".join(
+        f"{name} {_f(f['cv_auc'])} [{_f(f['auc_ci_low'])}, {_f(f['auc_ci_high'])}]"
+        for name, f in fam["families"].items()
+    )
+    return f"- CTG acidemia (pH < 7.15), record-level out-of-fold AUC per family: {aucs}.\n"
+
+
+def headline_us(reports: Reports) -> str:
+    seg, ev = reports["train_segmenter_us"], reports["evaluate_us"]
     return (
-        f"- CTG, pH < 7.15, record-level out-of-fold AUC: network {_interval(ctg, 'lstm.auc')}, "
-        f"logistic regression on FIGO features {_interval(ctg, 'baseline.auc')}.\n"
         f"- HC18 out-of-fold: Dice {_f(seg['oof_dice_mean'])}, head circumference error "
         f"{_f(seg['oof_hc_error_mm_mean'], 2)} mm.\n"
         f"- Brain-plane accuracy on held-out patients {_interval(ev, 'plane_accuracy')}; "
@@ -81,11 +114,24 @@ def headline(reports: Reports) -> str:
     )
 
 
-RENDER: dict[str, Callable[[Reports], str]] = {
-    "ctg": ctg_table,
-    "us": us_table,
-    "headline": headline,
+# block -> (renderer, the reports it needs); a block whose reports are not committed says so.
+RENDER: dict[str, tuple[Callable[[Reports], str], tuple[str, ...]]] = {
+    "ctg": (ctg_table, ("evaluate_ctg",)),
+    "families": (families_table, ("train_families_ctg",)),
+    "us": (us_table, ("train_segmenter_us", "evaluate_us")),
+    "headline": (headline, ("train_families_ctg",)),
+    "headline_us": (headline_us, ("train_segmenter_us", "evaluate_us")),
 }
+
+
+def render(name: str, reports: Reports) -> str:
+    """Block ``name`` from the reports, or a line naming the reports this commit lacks."""
+    renderer, needs = RENDER[name]
+    missing = [n for n in needs if n not in reports]
+    if missing:
+        files = ", ".join(f"`data/reports/{n}.json`" for n in missing)
+        return f"_Not at this commit: {files} (a full `make pipeline` writes them)._\n"
+    return renderer(reports)
 
 
 def stale_blocks(
@@ -98,7 +144,7 @@ def stale_blocks(
         text = doc.read_text()
 
         def fill(m: re.Match, doc: Path = doc) -> str:
-            body = RENDER[m["name"]](reports)
+            body = render(m["name"], reports)
             if body != m["body"]:
                 stale.append(f"{doc.name}: {m['name']}")
             return m.group(1) + body + m.group(4)

@@ -1,0 +1,87 @@
+"""What one U-Net epoch costs on this machine: ``python -m bench.unet_epoch [--epochs 3]``.
+
+``train_segmenter_us`` fits 6 U-Nets (5 folds + the final one) for ``epochs`` epochs each on
+~160 HC18 images: the pipeline's longest stage. This prints the seconds of one epoch of the
+default network (params.yaml's ``train_segmenter_us``: input size, filters, batch size) on 160
+synthetic images, with and without TensorFlow op determinism, the stage's projected training
+time, and TensorFlow's matmul and conv2d throughput as a measure of the machine. Median of
+``--epochs`` epochs after a first one (graph tracing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_CHILD = """
+import json, sys, time
+import numpy as np
+deterministic, epochs = sys.argv[1] == "1", int(sys.argv[2])
+import keras, tensorflow as tf
+from stages.common.params import load_params
+from stages.ultrasound.unet_model import build_unet
+if deterministic:
+    tf.config.experimental.enable_op_determinism()
+keras.utils.set_random_seed(0)
+p = load_params("train_segmenter_us")
+hw = (int(p["input_height"]), int(p["input_width"]))
+rng = np.random.default_rng(0)
+x = rng.random((160, *hw, 1), dtype=np.float32)
+y = (rng.random((160, *hw, 1)) > 0.5).astype(np.float32)
+model = build_unet(hw, p["filters"], bool(p.get("batch_norm", True)), 0.002, 1.0)
+times = []
+for e in range(epochs + 1):
+    t = time.perf_counter()
+    model.fit(x, y, batch_size=int(p["batch_size"]), epochs=e + 1, initial_epoch=e, verbose=0)
+    times.append(time.perf_counter() - t)
+a = tf.random.uniform((2000, 2000)); tf.matmul(a, a).numpy()
+t = time.perf_counter(); [tf.matmul(a, a).numpy() for _ in range(5)]
+matmul = 5 * 2 * 2000**3 / (time.perf_counter() - t) / 1e9
+c = tf.random.uniform((8, *hw, 16)); k = tf.random.uniform((3, 3, 16, 16))
+tf.nn.conv2d(c, k, 1, "SAME").numpy()
+t = time.perf_counter(); [tf.nn.conv2d(c, k, 1, "SAME").numpy() for _ in range(20)]
+conv = 20 * 8 * hw[0] * hw[1] * 16 * 16 * 9 * 2 / (time.perf_counter() - t) / 1e9
+print(json.dumps({"epoch_s": times[1:], "matmul_gflops": matmul, "conv_gflops": conv,
+                  "epochs": int(p["epochs"]), "n_models": int(p["n_folds"]) + 1}))
+"""
+
+
+def measure(deterministic: bool, epochs: int) -> dict:
+    """One fresh interpreter (op determinism cannot be switched off once on)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, "1" if deterministic else "0", str(epochs)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per row (default 3)")
+    args = parser.parse_args()
+    print("| op determinism | s per epoch (160 images) | stage training, projected | "
+          "TF matmul GFLOPS | TF conv2d GFLOPS |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|")
+    for deterministic in (False, True):
+        r = measure(deterministic, args.epochs)
+        epoch_s = statistics.median(r["epoch_s"])
+        stage_min = epoch_s * r["epochs"] * r["n_models"] / 60
+        print(
+            f"| {'on' if deterministic else 'off'} | {epoch_s:.1f} | {stage_min:.0f} min "
+            f"({r['n_models']} x {r['epochs']} epochs) | {r['matmul_gflops']:.0f} | "
+            f"{r['conv_gflops']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
