@@ -173,7 +173,7 @@ def monitor_flow(
     """Follow the chunks in ``folder`` until ``_DONE`` (or idle), scoring sliding windows.
 
     Parameters default to ``params.yaml`` (``monitor`` section; ``validate_ctg`` for the checks).
-    ``model_uri`` defaults to ``models:/<train_ctg.registered_name>@champion``.
+    ``model_uri`` defaults to ``models:/<train_families_ctg.registered_name>@champion``.
     """
     from stages.common import tracking
     from stages.common.io import write_csv
@@ -189,7 +189,7 @@ def monitor_flow(
     idle_timeout_s = float(
         idle_timeout_s if idle_timeout_s is not None else mp.get("idle_timeout_s", 600)
     )
-    uri = model_uri or tracking.champion_uri(load_params("train_ctg")["registered_name"])
+    uri = model_uri or tracking.champion_uri(load_params("train_families_ctg")["registered_name"])
     model = tracking.load_model(uri)
     thr = float(threshold) if threshold is not None else model_threshold(model, 0.5)
     logger.info("monitoring %s with %s (threshold %.3f)", folder, uri, thr)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-FAMILIES = ("logistic", "gbm", "hybrid")  # registered by train_families_ctg (lstm: train_ctg)
+FAMILIES = ("logistic", "gbm", "hybrid")  # fitted by train_families_ctg (lstm: train_ctg)
 BASELINE = "logistic"  # the family every other one is compared with (paired, DeLong)
 
 

@@ -7,10 +7,10 @@ every reported AUC comes from. Optionally (``n_members``, ``crop_minutes``, ``tt
 fold trains several seeded networks, on random crops of the window redrawn every epoch, and
 scores a record by averaging them over fixed crops; the averaging is part of the saved model, so
 the out-of-fold predictions and the served model are the same computation. A final model trained
-the same way on all records is saved in ``data/models/ctg`` and registered in MLflow as
-``ctg-distress`` (alias ``challenger``), with its signature and model card; ``champion`` moves
-only when its out-of-fold AUC beats the champion's on the records both scored out of fold, by
-``promote_margin`` and beyond noise (DeLong, :mod:`stages.common.promotion`).
+the same way on all records is saved in ``data/models/ctg``; the run (params, metrics, learning
+curves, out-of-fold predictions) is logged to MLflow. ``train_families_ctg`` registers it as the
+``lstm`` family of ``ctg-distress`` beside the feature families and decides the promotion of all
+of them in one place, the baseline first.
 
 The alert threshold stored with the model is Youden's J on the OOF probabilities.
 """
@@ -29,7 +29,6 @@ import pandas as pd
 from stages.common import io, tracking
 from stages.common.metrics import auc, youden_threshold
 from stages.common.params import load_params, project_root
-from stages.common.provenance import idempotency_key
 from stages.common.training import class_weights, epoch_timer, seed_everything
 from stages.ctg import crops as ctg_crops
 from stages.ctg import model as ctg_model
@@ -42,7 +41,6 @@ from stages.ctg.paths import (
     SEQUENCES_NPZ,
     TRAIN_CTG_REPORT,
 )
-from stages.ctg.registry import register_family
 
 log = logging.getLogger(__name__)
 
@@ -298,22 +296,6 @@ def learning_curve_figure(curves: pd.DataFrame) -> Any:
     return fig
 
 
-def register(
-    root: Path,
-    params: Mapping[str, Any],
-    report: dict[str, Any],
-    input_paths: list[Path],
-    oof: pd.DataFrame,
-) -> dict[str, Any]:
-    """Log the pyfunc model (signature, card) in the active run, register it and decide its
-    promotion on the records it shares with the champion; the Decision."""
-    key = idempotency_key(input_paths, params, tracking.git_commit())
-    return register_family(
-        root, root / CTG_MODEL_DIR, "stages.ctg.model:load_predictor", "lstm", report, params,
-        oof, int(params["seed"]), key,
-    )  # fmt: skip
-
-
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params("train_ctg")
@@ -368,7 +350,6 @@ def main() -> None:
         "fold_s": {str(f["fold"]): f["fold_s"] for f in per_fold},
     }
     log.info("CV AUC (pooled out-of-fold, %d records): %.4f", y.size, report["cv_auc"])
-    inputs = [root / SEQUENCES_NPZ, root / RECORDS_CSV, root / FOLDS_CSV]
     with tracking.run(
         "ctg", "train_ctg", params={"train_ctg": params, "preprocess_ctg": pre}, stage="train_ctg"
     ):
@@ -387,8 +368,6 @@ def main() -> None:
         tracking.log_figure(learning_curve_figure(all_curves), "learning_curves.png")
         tracking.log_artifact(root / LEARNING_CURVES_CSV)
         tracking.log_artifact(root / OOF_PREDICTIONS_CSV)
-        # version numbers depend on the registry's history: a run fact, not a model fact
-        timings["decision"] = register(root, params, report, inputs, oof_df)
     io.write_json(root / TRAIN_CTG_REPORT, report)
     io.write_run_report(root, "train_ctg", timings)
 

@@ -1,4 +1,4 @@
-"""Stage ``train_families_ctg``: the feature families of ``ctg-distress``, on the network's folds.
+"""Stage ``train_families_ctg``: every family of ``ctg-distress``, registered in one place.
 
 Three families compete with ``train_ctg``'s Conv1D+LSTM network for the ``champion`` alias of
 ``ctg-distress`` (:mod:`stages.ctg.families`): the FIGO-feature logistic regression (the
@@ -8,8 +8,11 @@ is scored out of fold on ``split_ctg``'s salted hashed folds, the folds the netw
 on, then refitted on every record and registered like the network: same pyfunc input (raw 4 Hz
 FHR and UC; the features are computed from them by the code ``featurize_ctg`` runs), signature,
 model card and paired promotion (DeLong on the records it shares with the champion, by
-``train_ctg.promote_margin``), tagged ``family``. The families are registered in the order of
-:data:`families.FAMILIES`, each against the champion of the moment.
+``promote_margin``), tagged ``family``. This stage registers and decides for all four, the network
+included (``train_ctg`` trains and logs it, nothing more): one place decides. They are registered
+in the order of :data:`REGISTRATION_ORDER`, each against the champion of the moment, the baseline
+first: on an empty registry the baseline is the incumbent, and a family becomes champion only by
+beating it (or a later champion) beyond noise on the same records.
 
 Outputs: one model folder per family (:mod:`stages.ctg.family_model`), the out-of-fold
 predictions of every family (the network's included) and the report: per family the AUC with
@@ -54,9 +57,15 @@ log = logging.getLogger(__name__)
 STAGE = "train_families_ctg"
 LOADER = "stages.ctg.family_model:load_predictor"
 THRESHOLD_RULE = "youden on out-of-fold probabilities (optimistic)"
-# the train_ctg keys this stage reads: the same registered model, promotion rule and input limits
-TRAIN_KEYS = ("registered_name", "promote_metric", "promote_margin", "min_input_minutes",
-              "max_input_minutes")  # fmt: skip
+# the train_ctg keys this stage reads: the network's input limits, served alike by every family
+TRAIN_KEYS = ("min_input_minutes", "max_input_minutes")
+# the baseline first: it is the incumbent every other family has to beat beyond noise
+REGISTRATION_ORDER = (families.BASELINE, "lstm", *(f for f in families.FAMILIES
+                                                   if f != families.BASELINE))  # fmt: skip
+# family -> (model folder, pyfunc loader)
+MODEL_DIRS = {"lstm": (CTG_MODEL_DIR, "stages.ctg.model:load_predictor")} | {
+    f: (CTG_FAMILIES_DIR / f, LOADER) for f in families.FAMILIES
+}
 INPUTS = [FEATURES_CSV, RECORDS_CSV, FOLDS_CSV, OOF_PREDICTIONS_CSV, CTG_MODEL_DIR]
 
 
@@ -146,17 +155,19 @@ def register(
     oof: pd.DataFrame,
     settings: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Register family ``name`` in its own MLflow run, as train_ctg registers the network."""
+    """Register family ``name`` (its model folder, :data:`MODEL_DIRS`) in its own MLflow run
+    and decide its promotion against the champion of the moment; the Decision as a dict."""
     key = idempotency_key(
         [root / p for p in INPUTS], {**settings, FAMILY_TAG: name}, tracking.git_commit()
     )
+    folder, loader = MODEL_DIRS[name]
     with tracking.run(
         "ctg", f"{STAGE}.{name}", params=settings, tags={FAMILY_TAG: name}, stage=STAGE
     ):
         tracking.log_metrics({k: summary[k] for k in ("cv_auc", "alert_threshold")})
         return register_family(
-            root, root / CTG_FAMILIES_DIR / name, LOADER, name, summary, settings["train_ctg"],
-            oof, int(settings[STAGE]["seed"]), key,
+            root, root / folder, loader, name, summary, settings[STAGE], oof,
+            int(settings[STAGE]["seed"]), key,
         )  # fmt: skip
 
 
@@ -212,7 +223,7 @@ def main() -> None:
     table, columns = load_table(root)
     y, inputs = table["label"].to_numpy(int), family_inputs(table, columns)
     oof = {"lstm": table["lstm"].to_numpy(float), **cross_validate(table, inputs, make)}
-    metric, seed = str(train["promote_metric"]), int(params["seed"])
+    metric, seed = str(params["promote_metric"]), int(params["seed"])
     summary = {
         name: family_metrics(table, prob, oof[families.BASELINE], metric, seed)
         for name, prob in oof.items()
@@ -231,7 +242,7 @@ def main() -> None:
     settings = {STAGE: params, "train_ctg": train, "config": config, "baseline_c": baseline_c}
     decisions = {
         name: register(root, name, summary[name], table.assign(probability=oof[name]), settings)
-        for name in families.FAMILIES
+        for name in REGISTRATION_ORDER
     }
     io.write_json(root / TRAIN_FAMILIES_CTG_REPORT, report)
     io.write_run_report(root, STAGE, {"total_s": time.perf_counter() - t0, "decisions": decisions})

@@ -59,7 +59,8 @@ def test_dvc_repro_evaluate_ctg(
     assert 0.0 <= train["cv_auc"] <= 1.0 and set(train["fold"]) == {"0", "1", "2"}
     assert "decision" not in train and "total_s" not in train  # run facts: data/runs/
     run = json.loads((toy_repo / "data/runs/train_ctg.json").read_text())
-    assert run["decision"]["promoted"] is True  # the first version becomes champion
+    assert "decision" not in run  # train_families_ctg registers and decides, once
+    assert tracking.alias_version(NAME, "champion") is None
     oof = pd.read_csv(reports / "train_ctg/oof_predictions.csv", dtype={"record": str})
     assert list(oof.columns) == ["record", "fold", "label", "ph", "probability"]
     assert len(oof) == 12 and oof["probability"].between(0, 1).all()
@@ -135,6 +136,9 @@ def check_families(repo: Path, mirror: Path, evaluate: dict) -> None:
     versions = sorted(client.search_model_versions(f"name='{NAME}'"), key=lambda m: int(m.version))
     family = {mv.tags["family"]: mv for mv in versions}
     assert set(family) == FAMILIES and len(versions) == 4
+    # the baseline registers first: on an empty registry it is the incumbent
+    assert versions[0].tags["family"] == "logistic"
+    assert versions[0].tags["promotion_decision"] == "promoted"
     schemas = {
         f: mlflow.models.get_model_info(f"models:/{NAME}/{mv.version}").signature.to_dict()
         for f, mv in family.items()
@@ -145,7 +149,7 @@ def check_families(repo: Path, mirror: Path, evaluate: dict) -> None:
 
     # The champion by the paired rule, replayed in registration order on the same records.
     y, champion = oof["label"].to_numpy(int), None
-    margin = float(load_params("train_ctg", repo / "params.yaml")["promote_margin"])
+    margin = float(load_params("train_families_ctg", repo / "params.yaml")["promote_margin"])
     for mv in versions:
         f = mv.tags["family"]
         if champion is None:
