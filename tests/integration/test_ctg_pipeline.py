@@ -144,8 +144,12 @@ def check_families(repo: Path, mirror: Path, evaluate: dict) -> None:
         for f, mv in family.items()
     }
     assert all(s == schemas["lstm"] for s in schemas.values())  # inputs and outputs alike
-    for f, mv in family.items():
+    for f, mv in family.items():  # each card quotes the figures the stage's report holds
+        s = report["families"][f]
         assert f"Family `{f}`" in mv.description and "cv_auc" in mv.description
+        for value in (s["cv_auc"], s["auc_ci_low"], s["auc_ci_high"]):
+            assert f"{value:.4f}" in mv.description, (f, value)
+        assert f"{s['n_pos']} acidaemic / {s['n_records'] - s['n_pos']} not" in mv.description
 
     # The champion by the paired rule, replayed in registration order on the same records.
     y, champion = oof["label"].to_numpy(int), None
