@@ -6,9 +6,10 @@ imbalance; its predictions on the held-out fold are the out-of-fold (OOF) probab
 every reported AUC comes from. Optionally (``n_members``, ``crop_minutes``, ``tta_crops``) each
 fold trains several seeded networks, on random crops of the window redrawn every epoch, and
 scores a record by averaging them over fixed crops; the averaging is part of the saved model, so
-the out-of-fold predictions and the served model are the same computation. A variant, off by
+the out-of-fold predictions and the served model are the same computation. Two variants, off by
 default: a second output regressing the pH during training (``ph_loss_weight``,
-:mod:`stages.ctg.multitask`). A final model trained
+:mod:`stages.ctg.multitask`) and masked-FHR pretraining of the encoder on each fit's own
+records (``pretrain_epochs``, :mod:`stages.ctg.pretrain`). A final model trained
 the same way on all records is saved in ``data/models/ctg`` and registered in MLflow as
 ``ctg-distress`` (alias ``challenger``), with its signature and model card; ``champion`` moves
 only when its out-of-fold AUC beats the champion's on the records both scored out of fold, by
@@ -36,6 +37,7 @@ from stages.common.training import class_weights, epoch_timer, seed_everything
 from stages.ctg import crops as ctg_crops
 from stages.ctg import model as ctg_model
 from stages.ctg import multitask as ctg_multitask
+from stages.ctg import pretrain as ctg_pretrain
 from stages.ctg.paths import (
     CTG_MODEL_DIR,
     FOLDS_CSV,
@@ -116,6 +118,7 @@ def fit_network(
     crop_len: int = 0,
     name: str = "ctg_lstm",
     ph: np.ndarray | None = None,
+    fs_hz: float | None = None,
 ) -> tuple[Any, pd.DataFrame, list[float]]:
     """Train one network with early stopping on an inner validation split.
 
@@ -125,7 +128,7 @@ def fit_network(
     params : mapping
         ``train_ctg`` section.
     seed : int
-        Seeds the weights, the inner split and the crops.
+        Seeds the weights, the inner split, the crops and the pretraining spans.
     crop_len : int
         0 = train on the whole window; otherwise on random crops of ``crop_len`` steps drawn
         afresh every epoch (augmentation), validated on the ``tta_crops`` fixed crops of each
@@ -135,6 +138,10 @@ def fit_network(
     ph : array, shape (n,), optional
         Umbilical-artery pH of the records; required when ``ph_loss_weight`` > 0 (a second
         output regresses it during training, :mod:`stages.ctg.multitask`).
+    fs_hz : float, optional
+        Sampling rate of ``x`` (``preprocess_ctg.fs_out_hz``); required when
+        ``pretrain_epochs`` > 0 (masked-FHR pretraining of the encoder on ``x``, no labels,
+        :mod:`stages.ctg.pretrain`).
 
     Returns
     -------
@@ -150,6 +157,9 @@ def fit_network(
     ph_weight = float(params.get("ph_loss_weight", 0.0))
     ph_z = ctg_multitask.standardised_ph(ph, tr, crop_len) if ph_weight > 0 else None
     net = ctg_model.build_model(crop_len or x.shape[1], params, name=name)
+    if int(params.get("pretrain_epochs", 0)) > 0:
+        encoder, _ = ctg_pretrain.pretrain_encoder(x, params, seed, fs_hz, f"{name}_encoder")
+        ctg_pretrain.transfer_weights(encoder, net)
     # The two-output model trains net's layers; net (one output) is what is returned.
     trainer = net
     if ph_z is not None:
@@ -228,13 +238,15 @@ def fit_average(
     seed: int,
     crop_len: int = 0,
     ph: np.ndarray | None = None,
+    fs_hz: float | None = None,
 ) -> tuple[Any, pd.DataFrame, list[float]]:
     """Train ``n_members`` networks (seeds ``seed + 1000 j``) and average them over crops.
 
     Each member has its own initial weights, inner validation split and crops. The returned
     model takes the whole window and averages every member over the ``tta_crops`` fixed crops
     (``ctg_model.averaged_model``): the out-of-fold predictions and the served model are the
-    same computation. ``ph``: as in ``fit_network``.
+    same computation. ``ph`` and ``fs_hz``: as in ``fit_network`` (each member pretrains its
+    own encoder, with its own seed).
 
     Returns
     -------
@@ -244,7 +256,7 @@ def fit_average(
     """
     members, curves, epoch_s = [], [], []
     for j in range(max(int(params.get("n_members", 1)), 1)):
-        net, c, t = fit_network(x, y, params, seed + 1000 * j, crop_len, f"ctg_lstm_{j}", ph)
+        net, c, t = fit_network(x, y, params, seed + 1000 * j, crop_len, f"ctg_lstm_{j}", ph, fs_hz)
         members.append(net)
         curves.append(c.assign(member=j))
         epoch_s += t
@@ -264,12 +276,13 @@ def cross_validate(
     params: Mapping[str, Any],
     crop_len: int = 0,
     ph: np.ndarray | None = None,
+    fs_hz: float | None = None,
 ) -> tuple[np.ndarray, list[dict[str, float]], pd.DataFrame]:
     """Out-of-fold probabilities, per-fold summaries and learning curves.
 
     ``crop_len`` (``ctg_model.crop_steps``): 0 = train on the whole window, else on random
     crops of that many steps, scored by averaging over fixed crops. ``ph`` (aligned with
-    ``y``): as in ``fit_network``; each fold's fits see only the other folds.
+    ``y``) and ``fs_hz``: as in ``fit_network``; each fold's fits see only the other folds.
     """
     seed = int(params["seed"])
     oof = np.full(y.size, np.nan)
@@ -279,7 +292,9 @@ def cross_validate(
         test = folds == k
         t0 = time.perf_counter()
         ph_k = None if ph is None else ph[~test]
-        net, c, epoch_s = fit_average(x[~test], y[~test], params, seed + int(k), crop_len, ph_k)
+        net, c, epoch_s = fit_average(
+            x[~test], y[~test], params, seed + int(k), crop_len, ph_k, fs_hz
+        )
         oof[test] = ctg_model.predict_proba(net, x[test])
         fold_s = time.perf_counter() - t0
         per_fold.append(
@@ -360,10 +375,13 @@ def main() -> None:
     y = table["label"].to_numpy(int)
     crop_len = ctg_crops.crop_steps(params, pre)
     ph = table["ph"].to_numpy(float)  # the pH head's target (ph_loss_weight)
+    fs_hz = float(pre["fs_out_hz"])  # pretraining spans: seconds -> steps
     t0 = time.perf_counter()
-    oof, per_fold, curves = cross_validate(x, y, table["fold"].to_numpy(int), params, crop_len, ph)
+    oof, per_fold, curves = cross_validate(
+        x, y, table["fold"].to_numpy(int), params, crop_len, ph, fs_hz
+    )
     final, final_curves, final_epoch_s = fit_average(
-        x, y, params, int(params["seed"]), crop_len, ph
+        x, y, params, int(params["seed"]), crop_len, ph, fs_hz
     )
     threshold = youden_threshold(y, oof)
     with io.atomic_dir(root / CTG_MODEL_DIR) as tmp:
