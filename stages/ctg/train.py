@@ -6,11 +6,14 @@ imbalance; its predictions on the held-out fold are the out-of-fold (OOF) probab
 every reported AUC comes from. Optionally (``n_members``, ``crop_minutes``, ``tta_crops``) each
 fold trains several seeded networks, on random crops of the window redrawn every epoch, and
 scores a record by averaging them over fixed crops; the averaging is part of the saved model, so
-the out-of-fold predictions and the served model are the same computation. A final model trained
-the same way on all records is saved in ``data/models/ctg``; the run (params, metrics, learning
-curves, out-of-fold predictions) is logged to MLflow. ``train_families_ctg`` registers it as the
-``lstm`` family of ``ctg-distress`` beside the feature families and decides the promotion of all
-of them in one place, the baseline first.
+the out-of-fold predictions and the served model are the same computation. Two variants, off by
+default: a second output regressing the pH during training (``ph_loss_weight``,
+:mod:`stages.ctg.multitask`) and masked-FHR pretraining of the encoder on each fit's own
+records (``pretrain_epochs``, :mod:`stages.ctg.pretrain`). A final model trained the same way on
+all records is saved in ``data/models/ctg``; the run (params, metrics, learning curves,
+out-of-fold predictions) is logged to MLflow. ``train_families_ctg`` registers it as the ``lstm``
+family of ``ctg-distress`` beside the feature families and decides the promotion of all of them
+in one place, the baseline first.
 
 The alert threshold stored with the model is Youden's J on the OOF probabilities.
 """
@@ -32,6 +35,8 @@ from stages.common.params import load_params, project_root
 from stages.common.training import class_weights, epoch_timer, seed_everything
 from stages.ctg import crops as ctg_crops
 from stages.ctg import model as ctg_model
+from stages.ctg import multitask as ctg_multitask
+from stages.ctg import pretrain as ctg_pretrain
 from stages.ctg.paths import (
     CTG_MODEL_DIR,
     FOLDS_CSV,
@@ -110,6 +115,8 @@ def fit_network(
     seed: int,
     crop_len: int = 0,
     name: str = "ctg_lstm",
+    ph: np.ndarray | None = None,
+    fs_hz: float | None = None,
 ) -> tuple[Any, pd.DataFrame, list[float]]:
     """Train one network with early stopping on an inner validation split.
 
@@ -119,33 +126,50 @@ def fit_network(
     params : mapping
         ``train_ctg`` section.
     seed : int
-        Seeds the weights, the inner split and the crops.
+        Seeds the weights, the inner split, the crops and the pretraining spans.
     crop_len : int
         0 = train on the whole window; otherwise on random crops of ``crop_len`` steps drawn
         afresh every epoch (augmentation), validated on the ``tta_crops`` fixed crops of each
         validation record.
     name : str
         Model name (unique per member of an average).
+    ph : array, shape (n,), optional
+        Umbilical-artery pH of the records; required when ``ph_loss_weight`` > 0 (a second
+        output regresses it during training, :mod:`stages.ctg.multitask`).
+    fs_hz : float, optional
+        Sampling rate of ``x`` (``preprocess_ctg.fs_out_hz``); required when
+        ``pretrain_epochs`` > 0 (masked-FHR pretraining of the encoder on ``x``, no labels,
+        :mod:`stages.ctg.pretrain`).
 
     Returns
     -------
     (model, curves, epoch_s)
-        The model (input ``crop_len`` steps when cropping, else T) with the best validation
-        weights restored, per-epoch ``loss, val_loss, val_auc`` and the wall time of each epoch
-        in seconds.
+        The model (input ``crop_len`` steps when cropping, else T; one output, the acidemia
+        probability) with the best validation weights restored, per-epoch
+        ``loss, val_loss, val_auc`` and the wall time of each classifier epoch in seconds.
     """
     import keras
 
     seed_everything(seed)
     tr, va = inner_split(y, float(params["val_fraction"]), seed)
+    ph_weight = float(params.get("ph_loss_weight", 0.0))
+    ph_z = ctg_multitask.standardised_ph(ph, tr, crop_len) if ph_weight > 0 else None
     net = ctg_model.build_model(crop_len or x.shape[1], params, name=name)
+    if int(params.get("pretrain_epochs", 0)) > 0:
+        encoder, _ = ctg_pretrain.pretrain_encoder(x, params, seed, fs_hz, f"{name}_encoder")
+        ctg_pretrain.transfer_weights(encoder, net)
+    # The two-output model trains net's layers; net (one output) is what is returned.
+    trainer = net
+    if ph_z is not None:
+        trainer = ctg_multitask.with_ph_head(net, ph_weight, float(params["learning_rate"]))
+    key = ctg_multitask.metric_key if ph_z is not None else str
     monitor = str(params.get("monitor", "val_loss"))
     timer, epoch_s = epoch_timer()
     callbacks = [timer]
     if va.size:
         callbacks.append(
             keras.callbacks.EarlyStopping(
-                monitor=monitor,
+                monitor=key(monitor),
                 mode="max" if monitor.endswith("auc") else "min",
                 patience=int(params["patience"]),
                 restore_best_weights=True,
@@ -164,6 +188,18 @@ def fit_network(
             x[tr], y[tr], w, int(params["batch_size"]), crop_len, np.random.default_rng(seed)
         )
         fit_data: dict[str, Any] = {"x": batches}
+    elif ph_z is not None:
+        # Keras 3 takes no class_weight with two outputs: class weights as per-sample weights
+        # of the classification output only.
+        w = np.array([weights[int(v)] for v in y[tr]], dtype=np.float32)
+        validation = (x[va], [y[va], ph_z[va]]) if va.size else None
+        fit_data = {
+            "x": x[tr],
+            "y": [y[tr], ph_z[tr]],
+            "sample_weight": [w, np.ones_like(w)],
+            "batch_size": int(params["batch_size"]),
+            "shuffle": True,
+        }
     else:
         validation = (x[va], y[va]) if va.size else None
         fit_data = {
@@ -173,7 +209,7 @@ def fit_network(
             "class_weight": weights,
             "shuffle": True,
         }
-    hist = net.fit(
+    hist = trainer.fit(
         **fit_data,
         validation_data=validation,
         epochs=int(params["epochs"]),
@@ -187,21 +223,28 @@ def fit_network(
             "epoch": np.arange(1, n + 1),
             "loss": h["loss"],
             "val_loss": h.get("val_loss", [np.nan] * n),
-            "val_auc": h.get("val_auc", [np.nan] * n),
+            "val_auc": h.get(key("val_auc"), [np.nan] * n),
         }
     )
     return net, curves, list(epoch_s)
 
 
 def fit_average(
-    x: np.ndarray, y: np.ndarray, params: Mapping[str, Any], seed: int, crop_len: int = 0
+    x: np.ndarray,
+    y: np.ndarray,
+    params: Mapping[str, Any],
+    seed: int,
+    crop_len: int = 0,
+    ph: np.ndarray | None = None,
+    fs_hz: float | None = None,
 ) -> tuple[Any, pd.DataFrame, list[float]]:
     """Train ``n_members`` networks (seeds ``seed + 1000 j``) and average them over crops.
 
     Each member has its own initial weights, inner validation split and crops. The returned
     model takes the whole window and averages every member over the ``tta_crops`` fixed crops
     (``ctg_model.averaged_model``): the out-of-fold predictions and the served model are the
-    same computation.
+    same computation. ``ph`` and ``fs_hz``: as in ``fit_network`` (each member pretrains its
+    own encoder, with its own seed).
 
     Returns
     -------
@@ -211,7 +254,7 @@ def fit_average(
     """
     members, curves, epoch_s = [], [], []
     for j in range(max(int(params.get("n_members", 1)), 1)):
-        net, c, t = fit_network(x, y, params, seed + 1000 * j, crop_len, name=f"ctg_lstm_{j}")
+        net, c, t = fit_network(x, y, params, seed + 1000 * j, crop_len, f"ctg_lstm_{j}", ph, fs_hz)
         members.append(net)
         curves.append(c.assign(member=j))
         epoch_s += t
@@ -230,11 +273,14 @@ def cross_validate(
     folds: np.ndarray,
     params: Mapping[str, Any],
     crop_len: int = 0,
+    ph: np.ndarray | None = None,
+    fs_hz: float | None = None,
 ) -> tuple[np.ndarray, list[dict[str, float]], pd.DataFrame]:
     """Out-of-fold probabilities, per-fold summaries and learning curves.
 
     ``crop_len`` (``ctg_model.crop_steps``): 0 = train on the whole window, else on random
-    crops of that many steps, scored by averaging over fixed crops.
+    crops of that many steps, scored by averaging over fixed crops. ``ph`` (aligned with
+    ``y``) and ``fs_hz``: as in ``fit_network``; each fold's fits see only the other folds.
     """
     seed = int(params["seed"])
     oof = np.full(y.size, np.nan)
@@ -243,7 +289,10 @@ def cross_validate(
     for k in sorted(np.unique(folds)):
         test = folds == k
         t0 = time.perf_counter()
-        net, c, epoch_s = fit_average(x[~test], y[~test], params, seed + int(k), crop_len)
+        ph_k = None if ph is None else ph[~test]
+        net, c, epoch_s = fit_average(
+            x[~test], y[~test], params, seed + int(k), crop_len, ph_k, fs_hz
+        )
         oof[test] = ctg_model.predict_proba(net, x[test])
         fold_s = time.perf_counter() - t0
         per_fold.append(
@@ -307,9 +356,15 @@ def main() -> None:
     x = ctg_model.model_inputs(fhr, uc, norm)[:, -n_steps:]
     y = table["label"].to_numpy(int)
     crop_len = ctg_crops.crop_steps(params, pre)
+    ph = table["ph"].to_numpy(float)  # the pH head's target (ph_loss_weight)
+    fs_hz = float(pre["fs_out_hz"])  # pretraining spans: seconds -> steps
     t0 = time.perf_counter()
-    oof, per_fold, curves = cross_validate(x, y, table["fold"].to_numpy(int), params, crop_len)
-    final, final_curves, final_epoch_s = fit_average(x, y, params, int(params["seed"]), crop_len)
+    oof, per_fold, curves = cross_validate(
+        x, y, table["fold"].to_numpy(int), params, crop_len, ph, fs_hz
+    )
+    final, final_curves, final_epoch_s = fit_average(
+        x, y, params, int(params["seed"]), crop_len, ph, fs_hz
+    )
     threshold = youden_threshold(y, oof)
     with io.atomic_dir(root / CTG_MODEL_DIR) as tmp:
         ctg_model.save_model_dir(
