@@ -23,8 +23,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = "data/reports/train_families_ctg.json"
+OOF = "data/reports/train_ctg/oof_predictions.csv"
 TARGETS = ["train_families_ctg", "evaluate_ctg"]
 
 # name -> (what it is, the -S settings); "default" is params.yaml as committed.
@@ -55,9 +58,9 @@ def run_variant(project: Path, name: str, settings: list[str]) -> None:
     subprocess.run([*cmd, *TARGETS], cwd=project, check=True)
 
 
-def experiment_reports(project: Path) -> dict[str, dict[str, Any]]:
-    """variant -> the ``train_families_ctg.json`` of its latest experiment of that name, and
-    ``default`` -> the one committed at ``HEAD``.
+def experiment_reports(project: Path) -> dict[str, tuple[str, dict[str, Any]]]:
+    """variant -> (git revision, ``train_families_ctg.json``) of its latest experiment of that
+    name, and ``default`` -> those committed at ``HEAD``.
 
     DVC keeps each experiment as a git ref ``refs/exps/../NAME`` whose commit holds the metrics
     files (git-tracked, as ``data/.gitignore`` allows): read with ``git show``.
@@ -67,12 +70,12 @@ def experiment_reports(project: Path) -> dict[str, dict[str, Any]]:
          "refs/exps"],
         cwd=project, capture_output=True, text=True, check=True,
     ).stdout.split("\n")  # fmt: skip
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
     head = subprocess.run(  # the default: the metrics committed with params.yaml as it is
         ["git", "show", f"HEAD:{REPORT}"], cwd=project, capture_output=True, text=True
     )
     if head.returncode == 0:
-        out["default"] = json.loads(head.stdout)
+        out["default"] = ("HEAD", json.loads(head.stdout))
     for line in filter(None, refs):
         ref, sha = line.split()
         name = ref.rsplit("/", 1)[-1]
@@ -82,16 +85,52 @@ def experiment_reports(project: Path) -> dict[str, dict[str, Any]]:
             ["git", "show", f"{sha}:{REPORT}"], cwd=project, capture_output=True, text=True
         )
         if shown.returncode == 0:  # later experiments of the same name win (sorted by date)
-            out[name] = json.loads(shown.stdout)
+            out[name] = (sha, json.loads(shown.stdout))
     return out
 
 
-def table(reports: dict[str, dict[str, Any]]) -> str:
-    """The markdown table of every variant present, in :data:`VARIANTS` order."""
+def network_oof(project: Path, rev: str) -> pd.DataFrame:
+    """``record, label, probability``: train_ctg's out-of-fold predictions at ``rev``, read
+    from the project's DVC cache (an out, not in git)."""
+    import dvc.api
+
+    with dvc.api.open(OOF, repo=str(project), rev=rev) as f:
+        return pd.read_csv(f, dtype={"record": str})[["record", "label", "probability"]]
+
+
+def vs_default(project: Path, revs: dict[str, str]) -> dict[str, str]:
+    """variant -> DeLong's paired AUC difference of its network to the default network, on the
+    records both scored out of fold; empty when an out-of-fold file is not in the cache."""
+    from stages.common.paired import delong_test
+
+    out: dict[str, str] = {}
+    try:
+        base = network_oof(project, revs["default"])
+    except Exception as exc:  # noqa: BLE001 - a missing cache entry only drops the column
+        print(f"(no paired column: default out-of-fold predictions unreadable: {exc})")
+        return out
+    for name, rev in revs.items():
+        if name == "default":
+            continue
+        try:
+            other = network_oof(project, rev)
+        except Exception as exc:  # noqa: BLE001
+            print(f"({name}: out-of-fold predictions unreadable: {exc})")
+            continue
+        both = base.merge(other, on=["record", "label"], suffixes=("_a", "_b"))
+        d = delong_test(both["label"], both["probability_a"], both["probability_b"])
+        out[name] = f"{d.difference:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}], p = {d.p_value:.2f}"
+    return out
+
+
+def table(reports: dict[str, dict[str, Any]], paired: dict[str, str] | None = None) -> str:
+    """The markdown table of every variant present, in :data:`VARIANTS` order; ``paired``:
+    variant -> its network's paired difference to the default network (:func:`vs_default`)."""
+    paired = paired or {}
     lines = [
         "| variant | family | OOF AUC [95 % CI] | difference to logistic [95 % CI], DeLong "
-        "| pos/neg | settings |",
-        "|---|---|---|---|---:|---|",
+        "| network: difference to default network, DeLong | pos/neg | settings |",
+        "|---|---|---|---|---|---:|---|",
     ]
     for name, (what, settings) in VARIANTS.items():
         if name not in reports:
@@ -108,7 +147,9 @@ def table(reports: dict[str, dict[str, Any]]) -> str:
             )  # fmt: skip
             lines.append(
                 f"| {name}: {what} | {fam} | {s['cv_auc']:.3f} [{s['auc_ci_low']:.3f}, "
-                f"{s['auc_ci_high']:.3f}] | {diff} | {s['n_pos']}/{s['n_records'] - s['n_pos']} "
+                f"{s['auc_ci_high']:.3f}] | {diff} | "
+                f"{paired.get(name, '') if fam == 'lstm' else ''} | "
+                f"{s['n_pos']}/{s['n_records'] - s['n_pos']} "
                 f"| {' '.join(settings) or '-'} |"
             )
     return "\n".join(lines)
@@ -125,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.variants:
             if name not in present and name != "default":  # the default is `dvc repro`'s
                 run_variant(args.project, name, VARIANTS[name][1])
-    reports = experiment_reports(args.project)
-    print(table({k: v for k, v in reports.items() if k in args.variants}))
+    found = {k: v for k, v in experiment_reports(args.project).items() if k in args.variants}
+    paired = vs_default(args.project, {k: rev for k, (rev, _) in found.items()})
+    print(table({k: report for k, (_, report) in found.items()}, paired))
     return 0
 
 
