@@ -137,10 +137,22 @@ def canonical_keras_archive(path: str | Path) -> None:
     """Rewrite a ``.keras`` file so that the same model gives the same bytes (atomically).
 
     Keras 3 stamps ``metadata.json`` with ``date_saved`` and the weights' zip entry with the
-    current time; both are replaced by :data:`_ZIP_DATE`. Entries, order and contents otherwise
-    stay as Keras wrote them (``keras.saving.load_model`` reads the result unchanged).
+    current time; both are replaced by :data:`_ZIP_DATE`. ``config.json`` names objects shared
+    between layers (dtype policies) by ``shared_object_id``, the Python ``id()`` of the object in
+    the saving process (a memory address, different in every run): those are renumbered 1, 2, ...
+    in order of first appearance, which keeps which layers share what. Entries, order and
+    contents otherwise stay as Keras wrote them (``keras.saving.load_model`` reads the result).
     """
     import json
+    import re
+
+    def renumber(text: str) -> str:
+        ids: dict[str, int] = {}
+        return re.sub(
+            r'("shared_object_id":\s*)(\d+)',
+            lambda m: f"{m.group(1)}{ids.setdefault(m.group(2), len(ids) + 1)}",
+            text,
+        )
 
     path = Path(path)
     with zipfile.ZipFile(path) as src:
@@ -152,6 +164,8 @@ def canonical_keras_archive(path: str | Path) -> None:
                 if "date_saved" in meta:
                     meta["date_saved"] = "1980-01-01@00:00:00"
                 data = json.dumps(meta).encode()
+            elif info.filename == "config.json":
+                data = renumber(data.decode("utf-8")).encode("utf-8")
             fixed = zipfile.ZipInfo(info.filename, date_time=_ZIP_DATE)
             fixed.compress_type = info.compress_type
             fixed.external_attr = 0o644 << 16

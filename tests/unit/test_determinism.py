@@ -71,3 +71,54 @@ def test_the_same_keras_model_saves_to_the_same_bytes(tmp_path) -> None:
     again = keras.saving.load_model(tmp_path / "a.keras")
     x = np.ones((2, 4), dtype="float32")
     np.testing.assert_array_equal(again.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def _shift_shared_ids(path, offset: int) -> str:
+    """Rewrite a .keras file's ``shared_object_id`` values as another process would (other
+    ``id()``s); the config text after the rewrite."""
+    import re
+    import zipfile
+
+    with zipfile.ZipFile(path) as src:
+        entries = [(info, src.read(info)) for info in src.infolist()]
+    with zipfile.ZipFile(path, "w") as out:
+        for info, data in entries:
+            if info.filename == "config.json":
+                data = re.sub(
+                    rb'"shared_object_id": (\d+)',
+                    lambda m: b'"shared_object_id": %d' % (int(m.group(1)) + offset),
+                    data,
+                )
+            out.writestr(info, data)
+    with zipfile.ZipFile(path) as src:
+        return src.read("config.json").decode()
+
+
+def test_shared_object_ids_of_another_process_give_the_same_bytes(tmp_path) -> None:
+    """Keras names objects shared between layers (the dtype policy of a pooling layer, as in
+    the CTG network) by their Python id(): a memory address, new in every run. Saved in two
+    processes, the same model differed in dvc.lock until canonical_keras_archive renumbered
+    them; the renumbered file loads and predicts the same."""
+    import hashlib
+
+    import keras
+    import numpy as np
+
+    from stages.common.io import canonical_keras_archive
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((8, 2)), keras.layers.Conv1D(3, 3, padding="same"),
+         keras.layers.MaxPooling1D(2), keras.layers.MaxPooling1D(2)]
+    )  # fmt: skip
+    digests = []
+    for offset in (0, 4096):
+        path = tmp_path / f"m{offset}.keras"
+        model.save(path)
+        assert '"shared_object_id"' in _shift_shared_ids(path, offset)
+        canonical_keras_archive(path)
+        digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    again = keras.saving.load_model(tmp_path / "m4096.keras")
+    x = np.arange(32, dtype="float32").reshape(2, 8, 2)
+    np.testing.assert_array_equal(again.predict(x, verbose=0), model.predict(x, verbose=0))
