@@ -11,7 +11,7 @@ baseline with its DeLong interval and p-value, and the class balance.
 
 The ``default`` row is the report committed at ``HEAD`` (what ``dvc repro`` makes of
 ``params.yaml``). ``--run`` runs the experiments not yet in the project (each is one
-``train_ctg``: 15 to 45 min on 2 cores); without it the table is read from the experiments present.
+``train_ctg`` and what follows it); without it the table is read from the experiments present.
 """
 
 from __future__ import annotations
