@@ -3,9 +3,10 @@
 ``train_segmenter_us`` fits 6 U-Nets (5 folds + the final one) for ``epochs`` epochs each on
 ~160 HC18 images: the pipeline's longest stage. This prints the seconds of one epoch of the
 default network (params.yaml's ``train_segmenter_us``: input size, filters, batch size) on 160
-synthetic images, with and without TensorFlow op determinism, the stage's projected training
-time, and TensorFlow's matmul and conv2d throughput as a measure of the machine. Median of
-``--epochs`` epochs after a first one (graph tracing).
+synthetic images, with TensorFlow's oneDNN kernels off and on (``TF_ENABLE_ONEDNN_OPTS``; the
+stages turn them on, see ``stages/__init__.py``) and with and without op determinism, the stage's
+projected training time, and TensorFlow's matmul and conv2d throughput as a measure of the
+machine. Median of ``--epochs`` epochs after a first one (graph tracing).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ _CHILD = """
 import json, sys, time
 import numpy as np
 deterministic, epochs = sys.argv[1] == "1", int(sys.argv[2])
+from stages.common.params import load_params  # the package sets TF's oneDNN choice first
 import keras, tensorflow as tf
-from stages.common.params import load_params
 from stages.ultrasound.unet_model import build_unet
 if deterministic:
     tf.config.experimental.enable_op_determinism()
@@ -52,15 +53,20 @@ print(json.dumps({"epoch_s": times[1:], "matmul_gflops": matmul, "conv_gflops": 
 """
 
 
-def measure(deterministic: bool, epochs: int) -> dict:
-    """One fresh interpreter (op determinism cannot be switched off once on)."""
+def measure(onednn: bool, deterministic: bool, epochs: int) -> dict:
+    """One fresh interpreter (neither switch can be changed once TensorFlow runs)."""
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, "1" if deterministic else "0", str(epochs)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
-        env={"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        env={
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "TF_ENABLE_ONEDNN_OPTS": "1" if onednn else "0",
+            "PYTHONPATH": str(ROOT),
+            "PATH": "/usr/bin:/bin",
+        },
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -69,16 +75,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per row (default 3)")
     args = parser.parse_args()
-    print("| op determinism | s per epoch (160 images) | stage training, projected | "
+    print("| oneDNN | op determinism | s per epoch (160 images) | stage training, projected | "
           "TF matmul GFLOPS | TF conv2d GFLOPS |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|")
-    for deterministic in (False, True):
-        r = measure(deterministic, args.epochs)
+    print("|---|---|---:|---:|---:|---:|")
+    for onednn, deterministic in ((False, False), (False, True), (True, False), (True, True)):
+        r = measure(onednn, deterministic, args.epochs)
         epoch_s = statistics.median(r["epoch_s"])
         stage_min = epoch_s * r["epochs"] * r["n_models"] / 60
         print(
-            f"| {'on' if deterministic else 'off'} | {epoch_s:.1f} | {stage_min:.0f} min "
-            f"({r['n_models']} x {r['epochs']} epochs) | {r['matmul_gflops']:.0f} | "
+            f"| {'on' if onednn else 'off'} | {'on' if deterministic else 'off'} | {epoch_s:.1f} | "
+            f"{stage_min:.0f} min ({r['n_models']} x {r['epochs']} epochs) | "
+            f"{r['matmul_gflops']:.0f} | "
             f"{r['conv_gflops']:.0f} |"
         )
 

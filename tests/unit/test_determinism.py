@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -122,3 +127,23 @@ def test_shared_object_ids_of_another_process_give_the_same_bytes(tmp_path) -> N
     again = keras.saving.load_model(tmp_path / "m4096.keras")
     x = np.arange(32, dtype="float32").reshape(2, 8, 2)
     np.testing.assert_array_equal(again.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_stages_turn_on_tensorflows_onednn_kernels_before_it_loads() -> None:
+    """A stage's process runs TF with oneDNN (2-3x faster U-Net on CPUs without AVX-512)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    probe = (
+        "import stages.ultrasound.unet_model\n"
+        "from tensorflow.python.util import _pywrap_util_port as port\n"
+        "print(port.IsMklEnabled())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip().splitlines()[-1] == "True"
