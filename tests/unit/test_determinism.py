@@ -130,7 +130,7 @@ def test_shared_object_ids_of_another_process_give_the_same_bytes(tmp_path) -> N
 
 
 def test_stages_turn_on_tensorflows_onednn_kernels_before_it_loads() -> None:
-    """A stage's process runs TF with oneDNN (2-3x faster U-Net on CPUs without AVX-512)."""
+    """A stage's process runs TF with oneDNN (a 2x faster U-Net on CPUs without AVX-512)."""
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     probe = (
