@@ -55,6 +55,29 @@ def test_out_of_fold_threshold_holds_on_new_codes_where_the_in_sample_one_does_n
     assert np.mean(new_scores > honest) <= 0.10
 
 
+def test_leave_one_patient_out_threshold_sits_nearer_its_target_than_five_folds() -> None:
+    """Same 'codes' as above, four draws, target 10 %: 5-fold statistics are fitted on 80 % of
+    the codes, score a new one as further out than the final statistics do, and the threshold
+    flags well under the target (~3 % here); leaving one patient out (``n_folds`` 0) fits on
+    nearly all and lands nearer 10 % without going over it."""
+    rates: dict[int, list[float]] = {5: [], 0: []}
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        scale = rng.uniform(0.5, 2.0, 40)
+        codes, new = rng.normal(size=(100, 40)) * scale, rng.normal(size=(4000, 40)) * scale
+        x, patients = np.zeros((100, 4, 4, 1)), [f"p{i // 4}" for i in range(100)]
+        kind = "latent_mahalanobis"
+        latent = fit_latent(kind, codes, x, 0.1)
+        new_scores = latent_score_from_codes(kind, new, np.zeros((4000, 4, 4, 1)), latent)
+        for k in rates:
+            folds = patient_folds(patients, k, seed=0)
+            assert folds is not None and len(set(folds)) == (25 if k == 0 else 5)
+            oof = out_of_fold_scores(kind, codes, x, folds, shrinkage=0.1)
+            rates[k].append(float(np.mean(new_scores > conformal_quantile(oof, 0.10))))
+    five, lopo = np.mean(rates[5]), np.mean(rates[0])
+    assert five < 0.05 < lopo <= 0.10
+
+
 def test_temperature_scaling_lowers_the_ece_of_over_confident_probabilities() -> None:
     """A classifier right 70 % of the time that says 0.99: a temperature above 1 fitted on
     'validation' rows brings its ECE down, on those rows and on new ones; argmax unchanged."""
