@@ -23,6 +23,7 @@ class StageRun(Protocol):
 
     stage: str
     ran: bool
+    restored: bool
 
 
 # Ingest stage -> (its tracked report, {data set: key of its data-version summary in the report})
@@ -37,7 +38,8 @@ def arrivals_markdown(repo: str | Path, timings: Sequence[StageRun]) -> str:
 
     A data set whose ingest stage did not run had no new data: its source listing was unchanged.
     """
-    ran = {t.stage: t.ran for t in timings}
+    # a restored ingest's report is the one DVC recorded for this very source listing
+    ran = {t.stage: t.ran or t.restored for t in timings}
     cols = ["data set", "added", "changed", "removed", "quarantined", "version"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for stage, (path, sets) in ARRIVAL_REPORTS.items():
@@ -56,10 +58,17 @@ def arrivals_markdown(repo: str | Path, timings: Sequence[StageRun]) -> str:
                 f"{str(new.get('version', ''))[:12]} |"
             )
     stages_ran = [t.stage for t in timings if t.ran]
+    restored = [t.stage for t in timings if t.restored]
     return (
         "## Data arrivals\n\n"
         + "\n".join(lines)
         + f"\n\nStages run: {', '.join(stages_ran) if stages_ran else 'none (nothing changed)'}"
+        + (
+            f"\n\nRestored from DVC's run cache, not run (these inputs were run before): "
+            f"{', '.join(restored)}"
+            if restored
+            else ""
+        )
     )
 
 

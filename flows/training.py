@@ -47,7 +47,48 @@ class StageResult:
 
     stage: str
     seconds: float
-    ran: bool  # False when DVC found nothing changed
+    ran: bool  # the stage's command ran (False: unchanged, or restored from the run cache)
+    restored: bool = False  # DVC's run cache held these inputs: outputs checked out, nothing ran
+
+    @property
+    def status(self) -> str:
+        return "ran" if self.ran else "restored" if self.restored else "unchanged"
+
+
+STATUS_TEXT = {
+    "ran": "ran",
+    "unchanged": "unchanged",
+    "restored": "restored from DVC's run cache (not run)",
+}
+
+
+def repro_outcome(dvc_stdout: str) -> str:
+    """What ``dvc repro -s`` did, from its output: ``ran``, ``unchanged`` or ``restored``.
+
+    ``restored``: the stage's deps, params and command had been run before (in this clone or
+    any sharing its DVC cache), so DVC checked out that run's outputs from its run cache and
+    did not run the command. A training stage restored this way trained and registered
+    nothing: the flow must not report a decision for it.
+    """
+    if "didn't change, skipping" in dvc_stdout:
+        return "unchanged"
+    if "is cached - skipping run" in dvc_stdout:
+        return "restored"
+    return "ran"
+
+
+def not_run_row(row: dict[str, Any], stage: str, status: str) -> dict[str, Any]:
+    """The report row of a registry target whose stage did not run (``status`` unchanged or
+    restored): no decision was taken, so the last verdict on the challenger is not quoted as
+    this run's. A champion that moved anyway (another process) is reported as it is."""
+    if status == "ran" or row["promoted"]:
+        return row
+    why = {
+        "unchanged": f"{stage} unchanged: nothing to decide",
+        "restored": f"{stage} restored from DVC's run cache (these inputs were trained before; "
+        "no training ran and nothing was registered): nothing new to decide",
+    }[status]
+    return {**row, "paired_difference": "", "decision": "kept champion", "reason": why}
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -294,9 +335,9 @@ def repro_stage(repo: str, stage: str, timeout_s: float | None = None) -> StageR
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
         logger.error("stage %s failed after %.1f s:\n%s", stage, seconds, tail)
         raise RuntimeError(f"dvc repro -s {stage} failed (exit {proc.returncode}):\n{tail}")
-    ran = "didn't change, skipping" not in proc.stdout
-    logger.info("stage %s %s in %.1f s", stage, "ran" if ran else "unchanged", seconds)
-    return StageResult(stage, round(seconds, 2), ran)
+    outcome = repro_outcome(proc.stdout)
+    logger.info("stage %s %s in %.1f s", stage, STATUS_TEXT[outcome], seconds)
+    return StageResult(stage, round(seconds, 2), outcome == "ran", outcome == "restored")
 
 
 @task(task_run_name="branch-{name}")
@@ -349,7 +390,7 @@ def champions(repo: str, targets: list[dict[str, Any]]) -> dict[str, dict[str, A
 
 @task
 def promote(
-    repo: str, target: dict[str, Any], before: dict[str, Any], ran: bool = True
+    repo: str, target: dict[str, Any], before: dict[str, Any], status: str = "ran"
 ) -> dict[str, Any]:
     """Report what the training stage decided (it decides; the flow never does)."""
     from stages.common import tracking
@@ -365,9 +406,9 @@ def promote(
             tags = tracking.client().get_model_version(name, challenger).tags
             verdict = json.loads(tags.get("promotion_verdict") or "{}")
             history = tracking.champion_history(name)
-    row = report_row(target, before, after, challenger, verdict, history)
-    if not ran and not row["promoted"]:
-        row["reason"] = f"{target['stage']} unchanged: nothing to decide"
+    row = not_run_row(
+        report_row(target, before, after, challenger, verdict, history), target["stage"], status
+    )
     logger.info("%s: %s (%s)", name, row["decision"], row["reason"])
     return row
 
@@ -379,7 +420,7 @@ def publish(repo: str, rows: list[dict[str, Any]], timings: list[StageResult]) -
 
     table = comparison_markdown(rows)
     timing = "\n".join(
-        f"| {t.stage} | {t.seconds:.1f} | {'ran' if t.ran else 'unchanged'} |" for t in timings
+        f"| {t.stage} | {t.seconds:.1f} | {STATUS_TEXT[t.status]} |" for t in timings
     )
     body = (
         "# Training flow: registry comparison\n\n"
@@ -451,8 +492,11 @@ def training_flow(
         report_arrivals(str(root), timings)
         if push:
             dvc_push(str(root))
-        ran = {t.stage for t in timings if t.ran}
-        rows = [promote(str(root), t, before[t["name"]], t["stage"] in ran) for t in targets]
+        status = {t.stage: t.status for t in timings}
+        rows = [
+            promote(str(root), t, before[t["name"]], status.get(t["stage"], "unchanged"))
+            for t in targets
+        ]
         publish(str(root), rows, timings)
     return {"stages": [asdict(t) for t in timings], "decisions": rows}
 

@@ -1,0 +1,89 @@
+"""A stage DVC restores from its run cache did not run: the training flow must say so.
+
+Found in the issue-11 rehearsal: a clone sharing the DVC cache of a full run got back the full
+mirror, every training stage's inputs were ones trained before, DVC checked their outputs out of
+its run cache ("is cached - skipping run") and no code ran, nothing was registered, yet the flow
+called the stages "ran" and quoted the challenger's old verdict as this run's decision.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from flows.arrivals import arrivals_markdown
+from flows.training import StageResult, dvc_command, not_run_row, repro_outcome, stage_env
+
+pytestmark = pytest.mark.integration
+
+STAGE = """stages:
+  step:
+    cmd: cp params.yaml out.txt
+    params: [step.n]
+    outs: [out.txt]
+"""
+
+
+def _repro(repo: Path) -> str:
+    proc = subprocess.run(
+        [*dvc_command(), "repro", "-s", "step"],
+        cwd=repo,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return repro_outcome(proc.stdout)
+
+
+def test_real_dvc_output_tells_ran_unchanged_and_restored_apart(tmp_path: Path) -> None:
+    subprocess.run([*dvc_command(), "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.yaml").write_text(STAGE)
+    params = tmp_path / "params.yaml"
+    params.write_text("step:\n  n: 1\n")
+    assert _repro(tmp_path) == "ran"
+    assert _repro(tmp_path) == "unchanged"
+    params.write_text("step:\n  n: 2\n")
+    assert _repro(tmp_path) == "ran"
+    assert (tmp_path / "out.txt").read_text() == "step:\n  n: 2\n"
+    params.write_text("step:\n  n: 1\n")  # inputs run before: DVC checks the old output out
+    assert _repro(tmp_path) == "restored"
+    assert (tmp_path / "out.txt").read_text() == "step:\n  n: 1\n"
+
+
+ROW = {
+    "model": "ctg-distress",
+    "champion_before": "v1",
+    "champion_after": "v1",
+    "challenger": "v4",
+    "paired_difference": "+0.0026 [-0.0083, +0.0135] delong, n=452",
+    "decision": "kept champion",
+    "promoted": False,
+    "reason": "below the margin 0.005",
+}
+
+
+def test_a_stage_that_did_not_run_quotes_no_old_verdict() -> None:
+    restored = not_run_row(ROW, "train_families_ctg", "restored")
+    assert restored["paired_difference"] == "" and "run cache" in restored["reason"]
+    assert "nothing new to decide" in restored["reason"]
+    assert not_run_row(ROW, "train_families_ctg", "unchanged")["reason"].endswith(
+        "unchanged: nothing to decide"
+    )
+    assert not_run_row(ROW, "train_families_ctg", "ran") == ROW  # a real decision stays
+    moved = {**ROW, "promoted": True, "champion_after": "v4"}
+    assert not_run_row(moved, "train_families_ctg", "restored") == moved
+
+
+def test_arrivals_name_the_restored_stages_apart_from_the_ones_that_ran(tmp_path: Path) -> None:
+    timings = [
+        StageResult("ingest_ctg", 1.0, ran=True),
+        StageResult("train_families_ctg", 2.0, ran=False, restored=True),
+        StageResult("evaluate_ctg", 0.5, ran=False),
+    ]
+    body = arrivals_markdown(tmp_path, timings)
+    assert "Stages run: ingest_ctg\n" in body
+    assert body.rstrip().endswith("not run (these inputs were run before): train_families_ctg")
+    assert [t.status for t in timings] == ["ran", "restored", "unchanged"]
