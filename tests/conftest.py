@@ -49,6 +49,18 @@ def _isolated_mlflow(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     yield
 
 
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """A temporary Prefect API (``prefect_test_harness``) for the flows run in-process; yields
+    its URL. One per session: the server takes ~20 s to start and test_faults and test_flows
+    both need one (each test's flows and artifacts are told apart by repository and time)."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield PREFECT_API_URL.value()
+
+
 def ci_report(name: str, text: str) -> None:
     """Print ``text`` and, when ``FETAL_CI_REPORT_DIR`` is set, save it there as ``name``.md.
 

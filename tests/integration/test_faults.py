@@ -27,15 +27,6 @@ from tests.integration.toy_pipeline import install_toy_pipeline
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield PREFECT_API_URL.value()
-
-
 def test_killed_training_run_reruns_cleanly_without_duplicate_versions(
     toy_repo: Path, prefect_api: str
 ):

@@ -22,14 +22,6 @@ from tests.integration.toy_pipeline import install_toy_pipeline
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
-
-
 @pytest.fixture
 def toy(toy_repo: Path, tmp_path: Path) -> Path:
     install_toy_pipeline(toy_repo, remote=tmp_path / "remote")
