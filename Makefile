@@ -4,6 +4,8 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo .venv-uv/bin/uv)
 VENV := .venv
 PY := $(VENV)/bin/python
+# test processes: 2 fits the 2-core, 24 GB CI machine (each may load TensorFlow)
+TEST_WORKERS ?= 2
 export UV_COMPILE_BYTECODE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
@@ -30,8 +32,8 @@ setup: $(VENV)/.synced  ## create .venv from the lock file
 pipeline: setup  ## run every DVC stage that is out of date
 	$(VENV)/bin/dvc repro
 
-test: setup  ## the whole test suite (CI runs this)
-	$(PY) -m pytest -q
+test: setup  ## the whole test suite (CI runs this), one test file per worker process
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup  ## unit and data tests only
 	$(PY) -m pytest -q -m "unit or data"
