@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ITEMS = ("stages", "flows", "params.yaml", "dvc.yaml", "pyproject.toml")
+ITEMS = ("stages", "flows", "params.yaml", "dvc.yaml", "sources/dvc.yaml", "pyproject.toml")
 BIN = Path(sys.executable).parent
 
 
@@ -25,6 +25,7 @@ def make_scratch_project(repo: Path) -> None:
         if src.is_dir():
             shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (repo / item).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, repo / item)
     for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]):
         subprocess.run(cmd, cwd=repo, check=True, env=scratch_env(repo, None))

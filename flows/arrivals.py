@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 
 
 class StageRun(Protocol):
-    """What this module reads of ``flows.training.StageResult``."""
+    """What this module reads of ``flows.outcomes.StageResult``."""
 
     stage: str
     ran: bool

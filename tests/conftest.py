@@ -16,7 +16,9 @@ from stages.common.params import resolve_mirror
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 # What a toy repository needs to run the stages: code, pipeline, params, DVC config.
-TOY_REPO_ITEMS = ["stages", "flows", "params.yaml", "dvc.yaml", "pyproject.toml"]
+TOY_REPO_ITEMS = [
+    "stages", "flows", "params.yaml", "dvc.yaml", "sources/dvc.yaml", "pyproject.toml"
+]  # fmt: skip
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -107,6 +109,7 @@ def toy_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         if src.is_dir():
             shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__"))
         elif src.exists():
+            (repo / item).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, repo / item)
     (repo / "data").mkdir()
     shutil.copy2(ROOT / "data" / ".gitignore", repo / "data" / ".gitignore")

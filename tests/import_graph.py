@@ -1,8 +1,9 @@
 """The project's import graph, read from the source with ``ast`` (nothing is imported).
 
 One source of truth for each DVC stage's code dependencies: the stage's own module plus every
-project module it imports, transitively, at module level or inside functions. ``dvc.yaml`` lists
-exactly those files; ``tests/unit/test_house.py`` fails when the two disagree, and
+project module it imports, transitively, at module level or inside functions. ``dvc.yaml`` (and
+``sources/dvc.yaml``, the source checks) lists exactly those files;
+``tests/unit/test_house.py`` fails when the two disagree, and
 
     python -m tests.import_graph            # print each stage's code deps that disagree
     python -m tests.import_graph --write    # rewrite them in dvc.yaml (comments kept)
@@ -19,9 +20,12 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("stages", "flows")  # the project's importable code
+# The pipeline's stage files (paths in both are the project root's: sources/ has ``wdir: ..``)
+PIPELINE_FILES = ("dvc.yaml", "sources/dvc.yaml")
 CODE_SUFFIX = ".py"
 
 
@@ -174,6 +178,18 @@ def holds_code(path: Path) -> bool:
     return bool(body)
 
 
+def pipeline_stages(root: Path = ROOT) -> dict[str, dict]:
+    """Every stage of the pipeline's stage files (:data:`PIPELINE_FILES` present under
+    ``root``), by name: the graph ``dvc repro`` runs."""
+    import yaml
+
+    stages: dict[str, dict] = {}
+    for name in PIPELINE_FILES:
+        if (root / name).is_file():
+            stages |= yaml.safe_load((root / name).read_text())["stages"]
+    return stages
+
+
 def stage_modules(pipeline: dict) -> dict[str, str]:
     """DVC stage name -> the module its ``cmd`` runs (``python -m MODULE``)."""
     found = {}
@@ -207,9 +223,7 @@ def declared_code_deps(stage: dict) -> list[str]:
 
 def disagreements(root: Path = ROOT) -> dict[str, tuple[list[str], list[str]]]:
     """Stage -> (missing from dvc.yaml, listed but not imported), for stages that disagree."""
-    import yaml
-
-    pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
+    pipeline = {"stages": pipeline_stages(root)}
     out = {}
     for name, module in stage_modules(pipeline).items():
         want = set(expected_code_deps(module, root))
@@ -220,7 +234,7 @@ def disagreements(root: Path = ROOT) -> dict[str, tuple[list[str], list[str]]]:
 
 
 def write_code_deps(root: Path = ROOT) -> list[str]:
-    """Rewrite each stage's code deps in ``dvc.yaml`` from the import graph; the stages changed.
+    """Rewrite each stage's code deps in the stage files from the import graph; the stages changed.
 
     Code deps come first (the stage's module, then its imports, sorted), data deps keep their
     order and comments. ruamel.yaml (a DVC dependency) round-trips the rest of the file.
@@ -231,7 +245,14 @@ def write_code_deps(root: Path = ROOT) -> list[str]:
     yaml.preserve_quotes = True
     yaml.width = 100
     yaml.indent(mapping=2, sequence=4, offset=2)
-    path = root / "dvc.yaml"
+    changed = []
+    for file in PIPELINE_FILES:
+        if (root / file).is_file():
+            changed += _write_file_code_deps(yaml, root / file, root)
+    return changed
+
+
+def _write_file_code_deps(yaml: Any, path: Path, root: Path) -> list[str]:
     doc = yaml.load(path.read_text())
     changed = []
     for name, module in stage_modules(doc).items():

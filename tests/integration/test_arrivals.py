@@ -72,7 +72,7 @@ def test_ctg_arrivals_through_dvc_repro(
         (mirror / f"1005{ext}").unlink()
     write_index(mirror)
     untouched = {p.name: p.stat().st_mtime_ns for p in raw.glob("100[1246]*")}
-    run_dvc(toy_repo, "repro", "-s", "source_ctg")
+    run_dvc(toy_repo, "repro", "-s", "sources/dvc.yaml:source_ctg")
     status_out = run_dvc(toy_repo, "status", "ingest_ctg").stdout
     assert "data/sources/ctu-uhb.json" in status_out and "modified" in status_out
     assert {"ingest_ctg", "split_ctg"} <= ran_stages(run_dvc(toy_repo, "repro", "split_ctg").stdout)

@@ -41,7 +41,8 @@ NAME = "ctg-distress"
 
 
 def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
+    """Stage names DVC ran (``sources/dvc.yaml:source_ctg`` -> ``source_ctg``)."""
+    return {s.rsplit(":", 1)[-1] for s in re.findall(r"Running stage '([^']+)'", output)}
 
 
 def test_dvc_repro_evaluate_ctg(

@@ -16,6 +16,7 @@ import yaml
 
 from flows import training
 from stages.common import tracking
+from tests import import_graph as ig
 from tests.conftest import ROOT, set_params
 from tests.integration.toy_pipeline import install_toy_pipeline
 
@@ -55,7 +56,11 @@ def _dvc_project(root: Path, **stages: dict) -> Path:
 
 @pytest.mark.unit
 def test_stage_order_follows_data_dependencies_of_the_real_pipeline(tmp_path: Path):
-    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    # both stage files in one (sources/dvc.yaml's wdir points at the root: drop it)
+    stages = {
+        n: {k: v for k, v in s.items() if k != "wdir"} for n, s in ig.pipeline_stages().items()
+    }
+    pipeline = {"stages": stages}
     repo = _dvc_project(tmp_path / "repo", **pipeline["stages"])
     shutil.copy2(ROOT / "params.yaml", repo / "params.yaml")
     order = training.stage_order(repo)

@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from tests import import_graph as ig
 from tests.conftest import ROOT, set_params
 from tests.synth_ctg import make_ctg_mirror
 from tests.synth_us import make_us_mirror
 
 pytestmark = pytest.mark.integration
 
-PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+PIPELINE = ig.pipeline_stages(ROOT)
 CTG_STAGES = {"ingest": "ingest_ctg", "validate": "validate_ctg", "preprocess": "preprocess_ctg"}
 CTG_STAGES |= {"split": "split_ctg", "featurize": "featurize_ctg"}
 US_STAGES = {"ingest": "ingest_us", "validate": "validate_us", "enhance": "enhance_us"}

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from flows.arrivals import arrivals_markdown
-from flows.training import StageResult, dvc_command, not_run_row, repro_outcome, stage_env
+from flows.outcomes import StageResult, not_run_row, repro_outcome
+from flows.training import dvc_command, stage_env
 
 pytestmark = pytest.mark.integration
 

@@ -10,6 +10,7 @@ records its start and end times, so tests can check the branches overlapped.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -143,6 +144,7 @@ PARAMS = {
 def install_toy_pipeline(repo: Path, remote: Path | None = None) -> None:
     """Write the toy pipeline into ``repo`` (a ``toy_repo``), commit it, add a local remote."""
     (repo / "toy_stage.py").write_text(TOY_STAGE)
+    shutil.rmtree(repo / "sources", ignore_errors=True)  # the real source checks: not in the toy
     (repo / "dvc.yaml").write_text(yaml.safe_dump(PIPELINE, sort_keys=False))
     (repo / "params.yaml").write_text(yaml.safe_dump(PARAMS, sort_keys=False))
     dvc = str(Path(__import__("sys").executable).parent / "dvc")

@@ -33,6 +33,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import import_graph as ig
+
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,7 +169,7 @@ def make_targets() -> frozenset[str]:
 
 @functools.cache
 def dvc_stages() -> frozenset[str]:
-    return frozenset(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+    return frozenset(ig.pipeline_stages(ROOT))
 
 
 @functools.cache
@@ -245,11 +247,19 @@ def check_make(argv: list[str]) -> list[str]:
     return [f"make {t}: no such Makefile target" for t in targets if t not in make_targets()]
 
 
+def is_dvc_target(target: str) -> bool:
+    """A stage name, a stage file (``sources/dvc.yaml``) or ``FILE:stage``, as DVC takes them."""
+    file, _, stage = target.rpartition(":")
+    if not file:
+        return target in dvc_stages() or target in ig.PIPELINE_FILES
+    return file in ig.PIPELINE_FILES and stage in dvc_stages()
+
+
 def check_dvc(argv: list[str]) -> list[str]:
     problems = []
     if argv[1:2] == ["repro"]:
         stages = [a for a in argv[2:] if not a.startswith("-")]
-        problems += [f"dvc repro {s}: no such stage" for s in stages if s not in dvc_stages()]
+        problems += [f"dvc repro {s}: no such stage" for s in stages if not is_dvc_target(s)]
     return problems
 
 

@@ -36,7 +36,7 @@ UNTRACKED = ("data/runs",)  # run reports and GX Data Docs: git-ignored, no stag
 
 
 def stage_module_names(root: Path = ig.ROOT) -> set[str]:
-    return set(ig.stage_modules(yaml.safe_load((root / "dvc.yaml").read_text())).values())
+    return set(ig.stage_modules({"stages": ig.pipeline_stages(root)}).values())
 
 
 def modules_importing_stages(root: Path = ig.ROOT) -> list[str]:
@@ -96,8 +96,8 @@ def data_constants_outside_paths_modules(root: Path = ig.ROOT) -> list[str]:
 
 
 def declared_data_paths(root: Path = ig.ROOT) -> set[str]:
-    """The deps, outs, metrics and plots of every stage in dvc.yaml."""
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    """The deps, outs, metrics and plots of every stage in the stage files."""
+    stages = ig.pipeline_stages(root)
     return {
         (next(iter(item)) if isinstance(item, dict) else str(item)).rstrip("/")
         for stage in stages.values()
