@@ -20,9 +20,7 @@ from stages.common.params import project_root
 # What the ``git_commit`` tag vouches for: the code and configuration that ran. dvc.lock and
 # data/ are left out: `dvc repro` rewrites dvc.lock after every stage, so a training stage
 # always saw it modified; the data a run read are named by its dvc_dep tags instead.
-CODE_PATHS = (
-    "stages", "flows", "params.yaml", "dvc.yaml", "sources/dvc.yaml", "pyproject.toml", "uv.lock"
-)  # fmt: skip
+CODE_PATHS = ("stages", "flows", "params.yaml", "dvc.yaml", "pyproject.toml", "uv.lock")
 
 
 def git_commit() -> str:
