@@ -35,7 +35,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,15 +45,31 @@ from stages.ultrasound.image_checks import ImageRules, read_checked
 from stages.ultrasound.imaging import encode_png
 from stages.ultrasound.model_dir import MODEL_FILE
 
-# Registered versions logged before the predictors moved name their loaders in this module.
-from stages.ultrasound.predictors import (  # noqa: F401  (re-exported for those versions)
-    AutoencoderPredictor,
-    PlanePredictor,
-    Preprocessor,
-    load_autoencoder_predictor,
-    load_plane_predictor,
-    load_segmenter_predictor,
+if TYPE_CHECKING:
+    from stages.ultrasound.predictors import AutoencoderPredictor, PlanePredictor
+
+# Registered versions logged before the predictors moved name their loaders in this module
+# (``stages.ultrasound.score:load_plane_predictor``): :func:`__getattr__` still resolves them.
+PREDICTOR_NAMES = (
+    "AutoencoderPredictor",
+    "PlanePredictor",
+    "Preprocessor",
+    "load_autoencoder_predictor",
+    "load_plane_predictor",
+    "load_segmenter_predictor",
 )
+
+
+def __getattr__(name: str) -> Any:
+    """The predictors' names, imported on first use: importing them loads TensorFlow (~7 s and
+    C++ start-up lines on stderr), which must happen inside ``quiet_libraries``, not at
+    ``fetal score-us --help``."""
+    if name in PREDICTOR_NAMES:
+        from stages.ultrasound import predictors
+
+        return getattr(predictors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +95,7 @@ def resolve_predictor(uri: str | None, registered_name: str, local_dir: Path) ->
     With no URI and no champion in the registry, ``local_dir`` (the pipeline's output) is used.
     """
     from stages.common import tracking  # imports mlflow (~2 s): only when a model is resolved
+    from stages.ultrasound.predictors import load_autoencoder_predictor, load_plane_predictor
 
     if uri and (Path(uri) / MODEL_FILE).is_file():
         return (

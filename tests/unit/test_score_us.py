@@ -306,3 +306,30 @@ def test_a_model_folder_carries_its_segmenter_wherever_it_is_loaded(tmp_path: Pa
     classical.mkdir()
     bundle_segmenter(classical, {"method": "classical"}, tmp_path / "absent")
     assert not (classical / SEGMENTER_DIR).exists()
+
+
+def test_the_cli_loads_tensorflow_only_inside_its_quiet_block() -> None:
+    """``stages.ultrasound.score`` imported TensorFlow at import time (via the predictors it
+    re-exports), before ``quiet_libraries`` pointed stderr at the log file: with oneDNN on, every
+    ``fetal score-us`` (``--help`` too) printed absl/oneDNN start-up lines to the user. A fresh
+    process, as users run it, without the Makefile's ``TF_CPP_MIN_LOG_LEVEL``."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(ROOT)
+    probe = "import sys, stages.ultrasound.score as s; print('tensorflow' in sys.modules)"
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert proc.stdout.strip() == "False", proc.stderr
+    help_run = subprocess.run(
+        [sys.executable, "-m", "stages.cli", "score-us", "--help"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert help_run.returncode == 0 and help_run.stderr == "", help_run.stderr
+    # registered versions name their loader in this module: it still resolves
+    from stages.ultrasound import predictors, score
+
+    assert score.load_plane_predictor is predictors.load_plane_predictor
