@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from stages.common.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,38 +30,40 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     import keras
 
-    from stages.ultrasound.anomaly_threshold import (
-        conformal_quantile,
-        out_of_fold_scores,
-        patient_folds,
-    )
-    from stages.ultrasound.autoencoder import fit_latent, latent_codes, latent_score_from_codes
-    from stages.ultrasound.crops import brain_split_crops, to_unit_float
+    from stages.ultrasound.autoencoder import fit_latent, latent_codes
+    from stages.ultrasound.crops import brain_split_crops, plane_one_hot, to_unit_float
     from stages.ultrasound.paths import CROPS_NPZ, PLANES_MANIFEST_CSV
+    from stages.ultrasound.train_autoencoder import anomaly_threshold  # the stage's own rule
 
     params = load_params("train_autoencoder_us", args.project / "params.yaml")
-    kind, shrink, size = params["anomaly_score"], params["latent_shrinkage"], params["input_size"]
     splits = brain_split_crops(args.project / PLANES_MANIFEST_CSV, args.project / CROPS_NPZ)
-    x = {s: to_unit_float(crops, size) for s, (_, crops) in splits.items() if s != "test"}
-    groups = [str(p) for s in ("train", "val") for p in splits[s][0]["patient"]]
+    x, planes, patients = {}, {}, {}
+    for s in ("train", "val"):
+        rows, crops = splits[s]
+        x[s] = to_unit_float(crops, params["input_size"])
+        planes[s], patients[s] = (
+            plane_one_hot(rows["brain_plane"]),
+            list(rows["patient"].astype(str)),
+        )
     model = keras.models.load_model(model_dir / "model.keras", compile=False)
-    codes = {s: latent_codes(model, x[s]) for s in ("train", "val")}
-    final = fit_latent(kind, codes["train"], x["train"], shrink)  # as the stage fits it
-    val_scores = latent_score_from_codes(kind, codes["val"], x["val"], final)
-    x_all = np.concatenate([x["train"], x["val"]])
-    codes_all = np.concatenate([codes["train"], codes["val"]])
+    kind = params["anomaly_score"]
+    # the final statistics, fitted on the train codes as the stage fits them
+    latent = fit_latent(
+        kind, latent_codes(model, x["train"]), x["train"], params["latent_shrinkage"]
+    )
     print(f"{len(x['train'])} train + {len(x['val'])} val brain crops, score {kind}\n")
     print("| folds | target | threshold | val flagged |")
     print("|---|---:|---:|---:|")
+    n_patients = len(set(patients["train"] + patients["val"]))
     for k in args.folds:
-        folds = patient_folds(groups, k, params["seed"])
-        if folds is None:
-            continue
-        oof = out_of_fold_scores(kind, codes_all, x_all, folds, shrink)
-        label = f"{len(set(folds))}" + (" (one per patient)" if k <= 0 else "")
         for a in args.targets:
-            t = conformal_quantile(oof, a)
-            print(f"| {label} | {a:.2f} | {t:.2f} | {np.mean(val_scores > t):.3f} |")
+            rule = {**params, "threshold_folds": k, "target_false_alarm": a}
+            r = anomaly_threshold(
+                model, (x["train"], x["val"]), (planes["train"], planes["val"]), latent, rule,
+                (patients["train"], patients["val"]),
+            )  # fmt: skip
+            label = f"{n_patients} (one per patient)" if k <= 0 else str(min(k, n_patients))
+            print(f"| {label} | {a:.2f} | {r['threshold']:.2f} | {r['val_flagged_rate']:.3f} |")
     return 0
 
 
