@@ -63,7 +63,8 @@ def us_table(reports: Reports) -> str:
         ("held-out brain images flagged anomalous (target "
          f"{_f(ev['ae_target_false_alarm'], 2)})",
          _interval(ev, "ae_test_brain_flagged_rate")),
-        ("held-out non-brain images flagged anomalous", _interval(ev, "ae_nonbrain_flagged_rate")),
+        ("non-brain images (both splits) flagged anomalous",
+         _interval(ev, "ae_nonbrain_flagged_rate")),
     ]  # fmt: skip
     body = "\n".join(f"| {what} | {figure} |" for what, figure in rows)
     return "| what | figure [95 % interval] |\n|---|---:|\n" + body + "\n"
