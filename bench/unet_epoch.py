@@ -7,6 +7,11 @@ synthetic images, with TensorFlow's oneDNN kernels off and on (``TF_ENABLE_ONEDN
 stages turn them on, see ``stages/__init__.py``) and with and without op determinism, the stage's
 projected training time, and TensorFlow's matmul and conv2d throughput as a measure of the
 machine. Median of ``--epochs`` epochs after a first one (graph tracing).
+
+``--threads`` prints instead, with oneDNN and op determinism on (the stage's setting), the epoch
+time at other TensorFlow thread counts (inter-op x intra-op; TensorFlow's default on 2 cores is
+2 x 2) and with two single-thread processes training at once, as two folds would: the schedule
+a stage could use if one process does not keep both cores busy.
 """
 
 from __future__ import annotations
@@ -24,9 +29,14 @@ _CHILD = """
 import json, sys, time
 import numpy as np
 deterministic, epochs = sys.argv[1] == "1", int(sys.argv[2])
+inter, intra = int(sys.argv[3]), int(sys.argv[4])  # 0: TensorFlow's default
 from stages.common.params import load_params  # the package sets TF's oneDNN choice first
 import keras, tensorflow as tf
 from stages.ultrasound.unet_model import build_unet
+if inter:
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
+if intra:
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
 if deterministic:
     tf.config.experimental.enable_op_determinism()
 keras.utils.set_random_seed(0)
@@ -53,28 +63,69 @@ print(json.dumps({"epoch_s": times[1:], "matmul_gflops": matmul, "conv_gflops": 
 """
 
 
-def measure(onednn: bool, deterministic: bool, epochs: int) -> dict:
-    """One fresh interpreter (neither switch can be changed once TensorFlow runs)."""
-    out = subprocess.run(
-        [sys.executable, "-c", _CHILD, "1" if deterministic else "0", str(epochs)],
+def _start(onednn: bool, deterministic: bool, epochs: int, threads: tuple[int, int]):
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, "1" if deterministic else "0", str(epochs),
+         *(str(t) for t in threads)],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
-        check=True,
         env={
             "TF_CPP_MIN_LOG_LEVEL": "3",
             "TF_ENABLE_ONEDNN_OPTS": "1" if onednn else "0",
             "PYTHONPATH": str(ROOT),
             "PATH": "/usr/bin:/bin",
         },
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    )  # fmt: skip
+
+
+def _result(proc: subprocess.Popen) -> dict:
+    out, _ = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"the timing child failed (exit {proc.returncode})")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def measure(
+    onednn: bool, deterministic: bool, epochs: int, threads: tuple[int, int] = (0, 0)
+) -> dict:
+    """One fresh interpreter (neither switch can be changed once TensorFlow runs)."""
+    return _result(_start(onednn, deterministic, epochs, threads))
+
+
+def measure_concurrent(epochs: int, n: int = 2) -> list[dict]:
+    """``n`` single-thread interpreters training at once (oneDNN and determinism on)."""
+    procs = [_start(True, True, epochs, (1, 1)) for _ in range(n)]
+    return [_result(p) for p in procs]
+
+
+def thread_rows(epochs: int) -> None:
+    """The ``--threads`` table (see the module doc)."""
+    print("| TF threads (inter x intra) | processes at once | s per epoch, each | "
+          "models per hour | stage training, projected |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|")
+    runs = [(f"{a} x {b}" if a else "default (2 x 2)", [measure(True, True, epochs, (a, b))])
+            for a, b in ((0, 0), (1, 2), (1, 1))]  # fmt: skip
+    runs.append(("1 x 1", measure_concurrent(epochs)))
+    for label, results in runs:
+        epoch_s = statistics.median(t for r in results for t in r["epoch_s"])
+        r = results[0]
+        # n processes each fit one model at a time: n models per epoch_s x epochs
+        per_hour = len(results) * 3600 / (epoch_s * r["epochs"])
+        stage_min = r["n_models"] / per_hour * 60
+        print(f"| {label} | {len(results)} | {epoch_s:.1f} | {per_hour:.2f} | "
+              f"{stage_min:.0f} min ({r['n_models']} x {r['epochs']} epochs) |")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per row (default 3)")
+    parser.add_argument("--threads", action="store_true", help="thread counts and 2 processes")
     args = parser.parse_args()
+    if args.threads:
+        thread_rows(args.epochs)
+        return
     print("| oneDNN | op determinism | s per epoch (160 images) | stage training, projected | "
           "TF matmul GFLOPS | TF conv2d GFLOPS |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|")
