@@ -21,39 +21,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bench.scratch import BIN, ROOT
+from bench.scratch import BIN, ROOT, timed_dvc
 
 STAGE_FILES = ("dvc.yaml", "sources/dvc.yaml")  # the project's stage files, as DVC reads them
 TRIVIAL_CMD = "true"  # a command that does nothing, so only DVC's own work is timed
 ENTRY_KEYS = ("deps", "outs", "metrics", "plots")  # a stage's keys that list paths
 
 
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _dvc(repo: Path, *args: str) -> tuple[float, float, str]:
-    """Wall s, CPU s and stdout of ``dvc ARGS`` in ``repo`` (raises on failure)."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    cpu0, t0 = _children_cpu_s(), time.perf_counter()
-    proc = subprocess.run(
-        [str(BIN / "dvc"), *args], cwd=repo, env=env, capture_output=True, text=True
-    )
-    wall, cpu = time.perf_counter() - t0, _children_cpu_s() - cpu0
-    if proc.returncode != 0:
-        raise RuntimeError(f"dvc {' '.join(args)} failed in {repo}:\n{proc.stdout}{proc.stderr}")
-    return wall, cpu, proc.stdout
+    return timed_dvc(repo, {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}, *args)
 
 
 def _init(repo: Path) -> None:

@@ -14,38 +14,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from bench.scratch import BIN, make_scratch_project, scratch_env
+from bench.scratch import make_scratch_project, scratch_env, timed_dvc
 
 SOURCES = "sources/dvc.yaml"  # the source checks' stage file
 TARGETS = [f"{SOURCES}:source_ctg", "ingest_ctg", f"{SOURCES}:source_us", "ingest_us"]
 
 
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def timed_repro(repo: Path, mirror_root: Path, *targets: str) -> tuple[float, float, str]:
     """Wall s, CPU s and stdout of one ``dvc repro TARGETS`` in ``repo``."""
-    cpu0, t0 = _children_cpu_s(), time.perf_counter()
-    proc = subprocess.run(
-        [str(BIN / "dvc"), "repro", *targets],
-        cwd=repo,
-        env=scratch_env(repo, mirror_root),
-        capture_output=True,
-        text=True,
-    )
-    wall, cpu = time.perf_counter() - t0, _children_cpu_s() - cpu0
-    if proc.returncode != 0:
-        raise RuntimeError(f"dvc repro {' '.join(targets)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return wall, cpu, proc.stdout
+    return timed_dvc(repo, scratch_env(repo, mirror_root), "repro", *targets)
 
 
 def bench_source_check(mirror_root: Path, repeats: int = 5) -> list[tuple[str, float, float]]:

@@ -7,9 +7,11 @@ the data from ``FETAL_MIRROR``: the project's own outputs and registry are never
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,3 +56,21 @@ def run_dvc(repo: Path, mirror_root: Path, *args: str) -> subprocess.CompletedPr
         capture_output=True,
         text=True,
     )
+
+
+def children_cpu_s() -> float:
+    """User + system CPU seconds of this process's finished children (``getrusage``)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_dvc(repo: Path, env: dict[str, str], *args: str) -> tuple[float, float, str]:
+    """Wall s, CPU s and stdout of one ``dvc ARGS`` in ``repo``; raises when it fails."""
+    cpu0, t0 = children_cpu_s(), time.perf_counter()
+    proc = subprocess.run(
+        [str(BIN / "dvc"), *args], cwd=repo, env=env, capture_output=True, text=True
+    )
+    wall, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} failed in {repo}:\n{proc.stdout}{proc.stderr}")
+    return wall, cpu, proc.stdout

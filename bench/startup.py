@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from bench.scratch import children_cpu_s
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MIRROR = Path("/work/shared/data")
@@ -70,11 +71,6 @@ def make_model(folder: Path) -> str:
     return str(folder)
 
 
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def time_cli(argv: list[str], repeats: int, project: Path) -> tuple[float, float, int]:
     """Best wall and CPU time (s) of ``python -m stages.cli *argv`` run in ``project`` over
     ``repeats``, and the exit code."""
@@ -82,7 +78,7 @@ def time_cli(argv: list[str], repeats: int, project: Path) -> tuple[float, float
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user's shell has it
     best_wall, best_cpu, code = float("inf"), float("inf"), 0
     for _ in range(repeats):
-        t0, c0 = time.perf_counter(), _children_cpu_s()
+        t0, c0 = time.perf_counter(), children_cpu_s()
         proc = subprocess.run(
             [sys.executable, "-m", "stages.cli", *argv],
             cwd=project,
@@ -91,7 +87,7 @@ def time_cli(argv: list[str], repeats: int, project: Path) -> tuple[float, float
             text=True,
         )
         best_wall = min(best_wall, time.perf_counter() - t0)
-        best_cpu = min(best_cpu, _children_cpu_s() - c0)
+        best_cpu = min(best_cpu, children_cpu_s() - c0)
         code = proc.returncode
     return best_wall, best_cpu, code
 
