@@ -11,11 +11,14 @@ first model trained on it: median +1.2 % on the last hundred).
 Examinations (the ``NNN`` of ``NNN_HC`` / ``NNN_2HC``) are split into ``n_folds`` folds,
 stratified by head-circumference quantile and seeded (``data/processed/us/segmenter_folds.csv``);
 one model per fold is trained on the other folds and scores its own fold (out-of-fold, OOF),
-and one final model is trained on every image. ``segment_us`` segments each HC18 image with the
-fold model that never saw it and every other image (FETAL_PLANES_DB, ``fetal score-us``) with the
-final model; this stage's report holds the OOF Dice and head-circumference error of the U-Net
-ellipse alone (the 0.5 contour, no classical refinement), ``segment_us``'s report those of
-the whole method (its ``unet_level`` and refinement settings).
+and one final model is trained on every image. The models train at once, one per core, each
+in its own process with one TensorFlow thread (:func:`~stages.ultrasound.unet_training.
+train_models`: twice the models per hour of one process on both cores; the count never changes
+a model). ``segment_us`` segments each HC18 image with the fold model that never saw it and
+every other image (FETAL_PLANES_DB, ``fetal score-us``) with the final model; this stage's
+report holds the OOF Dice and head-circumference error of the U-Net ellipse alone (the 0.5
+contour, no classical refinement), ``segment_us``'s report those of the whole method (its
+``unet_level`` and refinement settings).
 
 The final model is registered as ``us-head-segmenter``, promoted on ``oof_hc_error_mm_mean_neg``
 (minus the OOF mean absolute HC error, paired per image with the champion's stored OOF errors):
@@ -29,15 +32,12 @@ Reference: Ronneberger O et al. U-Net, MICCAI 2015; data: van den Heuvel TLA et 
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Sequence
 from typing import Any
 
-import keras
 import numpy as np
 import pandas as pd
-from scipy.ndimage import affine_transform
 
 from stages.common import tracking
 from stages.common.io import atomic_dir, write_csv, write_json, write_run_report
@@ -45,7 +45,6 @@ from stages.common.params import load_params, project_root
 from stages.common.promotion import Evaluation, score_interval
 from stages.common.provenance import data_version
 from stages.common.splits import stratified_folds
-from stages.common.training import epoch_timer, seed_everything
 from stages.ultrasound import registry
 from stages.ultrasound.hc18 import hc18_summary, truth_mask
 from stages.ultrasound.head.geometry import ellipse_from_outline
@@ -58,7 +57,6 @@ from stages.ultrasound.imaging import (
     ramanujan_perimeter,
     read_image,
 )
-from stages.ultrasound.model_dir import save_model_dir
 from stages.ultrasound.paths import (
     ENHANCED_HC18,
     HC18_RAW,
@@ -69,7 +67,7 @@ from stages.ultrasound.paths import (
     TRAIN_SEGMENTER_REPORT,
     fold_dir,
 )
-from stages.ultrasound.unet_model import build_unet, predict_masks
+from stages.ultrasound.unet_training import ModelJob, train_models
 
 log = logging.getLogger(__name__)
 
@@ -121,103 +119,6 @@ def target_mask(outline: np.ndarray, hc_mm: float, pixel_mm: float) -> np.ndarra
 def mask_to_input(mask: np.ndarray, input_hw: Sequence[int]) -> np.ndarray:
     """Boolean mask -> float32 (H, W): the share of each low-resolution pixel inside it."""
     return to_input(np.where(mask, 255, 0).astype(np.uint8), input_hw)
-
-
-def augment(
-    x: np.ndarray, y: np.ndarray, rng: np.random.Generator, aug: dict[str, float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random geometric (image and mask alike) and intensity (image only) changes.
-
-    Each image is rotated by up to ``rotation_deg``, scaled by up to ``scale`` (fraction),
-    shifted by up to ``shift`` (fraction of each side) and, with probability ``flip``, mirrored
-    left-right (the probe stays at the top: no up-down mirror); bilinear, zero outside. Then
-    ``x ** gamma`` (log-uniform within ``1 +- gamma``), a contrast factor and an offset (up to
-    ``contrast`` and ``brightness``) and Gaussian noise of ``noise`` (std, [0, 1] units).
-
-    Parameters
-    ----------
-    x, y
-        Images and soft masks (N, H, W) float32.
-    rng
-        Source of every random draw (the same seed gives the same batch).
-    aug
-        The ``augment`` section of ``train_segmenter_us``; a missing key or 0 turns a change off.
-    """
-    n, h, w = x.shape
-    xo, yo = np.empty_like(x), np.empty_like(y)
-    centre = np.array([(h - 1) / 2, (w - 1) / 2])
-    for i in range(n):
-        t = math.radians(rng.uniform(-1, 1) * float(aug.get("rotation_deg", 0)))
-        s = 1 + rng.uniform(-1, 1) * float(aug.get("scale", 0))
-        flip = -1.0 if rng.random() < float(aug.get("flip", 0)) else 1.0
-        shift = rng.uniform(-1, 1, 2) * float(aug.get("shift", 0)) * np.array([h, w])
-        # output (row, col) -> input (row, col): inverse of scale . rotate . flip about the centre
-        rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
-        inv = np.diag([1.0, flip]) @ rot.T / s
-        offset = centre - inv @ (centre + shift)
-        xo[i] = affine_transform(x[i], inv, offset, order=1, mode="constant", cval=0.0)
-        yo[i] = affine_transform(y[i], inv, offset, order=1, mode="constant", cval=0.0)
-    g = float(aug.get("gamma", 0))
-    gamma = np.exp(rng.uniform(math.log(1 - g), math.log(1 + g), (n, 1, 1))) if g else 1.0
-    c, b = float(aug.get("contrast", 0)), float(aug.get("brightness", 0))
-    contrast = 1 + rng.uniform(-c, c, (n, 1, 1))
-    offset_i = rng.uniform(-b, b, (n, 1, 1))
-    xo = np.clip(xo, 0, 1) ** gamma * contrast + offset_i
-    if float(aug.get("noise", 0)):
-        xo = xo + rng.normal(0, float(aug["noise"]), xo.shape)
-    return np.clip(xo, 0, 1).astype(np.float32), np.clip(yo, 0, 1).astype(np.float32)
-
-
-def train_unet(
-    x: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int
-) -> tuple[Any, dict[str, Any]]:
-    """Fit a U-Net (:func:`stages.ultrasound.unet_model.build_unet`) on freshly augmented data.
-
-    Every epoch sees a new augmented copy of every image (:func:`augment`, drawn from ``seed``);
-    the learning rate follows a cosine decay to ``1 %`` of ``learning_rate`` over ``epochs``.
-
-    Parameters
-    ----------
-    x, y
-        Images and soft masks (N, H, W) float32 at the network's input size.
-    params
-        The ``train_segmenter_us`` section.
-    seed
-        Seeds the weights, the batch order and the augmentation.
-
-    Returns
-    -------
-    model, result
-        The Keras model and ``loss`` (per epoch) and ``epoch_times_s``.
-    """
-    seed_everything(seed)
-    rng = np.random.default_rng(seed)
-    epochs, batch = int(params["epochs"]), int(params["batch_size"])
-    steps = epochs * max(1, math.ceil(len(x) / batch))
-    lr = keras.optimizers.schedules.CosineDecay(float(params["learning_rate"]), steps, alpha=0.01)
-    model = build_unet(
-        (int(params["input_height"]), int(params["input_width"])),
-        params["filters"],
-        bool(params.get("batch_norm", True)),
-        lr,
-        float(params.get("dice_weight", 1.0)),
-    )
-    timer, times = epoch_timer()
-    losses: list[float] = []
-    for epoch in range(epochs):
-        xa, ya = augment(x, y, rng, params.get("augment") or {})
-        hist = model.fit(
-            xa[..., None],
-            ya[..., None],
-            batch_size=batch,
-            epochs=epoch + 1,
-            initial_epoch=epoch,
-            shuffle=True,
-            verbose=0,
-            callbacks=[timer],
-        )
-        losses.append(float(hist.history["loss"][-1]))
-    return model, {"loss": losses, "epoch_times_s": [round(t, 3) for t in times]}
 
 
 def score_ellipses(
@@ -331,31 +232,37 @@ def main() -> None:
     oof = pd.DataFrame(
         index=range(len(names)), columns=["dice", "hc_mm", "hc_error_mm", "hc_true_mm"]
     )
-    times: dict[str, list[float]] = {}
     with tracking.run(
         "us-head-segmenter", "train_segmenter_us", params, stage="train_segmenter_us"
     ):
         with atomic_dir(root / SEGMENTER_MODELS) as tmp:
-            for k in range(int(params["n_folds"])):
-                held = (folds["fold"] == k).to_numpy()
-                model, res = train_unet(x[~held], y[~held], params, int(params["seed"]) + k)
-                prob = predict_masks(model, x[held][..., None])
-                scored = score_ellipses(
-                    prob,
-                    [im.shape for im, h in zip(images, held, strict=True) if h],
-                    [t for t, h in zip(truths, held, strict=True) if h],
-                    px_mm[held],
-                    hc_mm[held],
+            jobs = [
+                ModelJob(
+                    fold_dir(k),
+                    x[folds["fold"] != k],
+                    y[folds["fold"] != k],
+                    int(params["seed"]) + k,
+                    tmp / fold_dir(k),
+                    model_config(params, enhance_params, k, int((folds["fold"] != k).sum())),
+                    x_score=x[folds["fold"] == k],
                 )
-                oof.loc[np.flatnonzero(held), scored.columns] = scored.to_numpy()
-                config = model_config(params, enhance_params, k, int((~held).sum()))
-                save_model_dir(model, tmp / fold_dir(k), config)
-                times[fold_dir(k)] = res["epoch_times_s"]
-                log.info("fold %d: %s", k, summary(scored))
-            model, res = train_unet(x, y, params, int(params["seed"]))
-            config = model_config(params, enhance_params, None, len(names))
-            save_model_dir(model, tmp / FINAL, config)
-            times[FINAL] = res["epoch_times_s"]
+                for k in range(int(params["n_folds"]))
+            ]
+            final = model_config(params, enhance_params, None, len(names))
+            jobs.append(ModelJob(FINAL, x, y, int(params["seed"]), tmp / FINAL, final))
+            fitted = train_models(jobs, params)
+        for k in range(int(params["n_folds"])):
+            held = (folds["fold"] == k).to_numpy()
+            scored = score_ellipses(
+                fitted[fold_dir(k)].prob,
+                [im.shape for im, h in zip(images, held, strict=True) if h],
+                [t for t, h in zip(truths, held, strict=True) if h],
+                px_mm[held],
+                hc_mm[held],
+            )
+            oof.loc[np.flatnonzero(held), scored.columns] = scored.to_numpy()
+            log.info("fold %d: %s", k, summary(scored))
+        times = {job.name: fitted[job.name].result["epoch_times_s"] for job in jobs}
         oof = oof.astype(float)
         oof.insert(0, "image", names)
         oof.insert(1, "fold", folds["fold"].to_numpy())

@@ -11,12 +11,12 @@ from stages.common.splits import groups_disjoint
 from stages.ultrasound.head.unet import ellipse_from_probability
 from stages.ultrasound.imaging import Ellipse, ellipse_mask, ramanujan_perimeter
 from stages.ultrasound.train_segmenter import (
-    augment,
     exam_id,
     mask_to_input,
     segmenter_folds,
     to_input,
 )
+from stages.ultrasound.unet_training import augment
 
 pytestmark = pytest.mark.unit
 
@@ -178,7 +178,7 @@ def test_unet_method_falls_back_to_classical_below_the_score():
 
 
 def test_training_is_seeded():
-    from stages.ultrasound.train_segmenter import train_unet
+    from stages.ultrasound.unet_training import train_unet
 
     rng = np.random.default_rng(0)
     x = rng.random((6, 32, 48)).astype(np.float32)
@@ -213,3 +213,35 @@ def test_hc18_summary_charges_a_missing_ellipse_its_whole_circumference():
     assert s["hc_error_mm_signed_mean"] == pytest.approx(-1.0)  # over the found ellipses
     assert s["dice_mean"] == pytest.approx(1.85 / 3) and s["n_no_ellipse"] == 1
     assert all(np.isfinite(v) for v in s.values())
+
+
+def test_a_model_trained_beside_another_equals_it_trained_alone(tmp_path):
+    """How many U-Nets train at once never changes one: each gets its own process and thread."""
+    from stages.ultrasound.model_dir import MODEL_FILE
+    from stages.ultrasound.unet_training import ModelJob, train_models
+
+    rng = np.random.default_rng(0)
+    x = rng.random((6, 32, 48)).astype(np.float32)
+    y = (rng.random((6, 32, 48)) > 0.5).astype(np.float32)
+    p = {
+        "input_height": 32,
+        "input_width": 48,
+        "filters": [4, 8, 8],
+        "epochs": 2,
+        "batch_size": 4,
+        "learning_rate": 0.002,
+        "augment": {"rotation_deg": 15, "flip": 0.5, "noise": 0.02},
+    }
+
+    def job(k: int, run: str) -> ModelJob:
+        return ModelJob(f"m{k}", x[k:], y[k:], 7 + k, tmp_path / run / f"m{k}", {}, x[: k + 1])
+
+    both = train_models([job(0, "both"), job(1, "both")], p, parallel=2)
+    alone = train_models([job(1, "alone")], p, parallel=1)
+    assert sorted(both) == ["m0", "m1"] and list(alone) == ["m1"]
+    assert both["m1"].prob.shape == (2, 32, 48)
+    assert np.array_equal(both["m1"].prob, alone["m1"].prob)
+    assert both["m1"].result["loss"] == alone["m1"].result["loss"]
+    saved = [(tmp_path / run / "m1" / MODEL_FILE).read_bytes() for run in ("both", "alone")]
+    assert saved[0] == saved[1]
+    assert not np.array_equal(both["m0"].prob[0], both["m1"].prob[0])  # other data and seed
