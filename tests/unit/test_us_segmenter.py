@@ -177,9 +177,8 @@ def test_unet_method_falls_back_to_classical_below_the_score():
         segment_image(img, SegmentSettings.from_params(p))
 
 
-def test_training_is_seeded():
-    from stages.ultrasound.unet_training import train_unet
-
+def tiny_unet_data() -> tuple[np.ndarray, np.ndarray, dict]:
+    """Six random 32 x 48 images and masks and a two-epoch U-Net setting (seconds to fit)."""
     rng = np.random.default_rng(0)
     x = rng.random((6, 32, 48)).astype(np.float32)
     y = (rng.random((6, 32, 48)) > 0.5).astype(np.float32)
@@ -192,6 +191,13 @@ def test_training_is_seeded():
         "learning_rate": 0.002,
         "augment": {"rotation_deg": 15, "scale": 0.15, "flip": 0.5, "gamma": 0.3, "noise": 0.02},
     }
+    return x, y, p
+
+
+def test_training_is_seeded():
+    from stages.ultrasound.unet_training import train_unet
+
+    x, y, p = tiny_unet_data()
 
     def weights(seed: int) -> np.ndarray:
         model, result = train_unet(x, y, p, seed)
@@ -220,18 +226,7 @@ def test_a_model_trained_beside_another_equals_it_trained_alone(tmp_path):
     from stages.ultrasound.model_dir import MODEL_FILE
     from stages.ultrasound.unet_training import ModelJob, train_models
 
-    rng = np.random.default_rng(0)
-    x = rng.random((6, 32, 48)).astype(np.float32)
-    y = (rng.random((6, 32, 48)) > 0.5).astype(np.float32)
-    p = {
-        "input_height": 32,
-        "input_width": 48,
-        "filters": [4, 8, 8],
-        "epochs": 2,
-        "batch_size": 4,
-        "learning_rate": 0.002,
-        "augment": {"rotation_deg": 15, "flip": 0.5, "noise": 0.02},
-    }
+    x, y, p = tiny_unet_data()
 
     def job(k: int, run: str) -> ModelJob:
         return ModelJob(f"m{k}", x[k:], y[k:], 7 + k, tmp_path / run / f"m{k}", {}, x[: k + 1])
