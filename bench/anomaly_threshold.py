@@ -30,10 +30,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     import keras
 
-    from stages.ultrasound.autoencoder import fit_latent, latent_codes
+    from stages.ultrasound.anomaly.autoencoder import fit_latent, latent_codes
     from stages.ultrasound.crops import brain_split_crops, plane_one_hot, to_unit_float
     from stages.ultrasound.paths import CROPS_NPZ, PLANES_MANIFEST_CSV
-    from stages.ultrasound.train_autoencoder import anomaly_threshold  # the stage's own rule
+    from stages.ultrasound.pipeline.train_autoencoder import (
+        anomaly_threshold,  # the stage's own rule
+    )
 
     params = load_params("train_autoencoder_us", args.project / "params.yaml")
     splits = brain_split_crops(args.project / PLANES_MANIFEST_CSV, args.project / CROPS_NPZ)

@@ -109,7 +109,7 @@ def bench_training(project: Path) -> list[dict[str, Any]]:
 
 
 def _ninety_minute_record(mirror_root: Path) -> tuple[np.ndarray, np.ndarray]:
-    from stages.ctg.signal import read_ctg_record
+    from stages.ctg.signal.wfdb_record import read_ctg_record
 
     folder = mirror_root / "ctu-uhb"
     if (folder / "RECORDS").is_file():
@@ -130,7 +130,7 @@ def bench_scoring(project: Path, mirror_root: Path, repeats: int = 20) -> list[d
     try:
         import pandas as pd
 
-        from stages.ctg.model import load_predictor
+        from stages.ctg.models.network import load_predictor
     except ImportError as exc:
         return [_row("score 1 x 90-min record", None, None, f"cannot import model: {exc}")]
     predictor = load_predictor({"model_dir": str(model_dir)})

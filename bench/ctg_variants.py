@@ -101,7 +101,7 @@ def network_oof(project: Path, rev: str) -> pd.DataFrame:
 def vs_default(project: Path, revs: dict[str, str]) -> dict[str, str]:
     """variant -> DeLong's paired AUC difference of its network to the default network, on the
     records both scored out of fold; empty when an out-of-fold file is not in the cache."""
-    from stages.common.paired import delong_test
+    from stages.common.ml.paired import delong_test
 
     out: dict[str, str] = {}
     try:

@@ -3,7 +3,7 @@
 Each row fits the same tiny networks (a Conv1D + LSTM on 4 Hz-like sequences, a small 2-D
 conv net on 64x64 images) in a fresh subprocess, so op determinism, which cannot be turned off
 once on, is really off in the baseline. Rows: seeds only; seeds + fixed threads; the full switch
-(:func:`stages.common.determinism.deterministic_tensorflow`). The median fit time of ``repeats``
+(:func:`stages.common.ml.determinism.deterministic_tensorflow`). The median fit time of ``repeats``
 subprocesses is printed, with the ratio to the first row.
 """
 
@@ -23,7 +23,7 @@ import json, sys, time
 import numpy as np
 mode, threads = sys.argv[1], int(sys.argv[2])
 import keras, tensorflow as tf
-from stages.common.determinism import deterministic_tensorflow
+from stages.common.ml.determinism import deterministic_tensorflow
 if mode == "full":
     deterministic_tensorflow(0, intra_threads=threads)
 else:

@@ -31,7 +31,7 @@ import pandas as pd
 
 from stages.common.params import load_params
 from stages.ultrasound.crops import PLANES, brain_rows, crops_for, to_unit_float
-from stages.ultrasound.plane_classifier import augmented_copies
+from stages.ultrasound.planes.classifier import augmented_copies
 
 ROOT = Path(__file__).resolve().parents[1]
 Features = Callable[[np.ndarray], np.ndarray]
@@ -41,7 +41,7 @@ def gabor_features(
     frequencies: list[float], orientations: int, grids: list[int], pyramid: bool = True
 ) -> Features:
     """The stage's fixed Gabor front-end with other settings, as a batch feature function."""
-    from stages.ultrasound.gabor import GaborGrid
+    from stages.ultrasound.planes.gabor import GaborGrid
 
     layer = GaborGrid(frequencies, orientations, grids, pyramid)
     return lambda x: np.concatenate(
@@ -126,7 +126,7 @@ def grouped_cv_accuracy(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from stages.common.splits import stratified_folds
+    from stages.common.ml.splits import stratified_folds
 
     feats = fn(x)
     # The mirror is deterministic: its features are computed once, not once per fold.

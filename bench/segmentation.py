@@ -39,7 +39,7 @@ import yaml
 
 from bench.ultrasound import _enhance_segment, time_scorer
 from stages.common.params import load_params
-from stages.ultrasound.hc18 import HC18_N_TUNE, hc18_summary
+from stages.ultrasound.head.hc18 import HC18_N_TUNE, hc18_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,8 +53,8 @@ def score_hc18(item: tuple[str, str, float, float, str], pe: dict[str, Any], ps:
 
     The last field of ``item`` is the U-Net folder for method ``unet`` ("" otherwise).
     """
-    from stages.ultrasound.enhancement import enhance_image
-    from stages.ultrasound.hc18 import truth_mask
+    from stages.ultrasound.enhance.methods import enhance_image
+    from stages.ultrasound.head.hc18 import truth_mask
     from stages.ultrasound.head.segmenters import SegmentSettings, segment_image
     from stages.ultrasound.head.unet import load_segmenter
     from stages.ultrasound.imaging import dice, read_image
@@ -105,12 +105,16 @@ def score_latency(
     as the stages save them, with the U-Net bundled for method ``unet``; their weights are
     untrained, which changes nothing of the compute, so this row needs no trained pipeline.
     """
-    from stages.ultrasound.autoencoder import build_autoencoder, fit_latent_ring, latent_codes
+    from stages.ultrasound.anomaly.autoencoder import (
+        build_autoencoder,
+        fit_latent_ring,
+        latent_codes,
+    )
     from stages.ultrasound.crops import PLANES
     from stages.ultrasound.imaging import read_image
     from stages.ultrasound.model_dir import bundle_segmenter, save_model_dir
-    from stages.ultrasound.plane_classifier import build_plane_classifier
-    from stages.ultrasound.score import load_scorer
+    from stages.ultrasound.planes.classifier import build_plane_classifier
+    from stages.ultrasound.serving.score import load_scorer
 
     pc, ae = load_params("train_plane_classifier_us"), load_params("train_autoencoder_us")
     crop = {"enhance_us": pe, "segment_us": ps}

@@ -46,7 +46,7 @@ def good_payload(fhr_bpm: np.ndarray, uc: np.ndarray, payload: str) -> bytes:
     ``dataframe_*``), ``inputs`` (column tensors, read without a DataFrame), ``compact``
     (``inputs`` with base64 int16 signals, ``CtgPredictor``'s ``*_b64`` columns), all JSON; or
     ``parquet`` (a DataFrame of float32 arrays, MLflow's binary content type)."""
-    from stages.ctg.model import CtgPredictor
+    from stages.ctg.models.network import CtgPredictor
 
     if payload == "parquet":
         import io
@@ -245,10 +245,10 @@ def synthetic_model_dir(
     """The ``train_ctg`` network of params.yaml (full size unless ``overrides`` change it, so
     its compute time is the real one) fitted for one epoch on ``n_records`` synthetic
     70-minute records, saved as the stage saves it."""
+    from stages.common.ml.training import seed_everything
     from stages.common.params import load_params
-    from stages.common.training import seed_everything
-    from stages.ctg import model as ctg_model
-    from stages.ctg.signal import preprocess_signals
+    from stages.ctg.models import network as ctg_model
+    from stages.ctg.signal.preprocessing import preprocess_signals
     from tests.synth_ctg import synth_record
 
     params = {**load_params("train_ctg", ROOT / "params.yaml"), **(overrides or {})}
@@ -274,12 +274,12 @@ def synthetic_model_dir(
 
 def log_ctg_model(model_dir: Path) -> str:
     """The pyfunc exactly as ``train_ctg`` logs it (loader, artifacts, requirements, example)."""
-    from stages.common import tracking
-    from stages.ctg import registry
+    from stages.common.registry import tracking
+    from stages.ctg.models import registration as registry
 
     return tracking.log_predictor_model(
         name="model",
-        loader="stages.ctg.model:load_predictor",
+        loader="stages.ctg.models.network:load_predictor",
         artifacts={"model_dir": str(model_dir)},
         input_example=registry.example_input(),
         signature=False,
@@ -289,7 +289,7 @@ def log_ctg_model(model_dir: Path) -> str:
 def compute_time(model_dir: Path, fhr: np.ndarray, uc: np.ndarray, repeats: int) -> dict:
     """Median wall and CPU seconds of ``CtgPredictor.predict`` on one record (numpy arrays in,
     in-process: preprocessing + network, no HTTP or JSON)."""
-    from stages.ctg.model import load_predictor
+    from stages.ctg.models.network import load_predictor
 
     predictor = load_predictor({"model_dir": str(model_dir)})
     record = {"fhr_bpm": fhr, "uc": uc}
@@ -309,7 +309,7 @@ def server_path_time(model_uri: str, bodies: dict[str, bytes], repeats: int) -> 
     in-process: the server's work per request without HTTP."""
     from mlflow.pyfunc import scoring_server
 
-    from stages.common import tracking
+    from stages.common.registry import tracking
 
     model = tracking.load_model(model_uri)
     out = {}

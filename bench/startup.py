@@ -58,9 +58,9 @@ def make_model(folder: Path) -> str:
     local = ROOT / "data" / "models" / "ctg"
     if local.is_dir():
         return str(local)
+    from stages.common.ml.training import seed_everything
     from stages.common.params import load_params
-    from stages.common.training import seed_everything
-    from stages.ctg import model as ctg_model
+    from stages.ctg.models import network as ctg_model
 
     params = dict(load_params("train_ctg", ROOT / "params.yaml"))
     params.update(units=8, dense_units=8, conv_filters=8)

@@ -5,7 +5,7 @@ Rows:
 - enhance + segment throughput (images/s) on the raw FETAL_PLANES_DB images, on 1 worker and on
   a Dask LocalCluster of 2 workers (the stages' own ``map_images``), after a warm-up;
 - scoring latency of one image (enhance, segment, crop, plane classifier, autoencoder) through
-  ``stages.ultrasound.score.Scorer`` on the local model folders, median and p95;
+  ``stages.ultrasound.serving.score.Scorer`` on the local model folders, median and p95;
 - training times, from the stages' reports;
 - the DVC cost of 12,400 images (the size of FETAL_PLANES_DB) stored one PNG per image vs in
   shards of 1,000: ``dvc add`` (hash + cache) and a ``dvc status`` with nothing changed. This is
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _enhance_segment(path: str, pe: dict[str, Any], ps: dict[str, Any], unet_dir: str) -> bool:
-    from stages.ultrasound.enhancement import enhance_image
+    from stages.ultrasound.enhance.methods import enhance_image
     from stages.ultrasound.head.segmenters import SegmentSettings, segment_image
     from stages.ultrasound.head.unet import load_segmenter
     from stages.ultrasound.imaging import read_image
@@ -71,7 +71,7 @@ def throughput(paths: list[str], n_workers: int) -> float:
 def scoring_latency(project: Path, paths: list[str]) -> tuple[float, float] | None:
     """(median, p95) seconds to score one image with the local models, after a warm-up."""
     from stages.ultrasound.imaging import read_image
-    from stages.ultrasound.score import load_scorer
+    from stages.ultrasound.serving.score import load_scorer
 
     base = project / "data" / "models" / "us"
     if not (base / "plane_classifier").is_dir() or not (base / "autoencoder").is_dir():

@@ -32,7 +32,7 @@ deterministic, epochs = sys.argv[1] == "1", int(sys.argv[2])
 inter, intra = int(sys.argv[3]), int(sys.argv[4])  # 0: TensorFlow's default
 from stages.common.params import load_params  # the package sets TF's oneDNN choice first
 import keras, tensorflow as tf
-from stages.ultrasound.unet_model import build_unet
+from stages.ultrasound.head.unet_network import build_unet
 if inter:
     tf.config.threading.set_inter_op_parallelism_threads(inter)
 if intra:

@@ -2,7 +2,8 @@
 
 Scores the raw images of the mirror (``$FETAL_MIRROR`` or ``--mirror``) with the pipeline's
 local model folders (``data/models/us/plane_classifier`` and ``autoencoder``) through
-``stages.ultrasound.score.Scorer``, as ``fetal score-us`` does, and prints per group the share
+``stages.ultrasound.serving.score.Scorer``, as ``fetal score-us`` does, and prints per group the
+share
 flagged by the autoencoder's threshold, with a 95 % patient-cluster bootstrap interval:
 
 - test-split brain planes (FETAL_PLANES_DB ``Train == 0``: patients the models never saw): the
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages.common.metrics import cluster_bootstrap_accuracy_ci
+from stages.common.ml.metrics import cluster_bootstrap_accuracy_ci
 from stages.common.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def groups(mirror: Path) -> dict[str, tuple[list[Path], list[str]]]:
 
 def flagged(scorer: Any, paths: list[Path], rules: Any) -> tuple[np.ndarray, int]:
     """Anomaly flag per scored image (NaN when refused or without a skull), and that count."""
-    from stages.ultrasound.image_checks import read_checked
+    from stages.ultrasound.intake.image_checks import read_checked
 
     flags = np.full(len(paths), np.nan)
     for i, path in enumerate(paths):
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (models / "autoencoder" / "model.keras").is_file():
         print(f"no trained autoencoder at {models / 'autoencoder'}: run `make pipeline` first")
         return 1
-    from stages.ultrasound.image_checks import ImageRules
-    from stages.ultrasound.score import load_scorer
+    from stages.ultrasound.intake.image_checks import ImageRules
+    from stages.ultrasound.serving.score import load_scorer
 
     scorer = load_scorer(
         str(models / "plane_classifier"), str(models / "autoencoder"), args.project

@@ -175,9 +175,9 @@ def monitor_flow(
     Parameters default to ``params.yaml`` (``monitor`` section; ``validate_ctg`` for the checks).
     ``model_uri`` defaults to ``models:/<train_families_ctg.registered_name>@champion``.
     """
-    from stages.common import tracking
     from stages.common.io import write_csv
     from stages.common.params import load_params
+    from stages.common.registry import tracking
 
     logger = get_run_logger()
     mp = load_params("monitor")

@@ -105,7 +105,7 @@ def champion_line(name: str, rows: list[dict[str, Any]]) -> str:
 
 
 def history_output(name: str, fmt: str) -> str:
-    from stages.common import promotion, tracking
+    from stages.common.registry import promotion, tracking
 
     entries = tracking.champion_history(name)
     if fmt == "json":
@@ -129,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the versions (or the history); 1 when the model or the store cannot be read."""
-    from stages.common import tracking
+    from stages.common.registry import tracking
 
     try:
         if args.history:

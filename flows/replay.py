@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Replay the record into the folder; 1 when it cannot be read."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from stages.ctg.signal import CtgReadError, read_ctg_record
+    from stages.ctg.signal.wfdb_record import CtgReadError, read_ctg_record
 
     try:
         rec = read_ctg_record(args.record)

@@ -65,7 +65,8 @@ class BradycardiaPredictor:
 
 
 def load_bradycardia_predictor(artifacts: dict[str, str]) -> BradycardiaPredictor:
-    """Loader for :func:`stages.common.tracking.log_predictor_model` (``config`` = JSON file)."""
+    """Loader for :func:`stages.common.registry.tracking.log_predictor_model` (``config`` = JSON
+    file)."""
     import json
 
     # ``config`` (log_baseline_model) or a model folder holding config.json (register_and_promote)
@@ -80,8 +81,8 @@ def log_baseline_model(config_path: str, brady_bpm: float = 110.0) -> str:
 
     import pandas as pd
 
-    from stages.common import tracking
-    from stages.ctg.registry import SIGNATURE
+    from stages.common.registry import tracking
+    from stages.ctg.models.registration import SIGNATURE
 
     with open(config_path, "w", encoding="utf-8") as fh:
         json.dump({"brady_bpm": brady_bpm, "alert_threshold": 0.5}, fh)

@@ -264,7 +264,7 @@ def dvc_push(repo: str) -> str:
 @task
 def champions(repo: str, targets: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Each registered model's champion and last history entry, before the stages run."""
-    from stages.common import tracking
+    from stages.common.registry import tracking
 
     out = {}
     with project_env(repo):
@@ -283,7 +283,7 @@ def promote(
     repo: str, target: dict[str, Any], before: dict[str, Any], status: str = "ran"
 ) -> dict[str, Any]:
     """Report what the training stage decided (it decides; the flow never does)."""
-    from stages.common import tracking
+    from stages.common.registry import tracking
 
     logger = get_run_logger()
     name = target["name"]
@@ -306,7 +306,7 @@ def promote(
 @task
 def publish(repo: str, rows: list[dict[str, Any]], timings: list[StageResult]) -> str:
     """The comparison table as a Prefect markdown artifact and in an MLflow run."""
-    from stages.common import tracking
+    from stages.common.registry import tracking
 
     table = comparison_markdown(rows)
     timing = "\n".join(

@@ -3,7 +3,7 @@
 Each sub-command's options and code live in the module that owns its logic, as
 ``add_arguments(parser)`` and ``run(args) -> int``. Only the module of the command being run is
 imported, so ``fetal --help`` stays fast; ``fetal COMMAND --help`` lists that command's options.
-The modules' own ``main(argv)`` (``python -m stages.ctg.score --help``) go through
+The modules' own ``main(argv)`` (``python -m stages.ctg.serving.score --help``) go through
 :func:`run_command`, so both entry points parse with the same parser. Usage errors exit 2.
 """
 
@@ -16,12 +16,15 @@ import sys
 
 # command -> (owning module, one-line help shown by ``fetal --help``)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "score-ctg": ("stages.ctg.score", "Score WFDB CTG records with the champion model."),
-    "score-us": ("stages.ultrasound.score", "Score ultrasound images with the champion models."),
+    "score-ctg": ("stages.ctg.serving.score", "Score WFDB CTG records with the champion model."),
+    "score-us": (
+        "stages.ultrasound.serving.score",
+        "Score ultrasound images with the champion models.",
+    ),
     "compare-models": ("flows.registry", "Show a registered model's versions side by side."),
     "replay-ctg": ("flows.replay", "Stream a WFDB record as growing CSV chunks (demo/tests)."),
     "add-data": (
-        "stages.add_data",
+        "stages.common.intake.add_data",
         "Check new records or images; add them to landing/.",
     ),
 }

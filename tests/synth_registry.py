@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from stages.common.promotion import Evaluation
+from stages.common.registry.promotion import Evaluation
 
 
 def oof_items(auc: float, n: int = 400, seed: int = 0, noise_seed: int = 1) -> pd.DataFrame:

@@ -8,7 +8,7 @@ What both ``fetal score-ctg`` and ``fetal score-us`` promise their users:
   device is rejected even with the flag). The checks look at the paths before opening; they guard
   against mistakes and hostile files, not against someone swapping files during the run.
 - **Size limits before decoding**: ``max_file_bytes`` from ``stat``; images are also held to a
-  pixel limit read from the header (:mod:`stages.common.images`).
+  pixel limit read from the header (:mod:`stages.common.intake.images`).
 - **One bad file is one row**: any exception while reading or scoring a file becomes that file's
   ``error`` (exception type and the first line of its message); the run goes on.
 - **The CSV is always written** (atomically), even when every file failed, and the exit code says

@@ -1,0 +1,1 @@
+"""Fetal distress from intrapartum CTG (CTU-UHB): pipeline stages and their helpers."""

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from stages.common.io import atomic_path
-from stages.common.plots import _plt
+from stages.common.ml.plots import _plt
 
 
 def before_after_figure(pairs: list[tuple[str, list[np.ndarray]]], titles: list[str], path: Path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from stages.common.images import DEFAULT_MAX_PIXELS, ImageRejected, read_image_checked
+from stages.common.intake.images import DEFAULT_MAX_PIXELS, ImageRejected, read_image_checked
 from stages.common.io import save_npz
 
 # One reader for every ultrasound image (validation, the stages, score-us): the scoring core's.
@@ -103,7 +103,7 @@ def decode_image(
 ) -> np.ndarray:
     """Decode image bytes into a 2-D uint8 array, or raise :class:`ImageError`.
 
-    :func:`stages.common.images.read_image_checked` (its rules: identical colour channels are
+    :func:`stages.common.intake.images.read_image_checked` (its rules: identical colour channels are
     collapsed, differing ones refused, 16-bit scaled by its own min-max, sizes checked from
     the header before decoding).
     """
@@ -116,7 +116,7 @@ def read_image(
     max_side_px: int = 1 << 16,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
-    """Read an image file as 2-D uint8 (:func:`stages.common.images.read_image_checked`)."""
+    """Read an image file as 2-D uint8 (:func:`stages.common.intake.images.read_image_checked`)."""
     return read_image_checked(path, max_pixels, min_side_px, max_side_px=max_side_px)
 
 

@@ -65,7 +65,8 @@ def load_arrays(folder: str | Path) -> dict[str, np.ndarray]:
 def load_model_dir(folder: str | Path) -> tuple[Any, dict[str, Any]]:
     """Load ``model.keras`` (without the optimizer state) and ``config.json`` from ``folder``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras  # a Gabor plane classifier needs stages.ultrasound.gabor imported (predictors)
+    # a Gabor plane classifier needs stages.ultrasound.planes.gabor imported (predictors)
+    import keras
 
     folder = Path(folder)
     with open(folder / CONFIG_FILE, encoding="utf-8") as fh:

@@ -56,7 +56,7 @@ def _bad_raw(raw: Path) -> None:
 @pytest.fixture(scope="module")
 def validated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """validate_ctg then preprocess_ctg run on the bad data (tolerant max_fail_fraction)."""
-    from stages.ctg import preprocess, validate
+    from stages.ctg.pipeline import preprocess, validate
 
     root = _project(tmp_path_factory.mktemp("ctg_bad"), max_fail_fraction=0.5)
     _bad_raw(root / "data" / "raw" / "ctu-uhb")
@@ -93,7 +93,7 @@ def test_good_records_pass_and_flow_downstream(validated: Path) -> None:
 
 
 def test_too_many_failures_fail_the_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from stages.ctg import validate
+    from stages.ctg.pipeline import validate
 
     root = _project(tmp_path / "p", max_fail_fraction=0.1)
     _bad_raw(root / "data" / "raw" / "ctu-uhb")
@@ -107,7 +107,7 @@ def test_too_many_failures_fail_the_stage(tmp_path: Path, monkeypatch: pytest.Mo
 def test_empty_directory_gives_clear_errors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from stages.ctg import ingest, validate
+    from stages.ctg.pipeline import ingest, validate
 
     root = _project(tmp_path / "p")
     mirror = tmp_path / "mirror"
@@ -123,7 +123,7 @@ def test_empty_directory_gives_clear_errors(
 
 
 def test_run_expectations_maps_failures_to_row_ids(tmp_path: Path) -> None:
-    from stages.common.checks import gx_expectations, run_expectations
+    from stages.common.intake.checks import gx_expectations, run_expectations
 
     e = gx_expectations()
     df = pd.DataFrame({"item": ["a", "b", "c"], "fs_hz": [4.0, 8.0, 4.0], "ph": [7.2, 7.3, None]})

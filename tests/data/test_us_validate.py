@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from stages.common.params import load_params
-from stages.ultrasound.ingest import ingest_hc18_mirror, ingest_planes_mirror
-from stages.ultrasound.validate import check_label_table, validate
+from stages.ultrasound.pipeline.ingest import ingest_hc18_mirror, ingest_planes_mirror
+from stages.ultrasound.pipeline.validate import check_label_table, validate
 from tests.synth_us import make_us_mirror
 
 pytestmark = pytest.mark.data
@@ -105,7 +105,7 @@ def test_label_table_rules():
 
 
 def test_official_semicolon_table_is_normalised(tmp_path):
-    from stages.ultrasound.ingest import normalise_planes_table
+    from stages.ultrasound.pipeline.ingest import normalise_planes_table
 
     text = (
         "Image_name;Patient_num;Plane;Brain_plane;Operator;US_Machine;Train \n"

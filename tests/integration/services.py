@@ -117,7 +117,7 @@ def register_champion(
 
     ``MLFLOW_TRACKING_URI`` points at the store only meanwhile, so callers of any scope can use it.
     """
-    from stages.common import tracking
+    from stages.common.registry import tracking
 
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.common.download import sha256_file
+from stages.common.intake.download import sha256_file
 from stages.common.io import read_json
 from tests.conftest import run_dvc, set_params, toy_ctg_source
 from tests.integration.test_ctg_pipeline import ran_stages
@@ -140,7 +140,7 @@ def _us_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mirror: Path) -
 
 
 def _us_stages(proj: Path) -> pd.DataFrame:
-    from stages.ultrasound import ingest, source, split_planes, validate
+    from stages.ultrasound.pipeline import ingest, source, split_planes, validate
 
     source.main()
     ingest.main()
@@ -164,7 +164,7 @@ def test_us_arrivals_at_source_and_landing(tmp_path: Path, monkeypatch: pytest.M
     assert str(mirror) not in listing and str(tmp_path) not in listing
 
     # Nothing new: the listing is not rewritten.
-    from stages.ultrasound import source
+    from stages.ultrasound.pipeline import source
 
     mtime = (proj / "data/sources/us.json").stat().st_mtime_ns
     source.main()

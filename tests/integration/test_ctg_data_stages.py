@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.common.download import sha256_file
+from stages.common.intake.download import sha256_file
 from stages.common.io import read_json
 from tests.conftest import ROOT, shared_mirror
 from tests.synth_ctg import make_ctg_mirror

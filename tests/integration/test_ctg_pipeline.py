@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.common import tracking
-from stages.common.paired import delong_test
+from stages.common.ml.paired import delong_test
 from stages.common.params import load_params
-from stages.ctg.family_model import linear_proba
-from stages.ctg.signal import read_ctg_record
+from stages.common.registry import tracking
+from stages.ctg.models.family_predictor import linear_proba
+from stages.ctg.signal.wfdb_record import read_ctg_record
 from tests.conftest import run_dvc, set_params
 from tests.synth_ctg import make_ctg_mirror
 

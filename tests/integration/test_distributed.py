@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from stages.common import tracking
 from stages.common.parallel import map_images
+from stages.common.registry import tracking
 from tests.conftest import ROOT, set_params
 from tests.integration.services import (
     BIN,

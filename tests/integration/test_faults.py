@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from flows import registry, training
-from stages.common import tracking
+from stages.common.registry import tracking
 from tests.conftest import ROOT, run_dvc, set_params
 from tests.integration.services import free_port
 from tests.integration.toy_pipeline import install_toy_pipeline

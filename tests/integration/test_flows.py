@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from flows import training
-from stages.common import tracking
+from stages.common.registry import tracking
 from tests import import_graph as ig
 from tests.conftest import ROOT, set_params
 from tests.integration.toy_pipeline import install_toy_pipeline

@@ -13,7 +13,7 @@ import pytest
 
 from flows import registry
 from flows.tasks import log_baseline_model
-from stages.common import promotion, tracking
+from stages.common.registry import promotion, tracking
 from tests.synth_registry import oof_items
 
 pytestmark = pytest.mark.integration
@@ -177,7 +177,7 @@ def test_compare_models_unknown_name_fails_clearly(capsys):
 
 
 def test_a_ctg_champion_from_before_stored_items_is_paired_on_its_logged_oof(tmp_path: Path):
-    from stages.ctg.registry import oof_evaluation
+    from stages.ctg.models.registration import oof_evaluation
 
     def oof(auc: float) -> pd.DataFrame:  # train_ctg's oof_predictions.csv columns
         items = oof_items(auc)

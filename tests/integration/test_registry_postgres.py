@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.common import tracking
+from stages.common.registry import tracking
 from tests.integration.services import create_database, mlflow_server, require_env
 from tests.synth_registry import oof_evaluation
 

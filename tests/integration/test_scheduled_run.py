@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.common import tracking
+from stages.common.registry import tracking
 from tests.conftest import ROOT, set_params
 from tests.integration.services import prefect_api_post, prefect_server, serving_deployments
 from tests.integration.toy_pipeline import install_toy_pipeline

@@ -32,7 +32,7 @@ def _project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mirror: Path) -> P
 
 
 def _run_all() -> None:
-    from stages.ultrasound import enhance, ingest, segment, validate
+    from stages.ultrasound.pipeline import enhance, ingest, segment, validate
 
     for mod in (ingest, validate, enhance, segment):
         mod.main()
@@ -61,9 +61,9 @@ def _zip(path: Path, entries: dict[str, bytes]) -> None:
 
 
 def test_download_path_with_local_http_server(tmp_path):
-    from stages.common.download import UnsafeArchiveError
-    from stages.ultrasound.ingest import ingest_planes_download
+    from stages.common.intake.download import UnsafeArchiveError
     from stages.ultrasound.paths import PLANES_CSV
+    from stages.ultrasound.pipeline.ingest import ingest_planes_download
 
     mirror = make_us_mirror(tmp_path / "m", n_per_plane=1, n_hc18=1, seed=4)
     imgs = sorted((mirror / "fetal_planes/images").glob("*.png"))

@@ -35,12 +35,12 @@ def _subset(labels: pd.DataFrame, images: set[str]) -> pd.DataFrame:
 @pytest.mark.mirror
 @pytest.mark.slow
 def test_us_models_on_real_mirror(tmp_path) -> None:
-    from stages.ultrasound.evaluate import evaluate
     from stages.ultrasound.imaging import read_image
-    from stages.ultrasound.score import AutoencoderPredictor, PlanePredictor, Preprocessor
-    from stages.ultrasound.split_planes import assert_patient_disjoint, build_manifest
-    from stages.ultrasound.train_autoencoder import train_autoencoder
-    from stages.ultrasound.train_plane_classifier import train_plane_classifier
+    from stages.ultrasound.pipeline.evaluate import evaluate
+    from stages.ultrasound.pipeline.split_planes import assert_patient_disjoint, build_manifest
+    from stages.ultrasound.pipeline.train_autoencoder import train_autoencoder
+    from stages.ultrasound.pipeline.train_plane_classifier import train_plane_classifier
+    from stages.ultrasound.serving.score import AutoencoderPredictor, PlanePredictor, Preprocessor
 
     mirror = shared_mirror("fetal_planes")
     labels = pd.read_csv(mirror / "FETAL_PLANES_DB_data.csv")

@@ -53,9 +53,9 @@ def test_dvc_repro_evaluate_us(toy_repo, tmp_path, monkeypatch) -> None:
     # dvc.yaml code deps are the import closure: editing a plotting helper or the scoring CLI
     # leaves the U-Net (37 of the full pipeline's 47 minutes) up to date
     for helper in (
-        "stages/common/plots.py",
+        "stages/common/ml/plots.py",
         "stages/ultrasound/figures.py",
-        "stages/ultrasound/score.py",
+        "stages/ultrasound/serving/score.py",
     ):
         with open(toy_repo / helper, "a", encoding="utf-8") as fh:
             fh.write("\n# an edit\n")
@@ -130,7 +130,7 @@ def test_dvc_repro_evaluate_us(toy_repo, tmp_path, monkeypatch) -> None:
     ):
         assert (figures / name).is_file(), name
 
-    from stages.common import tracking
+    from stages.common.registry import tracking
 
     for name in ("us-brain-autoencoder", "us-plane-classifier", "us-head-segmenter"):
         c = tracking.client()
@@ -141,7 +141,7 @@ def test_dvc_repro_evaluate_us(toy_repo, tmp_path, monkeypatch) -> None:
     # the registered champion scores raw images (pyfunc with the stage code)
     from PIL import Image
 
-    from stages.ultrasound.score import main
+    from stages.ultrasound.serving.score import main
 
     images = mirror / "fetal_planes" / "images"
     some = tmp_path / "some"

@@ -50,8 +50,8 @@ elif stage == "train_ctg":
     from scipy.stats import norm
 
     from stages.common import tracking
-    from stages.common.promotion import score_interval
-    from stages.ctg.registry import SIGNATURE, card_facts, oof_evaluation
+    from stages.common.registry.promotion import score_interval
+    from stages.ctg.models.registration import SIGNATURE, card_facts, oof_evaluation
 
     ehash = tracking.data_hash(["data/prep_ctg.json"])
     key = f"{ehash}-{p['score']}"

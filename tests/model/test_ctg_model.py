@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.common import tracking
 from stages.common.params import load_params
-from stages.ctg import model as ctg_model
-from stages.ctg import train
-from stages.ctg.registry import SIGNATURE, example_input
-from stages.ctg.signal import preprocess_signals
+from stages.common.registry import tracking
+from stages.ctg.models import network as ctg_model
+from stages.ctg.models.registration import SIGNATURE, example_input
+from stages.ctg.pipeline import train
+from stages.ctg.signal.preprocessing import preprocess_signals
 from tests.synth_ctg import synth_record
 from tests.synth_registry import oof_evaluation
 
@@ -151,7 +151,7 @@ def _log(trained: dict) -> str:
     with tracking.run("test-ctg", "roundtrip"):
         return tracking.log_predictor_model(
             name="model",
-            loader="stages.ctg.model:load_predictor",
+            loader="stages.ctg.models.network:load_predictor",
             artifacts={"model_dir": str(trained["dir"])},
             input_example=example_input(),
             signature=tracking.model_signature(SIGNATURE),  # what train_ctg registers

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.common.training import seed_everything
-from stages.ultrasound.autoencoder import anomaly_score, reconstruct, reconstruction_mse
+from stages.common.ml.training import seed_everything
+from stages.ultrasound.anomaly.autoencoder import anomaly_score, reconstruct, reconstruction_mse
 from stages.ultrasound.crops import PLANES, plane_one_hot, to_unit_float
 from stages.ultrasound.head import Segmentation
 from stages.ultrasound.head.geometry import brain_crop
-from stages.ultrasound.plane_classifier import build_plane_classifier, predict_planes
+from stages.ultrasound.planes.classifier import build_plane_classifier, predict_planes
 from tests.synth_us import phantom_head
 
 SIZE = 32
@@ -63,7 +63,7 @@ def _train_classifier(x: np.ndarray, y: np.ndarray, seed: int, epochs: int = 30)
 
 @pytest.mark.model
 def test_autoencoder_reconstructs_heads_better_than_blank_or_noise(heads) -> None:
-    from stages.ultrasound.train_autoencoder import train_autoencoder
+    from stages.ultrasound.pipeline.train_autoencoder import train_autoencoder
 
     params = {
         "seed": 0,
@@ -97,7 +97,7 @@ def test_autoencoder_reconstructs_heads_better_than_blank_or_noise(heads) -> Non
     # The promotion metric: held-out heads against their corrupted copies (noise, blank,
     # inverted are easy; a 30 % occlusion is not), and a model that has not learnt heads
     # (one epoch at a tiny step) separates them worse.
-    from stages.ultrasound.train_autoencoder import anomaly_scorer, corruption_auroc
+    from stages.ultrasound.pipeline.train_autoencoder import anomaly_scorer, corruption_auroc
 
     p = params | {
         "anomaly_score": "normalised_mse",
@@ -136,7 +136,7 @@ def test_small_brightness_change_does_not_flip_planes(heads) -> None:
 @pytest.mark.model
 def test_gabor_classifier_learns_planes_and_ignores_small_gain_changes(heads) -> None:
     """The pipeline's default front-end, trained by the stage's own function."""
-    from stages.ultrasound.train_plane_classifier import train_plane_classifier
+    from stages.ultrasound.pipeline.train_plane_classifier import train_plane_classifier
 
     params = {
         "seed": 0,

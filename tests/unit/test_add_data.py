@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from stages.cli import main
-from stages.common.download import parse_sha256sums, sha256_file
+from stages.common.intake.download import parse_sha256sums, sha256_file
 from tests.synth_ctg import make_ctg_mirror, synth_record, write_ctg_record
 from tests.synth_us import make_us_mirror
 

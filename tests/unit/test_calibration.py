@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.common.calibration import (
+from stages.common.ml.calibration import (
     expected_calibration_error,
     fit_temperature,
     logits_from_probabilities,

@@ -66,7 +66,7 @@ def test_quarantine_keeps_every_item_with_reason(tmp_path: Path):
 def test_registry_promotes_only_beyond_margin_and_is_idempotent(tmp_path: Path, monkeypatch):
     """Real MLflow (sqlite): champion moves only when the challenger beats it by the margin
     on the same records (paired)."""
-    from stages.common import tracking
+    from stages.common.registry import tracking
     from tests.synth_registry import oof_evaluation
 
     monkeypatch.setenv("FETAL_PROJECT_ROOT", str(tmp_path))

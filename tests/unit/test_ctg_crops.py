@@ -9,7 +9,7 @@ pytestmark = pytest.mark.unit
 
 
 def test_crop_offsets_end_at_the_window_end_and_span_it():
-    from stages.ctg.crops import crop_offsets
+    from stages.ctg.models.crops import crop_offsets
 
     assert crop_offsets(3600, 1800, 1).tolist() == [1800]  # one crop: the most recent minutes
     assert crop_offsets(3600, 1800, 3).tolist() == [0, 900, 1800]
@@ -19,7 +19,7 @@ def test_crop_offsets_end_at_the_window_end_and_span_it():
 
 
 def test_random_crops_are_windows_of_the_input():
-    from stages.ctg.crops import random_crops
+    from stages.ctg.models.crops import random_crops
 
     x = np.arange(2 * 50 * 3, dtype=float).reshape(2, 50, 3)
     crops = random_crops(x, 20, np.random.default_rng(0))
@@ -30,8 +30,8 @@ def test_random_crops_are_windows_of_the_input():
 
 
 def test_averaged_model_is_the_mean_of_members_over_crops():
-    from stages.ctg import model as M
-    from stages.ctg.crops import crop_offsets
+    from stages.ctg.models import network as M
+    from stages.ctg.models.crops import crop_offsets
 
     params = {
         "conv_layers": 1, "conv_filters": 4, "conv_kernel": 3, "conv_pool": 2, "units": 4,

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from stages.common.params import load_params
-from stages.ctg import families
-from stages.ctg import family_model as fm
-from stages.ctg.figo import record_features
-from stages.ctg.signal import CleaningParams
+from stages.ctg.features.figo import record_features
+from stages.ctg.models import families
+from stages.ctg.models import family_predictor as fm
+from stages.ctg.signal.cleaning import CleaningParams
 from tests.synth_ctg import synth_fhr
 
 pytestmark = pytest.mark.unit

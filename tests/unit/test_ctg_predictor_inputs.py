@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from stages.common.params import load_params
-from stages.ctg import model as ctg_model
-from stages.ctg.model import CtgPredictor
+from stages.ctg.models import network as ctg_model
+from stages.ctg.models.network import CtgPredictor
 from tests.synth_ctg import synth_record
 
 pytestmark = pytest.mark.unit

@@ -8,20 +8,18 @@ import numpy as np
 import pytest
 import wfdb
 
-from stages.ctg.signal import (
+from stages.ctg.signal.cleaning import (
     CleaningParams,
-    CtgReadError,
     clean_fhr,
     clean_uc,
-    fhr_resample,
     fill_short_gaps,
     last_window,
     mark_signal_loss,
-    output_length,
-    preprocess_signals,
-    read_ctg_record,
     remove_jumps,
 )
+from stages.ctg.signal.preprocessing import output_length, preprocess_signals
+from stages.ctg.signal.resampling import fhr_resample
+from stages.ctg.signal.wfdb_record import CtgReadError, read_ctg_record
 from tests.synth_ctg import synth_fhr, synth_uc, write_ctg_record
 
 pytestmark = pytest.mark.unit

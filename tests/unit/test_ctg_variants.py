@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stages.ctg import multitask, pretrain
+from stages.ctg.models import multitask, pretrain
 
 pytestmark = pytest.mark.unit
 
@@ -89,13 +89,13 @@ def test_pooled_targets_equal_a_hand_computation() -> None:
 def test_pretrained_encoder_weights_are_copied_into_the_classifier(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from stages.common.training import seed_everything
-    from stages.ctg.model import build_model
+    from stages.common.ml.training import seed_everything
+    from stages.ctg.models.network import build_model
 
     x, _, _ = tiny_data()
     params = tiny_params(pretrain_epochs=1, lstm_readout="last")  # a 'last' classifier too
     seed_everything(3)
-    with caplog.at_level("INFO", logger="stages.ctg.pretrain"):
+    with caplog.at_level("INFO", logger="stages.ctg.models.pretrain"):
         encoder, losses = pretrain.pretrain_encoder(x, params, 3, 1.0, "enc")
     assert len(losses) == 1 and np.isfinite(losses[0]) and "masked FHR MSE" in caplog.text
     assert encoder.output_shape == (None, T // 4, 1)
@@ -123,7 +123,7 @@ def test_ph_is_standardised_with_the_training_records_only() -> None:
 
 
 def test_ph_head_loss_is_weighted_bce_plus_weighted_mse() -> None:
-    from stages.ctg.model import build_model
+    from stages.ctg.models.network import build_model
 
     x, y, ph = tiny_data()
     net = build_model(T, tiny_params())
@@ -147,8 +147,8 @@ def test_both_variants_fit_one_output_model_that_round_trips(
 ) -> None:
     import keras
 
-    from stages.ctg import train
-    from stages.ctg.model import predict_proba
+    from stages.ctg.models.network import predict_proba
+    from stages.ctg.pipeline import train
 
     x, y, ph = tiny_data()
     seen: dict[str, Any] = {}
@@ -188,7 +188,7 @@ def test_both_variants_fit_one_output_model_that_round_trips(
 def test_unsupported_combinations_raise_before_training(
     changes: dict, crop_len: int, ph_change: str | None, fs_hz: float | None, match: str
 ) -> None:
-    from stages.ctg import train
+    from stages.ctg.pipeline import train
 
     x, y, ph = tiny_data()
     if ph_change == "nan":

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.common.determinism import deterministic_tensorflow, intra_op_threads
+from stages.common.ml.determinism import deterministic_tensorflow, intra_op_threads
 
 pytestmark = pytest.mark.unit
 
@@ -134,7 +134,7 @@ def test_stages_turn_on_tensorflows_onednn_kernels_before_it_loads() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     probe = (
-        "import stages.ultrasound.unet_model\n"
+        "import stages.ultrasound.head.unet_network\n"
         "from tensorflow.python.util import _pywrap_util_port as port\n"
         "print(port.IsMklEnabled())"
     )

@@ -44,11 +44,11 @@ README_MAX_LINES = 200
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
 # Where a sub-command of `fetal` lives (stages/cli.py dispatches to each one's argparse main).
 CLI_OWNERS = {
-    "score-ctg": "stages.ctg.score",
-    "score-us": "stages.ultrasound.score",
+    "score-ctg": "stages.ctg.serving.score",
+    "score-us": "stages.ultrasound.serving.score",
     "compare-models": "flows.registry",
     "replay-ctg": "flows.replay",
-    "add-data": "stages.add_data",
+    "add-data": "stages.common.intake.add_data",
 }
 PATH_RE = re.compile(r"^(?:\./)?((?:stages|flows|bench|docs|tests)/[\w./-]*)")
 # Read-only and quick: these documented commands are run for real.

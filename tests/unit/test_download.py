@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.common.download import (
+from stages.common.intake.download import (
     ChecksumError,
     DownloadError,
     UnsafeArchiveError,
@@ -21,7 +21,7 @@ from stages.common.download import (
     safe_extract_zip,
     sha256_file,
 )
-from stages.ctg.ingest import IngestError, run_ingest
+from stages.ctg.pipeline.ingest import IngestError, run_ingest
 from tests.synth_ctg import make_ctg_mirror
 
 pytestmark = pytest.mark.unit

@@ -4,7 +4,7 @@
 - no import cycles, function-level imports included;
 - no module imports a stage module (only a stage's own ``python -m`` runs it): helpers never
   import stages, and two stages share code through a helper;
-- no module over 500 lines; only ``stages/common/tracking.py`` imports mlflow;
+- no module over 500 lines; only ``stages/common/registry/tracking.py`` imports mlflow;
 - data locations are named once, in the paths modules (``stages/ctg/paths.py``,
   ``stages/ultrasound/paths.py``; the shared folders where they live in ``stages/common/``),
   and each one is declared in dvc.yaml unless it is untracked (``data/runs``).
@@ -26,11 +26,11 @@ from tests import import_graph as ig
 pytestmark = pytest.mark.unit
 
 MAX_MODULE_LINES = 500
-MLFLOW_HOME = "stages/common/tracking.py"
+MLFLOW_HOME = "stages/common/registry/tracking.py"
 PATHS_MODULES = ("stages/ctg/paths.py", "stages/ultrasound/paths.py")
 SHARED_DATA_DIRS = {
     ("stages/common/io.py", "RUNS_DIR"),
-    ("stages/common/sources.py", "SOURCES_DIR"),
+    ("stages/common/intake/sources.py", "SOURCES_DIR"),
 }
 UNTRACKED = ("data/runs",)  # run reports and GX Data Docs: git-ignored, no stage declares them
 
@@ -296,7 +296,7 @@ def test_an_undeclared_data_path_is_found(tmp_path: Path) -> None:
         "stages/ctg/paths.py": paths,
         "stages/ultrasound/paths.py": 'from pathlib import Path\n\nD = Path("data")\n',
         "stages/common/io.py": 'from pathlib import Path\n\nRUNS_DIR = Path("data/runs")\n',
-        "stages/common/sources.py": "",
+        "stages/common/intake/sources.py": "",
     }
     root = _project(tmp_path, files, PIPELINE)
     assert undeclared_data_paths(root) == ["stages/ctg/paths.py:5 NEW = Path('data/y.csv')"]

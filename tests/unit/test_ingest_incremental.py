@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.ctg.ingest import run_ingest
+from stages.ctg.pipeline.ingest import run_ingest
 from tests.synth_ctg import make_ctg_mirror, synth_record, write_ctg_record, write_index
 
 pytestmark = pytest.mark.unit

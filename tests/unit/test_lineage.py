@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.common import tracking
+from stages.common.registry import tracking
 
 pytestmark = pytest.mark.unit
 

@@ -1,11 +1,11 @@
-"""Known answers for stages.common.metrics (binary and multiclass)."""
+"""Known answers for stages.common.ml.metrics (binary and multiclass)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from stages.common import metrics as M
+from stages.common.ml import metrics as M
 
 pytestmark = pytest.mark.unit
 
@@ -110,7 +110,7 @@ def test_multiclass_helpers_known_answers() -> None:
 
 @pytest.mark.unit
 def test_cluster_bootstrap_accuracy_ci_resamples_patients() -> None:
-    from stages.common.metrics import cluster_bootstrap_accuracy_ci
+    from stages.common.ml.metrics import cluster_bootstrap_accuracy_ci
 
     # 10 patients, each either all right or all wrong: the interval is as wide as 10 coin-like
     # patients allow, wider than 100 independent images would give.

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from stages.common.metrics import accuracy, auc
-from stages.common.paired import decide, delong_test, paired_bootstrap
+from stages.common.ml.metrics import accuracy, auc
+from stages.common.ml.paired import decide, delong_test, paired_bootstrap
 
 pytestmark = pytest.mark.unit
 

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.common import promotion
-from stages.common.model_card import NOT_A_DIAGNOSIS
+from stages.common.registry import promotion
+from stages.common.registry.model_card import NOT_A_DIAGNOSIS
 from tests.synth_registry import oof_evaluation, oof_items
 
 pytestmark = pytest.mark.unit
@@ -60,8 +60,8 @@ def test_history_tags_round_trip_in_order():
 
 
 def test_segmenter_card_and_pairing_agree_with_the_stage_report():
-    from stages.ultrasound.train_segmenter import oof_evaluation as seg_eval
-    from stages.ultrasound.train_segmenter import segmenter_card, summary
+    from stages.ultrasound.pipeline.train_segmenter import oof_evaluation as seg_eval
+    from stages.ultrasound.pipeline.train_segmenter import segmenter_card, summary
 
     rng = np.random.default_rng(0)
     names = [f"{i // 2:03d}_{'2' if i % 2 else ''}HC" for i in range(40)]
@@ -76,7 +76,7 @@ def test_segmenter_card_and_pairing_agree_with_the_stage_report():
                                          promotion.predictions(evaluation.items))  # fmt: skip
     assert value == pytest.approx(report["oof_hc_error_mm_mean_neg"])
     card = segmenter_card(report, evaluation, "sha:x")
-    from stages.common.model_card import model_card
+    from stages.common.registry.model_card import model_card
 
     text = model_card(card)
     assert f"oof_hc_error_mm_mean: {report['oof_hc_error_mm_mean']:.4f} (95 % interval" in text

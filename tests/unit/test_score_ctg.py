@@ -10,11 +10,13 @@ import pandas as pd
 import pytest
 
 from stages.cli import main as fetal
-from stages.common import scoring, tracking
+from stages.common import scoring
+from stages.common.ml.training import seed_everything
 from stages.common.params import load_params
-from stages.common.training import seed_everything
-from stages.ctg import model as ctg_model
-from stages.ctg import registry, score
+from stages.common.registry import tracking
+from stages.ctg.models import network as ctg_model
+from stages.ctg.models import registration as registry
+from stages.ctg.serving import score
 from tests.synth_ctg import synth_record, write_ctg_record
 
 pytestmark = pytest.mark.unit
@@ -106,7 +108,7 @@ def test_risk_plot_and_champion_from_registry(
     with tracking.run("test-ctg", "score"):
         uri = tracking.log_predictor_model(
             name="model",
-            loader="stages.ctg.model:load_predictor",
+            loader="stages.ctg.models.network:load_predictor",
             artifacts={"model_dir": str(model_dir)},
             input_example=registry.example_input(),
             signature=False,
@@ -126,7 +128,7 @@ def test_risk_plot_and_champion_from_registry(
 
 
 def test_risk_over_time_grows_with_the_record(model_dir: Path) -> None:
-    from stages.ctg.risk import risk_over_time
+    from stages.ctg.serving.risk_over_time import risk_over_time
 
     scorer = ctg_model.load_predictor({"model_dir": str(model_dir)})
     fhr, uc, _ = synth_record(np.random.default_rng(0), acidemic=True, duration_min=32.0)
@@ -136,7 +138,7 @@ def test_risk_over_time_grows_with_the_record(model_dir: Path) -> None:
 
 
 def test_risk_over_time_is_nan_where_a_prefix_cannot_be_scored(model_dir: Path) -> None:
-    from stages.ctg.risk import risk_over_time
+    from stages.ctg.serving.risk_over_time import risk_over_time
 
     scorer = ctg_model.load_predictor({"model_dir": str(model_dir)})
     fhr, uc, _ = synth_record(np.random.default_rng(3), acidemic=False, duration_min=40.0)
@@ -223,8 +225,8 @@ def test_follow_links_scores_linked_records_and_flag_overrides_minimum(
 
 def test_same_checks_as_validation(hostile_dir: Path) -> None:
     """A record the validate_ctg rules refuse is refused at scoring with the same reason."""
-    from stages.ctg.record_checks import record_failures, record_stats
-    from stages.ctg.signal import read_ctg_record
+    from stages.ctg.intake.record_checks import record_failures, record_stats
+    from stages.ctg.signal.wfdb_record import read_ctg_record
 
     params = load_params("validate_ctg", ROOT / "params.yaml")
     rules = score.Rules(hostile_dir, params, 0.3, 10**6)
@@ -280,9 +282,9 @@ def test_cli_stderr_shows_only_the_summary(
 
 def test_scoring_refuses_exactly_what_the_validation_suite_quarantines(tmp_path: Path) -> None:
     """record_failures (scoring) and the GX suite (validate_ctg) agree record by record."""
-    from stages.common.checks import run_expectations
-    from stages.ctg import validate
-    from stages.ctg.record_checks import record_failures
+    from stages.common.intake.checks import run_expectations
+    from stages.ctg.intake.record_checks import record_failures
+    from stages.ctg.pipeline import validate
 
     params = load_params("validate_ctg", ROOT / "params.yaml")
     folder = tmp_path / "raw"

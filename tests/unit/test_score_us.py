@@ -13,10 +13,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from stages.common.ml.training import seed_everything
 from stages.common.params import load_params
-from stages.common.training import seed_everything
-from stages.ultrasound.autoencoder import build_autoencoder, fit_gaussian, latent_codes, mahalanobis
+from stages.ultrasound.anomaly.autoencoder import (
+    build_autoencoder,
+    fit_gaussian,
+    latent_codes,
+    mahalanobis,
+)
 from stages.ultrasound.crops import PLANES, to_unit_float
+from stages.ultrasound.head.unet_network import build_unet
 from stages.ultrasound.imaging import ramanujan_perimeter
 from stages.ultrasound.model_dir import (
     LATENT_FILE,
@@ -25,8 +31,7 @@ from stages.ultrasound.model_dir import (
     load_model_dir,
     save_model_dir,
 )
-from stages.ultrasound.plane_classifier import build_plane_classifier
-from stages.ultrasound.unet_model import build_unet
+from stages.ultrasound.planes.classifier import build_plane_classifier
 from tests.conftest import ROOT
 from tests.synth_us import phantom_head, phantom_non_brain
 
@@ -60,7 +65,7 @@ def _model_dirs(folder: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from stages.ultrasound.score import main
+    from stages.ultrasound.serving.score import main
 
     tmp = tmp_path_factory.mktemp("score_us")
     plane_dir, ae_dir = _model_dirs(tmp / "models")
@@ -172,7 +177,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 def test_out_of_distribution_inputs_get_no_plane(tmp_path: Path) -> None:
     """A 1 x 1 image, an all-black frame, a decompression bomb, a link out of the folder and
     noise: none gets a plane, each has its reason, even from an over-confident classifier."""
-    from stages.ultrasound.score import main
+    from stages.ultrasound.serving.score import main
 
     plane_dir, ae_dir = _model_dirs(tmp_path / "models")
     config = json.loads((plane_dir / "config.json").read_text())
@@ -204,14 +209,14 @@ def test_out_of_distribution_inputs_get_no_plane(tmp_path: Path) -> None:
 
 @pytest.mark.unit
 def test_missing_folder_is_an_error(tmp_path: Path) -> None:
-    from stages.ultrasound.score import main
+    from stages.ultrasound.serving.score import main
 
     assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "p.csv")]) == 2
 
 
 @pytest.mark.unit
 def test_scorer_api_scores_one_array(tmp_path: Path) -> None:
-    from stages.ultrasound.score import load_scorer
+    from stages.ultrasound.serving.score import load_scorer
 
     plane_dir, ae_dir = _model_dirs(tmp_path)
     scorer = load_scorer(str(plane_dir), str(ae_dir))
@@ -224,7 +229,7 @@ def test_scorer_api_scores_one_array(tmp_path: Path) -> None:
 
 @pytest.mark.unit
 def test_latent_score_is_computed_by_the_predictor(tmp_path: Path) -> None:
-    from stages.ultrasound.score import AutoencoderPredictor, load_scorer
+    from stages.ultrasound.serving.score import AutoencoderPredictor, load_scorer
 
     plane_dir, ae_dir = _model_dirs(tmp_path)
     model, config = load_model_dir(ae_dir)
@@ -265,7 +270,7 @@ def test_a_model_folder_carries_its_segmenter_wherever_it_is_loaded(tmp_path: Pa
     import shutil
 
     from stages.ultrasound.head.unet import HeadSegmenter
-    from stages.ultrasound.score import Preprocessor, load_plane_predictor
+    from stages.ultrasound.serving.score import Preprocessor, load_plane_predictor
 
     seed_everything(0)
     unet_dir = tmp_path / "segmenter_final"
@@ -309,7 +314,7 @@ def test_a_model_folder_carries_its_segmenter_wherever_it_is_loaded(tmp_path: Pa
 
 
 def test_the_cli_loads_tensorflow_only_inside_its_quiet_block() -> None:
-    """``stages.ultrasound.score`` imported TensorFlow at import time (via the predictors it
+    """``stages.ultrasound.serving.score`` imported TensorFlow at import time (via the predictors it
     re-exports), before ``quiet_libraries`` pointed stderr at the log file: with oneDNN on, every
     ``fetal score-us`` (``--help`` too) printed absl/oneDNN start-up lines to the user. A fresh
     process, as users run it, without the Makefile's ``TF_CPP_MIN_LOG_LEVEL``."""
@@ -319,7 +324,7 @@ def test_the_cli_loads_tensorflow_only_inside_its_quiet_block() -> None:
 
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = str(ROOT)
-    probe = "import sys, stages.ultrasound.score as s; print('tensorflow' in sys.modules)"
+    probe = "import sys, stages.ultrasound.serving.score as s; print('tensorflow' in sys.modules)"
     proc = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True
     )
@@ -330,6 +335,6 @@ def test_the_cli_loads_tensorflow_only_inside_its_quiet_block() -> None:
     )  # fmt: skip
     assert help_run.returncode == 0 and help_run.stderr == "", help_run.stderr
     # registered versions name their loader in this module: it still resolves
-    from stages.ultrasound import predictors, score
+    from stages.ultrasound.serving import predictors, score
 
     assert score.load_plane_predictor is predictors.load_plane_predictor

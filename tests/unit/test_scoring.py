@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages.common import images, scoring
+from stages.common import scoring
+from stages.common.intake import images
 
 pytestmark = pytest.mark.unit
 PATTERNS = ["*.png", "*.tif", "*.gif", "*.jpg"]

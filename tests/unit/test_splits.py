@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.common.splits import (
+from stages.common.ml.splits import (
     fold_balance,
     groups_disjoint,
     hashed_folds,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from stages.ultrasound.autoencoder import (
+from stages.ultrasound.anomaly.autoencoder import (
     build_autoencoder,
     fit_latent_ring,
     latent_codes,
@@ -20,7 +20,7 @@ from stages.ultrasound.head import Segmentation
 from stages.ultrasound.head.geometry import brain_crop, upright_angle
 from stages.ultrasound.imaging import Ellipse
 from stages.ultrasound.model_dir import load_model_dir, save_model_dir
-from stages.ultrasound.plane_classifier import build_plane_classifier, predict_planes
+from stages.ultrasound.planes.classifier import build_plane_classifier, predict_planes
 from tests.synth_us import phantom_head, phantom_non_brain
 
 pytestmark = pytest.mark.unit
@@ -34,7 +34,7 @@ def _stripes(size: int, angle_rad: float, period_px: float) -> np.ndarray:
 
 
 def test_pyramid_step_and_feature_count() -> None:
-    from stages.ultrasound.gabor import feature_count, pyramid_step
+    from stages.ultrasound.planes.gabor import feature_count, pyramid_step
 
     assert [pyramid_step(f) for f in (0.3, 0.2, 0.11, 0.1, 0.05, 0.04)] == [1, 1, 1, 2, 4, 4]
     assert feature_count([0.1, 0.2, 0.3], 6, [4, 8]) == 3 * 6 * (16 + 64)
@@ -43,7 +43,7 @@ def test_pyramid_step_and_feature_count() -> None:
 @pytest.mark.parametrize("pyramid", [False, True])
 def test_gabor_energy_peaks_at_the_grating_orientation_and_frequency(pyramid: bool) -> None:
     """A grating of frequency 0.1 cycles/px at 60 deg excites the (0.1, 60 deg) channel most."""
-    from stages.ultrasound.gabor import GaborGrid
+    from stages.ultrasound.planes.gabor import GaborGrid
 
     layer = GaborGrid([0.1, 0.3], 6, [1], pyramid=pyramid)
     feats = np.asarray(layer(_stripes(64, math.radians(60), 10.0)))[0]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.ultrasound.enhancement import ENHANCERS, enhance_image, skull_brain_cnr
+from stages.ultrasound.enhance.methods import ENHANCERS, enhance_image, skull_brain_cnr
 from stages.ultrasound.imaging import (
     Ellipse,
     ImageError,

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.common.training import class_weights
-from stages.ultrasound.autoencoder import (
+from stages.common.ml.training import class_weights
+from stages.ultrasound.anomaly.autoencoder import (
     build_autoencoder,
     fit_gaussian,
     latent_codes,
@@ -16,13 +16,13 @@ from stages.ultrasound.autoencoder import (
     score_anomaly,
 )
 from stages.ultrasound.crops import PLANES, crops_for, plane_one_hot, to_unit_float
-from stages.ultrasound.plane_classifier import build_plane_classifier, plane_scores, predict_planes
-from stages.ultrasound.split_planes import (
+from stages.ultrasound.pipeline.split_planes import (
     assert_patient_disjoint,
     build_manifest,
     image_stem,
     split_balance,
 )
+from stages.ultrasound.planes.classifier import build_plane_classifier, plane_scores, predict_planes
 
 
 def _labels(seed: int = 0, n_patients: int = 40) -> pd.DataFrame:
@@ -220,8 +220,8 @@ def test_plane_classifier_shapes() -> None:
 
 @pytest.mark.unit
 def test_corruptions_keep_shape_and_change_images() -> None:
-    from stages.ultrasound.corruptions import CORRUPTIONS
-    from stages.ultrasound.evaluate import anomaly_auc
+    from stages.ultrasound.anomaly.corruptions import CORRUPTIONS
+    from stages.ultrasound.pipeline.evaluate import anomaly_auc
 
     rng = np.random.default_rng(0)
     x = rng.integers(40, 200, size=(4, 32, 32), dtype=np.uint8)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from stages.common.parallel import Result, map_images
-from stages.ultrasound.hc18 import truth_mask
 from stages.ultrasound.head import Segmentation
 from stages.ultrasound.head.geometry import brain_crop, conic_to_ellipse, fit_ellipse_points
+from stages.ultrasound.head.hc18 import truth_mask
 from stages.ultrasound.head.segmenters import SegmentSettings, segment_image
 from stages.ultrasound.imaging import Ellipse, dice, ellipse_mask, ramanujan_perimeter
 from tests.synth_us import outline_annotation, phantom_head, phantom_non_brain

@@ -7,16 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from stages.common.splits import groups_disjoint
+from stages.common.ml.splits import groups_disjoint
 from stages.ultrasound.head.unet import ellipse_from_probability
+from stages.ultrasound.head.unet_training import augment
 from stages.ultrasound.imaging import Ellipse, ellipse_mask, ramanujan_perimeter
-from stages.ultrasound.train_segmenter import (
+from stages.ultrasound.pipeline.train_segmenter import (
     exam_id,
     mask_to_input,
     segmenter_folds,
     to_input,
 )
-from stages.ultrasound.unet_training import augment
 
 pytestmark = pytest.mark.unit
 
@@ -115,7 +115,7 @@ def test_inputs_and_augmentation_keep_shapes_ranges_and_image_mask_alignment():
 
 
 def test_tiny_unet_shapes_and_probabilities():
-    from stages.ultrasound.unet_model import build_unet, predict_masks
+    from stages.ultrasound.head.unet_network import build_unet, predict_masks
 
     model = build_unet((32, 48), filters=(4, 8, 8))
     x = np.random.default_rng(0).random((3, 32, 48, 1)).astype(np.float32)
@@ -141,7 +141,7 @@ def test_each_hc18_image_gets_the_model_that_never_saw_it():
 
 def test_target_ellipse_has_the_reported_circumference():
     from stages.ultrasound.head.geometry import ellipse_from_outline
-    from stages.ultrasound.train_segmenter import target_mask
+    from stages.ultrasound.pipeline.train_segmenter import target_mask
     from tests.synth_us import outline_annotation
 
     e = Ellipse(300.0, 220.0, 150.0, 110.0, 0.5)
@@ -195,7 +195,7 @@ def tiny_unet_data() -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 def test_training_is_seeded():
-    from stages.ultrasound.unet_training import train_unet
+    from stages.ultrasound.head.unet_training import train_unet
 
     x, y, p = tiny_unet_data()
 
@@ -211,7 +211,7 @@ def test_training_is_seeded():
 
 def test_hc18_summary_charges_a_missing_ellipse_its_whole_circumference():
     """Known answer: errors 1 and 3 mm plus one image without an ellipse (true HC 100 mm)."""
-    from stages.ultrasound.hc18 import hc18_summary
+    from stages.ultrasound.head.hc18 import hc18_summary
 
     s = hc18_summary([0.9, 0.95, 0.0], [1.0, -3.0, np.nan], [150.0, 160.0, 100.0])
     assert s["hc_error_mm_mean"] == pytest.approx((1 + 3 + 100) / 3)
@@ -223,8 +223,8 @@ def test_hc18_summary_charges_a_missing_ellipse_its_whole_circumference():
 
 def test_a_model_trained_beside_another_equals_it_trained_alone(tmp_path):
     """How many U-Nets train at once never changes one: each gets its own process and thread."""
+    from stages.ultrasound.head.unet_training import ModelJob, train_models
     from stages.ultrasound.model_dir import MODEL_FILE
-    from stages.ultrasound.unet_training import ModelJob, train_models
 
     x, y, p = tiny_unet_data()
 

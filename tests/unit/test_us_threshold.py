@@ -5,19 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.common.calibration import (
+from stages.common.ml.calibration import (
     expected_calibration_error,
     fit_temperature,
     logits_from_probabilities,
     softmax,
 )
-from stages.ultrasound.anomaly_threshold import (
+from stages.ultrasound.anomaly.autoencoder import fit_latent, latent_score_from_codes
+from stages.ultrasound.anomaly.threshold import (
     conformal_quantile,
     out_of_fold_scores,
     patient_folds,
 )
-from stages.ultrasound.autoencoder import fit_latent, latent_score_from_codes
-from stages.ultrasound.plane_classifier import calibrated
+from stages.ultrasound.planes.classifier import calibrated
 
 pytestmark = pytest.mark.unit
 

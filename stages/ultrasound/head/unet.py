@@ -27,6 +27,7 @@ from stages.ultrasound.head.geometry import (
     plausible,
     ray_residual,
 )
+from stages.ultrasound.head.unet_network import predict_masks
 from stages.ultrasound.imaging import (
     Ellipse,
     ellipse_points,
@@ -35,7 +36,6 @@ from stages.ultrasound.imaging import (
     resize_to_width,
 )
 from stages.ultrasound.model_dir import load_model_dir
-from stages.ultrasound.unet_model import predict_masks
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,246 @@
+"""``fetal add-data``: check new CTG records or ultrasound images, add them to the landing folder.
+
+The landing folder (``$FETAL_LANDING``, default ``landing/`` in the project root, git-ignored) is
+a second source beside the official one (or its mirror), laid out like it:
+``landing/ctu-uhb/`` holds WFDB pairs with their own ``RECORDS`` and ``SHA256SUMS.txt``;
+``landing/fetal_planes/`` holds ``images/*.png``, the images' label rows
+(``FETAL_PLANES_DB_data.csv``) and ``SHA256SUMS.txt``. The next ``dvc repro`` (or scheduled
+``training/weekly-retraining`` run) lists it in ``source_ctg``/``source_us`` and ingests what
+arrived.
+
+Every arrival is checked first with the validate stages' own rules (``validate_ctg``'s record
+rules in ``stages.ctg.intake.record_checks``, from which its GX suite is built, plus its pH rules;
+``validate_us``'s image and label-table checks in ``stages.ultrasound.intake.label_checks``), with
+the thresholds in params.yaml. A failing arrival is refused, named with its reason on stderr and in
+``landing/quarantine.csv``, and never copied. So is a name the landing folder already holds with
+other content (remove it first). Exit status 1 when anything was refused.
+
+Examples::
+
+    fetal add-data ctg new/2001.hea new/2002          # a record by either file or its stem
+    fetal add-data us new/img1.png new/img2.png --labels new/rows.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from stages.common.intake.download import sha256_file
+from stages.common.intake.sources import (
+    SUMS_FILE,
+    format_sums,
+    landing_dir,
+    read_sums,
+    write_if_changed,
+)
+from stages.common.io import Quarantine, write_csv
+from stages.common.params import load_params
+
+log = logging.getLogger(__name__)
+
+STAGE = "add-data"
+QUARANTINE = "quarantine.csv"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("modality", choices=["ctg", "us"], help="ctg: WFDB records; us: images")
+    parser.add_argument(
+        "paths", nargs="+", type=Path, help="ctg: NAME.hea, NAME.dat or NAME; us: image files"
+    )
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        help="us: CSV with the FETAL_PLANES_DB_data.csv columns, one row per image (required)",
+    )
+    parser.add_argument(
+        "--landing",
+        type=Path,
+        default=None,
+        help="landing folder (default: $FETAL_LANDING or landing/ in the project root)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.modality == "us" and args.labels is None:
+        print("fetal add-data us: --labels is required", file=sys.stderr)
+        return 2
+    if args.modality == "ctg":
+        folder = args.landing / "ctu-uhb" if args.landing else landing_dir("ctu-uhb")
+        accepted, refused = add_ctg(args.paths, folder, load_params("validate_ctg"))
+    else:
+        folder = args.landing / "fetal_planes" if args.landing else landing_dir("fetal_planes")
+        accepted, refused = add_us(args.paths, args.labels, folder, load_params("validate_us"))
+    for name in accepted:
+        print(f"accepted {name} -> {folder}")
+    for row in refused.rows:
+        print(f"refused {row['item']}: {row['reason']}", file=sys.stderr)
+    if refused:
+        _append_quarantine(folder.parent / QUARANTINE, refused)
+    return 1 if refused else 0
+
+
+# --------------------------------------------------------------------------- CTG
+
+
+def ctg_reasons(folder: Path, names: list[str], params: dict[str, Any]) -> dict[str, str]:
+    """``validate_ctg``'s record rules on records in ``folder``: name -> reasons ('' = passes).
+
+    ``stages.ctg.intake.record_checks`` holds the rule table the stage's GX suite is built from.
+    """
+    from stages.ctg.intake.record_checks import record_failures, record_stats
+    from stages.ctg.signal.wfdb_record import CtgReadError, read_ctg_record
+
+    out = {}
+    for name in names:
+        try:
+            rec = read_ctg_record(folder / name)
+        except CtgReadError as exc:
+            out[name] = f"unreadable: {exc.reason}"
+            continue
+        stats = record_stats(rec, params["fhr_min_bpm"], params["fhr_max_bpm"])
+        why = record_failures(stats, params)
+        ph = stats["ph"]  # the suite's outcome rules: a record to train on needs its label
+        if ph is None or math.isnan(ph):
+            why.append(f"ph_missing_or_not_numeric ({stats['ph_text']!r})")
+        elif not float(params["ph_min"]) <= ph <= float(params["ph_max"]):
+            why.append(f"ph_out_of_range: {ph:g}")
+        out[name] = ";".join(why)
+    return out
+
+
+def add_ctg(
+    paths: list[Path], landing: Path, params: dict[str, Any]
+) -> tuple[list[str], Quarantine]:
+    """Check WFDB records and copy those passing into ``landing`` (RECORDS, SHA256SUMS.txt)."""
+    refused = Quarantine(STAGE)
+    stems = {
+        Path(p).with_suffix("") if Path(p).suffix in {".hea", ".dat"} else Path(p) for p in paths
+    }
+    sums = read_sums(landing / SUMS_FILE)
+    candidates: dict[str, Path] = {}
+    for stem in sorted(stems):
+        files = [stem.with_name(stem.name + ext) for ext in (".hea", ".dat")]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            refused.add(stem.name, f"missing {', '.join(missing)}")
+        elif _conflicts(sums, {f.name: f for f in files}):
+            refused.add(stem.name, "the landing folder holds another record of that name")
+        else:
+            candidates[stem.name] = stem
+    if not candidates:
+        return [], refused
+    with tempfile.TemporaryDirectory() as tmp:  # checked where nothing else can read them
+        for name, stem in candidates.items():
+            for ext in (".hea", ".dat"):
+                shutil.copyfile(stem.with_name(name + ext), Path(tmp) / (name + ext))
+        reasons = ctg_reasons(Path(tmp), sorted(candidates), params)
+        accepted = [n for n in sorted(candidates) if not reasons.get(n)]
+        for name in sorted(set(candidates) - set(accepted)):
+            refused.add(name, reasons[name])
+        landing.mkdir(parents=True, exist_ok=True)
+        for name in accepted:
+            for ext in (".hea", ".dat"):
+                shutil.copyfile(Path(tmp) / (name + ext), landing / (name + ext))
+                sums[name + ext] = sha256_file(landing / (name + ext))
+    if accepted:
+        listed = (
+            (landing / "RECORDS").read_text().split() if (landing / "RECORDS").is_file() else []
+        )
+        write_if_changed(
+            landing / "RECORDS", "".join(f"{n}\n" for n in sorted({*listed, *accepted}))
+        )
+        write_if_changed(landing / SUMS_FILE, format_sums(sums))
+    return accepted, refused
+
+
+# --------------------------------------------------------------------------- ultrasound
+
+
+def add_us(
+    images: list[Path], labels: Path, landing: Path, p: dict[str, Any]
+) -> tuple[list[str], Quarantine]:
+    """Check images and their label rows; copy passing ones into ``landing`` with their rows."""
+    import pandas as pd
+
+    from stages.ultrasound.intake.image_checks import ImageRules
+    from stages.ultrasound.intake.label_checks import (
+        check_image_file,
+        check_label_table,
+        normalise_planes_table,
+    )
+    from stages.ultrasound.paths import PLANES_CSV
+
+    refused = Quarantine(STAGE)
+    table_path = landing / PLANES_CSV
+    old = (
+        pd.read_csv(table_path, dtype=str, keep_default_na=False) if table_path.is_file() else None
+    )
+    rows = normalise_planes_table(labels.read_text(encoding="utf-8-sig"))
+    merged = rows if old is None else pd.concat([old, rows], ignore_index=True)
+    label_reasons = check_label_table(merged, p).iloc[len(merged) - len(rows) :]
+    by_name = dict(zip(label_reasons["Image_name"], label_reasons["reasons"], strict=True))
+    sums = read_sums(landing / SUMS_FILE)
+    accepted: list[str] = []
+    for img in sorted(images):
+        why = []
+        if img.stem not in by_name:
+            why.append(f"no label row for {img.stem} in {labels.name}")
+        elif by_name[img.stem]:
+            why.append(by_name[img.stem])
+        if _conflicts(sums, {f"images/{img.name}": img}):
+            why.append("the landing folder holds another image of that name")
+        check = check_image_file(str(img), ImageRules.from_params(p))
+        if check["reason"]:
+            why.append(check["reason"])
+        if why:
+            refused.add(img.name, ";".join(why))
+        else:
+            accepted.append(img.stem)
+    if accepted:
+        (landing / "images").mkdir(parents=True, exist_ok=True)
+        for img in images:
+            if img.stem in accepted:
+                shutil.copyfile(img, landing / "images" / img.name)
+                sums[f"images/{img.name}"] = sha256_file(landing / "images" / img.name)
+        keep = rows[rows["Image_name"].isin(accepted)]
+        table = keep if old is None else pd.concat([old, keep], ignore_index=True)
+        table = table.drop_duplicates("Image_name", keep="last").sort_values("Image_name")
+        write_csv(table_path, table)
+        sums[PLANES_CSV] = sha256_file(table_path)
+        write_if_changed(landing / SUMS_FILE, format_sums(sums))
+    return accepted, refused
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def _conflicts(sums: dict[str, str], files: dict[str, Path]) -> bool:
+    """True when the landing folder lists one of ``files`` with a different checksum."""
+    return any(name in sums and sums[name] != sha256_file(path) for name, path in files.items())
+
+
+def _append_quarantine(path: Path, refused: Quarantine) -> None:
+    import pandas as pd
+
+    old = pd.read_csv(path, dtype=str) if path.is_file() else None
+    frame = refused.to_frame() if old is None else pd.concat([old, refused.to_frame()])
+    write_csv(path, frame)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from stages.cli import run_command
+
+    return run_command("add-data", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,3 @@
+"""Machine-learning utilities both modalities share: metrics, calibration, splits, paired tests,
+plots, seeding.
+"""

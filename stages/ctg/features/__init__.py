@@ -1,0 +1,1 @@
+"""FIGO-style features of a CTG window."""

@@ -1,0 +1,1 @@
+"""Speckle reduction and contrast enhancement of ultrasound images."""

@@ -1,0 +1,1 @@
+"""The ultrasound DVC stages, one module each (``python -m stages.ultrasound.pipeline.STAGE``)."""

@@ -1,0 +1,1 @@
+"""Using the registered ultrasound models: predictors and ``fetal score-us``."""
