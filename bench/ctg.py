@@ -55,7 +55,7 @@ def bench_stages(mirror_root: Path) -> list[dict[str, Any]]:
         }
         for stage in STAGES:
             proc = subprocess.run(
-                [sys.executable, "-c", _CHILD, f"stages.ctg.{stage}"],
+                [sys.executable, "-c", _CHILD, f"stages.ctg.pipeline.{stage}"],
                 cwd=ROOT,
                 env=env,
                 capture_output=True,

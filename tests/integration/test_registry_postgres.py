@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 REGISTER_SCRIPT = """
 import json, sys, time
-from stages.common import tracking
+from stages.common.registry import tracking
 uri, name, key, score, start = sys.argv[1:6]
 while time.time() < float(start):  # both processes register at the same moment
     time.sleep(0.01)

@@ -66,7 +66,7 @@ def _run_twice(tmp_path, monkeypatch, mirror: Path, package: str, stages: dict[s
         monkeypatch.setenv("FETAL_PROJECT_ROOT", str(root))
         monkeypatch.setenv("FETAL_MIRROR", str(mirror))
         for module in stages:
-            importlib.import_module(f"stages.{package}.{module}").main()
+            importlib.import_module(f"stages.{package}.pipeline.{module}").main()
         outputs.append(tracked_files(root, list(stages.values())))
     first, second = outputs
     assert sorted(first) == sorted(second)
