@@ -1,5 +1,5 @@
-"""Research apart from the product: off-by-default variants and accuracy studies (docs/experiments.md).
+"""Research apart from the product: off-by-default variants and accuracy studies.
 
-A module here may import ``stages`` (never the reverse); each runs from the repository root,
-e.g. ``python -m experiments.ctg_variants``.
+Documented in ``docs/experiments.md``. A module here may import ``stages`` (never the reverse);
+each runs from the repository root, e.g. ``python -m experiments.ctg_variants``.
 """

@@ -1,12 +1,13 @@
 """CTG network variants on the product's folds: ``python -m experiments.ctg_variants``.
 
 Each variant (``experiments/ctg_variants.yaml``: an ensemble, random crops, a multi-task pH head,
-masked-FHR pretraining, summary skip) is the product's network (``train_ctg`` in ``params.yaml``)
-plus what it switches on (:mod:`experiments.ctg.variant_training`), cross-validated on
-``split_ctg``'s folds with the product's own loop (:func:`stages.ctg.models.training.cross_validate`)
-on the sequences ``dvc repro`` made. The table prints, per variant, the out-of-fold AUC with its
-95 % bootstrap interval and DeLong's paired AUC difference to the product's network (``train_ctg``)
-and to the logistic baseline (``train_families_ctg``) on the same records. Each variant's
+masked-FHR pretraining, summary skip) is the product's network (``train_ctg`` in
+``params.yaml``) plus what it switches on (:mod:`experiments.ctg.variant_training`),
+cross-validated on ``split_ctg``'s folds with the product's own loop
+(:func:`stages.ctg.models.training.cross_validate`) on the sequences ``dvc repro`` made. The table
+prints, per variant, the out-of-fold AUC with its 95 % bootstrap interval and DeLong's paired AUC
+difference to the product's network (``train_ctg``) and to the logistic baseline
+(``train_families_ctg``) on the same records. Each variant's
 out-of-fold predictions go to ``data/runs/experiments/`` (untracked). A variant that only changes
 ``params.yaml`` values (the whole recording: ``preprocess_ctg.last_minutes=90``,
 ``train_ctg.window_minutes=90``) is a ``dvc exp run -S ...`` of the product instead.
@@ -81,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     root = project_root()
     lstm = pd.read_csv(root / OOF_PREDICTIONS_CSV, dtype={"record": str})
     fams = pd.read_csv(root / FAMILIES_OOF_CSV, dtype={"record": str})
-    product = lstm[["record", "probability"]].rename(columns={"probability": "lstm"}).merge(
-        fams[["record", "logistic"]], on="record"
+    product = (
+        lstm[["record", "probability"]]
+        .rename(columns={"probability": "lstm"})
+        .merge(fams[["record", "logistic"]], on="record")
     )
     print(
         "| variant | OOF AUC [95 % CI] | difference to the product's network [95 % CI], DeLong "

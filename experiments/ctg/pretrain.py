@@ -133,7 +133,9 @@ def encoder_model(seq_len: int, net: TrainCtg, name: str) -> Any:
     """
     import keras
 
-    full = ctg_model.build_model(int(seq_len), replace(net, lstm_readout="mean"), name=f"{name}_full")
+    full = ctg_model.build_model(
+        int(seq_len), replace(net, lstm_readout="mean"), name=f"{name}_full"
+    )
     recon = keras.layers.Dense(1, name="reconstruction")(full.get_layer("lstm").output)
     return keras.Model(full.inputs, recon, name=name)
 

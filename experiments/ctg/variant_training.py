@@ -60,7 +60,9 @@ def averaged_model(members: list[Any], seq_len: int, crop_len: int, offsets: np.
     views = [inp]
     if crop_len:
         views = [
-            keras.layers.Cropping1D((int(o), int(seq_len) - int(o) - int(crop_len)), name=f"crop{o}")(inp)
+            keras.layers.Cropping1D(
+                (int(o), int(seq_len) - int(o) - int(crop_len)), name=f"crop{o}"
+            )(inp)
             for o in offsets
         ]
     outs = [m(v) for m in members for v in views]
@@ -93,8 +95,10 @@ def _crop_batches(x: np.ndarray, y: np.ndarray, w: np.ndarray, batch_size: int, 
     return Batches()
 
 
-def fit_data(x: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, ph_z: np.ndarray | None,
-             net: TrainCtg, crop_len: int, tta_crops: int, seed: int) -> tuple[dict, Any]:  # fmt: skip
+def fit_data(
+    x: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, ph_z: np.ndarray | None,
+    net: TrainCtg, crop_len: int, tta_crops: int, seed: int,
+) -> tuple[dict, Any]:  # fmt: skip
     """The ``fit`` arguments and validation data of the variant's training set-up."""
     weights = class_weights(y[tr], 2)
     w = np.array([weights[int(v)] for v in y[tr]], dtype=np.float32)
@@ -150,7 +154,11 @@ def fit_variant(x: np.ndarray, y: np.ndarray, seed: int, net: TrainCtg, variant:
         curves.append(c.assign(member=j))
         epoch_s += t
     crop_len = crops.crop_steps(variant.crop_minutes, fs_hz, x.shape[1])
-    offsets = crops.crop_offsets(x.shape[1], crop_len, variant.tta_crops) if crop_len else np.array([], int)
+    offsets = (
+        crops.crop_offsets(x.shape[1], crop_len, variant.tta_crops)
+        if crop_len
+        else np.array([], int)
+    )
     model = averaged_model(members, x.shape[1], crop_len, offsets)
     return model, pd.concat(curves, ignore_index=True), epoch_s
 

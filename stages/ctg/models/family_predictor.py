@@ -16,8 +16,8 @@ reads:
 Nothing is pickled and nothing here needs scikit-learn: fitted models are exported to arrays and
 scored with numpy (the unit tests check the scores against scikit-learn's own). Input validation
 and output are those of :class:`stages.ctg.models.raw_input.RawInputPredictor`, as for the
-network, so every family takes the same input; the features are :func:`stages.ctg.features.figo.record_features`, the
-code ``featurize_ctg`` runs.
+network, so every family takes the same input; the features are
+:func:`stages.ctg.features.figo.record_features`, the code ``featurize_ctg`` runs.
 """
 
 from __future__ import annotations

@@ -182,8 +182,10 @@ class RawInputPredictor:
         if n == 0:
             raise ValueError("input has no rows")
         records = []
+        # a request's optional fs_hz column (absent: the model's rate), not a params key
+        fs_column = columns["fs_hz"] if "fs_hz" in columns else [None] * n
         for i in range(n):
-            fs = self._number(columns.get("fs_hz", [None] * n)[i], "fs_hz", i, self.fs_in_hz)
+            fs = self._number(fs_column[i], "fs_hz", i, self.fs_in_hz)
             if fs != self.fs_in_hz:
                 raise ValueError(
                     f"row {i}: sampling rate {fs:g} Hz; the model takes {self.fs_in_hz:g} Hz"

@@ -104,7 +104,9 @@ def early_stopping(monitor: str, patience: int, key: Callable[[str], str] = str)
     )
 
 
-def history_curves(history: Mapping[str, list[float]], val_auc_key: str = "val_auc") -> pd.DataFrame:
+def history_curves(
+    history: Mapping[str, list[float]], val_auc_key: str = "val_auc"
+) -> pd.DataFrame:
     """A Keras history as ``epoch, loss, val_loss, val_auc`` (NaN without a validation split)."""
     n = len(history["loss"])
     return pd.DataFrame(

@@ -196,13 +196,13 @@ def metrics_table(report: Mapping[str, Any], ph_thresholds: list[float]) -> str:
                 if f"{key}.n_neg" in report
                 else ""
             )
-            lines.append(f"| {name} | pH < {ph:.2f} | {auc_txt} | " + " | ".join(cells) + f" | {balance} |")
+            lines.append(
+                f"| {name} | pH < {ph:.2f} | {auc_txt} | " + " | ".join(cells) + f" | {balance} |"
+            )
     return "\n".join(lines)
 
 
-def write_plots(
-    root: Path, table: pd.DataFrame, prob: np.ndarray, threshold: float
-) -> None:
+def write_plots(root: Path, table: pd.DataFrame, prob: np.ndarray, threshold: float) -> None:
     """The DVC plot CSVs of the network: ROC, precision-recall, calibration, confusion."""
     y = table["label"].to_numpy(int)
     folder = root / EVALUATE_CTG_DIR
@@ -292,7 +292,9 @@ def build_report(
     """The metrics file (flat keys, ``families``, ``paired_vs_logistic``) and the thresholds."""
     scores = {name: table[name].to_numpy(float) for name in (*FAMILIES, REFERENCE)}
     y = table["label"].to_numpy(int)
-    chosen = {name: operating_threshold(ev.operating_threshold, y, scores[name]) for name in FAMILIES}
+    chosen = {
+        name: operating_threshold(ev.operating_threshold, y, scores[name]) for name in FAMILIES
+    }
     thresholds = {name: t for name, (t, _) in chosen.items()}
     labels = labels_at(table, ph_thresholds)
     report = evaluate(labels, scores, thresholds, ev.n_bootstrap, ev.seed)
@@ -324,7 +326,9 @@ def main() -> None:
             plots.save_figure(fig, root / EVALUATE_CTG_DIR / "figures" / name)
         tracking.log_artifact(root / EVALUATE_CTG_DIR, STAGE)
     io.write_json(root / EVALUATE_CTG_REPORT, report)
-    io.write_text(root / EVALUATE_CTG_DIR / "metrics.md", metrics_table(report, ph_thresholds) + "\n")
+    io.write_text(
+        root / EVALUATE_CTG_DIR / "metrics.md", metrics_table(report, ph_thresholds) + "\n"
+    )
     for name in (*FAMILIES, REFERENCE):
         log.info("%-11s AUC %.3f [%.3f, %.3f]", name, report[f"{name}.auc"],
                  report[f"{name}.auc_ci_low"], report[f"{name}.auc_ci_high"])  # fmt: skip
