@@ -30,7 +30,7 @@ def _run(*names: str) -> None:
     import importlib
 
     for name in names:
-        importlib.import_module(f"stages.ctg.{name}").main()
+        importlib.import_module(f"stages.ctg.pipeline.{name}").main()
 
 
 def test_data_stages_on_synthetic_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,6 +24,7 @@ TINY = {
     "preprocess_ctg": {"last_minutes": 30},
     "split_ctg": {"n_folds": 3},
     "train_ctg": {
+        "window_minutes": 30,  # at most preprocess_ctg.last_minutes (an error otherwise)
         "epochs": 2,
         "patience": 1,
         "units": 4,
