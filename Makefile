@@ -39,8 +39,8 @@ test-fast: setup  ## unit and data tests only
 	$(PY) -m pytest -q -m "unit or data"
 
 lint: setup
-	$(VENV)/bin/ruff check stages flows tests bench
-	$(VENV)/bin/ruff format --check stages flows tests bench
+	$(VENV)/bin/ruff check stages flows tests bench experiments
+	$(VENV)/bin/ruff format --check stages flows tests bench experiments
 
 bench: setup  ## print the benchmark tables (needs FETAL_MIRROR)
 	$(PY) -m bench.ctg

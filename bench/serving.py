@@ -246,29 +246,30 @@ def synthetic_model_dir(
     its compute time is the real one) fitted for one epoch on ``n_records`` synthetic
     70-minute records, saved as the stage saves it."""
     from stages.common.ml.training import seed_everything
-    from stages.common.params import load_params
     from stages.ctg.models import network as ctg_model
     from stages.ctg.signal.preprocessing import preprocess_signals
-    from tests.synth_ctg import synth_record
+    from tests.synth_ctg import (
+        preprocess_settings,
+        signal_settings,
+        synth_record,
+        train_settings,
+    )
 
-    params = {**load_params("train_ctg", ROOT / "params.yaml"), **(overrides or {})}
-    pre = dict(load_params("preprocess_ctg", ROOT / "params.yaml"))
+    net = train_settings(**(overrides or {}))
+    pre = preprocess_settings()
     seed_everything(seed)
     rng = np.random.default_rng(seed)
     recs = [synth_record(rng, acidemic=bool(i % 2), duration_min=70.0) for i in range(n_records)]
     pairs = [preprocess_signals(f, u, FS_HZ, pre) for f, u, _ in recs]
-    norm = ctg_model.normalisation(params)
-    steps = ctg_model.window_steps(params, pre)
+    norm = ctg_model.normalisation(net)
+    steps = ctg_model.window_steps(net.window_minutes, pre)
     x = ctg_model.model_inputs(
         np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), norm
     )
     y = np.array([int(ph < 7.15) for _, _, ph in recs])
-    net = ctg_model.build_model(steps, params)
-    net.fit(x[:, -steps:], y, epochs=1, batch_size=8, verbose=0)
-    ctg_model.save_model_dir(
-        folder, net, pre, norm, 0.5, float(params["min_input_minutes"]),
-        {"max_input_minutes": ctg_model.CtgPredictor.DEFAULT_MAX_INPUT_MINUTES},
-    )  # fmt: skip
+    model = ctg_model.build_model(steps, net)
+    model.fit(x[:, -steps:], y, epochs=1, batch_size=8, verbose=0)
+    ctg_model.save_model_dir(folder, model, signal_settings(), pre, norm, 0.5, "bench")
     return folder
 
 

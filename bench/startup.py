@@ -58,16 +58,9 @@ def make_model(folder: Path) -> str:
     local = ROOT / "data" / "models" / "ctg"
     if local.is_dir():
         return str(local)
-    from stages.common.ml.training import seed_everything
-    from stages.common.params import load_params
-    from stages.ctg.models import network as ctg_model
+    from tests.synth_ctg import untrained_model_dir
 
-    params = dict(load_params("train_ctg", ROOT / "params.yaml"))
-    params.update(units=8, dense_units=8, conv_filters=8)
-    pre = dict(load_params("preprocess_ctg", ROOT / "params.yaml"))
-    seed_everything(0)
-    net = ctg_model.build_model(int(pre["last_minutes"] * 60 * pre["fs_out_hz"]), params)
-    ctg_model.save_model_dir(folder, net, pre, ctg_model.normalisation(params), 0.5, 10.0)
+    untrained_model_dir(folder, last_minutes=60, units=8, dense_units=8, conv_filters=8)
     return str(folder)
 
 

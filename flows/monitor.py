@@ -173,7 +173,7 @@ def monitor_flow(
     """Follow the chunks in ``folder`` until ``_DONE`` (or idle), scoring sliding windows.
 
     Parameters default to ``params.yaml`` (``monitor`` section; ``validate_ctg`` for the checks).
-    ``model_uri`` defaults to ``models:/<train_families_ctg.registered_name>@champion``.
+    ``model_uri`` defaults to ``models:/<register_ctg.registered_name>@champion``.
     """
     from stages.common.io import write_csv
     from stages.common.params import load_params
@@ -182,14 +182,14 @@ def monitor_flow(
     logger = get_run_logger()
     mp = load_params("monitor")
     checks = load_params("validate_ctg")
-    fs_hz = float(checks["fs_hz"])
+    fs_hz = float(load_params("ctg_signal")["fs_hz"])
     window_min = float(window_min or mp["window_min"])
     step_min = float(step_min or mp["step_min"])
     poll_s = float(poll_s if poll_s is not None else mp.get("poll_s", 5))
     idle_timeout_s = float(
         idle_timeout_s if idle_timeout_s is not None else mp.get("idle_timeout_s", 600)
     )
-    uri = model_uri or tracking.champion_uri(load_params("train_families_ctg")["registered_name"])
+    uri = model_uri or tracking.champion_uri(load_params("register_ctg")["registered_name"])
     model = tracking.load_model(uri)
     thr = float(threshold) if threshold is not None else model_threshold(model, 0.5)
     logger.info("monitoring %s with %s (threshold %.3f)", folder, uri, thr)

@@ -23,7 +23,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("stages", "flows")  # the project's importable code
+PACKAGES = (
+    "stages",
+    "flows",
+    "experiments",
+)  # the project's importable code (experiments: research, may import stages)
 # The pipeline's stage files (paths in both are the project root's: sources/ has ``wdir: ..``)
 PIPELINE_FILES = ("dvc.yaml", "sources/dvc.yaml")
 CODE_SUFFIX = ".py"

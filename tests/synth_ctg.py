@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import wfdb
@@ -208,4 +209,52 @@ def make_ctg_mirror(
         fhr, uc, ph = synth_record(rng, bool(acid), rng.uniform(*duration_min))
         write_ctg_record(folder, name, fhr, uc, ph=ph)
     write_index(folder, names)
+    return folder
+
+
+# --------------------------------------------------------------------------- typed settings
+
+
+def ctg_settings(section: str, cls: type, **changes: object) -> Any:
+    """``params.yaml``'s ``section`` as ``cls`` (typed, validated), with ``changes`` applied."""
+    from dataclasses import replace
+
+    from stages.common.settings import load_settings
+
+    root = Path(__file__).resolve().parents[1]
+    return replace(load_settings(cls, section, root / "params.yaml"), **changes)
+
+
+def signal_settings(**changes: object) -> Any:
+    from stages.ctg.signal.settings import CtgSignal
+
+    return ctg_settings("ctg_signal", CtgSignal, **changes)
+
+
+def preprocess_settings(**changes: object) -> Any:
+    from stages.ctg.signal.settings import PreprocessCtg
+
+    return ctg_settings("preprocess_ctg", PreprocessCtg, **changes)
+
+
+def train_settings(**changes: object) -> Any:
+    from stages.ctg.models.settings import TrainCtg
+
+    return ctg_settings("train_ctg", TrainCtg, **changes)
+
+
+def untrained_model_dir(
+    folder: Path, last_minutes: float = 20, threshold: float | None = 0.5, **net: object
+) -> Path:
+    """A seeded, untrained network (``train_ctg`` of params.yaml with ``net`` changes, on the
+    last ``last_minutes``) saved as ``train_ctg`` saves it: scoring mechanics, not skill."""
+    from stages.common.ml.training import seed_everything
+    from stages.ctg.models import network
+
+    pre = preprocess_settings(last_minutes=last_minutes)
+    arch = train_settings(window_minutes=last_minutes, **net)
+    seed_everything(0)
+    model = network.build_model(network.window_steps(arch.window_minutes, pre), arch)
+    norm = network.normalisation(arch)
+    network.save_model_dir(folder, model, signal_settings(), pre, norm, threshold, "test")
     return folder

@@ -38,9 +38,11 @@ TRAIN_CTG_REPORT = Path("data/reports/train_ctg.json")
 OOF_PREDICTIONS_CSV = Path("data/reports/train_ctg/oof_predictions.csv")
 LEARNING_CURVES_CSV = Path("data/reports/train_ctg/learning_curves.csv")
 
-# evaluate_ctg writes its metrics and the curves/figures folder
+# evaluate_ctg writes its metrics, the curves/figures folder and every family's out-of-fold
+# predictions side by side (what the registry stage reads)
 EVALUATE_CTG_REPORT = Path("data/reports/evaluate_ctg.json")
 EVALUATE_CTG_DIR = Path("data/reports/evaluate_ctg")
+EVALUATE_OOF_CSV = Path("data/reports/evaluate_ctg/oof_predictions.csv")
 
 # train_families_ctg writes the feature families' model folders (one per family), their metrics
 # and out-of-fold predictions

@@ -1,5 +1,5 @@
-"""The real ``dvc repro evaluate_ctg`` and ``train_families_ctg`` on a toy repository with a tiny
-synthetic mirror (one test: the families reuse the network the first repro trained)."""
+"""The real ``dvc repro evaluate_ctg`` (network, feature families, evaluation) on a toy repository
+with a tiny synthetic mirror."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.common.ml.paired import delong_test
-from stages.common.params import load_params
 from stages.common.registry import tracking
 from stages.ctg.models.family_predictor import linear_proba
+from stages.ctg.models.family_predictor import load_predictor as load_family
 from stages.ctg.signal.wfdb_record import read_ctg_record
 from tests.conftest import run_dvc, set_params
 from tests.synth_ctg import make_ctg_mirror
@@ -25,6 +24,7 @@ TINY = {
     "preprocess_ctg": {"last_minutes": 30},
     "split_ctg": {"n_folds": 3},
     "train_ctg": {
+        "window_minutes": 30,  # at most preprocess_ctg.last_minutes (an error otherwise)
         "epochs": 2,
         "patience": 1,
         "units": 4,
@@ -60,8 +60,7 @@ def test_dvc_repro_evaluate_ctg(
     assert 0.0 <= train["cv_auc"] <= 1.0 and set(train["fold"]) == {"0", "1", "2"}
     assert "decision" not in train and "total_s" not in train  # run facts: data/runs/
     run = json.loads((toy_repo / "data/runs/train_ctg.json").read_text())
-    assert "decision" not in run  # train_families_ctg registers and decides, once
-    assert tracking.alias_version(NAME, "champion") is None
+    assert "decision" not in run  # the registry stage registers and decides, once
     oof = pd.read_csv(reports / "train_ctg/oof_predictions.csv", dtype={"record": str})
     assert list(oof.columns) == ["record", "fold", "label", "ph", "probability"]
     assert len(oof) == 12 and oof["probability"].between(0, 1).all()
@@ -80,7 +79,8 @@ def test_dvc_repro_evaluate_ctg(
         "lstm.auc",
         "lstm.auc_ci_low",
         "lstm.auc_ci_high",
-        "baseline.auc",
+        "logistic.auc",
+        "hybrid.auc",
         "lstm.ph705.auc",
         "lstm.sensitivity",
         "lstm.n_pos",
@@ -95,9 +95,6 @@ def test_dvc_repro_evaluate_ctg(
 
     shown = run_dvc(toy_repo, "metrics", "show").stdout
     assert "lstm.auc" in shown and "cv_auc" in shown
-
-    families = run_dvc(toy_repo, "repro", "train_families_ctg").stdout
-    assert ran_stages(families) == {"source_ctg", "train_families_ctg"}, families
     check_families(toy_repo, mirror, ev)
 
     # nothing new: only the always-changed source check runs, everything below is skipped
@@ -110,68 +107,40 @@ def test_dvc_repro_evaluate_ctg(
     for upstream in ("ingest_ctg:", "preprocess_ctg:", "split_ctg:", "featurize_ctg:"):
         assert upstream not in status, status
     third = run_dvc(toy_repo, "repro", "evaluate_ctg").stdout
-    assert ran_stages(third) == {"source_ctg", "train_ctg", "evaluate_ctg"}, third
+    # the hybrid stacks the network: the families are refitted on the new network
+    assert ran_stages(third) == {"source_ctg", "train_ctg", "train_families_ctg", "evaluate_ctg"}, (
+        third
+    )
 
 
 def check_families(repo: Path, mirror: Path, evaluate: dict) -> None:
-    """Four families registered with one input schema and a model card, the champion by the
-    paired rule, raw records scored by each pyfunc with featurize_ctg's features."""
-    import mlflow
-
+    """Every family evaluated once, from the training stages' out-of-fold predictions (the
+    registry's contract), and each family's model folder scoring raw records with
+    featurize_ctg's features; no registration before the registry stage."""
     report = json.loads((repo / "data/reports/train_families_ctg.json").read_text())
-    assert set(report["families"]) == FAMILIES
-    for s in report["families"].values():
-        assert s["auc_ci_low"] <= s["cv_auc"] <= s["auc_ci_high"] and s["n_records"] == 12
-        assert 0 <= s["sensitivity"] <= 1 and 0 <= s["specificity"] <= 1
-    assert report["families"]["logistic"]["vs_logistic"]["difference"] == 0.0
-    # the logistic family is evaluate_ctg's baseline: same model, same folds
-    assert report["families"]["logistic"]["cv_auc"] == pytest.approx(evaluate["baseline.auc"])
-    oof = pd.read_csv(
-        repo / "data/reports/train_families_ctg/oof_predictions.csv", dtype={"record": str}
-    )
+    assert set(report["families"]) == FAMILIES - {"lstm"}
+    assert set(evaluate["families"]) == FAMILIES
+    for f, s in evaluate["families"].items():
+        assert set(s) == {"auc", "auc_ci_low", "auc_ci_high", "sensitivity", "specificity",
+                          "threshold", "n_pos", "n_neg"}  # fmt: skip
+        assert s["auc_ci_low"] <= s["auc"] <= s["auc_ci_high"] and s["n_pos"] + s["n_neg"] == 12
+        if f != "lstm":  # the stored alert threshold is the evaluated one
+            assert s["threshold"] == pytest.approx(report["families"][f]["alert_threshold"])
+            assert s["auc"] == pytest.approx(report["families"][f]["cv_auc"])
+    assert evaluate["paired_vs_logistic"]["logistic"]["difference"] == 0.0
+    oof = pd.read_csv(repo / "data/reports/evaluate_ctg/oof_predictions.csv", dtype={"record": str})
+    assert list(oof.columns) == ["record", "fold", "y", "lstm", "logistic", "gbm", "hybrid"]
     lstm = pd.read_csv(repo / "data/reports/train_ctg/oof_predictions.csv", dtype={"record": str})
     assert list(oof["record"]) == list(lstm["record"]) and list(oof["fold"]) == list(lstm["fold"])
-    assert np.allclose(oof["lstm"], lstm["probability"])
-
-    client = tracking.client()
-    versions = sorted(client.search_model_versions(f"name='{NAME}'"), key=lambda m: int(m.version))
-    family = {mv.tags["family"]: mv for mv in versions}
-    assert set(family) == FAMILIES and len(versions) == 4
-    # the baseline registers first: on an empty registry it is the incumbent
-    assert versions[0].tags["family"] == "logistic"
-    assert versions[0].tags["promotion_decision"] == "promoted"
-    schemas = {
-        f: mlflow.models.get_model_info(f"models:/{NAME}/{mv.version}").signature.to_dict()
-        for f, mv in family.items()
-    }
-    assert all(s == schemas["lstm"] for s in schemas.values())  # inputs and outputs alike
-    for f, mv in family.items():  # each card quotes the figures the stage's report holds
-        s = report["families"][f]
-        assert f"Family `{f}`" in mv.description and "cv_auc" in mv.description
-        for value in (s["cv_auc"], s["auc_ci_low"], s["auc_ci_high"]):
-            assert f"{value:.4f}" in mv.description, (f, value)
-        assert f"{s['n_pos']} acidaemic / {s['n_records'] - s['n_pos']} not" in mv.description
-
-    # The champion by the paired rule, replayed in registration order on the same records.
-    y, champion = oof["label"].to_numpy(int), None
-    margin = float(load_params("train_families_ctg", repo / "params.yaml")["promote_margin"])
-    for mv in versions:
-        f = mv.tags["family"]
-        if champion is None:
-            promote = True
-        else:
-            d = delong_test(y, oof[champion].to_numpy(), oof[f].to_numpy())
-            promote = d.difference >= margin and d.ci_low > 0
-        assert mv.tags["promotion_decision"] == ("promoted" if promote else "rejected"), f
-        champion = f if promote else champion
-    assert tracking.alias_version(NAME, "champion") == str(family[champion].version)
+    assert np.allclose(oof["lstm"], lstm["probability"]) and (oof["y"] == lstm["label"]).all()
+    assert tracking.alias_version(NAME, "champion") is None  # nothing registered yet
 
     # Raw records in, as for the network; the served features are featurize_ctg's.
     rec = read_ctg_record(mirror / "1001")
     frame = pd.DataFrame({"fhr_bpm": [rec.fhr_bpm.tolist()], "uc": [rec.uc.tolist()],
                           "fs_hz": [rec.fs_hz]})  # fmt: skip
     served = {
-        f: tracking.load_model(f"models:/{NAME}/{family[f].version}").predict(frame)
+        f: load_family({"model_dir": str(repo / "data/models/ctg_families" / f)}).predict(frame)
         for f in ("logistic", "gbm", "hybrid")
     }
     for out in served.values():

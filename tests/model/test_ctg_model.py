@@ -11,13 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.common.params import load_params
 from stages.common.registry import tracking
 from stages.ctg.models import network as ctg_model
 from stages.ctg.models.registration import SIGNATURE, example_input
-from stages.ctg.pipeline import train
+from stages.ctg.models.training import fit_network
 from stages.ctg.signal.preprocessing import preprocess_signals
-from tests.synth_ctg import synth_record
+from tests.synth_ctg import preprocess_settings, signal_settings, synth_record, train_settings
 from tests.synth_registry import oof_evaluation
 
 pytestmark = pytest.mark.model
@@ -26,16 +25,11 @@ FS_HZ = 4.0
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def small_params() -> dict[str, Any]:
-    params = dict(load_params("train_ctg", ROOT / "params.yaml"))
-    params.update(epochs=2, patience=1, units=8, dense_units=4, conv_filters=8, batch_size=8)
-    return params
-
-
-def preprocess_params() -> dict[str, Any]:
-    params = dict(load_params("preprocess_ctg", ROOT / "params.yaml"))
-    params["last_minutes"] = 20  # short synthetic records and fast tests
-    return params
+def small_net() -> Any:
+    return train_settings(
+        epochs=2, patience=1, units=8, dense_units=4, conv_filters=8, batch_size=8,
+        window_minutes=20,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +42,7 @@ def records() -> list[tuple[np.ndarray, np.ndarray, int]]:
     return out
 
 
-def training_arrays(recs: list, pre: dict, norm: dict) -> tuple[np.ndarray, np.ndarray]:
+def training_arrays(recs: list, pre: Any, norm: Any) -> tuple[np.ndarray, np.ndarray]:
     pairs = [preprocess_signals(f, u, FS_HZ, pre) for f, u, _ in recs]
     x = ctg_model.model_inputs(
         np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), norm
@@ -58,12 +52,12 @@ def training_arrays(recs: list, pre: dict, norm: dict) -> tuple[np.ndarray, np.n
 
 @pytest.fixture(scope="module")
 def trained(records: list, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    params, pre = small_params(), preprocess_params()
+    params, pre = small_net(), preprocess_settings(last_minutes=20)  # short synthetic records
     norm = ctg_model.normalisation(params)
     x, y = training_arrays(records, pre, norm)
-    net, curves, _ = train.fit_network(x, y, params, seed=5)
+    net, curves, _ = fit_network(x, y, 5, params)
     folder = tmp_path_factory.mktemp("ctg_model")
-    ctg_model.save_model_dir(folder, net, pre, norm, 0.5, params["min_input_minutes"])
+    ctg_model.save_model_dir(folder, net, signal_settings(), pre, norm, 0.5, "test")
     predictor = ctg_model.load_predictor({"model_dir": str(folder)})
     return {
         "x": x,
@@ -111,7 +105,7 @@ def test_shift_of_a_few_seconds_does_not_flip_prediction(trained: dict, records:
 
 
 def test_same_seed_same_model(trained: dict) -> None:
-    net, _, _ = train.fit_network(trained["x"], trained["y"], trained["params"], seed=5)
+    net, _, _ = fit_network(trained["x"], trained["y"], 5, trained["params"])
     np.testing.assert_allclose(
         ctg_model.predict_proba(net, trained["x"]),
         ctg_model.predict_proba(trained["net"], trained["x"]),

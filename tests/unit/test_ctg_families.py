@@ -3,18 +3,19 @@ the served predictor's input (the network's) on raw synthetic records."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from stages.common.params import load_params
 from stages.ctg.features.figo import record_features
 from stages.ctg.models import families
 from stages.ctg.models import family_predictor as fm
+from stages.ctg.models.settings import Gbm
 from stages.ctg.signal.cleaning import CleaningParams
-from tests.synth_ctg import synth_fhr
+from tests.synth_ctg import preprocess_settings, signal_settings, synth_fhr
 
 pytestmark = pytest.mark.unit
 
@@ -90,8 +91,8 @@ def test_exported_logistic_scores_as_scikit_learn() -> None:
 
 def test_exported_trees_score_as_scikit_learn_missing_values_included() -> None:
     x, y = _features()
-    gbm = {"max_iter": 30, "learning_rate": 0.1, "max_leaf_nodes": 6, "min_samples_leaf": 5,
-           "l2_regularization": 1.0}  # fmt: skip
+    gbm = Gbm(**{"max_iter": 30, "learning_rate": 0.1, "max_leaf_nodes": 6, "min_samples_leaf": 5,
+           "l2_regularization": 1.0})  # fmt: skip
     clf = families.gbm_classifier(gbm, 0).fit(x, y)
     scorer, trees = fm.export_trees(clf)
     assert trees["tree_start"].size == 30
@@ -116,18 +117,19 @@ def _config(columns: list[str], scorer: dict) -> dict:
         "family": "logistic",
         "columns": columns,
         "window_min": 60.0,
-        "preprocess_ctg": load_params("preprocess_ctg", ROOT / "params.yaml"),
+        "ctg_signal": asdict(signal_settings()),
+        "preprocess_ctg": asdict(preprocess_settings()),
         "alert_threshold": 0.5,
-        "min_input_minutes": 10.0,
-        "max_input_minutes": 180.0,
+        "threshold_rule": "test",
         "scorer": scorer,
     }
 
 
 def test_served_family_computes_the_pipelines_features_from_raw_input(tmp_path: Path) -> None:
     fhr, uc = _record()
-    pre = load_params("preprocess_ctg", ROOT / "params.yaml")
-    expected = record_features(fhr, uc, 4.0, 60.0, CleaningParams.from_params(pre))
+    expected = record_features(
+        fhr, uc, 4.0, 60.0, CleaningParams.from_settings(preprocess_settings())
+    )
     columns = sorted(expected)
     k = len(columns)
     scorer = {"kind": "linear", "median": [0.0] * k, "mean": [0.0] * k, "scale": [1.0] * k,

@@ -13,10 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.common.params import load_params
 from stages.ctg.models import network as ctg_model
 from stages.ctg.models.network import CtgPredictor
-from tests.synth_ctg import synth_record
+from tests.synth_ctg import preprocess_settings, signal_settings, synth_record, train_settings
 
 pytestmark = pytest.mark.unit
 
@@ -24,13 +23,32 @@ ROOT = Path(__file__).resolve().parents[2]
 FS_HZ = 4.0
 
 
-def predictor(**config: Any) -> CtgPredictor:
-    pre = dict(load_params("preprocess_ctg", ROOT / "params.yaml"))
-    pre["last_minutes"] = 20
-    norm = ctg_model.normalisation(load_params("train_ctg", ROOT / "params.yaml"))
-    return CtgPredictor(
-        None, {"preprocess_ctg": pre, "normalisation": norm, "min_input_minutes": 10, **config}
-    )
+def predictor(**signal: Any) -> CtgPredictor:
+    """The network's predictor (no network) on the last 20 min; ``signal``: ctg_signal changes."""
+    from dataclasses import asdict
+
+    net = train_settings()
+    config = {
+        "ctg_signal": asdict(signal_settings(**signal)),
+        "preprocess_ctg": asdict(preprocess_settings(last_minutes=20)),
+        "normalisation": asdict(ctg_model.normalisation(net)),
+        "alert_threshold": None,
+        "threshold_rule": "test",
+        "seq_len": 1200,
+    }
+    return CtgPredictor(None, config)
+
+
+def test_a_saved_config_without_a_key_is_an_error_naming_it() -> None:
+    """No fallback: a model folder saved by this code holds every key the predictor reads."""
+    from stages.common.settings import SettingsError
+
+    good = predictor().config
+    bad = {**good, "ctg_signal": {k: v for k, v in good["ctg_signal"].items() if k != "fs_hz"}}
+    with pytest.raises(SettingsError, match="fs_hz"):
+        CtgPredictor(None, bad)
+    with pytest.raises(KeyError, match="seq_len"):
+        CtgPredictor(None, {k: v for k, v in good.items() if k != "seq_len"})
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +95,7 @@ def test_records_longer_than_max_input_minutes_are_refused(minutes: float, accep
 
 def test_default_maximum_is_documented_and_enforced() -> None:
     p = predictor()
-    assert p.max_input_minutes == CtgPredictor.DEFAULT_MAX_INPUT_MINUTES == 180.0
+    assert p.max_input_minutes == 180.0  # ctg_signal.max_input_minutes
     n = 10 * 60 * 60 * 4  # a 10-hour record
     with pytest.raises(ValueError, match="600.0 min.*at most 180 min"):
         p.prepare({"fhr_bpm": np.full(n, 140.0), "uc": np.full(n, 10.0)})

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import wfdb
 
+from stages.common.settings import SettingsError, load_settings, parse_settings
 from stages.ctg.signal.cleaning import (
     CleaningParams,
     clean_fhr,
@@ -19,6 +21,7 @@ from stages.ctg.signal.cleaning import (
 )
 from stages.ctg.signal.preprocessing import output_length, preprocess_signals
 from stages.ctg.signal.resampling import fhr_resample
+from stages.ctg.signal.settings import PreprocessCtg
 from stages.ctg.signal.wfdb_record import CtgReadError, read_ctg_record
 from tests.synth_ctg import synth_fhr, synth_uc, write_ctg_record
 
@@ -26,7 +29,6 @@ pytestmark = pytest.mark.unit
 
 FS = 4.0
 PARAMS = {
-    "fs_in_hz": 4,
     "fs_out_hz": 1,
     "resample_method": "polyphase",
     "max_jump_bpm": 25,
@@ -39,6 +41,7 @@ PARAMS = {
     "last_minutes": 20,
     "ph_threshold": 7.15,
 }
+PRE = parse_settings(PreprocessCtg, PARAMS, "preprocess_ctg")
 
 
 @pytest.fixture
@@ -108,67 +111,63 @@ def test_fill_short_gaps_only_interior_and_short() -> None:
 
 def test_clean_fhr_keeps_deceleration_depth(rng: np.random.Generator) -> None:
     fhr = synth_fhr(4800, FS, 140, decels=[(600, 90, 30)], rng=rng, variability_bpm=1.0)
-    out = clean_fhr(fhr, FS, CleaningParams.from_params(PARAMS))
+    out = clean_fhr(fhr, FS, CleaningParams.from_settings(PRE))
     nadir = out[int(600 * FS) : int(690 * FS)].min()
     assert 100 <= nadir <= 118
     assert np.nanmedian(out) == pytest.approx(140, abs=4)
 
 
 def test_cleaning_params_come_from_the_preprocess_section() -> None:
-    from stages.common.params import load_params
-
     root = Path(__file__).resolve().parents[2]
-    section = dict(load_params("preprocess_ctg", root / "params.yaml"))
-    cleaning = CleaningParams.from_params(section)
-    assert cleaning == CleaningParams.from_params(PARAMS)  # params.yaml: the published values
+    section = load_settings(PreprocessCtg, "preprocess_ctg", root / "params.yaml")
+    cleaning = CleaningParams.from_settings(section)
+    assert cleaning == CleaningParams.from_settings(PRE)  # params.yaml: the published values
     assert cleaning == CleaningParams(25.0, 15.0, 5.0, 50.0, 240.0, "linear")
-    # a model saved before the optional keys were parameters keeps the same cleaning
-    old = {k: v for k, v in PARAMS.items() if k not in {"min_run_s", "fhr_min_bpm", "gap_fill"}}
-    assert CleaningParams.from_params(old) == cleaning
-    with pytest.raises(KeyError, match="max_gap_s"):
-        CleaningParams.from_params({"max_jump_bpm": 25})
+    # no defaults: a section without a cleaning key is an error naming it
+    with pytest.raises(SettingsError, match="min_run_s"):
+        parse_settings(PreprocessCtg, {k: v for k, v in PARAMS.items() if k != "min_run_s"}, "p")
     with pytest.raises(ValueError, match="gap_fill"):
-        CleaningParams.from_params({**PARAMS, "gap_fill": "spline"})
+        CleaningParams.from_settings(replace(PRE, gap_fill="spline"))
 
 
 def test_cleaning_params_change_the_cleaning(rng: np.random.Generator) -> None:
     uc = synth_uc(4800, FS, [], rng)
     uc[1000:1040] = 0.0  # a 10 s gap: filled at max_gap_s 15, kept at 5
-    wide = clean_uc(uc, FS, CleaningParams.from_params(PARAMS))
-    narrow = clean_uc(uc, FS, CleaningParams.from_params({**PARAMS, "max_gap_s": 5}))
+    wide = clean_uc(uc, FS, CleaningParams.from_settings(PRE))
+    narrow = clean_uc(uc, FS, CleaningParams.from_settings(replace(PRE, max_gap_s=5)))
     assert np.isfinite(wide[1000:1040]).all() and np.isnan(narrow[1000:1040]).all()
     fhr = synth_fhr(4800, FS, 140, decels=[], rng=rng, variability_bpm=1.0)
     fhr[2000:2100] = 45.0  # below 50 bpm: an artefact unless the range says otherwise
-    strict = clean_fhr(fhr, FS, CleaningParams.from_params(PARAMS))
-    loose = clean_fhr(fhr, FS, CleaningParams.from_params({**PARAMS, "fhr_min_bpm": 40}))
+    strict = clean_fhr(fhr, FS, CleaningParams.from_settings(PRE))
+    loose = clean_fhr(fhr, FS, CleaningParams.from_settings(replace(PRE, fhr_min_bpm=40)))
     assert np.isnan(strict[2000:2100]).all() and np.allclose(loose[2000:2100], 45.0)
 
 
 def test_polyphase_is_antialiased_and_decimate_aliases() -> None:
     t_s = np.arange(4800) / FS
     tone = 140 + 5 * np.sin(2 * np.pi * 0.9 * t_s)  # above the 0.5 Hz Nyquist of 1 Hz output
-    poly = fhr_resample(tone, 4, 1, "polyphase")
-    deci = fhr_resample(tone, 4, 1, "decimate")
+    poly = fhr_resample(tone, 4, 1, "polyphase", 0.5)
+    deci = fhr_resample(tone, 4, 1, "decimate", 0.5)
     assert poly.shape == deci.shape == (1200,)
     assert np.std(poly[50:-50]) < 0.5  # filtered out
     assert np.std(deci) > 2.0  # folded down to 0.1 Hz
-    const = fhr_resample(np.full(4800, 140.0), 4, 1, "polyphase")
+    const = fhr_resample(np.full(4800, 140.0), 4, 1, "polyphase", 0.5)
     np.testing.assert_allclose(const, 140.0, atol=1e-6)
     with pytest.raises(ValueError, match="unknown resample method"):
-        fhr_resample(tone, 4, 1, "fourier")
+        fhr_resample(tone, 4, 1, "fourier", 0.5)
 
 
 def test_polyphase_remasks_long_gaps() -> None:
     x = np.full(2400, 140.0)
     x[800:1040] = np.nan  # 60 s gap
-    y = fhr_resample(x, 4, 1, "polyphase")
+    y = fhr_resample(x, 4, 1, "polyphase", 0.5)
     assert np.isnan(y[205:255]).all()
     assert np.isfinite(y[:195]).all() and np.isfinite(y[265:]).all()
 
 
 @pytest.mark.parametrize("method", ["polyphase", "decimate"])
 def test_preprocess_signals_fixed_length_end_aligned(method: str, rng: np.random.Generator) -> None:
-    params = {**PARAMS, "resample_method": method}
+    params = replace(PRE, resample_method=method)
     n_out = output_length(params)
     assert n_out == 20 * 60
     # Long record: 30 min at 160 bpm then the last 20 min at 120 bpm -> output is the end.
@@ -190,7 +189,7 @@ def test_preprocess_signals_fixed_length_end_aligned(method: str, rng: np.random
 
 
 def test_preprocess_signals_all_lost_is_all_nan() -> None:
-    f, u = preprocess_signals(np.zeros(4800), np.zeros(4800), FS, PARAMS)
+    f, u = preprocess_signals(np.zeros(4800), np.zeros(4800), FS, PRE)
     assert np.isnan(f).all() and np.isnan(u).all()
 
 

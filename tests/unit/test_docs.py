@@ -482,16 +482,16 @@ def test_figures_check_flags_a_changed_metric(tmp_path: Path) -> None:
     from tests import doc_figures
 
     def family(auc: float) -> dict:
-        return {"cv_auc": auc, "auc_ci_low": auc - 0.1, "auc_ci_high": auc + 0.1}
+        return {"auc": auc, "auc_ci_low": auc - 0.1, "auc_ci_high": auc + 0.1}
 
-    reports = {"train_families_ctg": {"families": {"lstm": family(0.7), "logistic": family(0.72)}}}
+    reports = {"evaluate_ctg": {"families": {"lstm": family(0.7), "logistic": family(0.72)}}}
     doc = tmp_path / "doc.md"
     doc.write_text("x\n<!-- figures:headline -->\nold\n<!-- /figures -->\n")
     assert doc_figures.stale_blocks([doc], reports) == ["doc.md: headline"]
     doc_figures.stale_blocks([doc], reports, write=True)
     assert "lstm 0.700 [0.600, 0.800], logistic 0.720 [0.620, 0.820]" in doc.read_text()
     assert doc_figures.stale_blocks([doc], reports) == []
-    reports["train_families_ctg"]["families"]["lstm"]["cv_auc"] = 0.71  # a metric moves
+    reports["evaluate_ctg"]["families"]["lstm"]["auc"] = 0.71  # a metric moves
     assert doc_figures.stale_blocks([doc], reports) == ["doc.md: headline"]
     # a block whose report is not committed says so, and is not stale for that
     doc.write_text("<!-- figures:us -->\n<!-- /figures -->\n")

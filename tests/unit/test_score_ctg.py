@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -11,13 +12,11 @@ import pytest
 
 from stages.cli import main as fetal
 from stages.common import scoring
-from stages.common.ml.training import seed_everything
-from stages.common.params import load_params
 from stages.common.registry import tracking
 from stages.ctg.models import network as ctg_model
 from stages.ctg.models import registration as registry
 from stages.ctg.serving import score
-from tests.synth_ctg import synth_record, write_ctg_record
+from tests.synth_ctg import synth_record, untrained_model_dir, write_ctg_record
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,15 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained (seeded) network saved as train_ctg does: scoring mechanics, not skill."""
-    params = dict(load_params("train_ctg", ROOT / "params.yaml"))
-    params.update(units=4, dense_units=4, conv_filters=4)
-    pre = dict(load_params("preprocess_ctg", ROOT / "params.yaml"))
-    pre["last_minutes"] = 20
-    seed_everything(0)
-    net = ctg_model.build_model(int(pre["last_minutes"] * 60 * pre["fs_out_hz"]), params)
     folder = tmp_path_factory.mktemp("ctg_model")
-    ctg_model.save_model_dir(folder, net, pre, ctg_model.normalisation(params), 0.5, 10.0)
-    return folder
+    return untrained_model_dir(folder, units=4, dense_units=4, conv_filters=4)
 
 
 @pytest.fixture
@@ -223,15 +215,22 @@ def test_follow_links_scores_linked_records_and_flag_overrides_minimum(
     assert "out.dat: missing" in preds.loc["linkhea", "error"]
 
 
+def validate_settings() -> Any:
+    from stages.common.settings import load_settings
+    from stages.ctg.intake.record_checks import ValidateCtg
+
+    return load_settings(ValidateCtg, "validate_ctg", ROOT / "params.yaml")
+
+
 def test_same_checks_as_validation(hostile_dir: Path) -> None:
     """A record the validate_ctg rules refuse is refused at scoring with the same reason."""
     from stages.ctg.intake.record_checks import record_failures, record_stats
     from stages.ctg.signal.wfdb_record import read_ctg_record
 
-    params = load_params("validate_ctg", ROOT / "params.yaml")
-    rules = score.Rules(hostile_dir, params, 0.3, 10**6)
+    params = validate_settings()
+    rules = score.Rules(hostile_dir, params, 4.0, 0.3, 10**6, False)
     rec = read_ctg_record(hostile_dir / "fs8")
-    expected = record_failures(record_stats(rec), params)
+    expected = record_failures(record_stats(rec, 50.0, 240.0), params, 4.0)
     assert expected and expected[0].startswith("wrong_sampling_rate")
     with pytest.raises(score.RecordRejected, match="wrong_sampling_rate"):
         score.checked_record(hostile_dir / "fs8.hea", rules)
@@ -286,7 +285,7 @@ def test_scoring_refuses_exactly_what_the_validation_suite_quarantines(tmp_path:
     from stages.ctg.intake.record_checks import record_failures
     from stages.ctg.pipeline import validate
 
-    params = load_params("validate_ctg", ROOT / "params.yaml")
+    params = validate_settings()
     folder = tmp_path / "raw"
     rng = np.random.default_rng(9)
     fhr, uc, _ = synth_record(rng, acidemic=False, duration_min=40.0)
@@ -301,10 +300,10 @@ def test_scoring_refuses_exactly_what_the_validation_suite_quarantines(tmp_path:
     for name, (f, u, fs) in variants.items():
         write_ctg_record(folder, name, f, u, ph=7.2, fs_hz=fs)
     table = validate.stats_table(folder, list(variants), params)
-    report = run_expectations(table, "ctg", validate.ctg_expectations(params), "record")
+    report = run_expectations(table, "ctg", validate.ctg_expectations(params, 4.0), "record")
     for _, stats in table.iterrows():
         suite = set(report.failures.get(stats["record"], []))
-        ours = {r.split(":")[0] for r in record_failures(stats, params)}
+        ours = {r.split(":")[0] for r in record_failures(stats, params, 4.0)}
         assert ours == suite, stats["record"]
     assert {r for r in variants if report.failures.get(r)} == set(variants) - {"good"}
 

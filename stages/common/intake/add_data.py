@@ -96,9 +96,13 @@ def ctg_reasons(folder: Path, names: list[str], params: dict[str, Any]) -> dict[
 
     ``stages.ctg.intake.record_checks`` holds the rule table the stage's GX suite is built from.
     """
-    from stages.ctg.intake.record_checks import record_failures, record_stats
+    from stages.common.settings import load_settings, parse_settings
+    from stages.ctg.intake.record_checks import ValidateCtg, record_failures, record_stats
+    from stages.ctg.signal.settings import CtgSignal
     from stages.ctg.signal.wfdb_record import CtgReadError, read_ctg_record
 
+    rules = parse_settings(ValidateCtg, params, "validate_ctg")
+    fs_hz = load_settings(CtgSignal, "ctg_signal").fs_hz
     out = {}
     for name in names:
         try:
@@ -106,8 +110,8 @@ def ctg_reasons(folder: Path, names: list[str], params: dict[str, Any]) -> dict[
         except CtgReadError as exc:
             out[name] = f"unreadable: {exc.reason}"
             continue
-        stats = record_stats(rec, params["fhr_min_bpm"], params["fhr_max_bpm"])
-        why = record_failures(stats, params)
+        stats = record_stats(rec, rules.fhr_min_bpm, rules.fhr_max_bpm)
+        why = record_failures(stats, rules, fs_hz)
         ph = stats["ph"]  # the suite's outcome rules: a record to train on needs its label
         if ph is None or math.isnan(ph):
             why.append(f"ph_missing_or_not_numeric ({stats['ph_text']!r})")

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy.signal import find_peaks
 
+from stages.common.settings import settings
 from stages.ctg.signal.cleaning import CleaningParams, clean_fhr, clean_uc, last_window
 
 EPISODE_BPM = 15.0  # FIGO: accelerations/decelerations are 15 bpm off the baseline
@@ -30,6 +31,14 @@ PROLONGED_S = 180.0  # FIGO prolonged deceleration: > 3 min
 TACHY_BPM = 160.0
 BRADY_BPM = 110.0
 REDUCED_VARIABILITY_BPM = 5.0  # FIGO reduced variability: bandwidth < 5 bpm
+
+
+@settings
+class FeaturizeCtg:
+    """``featurize_ctg``: the last ``window_min`` minutes of each record are described (min);
+    the served feature models describe the same window."""
+
+    window_min: float
 
 
 def runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

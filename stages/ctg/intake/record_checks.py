@@ -16,15 +16,60 @@ from typing import Any
 
 import numpy as np
 
+from stages.common.settings import settings
 from stages.ctg.signal.wfdb_record import CtgRecord
 
 # (stats column, lowest allowed or None, highest allowed or None, reason)
 Limit = tuple[str, float | None, float | None, str]
 
 
-def record_stats(
-    rec: CtgRecord, fhr_min_bpm: float = 50.0, fhr_max_bpm: float = 240.0
-) -> dict[str, Any]:
+@settings
+class ValidateCtg:
+    """``validate_ctg``: what a raw record must meet (the sampling rate: ``ctg_signal.fs_hz``).
+
+    Attributes
+    ----------
+    channels
+        Required signal names, in order.
+    fhr_min_bpm, fhr_max_bpm
+        Plausible FHR range (bpm) of the out-of-range statistic.
+    max_fhr_out_of_range_frac
+        Highest fraction of the present FHR samples outside that range.
+    uc_min, uc_max
+        Plausible UC range (sensor units).
+    ph_min, ph_max
+        Plausible umbilical-artery pH range.
+    min_duration_min
+        Shortest accepted recording (min).
+    max_signal_loss
+        Fraction of FHR lost above which a record fails.
+    max_fail_fraction
+        Fraction of failing records above which the stage fails.
+    """
+
+    channels: tuple[str, ...]
+    fhr_min_bpm: float
+    fhr_max_bpm: float
+    max_fhr_out_of_range_frac: float
+    uc_min: float
+    uc_max: float
+    ph_min: float
+    ph_max: float
+    min_duration_min: float
+    max_signal_loss: float
+    max_fail_fraction: float
+
+
+@settings
+class ScoreCtg:
+    """``score_ctg``: ``fetal score-ctg`` abstains below ``min_signal_fraction`` of FHR present
+    in the analysed window and reads no file over ``max_file_mb`` (MB)."""
+
+    min_signal_fraction: float
+    max_file_mb: float
+
+
+def record_stats(rec: CtgRecord, fhr_min_bpm: float, fhr_max_bpm: float) -> dict[str, Any]:
     """Statistics of one readable record that the suite checks (FHR 0 = loss, not range)."""
     fhr = rec.fhr_bpm
     present = fhr[fhr > 0]
@@ -49,39 +94,33 @@ def record_stats(
     }
 
 
-def record_limits(params: Mapping[str, Any]) -> list[Limit]:
-    """The record-level range rules from the ``validate_ctg`` params, in the suite's order."""
-    fs = float(params["fs_hz"])
+def record_limits(rules: ValidateCtg, fs_hz: float) -> list[Limit]:
+    """The record-level range rules, in the suite's order; ``fs_hz``: ``ctg_signal.fs_hz``."""
     return [
-        ("fs_hz", fs, fs, "wrong_sampling_rate"),
-        ("duration_min", float(params["min_duration_min"]), None, "too_short"),
-        ("fhr_loss_frac", None, float(params["max_signal_loss"]), "too_much_signal_loss"),
-        (
-            "fhr_out_of_range_frac",
-            None,
-            float(params["max_fhr_out_of_range_frac"]),
-            "fhr_out_of_range",
-        ),
-        ("uc_min", float(params["uc_min"]), None, "uc_out_of_range"),
-        ("uc_max", None, float(params["uc_max"]), "uc_out_of_range"),
+        ("fs_hz", fs_hz, fs_hz, "wrong_sampling_rate"),
+        ("duration_min", rules.min_duration_min, None, "too_short"),
+        ("fhr_loss_frac", None, rules.max_signal_loss, "too_much_signal_loss"),
+        ("fhr_out_of_range_frac", None, rules.max_fhr_out_of_range_frac, "fhr_out_of_range"),
+        ("uc_min", rules.uc_min, None, "uc_out_of_range"),
+        ("uc_max", None, rules.uc_max, "uc_out_of_range"),
     ]
 
 
-def expected_channels(params: Mapping[str, Any]) -> str:
+def expected_channels(rules: ValidateCtg) -> str:
     """The ``channels`` statistic a record must have (``FHR,UC``)."""
-    return ",".join(params["channels"])
+    return ",".join(rules.channels)
 
 
-def record_failures(stats: Mapping[str, Any], params: Mapping[str, Any]) -> list[str]:
+def record_failures(stats: Mapping[str, Any], rules: ValidateCtg, fs_hz: float) -> list[str]:
     """Why a readable record fails the record-level rules: ``reason: detail`` each, [] if none.
 
     As in the GX suite, a missing (NaN) statistic is not checked (e.g. the out-of-range
     fraction of a record with no FHR sample at all, which signal loss already catches).
     """
     why = []
-    if stats["channels"] != expected_channels(params):
-        why.append(f"wrong_channels: {stats['channels']}, need {expected_channels(params)}")
-    for column, low, high, reason in record_limits(params):
+    if stats["channels"] != expected_channels(rules):
+        why.append(f"wrong_channels: {stats['channels']}, need {expected_channels(rules)}")
+    for column, low, high, reason in record_limits(rules, fs_hz):
         value = float(stats[column])
         if math.isnan(value):
             continue

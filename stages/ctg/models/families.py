@@ -1,8 +1,8 @@
 """The CTG model families beside the network, fitted on ``split_ctg``'s folds: pure functions.
 
 - ``logistic``: median-imputed, standardised, class-balanced L2 logistic regression on the
-  FIGO-style features (:mod:`stages.ctg.features.figo`): the baseline ``evaluate_ctg`` reports, one
-  definition (:func:`logistic_pipeline`);
+  FIGO-style features (:mod:`stages.ctg.features.figo`): the baseline every other family is
+  compared with, fitted once, here (:func:`logistic_pipeline`);
 - ``gbm``: histogram gradient-boosted trees on the same features (scikit-learn's
   ``HistGradientBoostingClassifier``; missing values handled by the trees), seeded;
 - ``hybrid``: stacking (Wolpert 1992, "Stacked generalization", Neural Networks 5:241-259) of the
@@ -22,6 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stages.ctg.models.family_predictor import stack_inputs
+from stages.ctg.models.settings import Gbm, TrainFamiliesCtg
+
 FAMILIES = ("logistic", "gbm", "hybrid")  # fitted by train_families_ctg (lstm: train_ctg)
 BASELINE = "logistic"  # the family every other one is compared with (paired, DeLong)
 
@@ -40,20 +43,53 @@ def logistic_pipeline(c: float, seed: int) -> Any:
     )
 
 
-def gbm_classifier(gbm: Mapping[str, Any], seed: int) -> Any:
-    """Histogram gradient boosting with the ``gbm`` params; no early stopping (no inner split,
+def gbm_classifier(gbm: Gbm, seed: int) -> Any:
+    """Histogram gradient boosting with the ``gbm`` settings; no early stopping (no inner split,
     so the fit is a deterministic function of the rows and the seed)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     return HistGradientBoostingClassifier(
-        max_iter=int(gbm["max_iter"]),
-        learning_rate=float(gbm["learning_rate"]),
-        max_leaf_nodes=int(gbm["max_leaf_nodes"]),
-        min_samples_leaf=int(gbm["min_samples_leaf"]),
-        l2_regularization=float(gbm["l2_regularization"]),
+        max_iter=gbm.max_iter,
+        learning_rate=gbm.learning_rate,
+        max_leaf_nodes=gbm.max_leaf_nodes,
+        min_samples_leaf=gbm.min_samples_leaf,
+        l2_regularization=gbm.l2_regularization,
         early_stopping=False,
         random_state=seed,
     )
+
+
+def makers(fam: TrainFamiliesCtg) -> dict[str, Callable[[], Any]]:
+    """family -> a factory of its unfitted model (scikit-learn)."""
+    return {
+        "logistic": lambda: logistic_pipeline(fam.logistic_c, fam.seed),
+        "gbm": lambda: gbm_classifier(fam.gbm, fam.seed),
+        "hybrid": lambda: logistic_pipeline(fam.hybrid_c, fam.seed),
+    }
+
+
+def family_inputs(features: np.ndarray, lstm_oof: np.ndarray) -> dict[str, np.ndarray]:
+    """family -> its input matrix: the features, and for the hybrid the network's out-of-fold
+    logit first (:func:`stages.ctg.models.family_predictor.stack_inputs`)."""
+    x = np.asarray(features, dtype=np.float64)
+    return {"logistic": x, "gbm": x, "hybrid": stack_inputs(lstm_oof, x)}
+
+
+def cross_validate(
+    inputs: Mapping[str, np.ndarray],
+    y: np.ndarray,
+    folds: np.ndarray,
+    make: Mapping[str, Callable[[], Any]],
+) -> dict[str, np.ndarray]:
+    """family -> out-of-fold probabilities on the network's folds (the hybrid nested in them,
+    :func:`hybrid_oof`)."""
+    oof = {
+        name: oof_predict(make[name], inputs[name], y, folds)
+        for name in FAMILIES
+        if name != "hybrid"
+    }
+    oof["hybrid"] = hybrid_oof(make["hybrid"], inputs["hybrid"], y, folds)
+    return oof
 
 
 def informative_columns(features: pd.DataFrame) -> list[str]:

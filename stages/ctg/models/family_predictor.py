@@ -5,18 +5,19 @@ FIGO-feature logistic regression, gradient-boosted trees on the same features, a
 stacks the Conv1D+LSTM network's logit with the features. Each is saved as a folder this module
 reads:
 
-- ``family.json``: the family, the feature columns, the ``preprocess_ctg`` cleaning and the window
-  the features are computed with, the alert threshold, the input limits, and the scorer (a linear
-  model's imputation, scaling and coefficients, or the trees' baseline);
+- ``family.json``: the family, the feature columns, the ``ctg_signal`` and ``preprocess_ctg``
+  settings (sampling rate, input limits, cleaning) and the window the features are computed with,
+  the alert threshold, and the scorer (a linear model's imputation, scaling and coefficients, or
+  the trees' baseline);
 - ``trees.npz`` (trees only): every tree's nodes as plain arrays;
 - ``lstm/`` (hybrid only): a copy of ``train_ctg``'s model folder
 (:mod:`stages.ctg.models.network`).
 
 Nothing is pickled and nothing here needs scikit-learn: fitted models are exported to arrays and
 scored with numpy (the unit tests check the scores against scikit-learn's own). Input validation
-and output are those of :class:`stages.ctg.models.network.CtgPredictor`, so every family takes the
-same input as the network; the features are :func:`stages.ctg.features.figo.record_features`, the
-code ``featurize_ctg`` runs.
+and output are those of :class:`stages.ctg.models.raw_input.RawInputPredictor`, as for the
+network, so every family takes the same input; the features are
+:func:`stages.ctg.features.figo.record_features`, the code ``featurize_ctg`` runs.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from scipy.special import expit
 
 from stages.common.io import save_npz
 from stages.ctg.features.figo import record_features
 from stages.ctg.models import network as ctg_model
+from stages.ctg.models.raw_input import RawInputPredictor
 from stages.ctg.signal.cleaning import CleaningParams
 
 FAMILY_FILE = "family.json"
@@ -131,7 +132,7 @@ EXPORTS: dict[str, Callable[[Any], tuple[dict[str, Any], dict[str, np.ndarray]]]
 # --------------------------------------------------------------------------- serving
 
 
-class FamilyPredictor(ctg_model.CtgPredictor):
+class FamilyPredictor(RawInputPredictor):
     """A feature family's predictor: the network's input checks, FIGO features, a numpy scorer.
 
     ``score(x) -> probability`` takes the feature matrix (the hybrid's: :func:`stack_inputs`,
@@ -144,13 +145,18 @@ class FamilyPredictor(ctg_model.CtgPredictor):
         score: Callable[[np.ndarray], np.ndarray],
         lstm: ctg_model.CtgPredictor | None = None,
     ) -> None:
-        super().__init__(None, config)
+        super().__init__(config)
         self.score = score
         self.lstm = lstm
         self.family = str(config["family"])
         self.columns = [str(c) for c in config["columns"]]
         self.window_min = float(config["window_min"])
-        self.cleaning = CleaningParams.from_params(self.preprocess_params)
+        self.cleaning = CleaningParams.from_settings(self.preprocess)
+
+    @property
+    def analysed_seconds(self) -> float:
+        """Length (s) of the end of a record the features describe (``window_min``)."""
+        return self.window_min * 60.0
 
     def features(self, model_input: Any) -> np.ndarray:
         """Validated raw input -> FIGO features ``(n, len(columns))``, NaN where unmeasurable."""
@@ -169,13 +175,9 @@ class FamilyPredictor(ctg_model.CtgPredictor):
             return x
         return stack_inputs(self.lstm.predict(model_input)["probability"].to_numpy(), x)
 
-    def predict(self, model_input: Any) -> pd.DataFrame:
-        """``probability`` per row, plus ``alert`` (probability >= threshold) when one is stored."""
-        prob = np.asarray(self.score(self.prepare(model_input)), dtype=np.float64)
-        out = pd.DataFrame({"probability": prob})
-        if self.threshold is not None:
-            out["alert"] = prob >= self.threshold
-        return out
+    def probabilities(self, model_input: Any) -> np.ndarray:
+        """The scorer on the prepared input, one probability per record."""
+        return np.asarray(self.score(self.prepare(model_input)), dtype=np.float64)
 
 
 def save_family_dir(

@@ -15,10 +15,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from stages.common.io import write_csv
-from stages.common.params import load_params, project_root
-from stages.ctg.features.figo import record_features
+from stages.common.params import project_root
+from stages.common.settings import load_settings
+from stages.ctg.features.figo import FeaturizeCtg, record_features
 from stages.ctg.paths import CTU_UHB_RAW, FEATURES_CSV, RECORDS_CSV
 from stages.ctg.signal.cleaning import CleaningParams
+from stages.ctg.signal.settings import CtgSignal, PreprocessCtg
 from stages.ctg.signal.wfdb_record import read_ctg_record
 
 log = logging.getLogger(__name__)
@@ -28,20 +30,17 @@ STAGE = "featurize_ctg"
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params(STAGE)
-    cleaning = CleaningParams.from_params(load_params("preprocess_ctg"))
+    window_min = load_settings(FeaturizeCtg, STAGE).window_min
+    fs_hz = load_settings(CtgSignal, "ctg_signal").fs_hz
+    cleaning = CleaningParams.from_settings(load_settings(PreprocessCtg, "preprocess_ctg"))
     root = project_root()
     names = pd.read_csv(root / RECORDS_CSV, dtype={"record": str})["record"].tolist()
     rows = []
     for name in tqdm(names, disable=None, desc=STAGE):
         rec = read_ctg_record(root / CTU_UHB_RAW / name)
-        if rec.fs_hz != float(params["fs_hz"]):
-            raise SystemExit(
-                f"{STAGE} failed: record {name} is at {rec.fs_hz} Hz, not {params['fs_hz']}"
-            )
-        feats = record_features(
-            rec.fhr_bpm, rec.uc, rec.fs_hz, float(params["window_min"]), cleaning
-        )
+        if rec.fs_hz != fs_hz:
+            raise SystemExit(f"{STAGE} failed: record {name} is at {rec.fs_hz} Hz, not {fs_hz}")
+        feats = record_features(rec.fhr_bpm, rec.uc, rec.fs_hz, window_min, cleaning)
         rows.append({"record": name, **feats})
     features = pd.DataFrame(rows)
     write_csv(root / FEATURES_CSV, features)

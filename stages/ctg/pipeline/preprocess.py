@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +23,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from stages.common.io import write_csv, write_json, write_npz, write_run_report
-from stages.common.params import load_params, project_root
+from stages.common.params import project_root
+from stages.common.settings import load_settings
 from stages.ctg.paths import (
     CTU_UHB_RAW,
     PREPROCESS_CTG_REPORT,
@@ -33,6 +33,7 @@ from stages.ctg.paths import (
     VALIDATION_CSV,
 )
 from stages.ctg.signal.preprocessing import preprocess_signals
+from stages.ctg.signal.settings import PreprocessCtg
 from stages.ctg.signal.wfdb_record import CtgRecord, parse_float, read_ctg_record
 
 log = logging.getLogger(__name__)
@@ -66,27 +67,27 @@ def record_row(rec: CtgRecord, fhr_out: np.ndarray, ph_threshold: float) -> dict
     }
 
 
-def build_sequences(records: list[CtgRecord], params: Mapping[str, Any]) -> Sequences:
+def build_sequences(records: list[CtgRecord], pre: PreprocessCtg) -> Sequences:
     """Preprocess every record (one call of ``preprocess_signals`` each) and stack them."""
     fhr, uc, rows = [], [], []
     for rec in tqdm(records, disable=None, desc=STAGE):
-        f, u = preprocess_signals(rec.fhr_bpm, rec.uc, rec.fs_hz, params)
+        f, u = preprocess_signals(rec.fhr_bpm, rec.uc, rec.fs_hz, pre)
         fhr.append(f)
         uc.append(u)
-        rows.append(record_row(rec, f, float(params["ph_threshold"])))
+        rows.append(record_row(rec, f, pre.ph_threshold))
     table = pd.DataFrame(rows)
     return Sequences(
         records=np.array([r.name for r in records], dtype=str),
         fhr_bpm=np.stack(fhr).astype(np.float32),
         uc=np.stack(uc).astype(np.float32),
-        fs_hz=float(params["fs_out_hz"]),
+        fs_hz=pre.fs_out_hz,
         table=table,
     )
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params(STAGE)
+    pre = load_settings(PreprocessCtg, STAGE)
     root = project_root()
     t0, cpu0 = time.perf_counter(), time.process_time()
     validation = pd.read_csv(root / VALIDATION_CSV, dtype={"record": str})
@@ -95,7 +96,7 @@ def main() -> None:
     if not passed:
         raise SystemExit(f"{STAGE} failed: no record passed validation ({VALIDATION_CSV})")
     records = [read_ctg_record(root / CTU_UHB_RAW / name) for name in passed]
-    seq = build_sequences(records, params)
+    seq = build_sequences(records, pre)
     # Uncompressed (13 MB for 452 records): compressing NaN-rich float32 took ~1.4 s of the 5 s
     # budget and saved little; still written atomically.
     write_npz(
@@ -130,7 +131,7 @@ def main() -> None:
         seq.fhr_bpm.shape,
         seconds,
         int(labels.sum()),
-        params["ph_threshold"],
+        pre.ph_threshold,
         len(excluded),
     )
 

@@ -18,12 +18,21 @@ from stages.common.ml.splits import (
     hashed_folds,
     single_class_folds,
 )
-from stages.common.params import load_params, project_root
+from stages.common.params import project_root
+from stages.common.settings import load_settings, settings
 from stages.ctg.paths import FOLD_BALANCE_CSV, FOLDS_CSV, RECORDS_CSV
 
 log = logging.getLogger(__name__)
 
 STAGE = "split_ctg"
+
+
+@settings
+class SplitCtg:
+    """``split_ctg``: ``n_folds`` record-level folds; a record's fold = hash(``salt``, id)."""
+
+    n_folds: int
+    salt: str
 
 
 def make_folds(records: pd.DataFrame, n_folds: int, salt: str) -> pd.DataFrame:
@@ -44,14 +53,14 @@ def make_folds(records: pd.DataFrame, n_folds: int, salt: str) -> pd.DataFrame:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params(STAGE)
+    split = load_settings(SplitCtg, STAGE)
     root = project_root()
     records = pd.read_csv(root / RECORDS_CSV, dtype={"record": str})
-    folds = make_folds(records, int(params["n_folds"]), str(params["salt"]))
+    folds = make_folds(records, split.n_folds, split.salt)
     balance = fold_balance(folds["label"], folds["fold"])
     write_csv(root / FOLDS_CSV, folds)
     write_csv(root / FOLD_BALANCE_CSV, balance)
-    log.info("%d records in %d folds:\n%s", len(folds), params["n_folds"], balance.to_string())
+    log.info("%d records in %d folds:\n%s", len(folds), split.n_folds, balance.to_string())
 
 
 if __name__ == "__main__":

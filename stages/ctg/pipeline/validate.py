@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,16 @@ import pandas as pd
 
 from stages.common.intake.checks import CheckReport, gx_expectations, run_expectations
 from stages.common.io import RUNS_DIR, Quarantine, write_csv, write_json
-from stages.common.params import load_params, project_root
-from stages.ctg.intake.record_checks import expected_channels, record_limits, record_stats
+from stages.common.params import project_root
+from stages.common.settings import load_settings
+from stages.ctg.intake.record_checks import (
+    ValidateCtg,
+    expected_channels,
+    record_limits,
+    record_stats,
+)
 from stages.ctg.paths import CTU_UHB_RAW, QUARANTINE_CSV, VALIDATE_CTG_REPORT, VALIDATION_CSV
+from stages.ctg.signal.settings import CtgSignal
 from stages.ctg.signal.wfdb_record import CtgReadError, parse_float, read_ctg_record
 
 log = logging.getLogger(__name__)
@@ -74,13 +80,13 @@ def _header_ph(path: Path) -> str:
     return ""
 
 
-def stats_table(raw_dir: Path, names: list[str], params: Mapping[str, Any]) -> pd.DataFrame:
+def stats_table(raw_dir: Path, names: list[str], rules: ValidateCtg) -> pd.DataFrame:
     """One row of statistics per record; unreadable records get ``readable=False`` and why."""
     rows = []
     for name in names:
         try:
             stats = record_stats(
-                read_ctg_record(raw_dir / name), params["fhr_min_bpm"], params["fhr_max_bpm"]
+                read_ctg_record(raw_dir / name), rules.fhr_min_bpm, rules.fhr_max_bpm
             )
         except CtgReadError as exc:
             stats = unreadable_stats(exc, _header_ph(raw_dir / name))
@@ -90,15 +96,15 @@ def stats_table(raw_dir: Path, names: list[str], params: Mapping[str, Any]) -> p
     return df
 
 
-def ctg_expectations(params: Mapping[str, Any]) -> list[Any]:
-    """The suite guarding raw CTG records: files, sampling, physiology, outcome."""
+def ctg_expectations(rules: ValidateCtg, fs_hz: float) -> list[Any]:
+    """The suite guarding raw CTG records: files, sampling (``fs_hz``), physiology, outcome."""
     e = gx_expectations()
     # The record-level ranges are shared with scoring (stages.ctg.intake.record_checks).
     between = [
         e.ExpectColumnValuesToBeBetween(
             column=column, min_value=low, max_value=high, meta={"reason": reason}
         )
-        for column, low, high, reason in record_limits(params)
+        for column, low, high, reason in record_limits(rules, fs_hz)
     ]
     return [
         e.ExpectColumnValuesToBeInSet(
@@ -107,15 +113,15 @@ def ctg_expectations(params: Mapping[str, Any]) -> list[Any]:
         *between[:1],
         e.ExpectColumnValuesToBeInSet(
             column="channels",
-            value_set=[expected_channels(params)],
+            value_set=[expected_channels(rules)],
             meta={"reason": "wrong_channels"},
         ),
         *between[1:],
         e.ExpectColumnValuesToNotBeNull(column="ph", meta={"reason": "ph_missing_or_not_numeric"}),
         e.ExpectColumnValuesToBeBetween(
             column="ph",
-            min_value=float(params["ph_min"]),
-            max_value=float(params["ph_max"]),
+            min_value=rules.ph_min,
+            max_value=rules.ph_max,
             meta={"reason": "ph_out_of_range"},
         ),
         e.ExpectColumnValuesToBeUnique(column="record", meta={"reason": "duplicate_record"}),
@@ -164,7 +170,8 @@ def summarise(table: pd.DataFrame, quarantine: Quarantine, report: CheckReport) 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params(STAGE)
+    rules = load_settings(ValidateCtg, STAGE)
+    fs_hz = load_settings(CtgSignal, "ctg_signal").fs_hz
     root = project_root()
     raw_dir = root / CTU_UHB_RAW
     records_file = raw_dir / "RECORDS"
@@ -173,9 +180,9 @@ def main() -> None:
         raise SystemExit(
             f"{STAGE} failed: no records to validate ({records_file} missing or empty)"
         )
-    df = stats_table(raw_dir, names, params)
+    df = stats_table(raw_dir, names, rules)
     report = run_expectations(
-        df, "ctg_records", ctg_expectations(params), "record", root / DOCS_DIR
+        df, "ctg_records", ctg_expectations(rules, fs_hz), "record", root / DOCS_DIR
     )
     table, quarantine = apply_report(df, report)
     summary = summarise(table, quarantine, report)
@@ -185,10 +192,10 @@ def main() -> None:
     for row in quarantine.rows:
         log.warning("quarantined %s: %s", row["item"], row["reason"])
     log.info("%d/%d records passed", summary["n_passed"], summary["n_records"])
-    if summary["fail_fraction"] > float(params["max_fail_fraction"]):
+    if summary["fail_fraction"] > rules.max_fail_fraction:
         raise SystemExit(
             f"{STAGE} failed: {summary['n_failed']} of {summary['n_records']} records failed "
-            f"validation (> max_fail_fraction {params['max_fail_fraction']}); "
+            f"validation (> max_fail_fraction {rules.max_fail_fraction}); "
             f"by reason: {summary['failures_by_reason']}; see {VALIDATE_CTG_REPORT}"
         )
 

@@ -2,7 +2,7 @@
 
 Shared by ``fetal score-ctg`` (:mod:`stages.ctg.serving.score`) and ``evaluate_ctg``, which draws
 the same risk curves; a scorer is a :class:`stages.ctg.models.network.CtgPredictor` or the
-registered pyfunc wrapping one.
+registered pyfunc wrapping one (:class:`stages.ctg.models.raw_input.RawInputPredictor`).
 """
 
 from __future__ import annotations
@@ -26,16 +26,12 @@ def alert_threshold(scorer: Any) -> float | None:
 
 
 def analysed_seconds(scorer: Any) -> float | None:
-    """Length (s) of the end of a record the model sees: ``seq_len`` steps at ``fs_out_hz``.
+    """Length (s) of the end of a record the model sees (the project's predictors say it).
 
     None when the scorer does not say (then the whole record is the analysed window).
     """
-    config = getattr(_inner(scorer), "config", None) or {}
-    pre = config.get("preprocess_ctg") or {}
-    if "fs_out_hz" not in pre:
-        return None
-    steps = config.get("seq_len") or float(pre["last_minutes"]) * 60 * float(pre["fs_out_hz"])
-    return float(steps) / float(pre["fs_out_hz"])
+    value = getattr(_inner(scorer), "analysed_seconds", None)
+    return None if value is None else float(value)
 
 
 def risk_over_time(

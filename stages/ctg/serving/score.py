@@ -26,15 +26,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from stages.common import scoring
 from stages.ctg.serving.risk_over_time import alert_threshold, analysed_seconds, risk_over_time
+
+if TYPE_CHECKING:
+    from stages.ctg.intake.record_checks import ValidateCtg
 
 # numpy only at import time: pandas, scipy (signal processing), TensorFlow and MLflow are
 # imported when a command runs, so ``fetal score-ctg --help`` does not wait for them.
@@ -79,13 +81,15 @@ class RecordRejected(ValueError):
 
 @dataclass(frozen=True)
 class Rules:
-    """What a record must meet to be scored (from ``validate_ctg`` and ``score_ctg``)."""
+    """What a record must meet to be scored (``validate_ctg``, ``ctg_signal.fs_hz``,
+    ``score_ctg`` and the command line)."""
 
     folder: Path
-    validate: Mapping[str, Any]
+    validate: ValidateCtg
+    fs_hz: float
     min_signal_fraction: float
     max_file_bytes: int
-    follow_links: bool = False
+    follow_links: bool
 
 
 def checked_record(hea: Path, rules: Rules) -> Any:
@@ -106,8 +110,8 @@ def checked_record(hea: Path, rules: Rules) -> Any:
     for name in header_signal_files(base):
         vet(hea.with_name(name))
     rec = read_ctg_record(base)
-    stats = record_stats(rec, rules.validate["fhr_min_bpm"], rules.validate["fhr_max_bpm"])
-    failures = record_failures(stats, rules.validate)
+    stats = record_stats(rec, rules.validate.fhr_min_bpm, rules.validate.fhr_max_bpm)
+    failures = record_failures(stats, rules.validate, rules.fs_hz)
     if failures:
         raise RecordRejected("; ".join(failures))
     return rec
@@ -182,15 +186,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_rules(args: argparse.Namespace) -> Rules:
-    from stages.common.params import load_params
+    """The typed sections (``score_ctg``, ``validate_ctg``, ``ctg_signal``) and the options."""
+    from stages.common.settings import load_settings
+    from stages.ctg.intake.record_checks import ScoreCtg, ValidateCtg
+    from stages.ctg.signal.settings import CtgSignal
 
-    own = load_params(PARAMS_SECTION)
+    own = load_settings(ScoreCtg, PARAMS_SECTION)
     min_frac = args.min_signal_fraction
     return Rules(
         folder=args.folder,
-        validate=load_params("validate_ctg"),
-        min_signal_fraction=float(own["min_signal_fraction"] if min_frac is None else min_frac),
-        max_file_bytes=int(float(own["max_file_mb"]) * 1e6),
+        validate=load_settings(ValidateCtg, "validate_ctg"),
+        fs_hz=load_settings(CtgSignal, "ctg_signal").fs_hz,
+        min_signal_fraction=own.min_signal_fraction if min_frac is None else float(min_frac),
+        max_file_bytes=int(own.max_file_mb * 1e6),
         follow_links=bool(args.follow_links),
     )
 
@@ -203,9 +211,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.folder.is_dir():
         print(f"fetal score-ctg: error: {args.folder} is not a folder", file=sys.stderr)
         return scoring.EXIT_USAGE
+    from stages.common.settings import SettingsError
+
     try:
         rules = load_rules(args)
-    except (KeyError, OSError) as exc:  # no params.yaml here, or no score_ctg section
+    except (KeyError, OSError, SettingsError) as exc:  # no params.yaml here, or a bad section
         print(f"fetal score-ctg: error: {scoring.one_line(exc)}", file=sys.stderr)
         return scoring.EXIT_USAGE
     with scoring.quiet_libraries(args.log_file, "score-ctg") as user:

@@ -9,12 +9,13 @@ up to 15 s are interpolated and longer gaps stay missing (NaN), never silently f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, fields
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import numpy as np
 from scipy.interpolate import PchipInterpolator
+
+from stages.ctg.signal.settings import PreprocessCtg
 
 
 def mark_signal_loss(x: np.ndarray) -> np.ndarray:
@@ -105,10 +106,10 @@ def fill_short_gaps(
 
 @dataclass(frozen=True)
 class CleaningParams:
-    """How FHR and UC are cleaned: the cleaning keys of the ``preprocess_ctg`` params section.
+    """How FHR and UC are cleaned: the cleaning keys of the ``preprocess_ctg`` section.
 
-    The one typed home of these settings. ``preprocess_ctg`` and the registered model (both
-    through :func:`preprocess_signals`) and ``featurize_ctg`` build it with :meth:`from_params`.
+    ``preprocess_ctg`` and every served model (through :func:`preprocess_signals`) and
+    ``featurize_ctg`` build it with :meth:`from_settings`.
 
     Attributes
     ----------
@@ -126,34 +127,19 @@ class CleaningParams:
 
     max_jump_bpm: float
     max_gap_s: float
-    min_run_s: float = 5.0
-    fhr_min_bpm: float = 50.0
-    fhr_max_bpm: float = 240.0
-    gap_fill: str = "linear"
+    min_run_s: float
+    fhr_min_bpm: float
+    fhr_max_bpm: float
+    gap_fill: str
 
     def __post_init__(self) -> None:
         if self.gap_fill not in GAP_FILLERS:
             raise ValueError(f"unknown gap_fill {self.gap_fill!r}; known: {sorted(GAP_FILLERS)}")
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> CleaningParams:
-        """From the ``preprocess_ctg`` section or a model's saved copy of it (other keys ignored).
-
-        ``max_jump_bpm`` and ``max_gap_s`` are required; the other keys default as above, the
-        values of models saved before they were parameters.
-        """
-        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in params]
-        if missing:
-            raise KeyError(f"cleaning parameters {missing} missing from {sorted(params)}")
-        return cls(
-            max_jump_bpm=float(params["max_jump_bpm"]),
-            max_gap_s=float(params["max_gap_s"]),
-            **{
-                f.name: type(f.default)(params[f.name])
-                for f in fields(cls)
-                if f.default is not MISSING and f.name in params
-            },
-        )
+    def from_settings(cls, pre: PreprocessCtg) -> CleaningParams:
+        """The cleaning keys of the typed ``preprocess_ctg`` section."""
+        return cls(**{f.name: getattr(pre, f.name) for f in fields(cls)})
 
 
 def clean_fhr(fhr_bpm: np.ndarray, fs_hz: float, cleaning: CleaningParams) -> np.ndarray:

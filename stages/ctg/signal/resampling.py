@@ -15,7 +15,7 @@ def _ratio(fs_in_hz: float, fs_out_hz: float) -> Fraction:
 
 
 def resample_decimate(
-    x: np.ndarray, fs_in_hz: float, fs_out_hz: float, max_missing_frac: float = 0.5
+    x: np.ndarray, fs_in_hz: float, fs_out_hz: float, max_missing_frac: float
 ) -> np.ndarray:
     """Plain picking of the input sample nearest each output time (no anti-alias filter).
 
@@ -35,7 +35,7 @@ def _polyphase_filter(up: int, down: int) -> np.ndarray:
 
 
 def resample_polyphase(
-    x: np.ndarray, fs_in_hz: float, fs_out_hz: float, max_missing_frac: float = 0.5
+    x: np.ndarray, fs_in_hz: float, fs_out_hz: float, max_missing_frac: float
 ) -> np.ndarray:
     """Anti-aliased polyphase resampling (``scipy.signal.resample_poly``), NaN-aware.
 
@@ -71,11 +71,7 @@ RESAMPLERS: dict[str, Callable[[np.ndarray, float, float, float], np.ndarray]] =
 
 
 def fhr_resample(
-    x: np.ndarray,
-    fs_in_hz: float = 4.0,
-    fs_out_hz: float = 1.0,
-    method: str = "polyphase",
-    max_missing_frac: float = 0.5,
+    x: np.ndarray, fs_in_hz: float, fs_out_hz: float, method: str, max_missing_frac: float
 ) -> np.ndarray:
     """Resample a NaN-marked signal with one of :data:`RESAMPLERS`."""
     if method not in RESAMPLERS:

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from experiments.ctg.settings import Variant
 from stages.ctg.models import network as ctg_model
+from stages.ctg.models.settings import TrainCtg
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,9 @@ def span_steps(span_s: float, fs_hz: float) -> int:
     return max(int(round(float(span_s) * float(fs_hz))), 1)
 
 
-def pool_factor(params: Mapping[str, Any]) -> int:
+def pool_factor(net: TrainCtg) -> int:
     """Input steps per LSTM step: ``conv_pool ** conv_layers`` (1 without convolutions)."""
-    return int(params["conv_pool"]) ** int(params.get("conv_layers", 1))
+    return net.conv_pool**net.conv_layers
 
 
 def span_mask(
@@ -122,7 +124,7 @@ def pooled_targets(x: np.ndarray, mask: np.ndarray, pool: int) -> tuple[np.ndarr
     return target[..., None].astype(np.float32), weight.astype(np.float32)
 
 
-def encoder_model(seq_len: int, params: Mapping[str, Any], name: str) -> Any:
+def encoder_model(seq_len: int, net: TrainCtg, name: str) -> Any:
     """``build_model``'s ``conv*`` blocks and ``lstm`` (output sequence) + a linear head.
 
     Built through :func:`stages.ctg.models.network.build_model` with ``lstm_readout: mean`` so the
@@ -131,14 +133,15 @@ def encoder_model(seq_len: int, params: Mapping[str, Any], name: str) -> Any:
     """
     import keras
 
-    seq_params = {**params, "lstm_readout": "mean", "summary_skip": False}
-    full = ctg_model.build_model(int(seq_len), seq_params, name=f"{name}_full")
+    full = ctg_model.build_model(
+        int(seq_len), replace(net, lstm_readout="mean"), name=f"{name}_full"
+    )
     recon = keras.layers.Dense(1, name="reconstruction")(full.get_layer("lstm").output)
     return keras.Model(full.inputs, recon, name=name)
 
 
 def pretrain_encoder(
-    x: np.ndarray, params: Mapping[str, Any], seed: int, fs_hz: float | None, name: str
+    x: np.ndarray, net: TrainCtg, variant: Variant, seed: int, fs_hz: float, name: str
 ) -> tuple[Any, list[float]]:
     """Pretrain an encoder on the records ``x`` (n, T, 3) by masked FHR reconstruction.
 
@@ -146,9 +149,10 @@ def pretrain_encoder(
     ----------
     x : array, shape (n, T, 3)
         The records the classifier will be fitted on (never the held-out fold).
-    params : mapping
-        ``train_ctg`` section: ``pretrain_epochs``, ``pretrain_mask_frac``,
-        ``pretrain_span_s``, the architecture keys, ``learning_rate``, ``batch_size``.
+    net : TrainCtg
+        The architecture, ``learning_rate`` and ``batch_size``.
+    variant : Variant
+        ``pretrain_epochs``, ``pretrain_mask_frac``, ``pretrain_span_s``.
     seed : int
         Seeds the spans (the network's weights and shuffling follow the Keras seed, set by the
         caller's ``seed_everything``).
@@ -164,15 +168,15 @@ def pretrain_encoder(
     """
     import keras
 
-    if fs_hz is None or not fs_hz > 0:
+    if not fs_hz > 0:
         raise ValueError("pretraining needs the input sampling rate fs_hz (preprocess_ctg)")
-    epochs = int(params["pretrain_epochs"])
-    span_len = span_steps(float(params["pretrain_span_s"]), fs_hz)
-    frac = float(params["pretrain_mask_frac"])
-    pool = pool_factor(params)
+    epochs = variant.pretrain_epochs
+    span_len = span_steps(variant.pretrain_span_s, fs_hz)
+    frac = variant.pretrain_mask_frac
+    pool = pool_factor(net)
     rng = np.random.default_rng(seed)
-    encoder = encoder_model(x.shape[1], params, name)
-    encoder.compile(optimizer=keras.optimizers.Adam(float(params["learning_rate"])), loss="mse")
+    encoder = encoder_model(x.shape[1], net, name)
+    encoder.compile(optimizer=keras.optimizers.Adam(net.learning_rate), loss="mse")
     losses: list[float] = []
     for epoch in range(epochs):
         mask = span_mask(len(x), x.shape[1], frac, span_len, rng)
@@ -186,7 +190,7 @@ def pretrain_encoder(
             mask_inputs(x, mask),
             target,
             sample_weight=weight,
-            batch_size=int(params["batch_size"]),
+            batch_size=net.batch_size,
             epochs=1,
             shuffle=True,
             verbose=0,

@@ -1,10 +1,10 @@
 """A multi-task variant of the CTG network: the acidemia output plus a regression of the pH.
 
-The label is a threshold on the umbilical-artery pH; the pH itself says how far each record is
-from it. A second, linear output on the same dense representation (the ``dense`` layer of
-:func:`stages.ctg.models.network.build_model`) regresses the pH, standardised with the mean and SD
-of the
-fit's training records, and the two are trained jointly:
+The ``ph_loss_weight`` variant. The label is a threshold on the umbilical-artery pH; the pH
+itself says how far each record is from it. A second, linear output on the same dense
+representation (the ``dense`` layer of :func:`stages.ctg.models.network.build_model`) regresses
+the pH, standardised with the mean and SD of the fit's training records, and the two are
+trained jointly:
 ``loss = BCE(acidemia) + ph_loss_weight * MSE(standardised pH)``. The class weights of the
 ~1:4 imbalance apply to the BCE term as per-sample weights (Keras 3 refuses ``class_weight``
 with several outputs); the pH term is unweighted.

@@ -1,24 +1,19 @@
 """Training-time crops of the CTG sequences: random crops for augmentation, fixed crops for
-test-time averaging. Pure NumPy, used by ``train_ctg``."""
+test-time averaging (the ``crop_minutes``/``tta_crops`` variant). Pure NumPy."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
 
-from stages.ctg.models.network import window_steps
 
+def crop_steps(crop_minutes: float, fs_hz: float, window_len: int) -> int:
+    """Length in steps of the random training crops at ``fs_hz``, 0 when cropping is off.
 
-def crop_steps(train_params: Mapping[str, Any], preprocess_params: Mapping[str, Any]) -> int:
-    """Length in steps of the random training crops, 0 when cropping is off.
-
-    Cropping is off when ``crop_minutes`` is 0 (or absent) or not shorter than the window.
+    Cropping is off when ``crop_minutes`` is 0 or not shorter than the window
+    (``window_len`` steps).
     """
-    minutes = float(train_params.get("crop_minutes") or 0.0)
-    n = int(round(minutes * 60 * float(preprocess_params["fs_out_hz"])))
-    return n if 0 < n < window_steps(train_params, preprocess_params) else 0
+    n = int(round(crop_minutes * 60 * fs_hz))
+    return n if 0 < n < window_len else 0
 
 
 def crop_offsets(seq_len: int, crop_len: int, n_crops: int) -> np.ndarray:

@@ -1,6 +1,6 @@
-"""The CTG network's variants (train_ctg.ph_loss_weight, train_ctg.pretrain_*): the masking,
-the pooled targets, the weight transfer and the pH head's loss, with known answers on tiny
-arrays; one short fit with both variants on."""
+"""The CTG network's research variants (experiments/ctg: the pH head, masked-FHR pretraining):
+the masking, the pooled targets, the weight transfer and the pH head's loss, with known answers
+on tiny arrays; one short fit with both variants on."""
 
 from __future__ import annotations
 
@@ -10,22 +10,34 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stages.ctg.models import multitask, pretrain
+from experiments.ctg import multitask, pretrain
+from experiments.ctg.settings import Variant
+from stages.common.settings import parse_settings
+from stages.ctg.models.settings import TrainCtg
 
 pytestmark = pytest.mark.unit
 
 N, T = 16, 32
 
 
-def tiny_params(**changes: Any) -> dict[str, Any]:
+def tiny_params(**changes: Any) -> TrainCtg:
     params = {
-        "conv_layers": 1, "conv_filters": 4, "conv_kernel": 3, "conv_pool": 4, "units": 4,
-        "dense_units": 4, "dropout": 0.0, "learning_rate": 0.01, "lstm_readout": "mean",
-        "val_fraction": 0.25, "patience": 1, "epochs": 1, "batch_size": 4, "monitor": "val_auc",
-        "ph_loss_weight": 0.0, "pretrain_epochs": 0, "pretrain_mask_frac": 0.15,
-        "pretrain_span_s": 4,
+        "seed": 0, "fhr_centre_bpm": 140, "fhr_scale_bpm": 25, "uc_scale": 100,
+        "window_minutes": 1, "conv_layers": 1, "conv_filters": 4, "conv_kernel": 3,
+        "conv_pool": 4, "units": 4, "dense_units": 4, "dropout": 0.0, "learning_rate": 0.01,
+        "lstm_readout": "mean", "val_fraction": 0.25, "patience": 1, "epochs": 1,
+        "batch_size": 4, "monitor": "val_auc",
     }  # fmt: skip
-    return {**params, **changes}
+    return parse_settings(TrainCtg, {**params, **changes}, "train_ctg")
+
+
+def tiny_variant(**changes: Any) -> Variant:
+    values = {
+        "description": "test", "n_members": 1, "crop_minutes": 0, "tta_crops": 1,
+        "summary_skip": False, "ph_loss_weight": 0.0, "pretrain_epochs": 0,
+        "pretrain_mask_frac": 0.15, "pretrain_span_s": 4,
+    }  # fmt: skip
+    return parse_settings(Variant, {**values, **changes}, "variant")
 
 
 def tiny_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -93,10 +105,12 @@ def test_pretrained_encoder_weights_are_copied_into_the_classifier(
     from stages.ctg.models.network import build_model
 
     x, _, _ = tiny_data()
-    params = tiny_params(pretrain_epochs=1, lstm_readout="last")  # a 'last' classifier too
+    params = tiny_params(lstm_readout="last")  # a 'last' classifier too
     seed_everything(3)
-    with caplog.at_level("INFO", logger="stages.ctg.models.pretrain"):
-        encoder, losses = pretrain.pretrain_encoder(x, params, 3, 1.0, "enc")
+    with caplog.at_level("INFO", logger="experiments.ctg.pretrain"):
+        encoder, losses = pretrain.pretrain_encoder(
+            x, params, tiny_variant(pretrain_epochs=1), 3, 1.0, "enc"
+        )
     assert len(losses) == 1 and np.isfinite(losses[0]) and "masked FHR MSE" in caplog.text
     assert encoder.output_shape == (None, T // 4, 1)
     net = build_model(T, params)
@@ -147,20 +161,22 @@ def test_both_variants_fit_one_output_model_that_round_trips(
 ) -> None:
     import keras
 
+    from experiments.ctg.variant_training import fit_member
     from stages.ctg.models.network import predict_proba
-    from stages.ctg.pipeline import train
 
     x, y, ph = tiny_data()
     seen: dict[str, Any] = {}
 
-    def untrained_encoder(x_fit: np.ndarray, params: Any, seed: int, fs_hz: Any, name: str):
-        # pretraining itself is tested above; here: what fit_network gives it and copies back
-        seen["x"], seen["encoder"] = x_fit, pretrain.encoder_model(x_fit.shape[1], params, name)
+    def untrained_encoder(
+        x_fit: np.ndarray, net: Any, variant: Any, seed: int, fs_hz: Any, name: str
+    ) -> Any:
+        # pretraining itself is tested above; here: what the fit gives it and copies back
+        seen["x"], seen["encoder"] = x_fit, pretrain.encoder_model(x_fit.shape[1], net, name)
         return seen["encoder"], [0.0]
 
     monkeypatch.setattr(pretrain, "pretrain_encoder", untrained_encoder)
-    params = tiny_params(ph_loss_weight=0.5, pretrain_epochs=1)
-    net, curves, epoch_s = train.fit_network(x, y, params, 0, ph=ph, fs_hz=1.0)
+    variant = tiny_variant(ph_loss_weight=0.5, pretrain_epochs=1)
+    net, curves, epoch_s = fit_member(x, y, 0, tiny_params(), variant, ph, 1.0, "m")
     np.testing.assert_array_equal(seen["x"], x)  # all of the fit's records, no labels
     assert not np.array_equal(  # fine-tuned from the copied weights, not frozen
         net.get_layer("lstm").get_weights()[0], seen["encoder"].get_layer("lstm").get_weights()[0]
@@ -177,22 +193,22 @@ def test_both_variants_fit_one_output_model_that_round_trips(
 
 
 @pytest.mark.parametrize(
-    ("changes", "crop_len", "ph_change", "fs_hz", "match"),
+    ("changes", "ph_change", "fs_hz", "match"),
     [
-        ({"ph_loss_weight": 0.5}, 32, None, 1.0, "crop_minutes"),
-        ({"ph_loss_weight": 0.5}, 0, "nan", 1.0, "missing"),
-        ({"ph_loss_weight": 0.5}, 0, "none", 1.0, "needs the pH"),
-        ({"pretrain_epochs": 1}, 0, None, None, "fs_hz"),
+        ({"ph_loss_weight": 0.5, "crop_minutes": 0.5}, None, 1.0, "crop_minutes"),
+        ({"ph_loss_weight": 0.5}, "nan", 1.0, "missing"),
+        ({"ph_loss_weight": 0.5}, "none", 1.0, "needs the pH"),
+        ({"pretrain_epochs": 1}, None, 0.0, "fs_hz"),
     ],
 )
 def test_unsupported_combinations_raise_before_training(
-    changes: dict, crop_len: int, ph_change: str | None, fs_hz: float | None, match: str
+    changes: dict, ph_change: str | None, fs_hz: float, match: str
 ) -> None:
-    from stages.ctg.pipeline import train
+    from experiments.ctg.variant_training import fit_member
 
     x, y, ph = tiny_data()
     if ph_change == "nan":
         ph[5] = np.nan
     ph_arg = None if ph_change == "none" else ph
     with pytest.raises(ValueError, match=match):
-        train.fit_network(x, y, tiny_params(**changes), 0, crop_len, ph=ph_arg, fs_hz=fs_hz)
+        fit_member(x, y, 0, tiny_params(), tiny_variant(**changes), ph_arg, fs_hz, "m")

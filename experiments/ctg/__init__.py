@@ -1,0 +1,1 @@
+"""CTG network variants: crops, a multi-task pH head, masked-FHR pretraining, ensembles."""
