@@ -95,7 +95,7 @@ def test_prefect_ui_shows_scheduled_retraining(browser, prefect_env):
 
 
 def test_mlflow_ui_shows_each_model_with_its_champion(browser, tmp_path: Path, monkeypatch):
-    from flows.tasks import log_baseline_model
+    from tests.synth_registry import log_baseline_model
     from stages.common.registry import tracking
 
     db = tmp_path / "mlflow.db"
