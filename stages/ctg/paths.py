@@ -47,3 +47,8 @@ EVALUATE_CTG_DIR = Path("data/reports/evaluate_ctg")
 CTG_FAMILIES_DIR = Path("data/models/ctg_families")
 TRAIN_FAMILIES_CTG_REPORT = Path("data/reports/train_families_ctg.json")
 FAMILIES_OOF_CSV = Path("data/reports/train_families_ctg/oof_predictions.csv")
+
+# evaluate_ctg writes every family's out-of-fold predictions (record, fold, y, one column per
+# family); register_ctg registers the families from them and from evaluate_ctg.json
+EVALUATE_CTG_OOF_CSV = EVALUATE_CTG_DIR / "oof_predictions.csv"
+REGISTER_CTG_REPORT = Path("data/reports/register_ctg.json")

@@ -78,6 +78,12 @@ class RegisteredVersion:
     margin: float
     created: bool  # False: the same bytes were registered before (this run added nothing)
 
+    def summary(self) -> str:
+        """One log line: name, version, family, the figure with its interval."""
+        new = "" if self.created else " (already registered)"
+        return (f"{self.name} v{self.version} ({self.family}): {self.metric} {self.value:.4f} "
+                f"[{self.ci_low:.4f}, {self.ci_high:.4f}]{new}")  # fmt: skip
+
     def report_row(self) -> dict[str, Any]:
         """The report's row: everything but ``created`` (a fact of this run, not of the model)."""
         return {k: v for k, v in asdict(self).items() if k != "created"}
@@ -129,3 +135,8 @@ def register(spec: ModelSpec) -> RegisteredVersion:
     return RegisteredVersion(
         name, version, key, spec.family, ev.metric, *interval, float(spec.promote_margin), created
     )
+
+
+def registration_report(registered: Sequence[RegisteredVersion]) -> dict[str, Any]:
+    """A register stage's report: its models in registration (and decision) order."""
+    return {"models": [r.report_row() for r in registered]}
