@@ -1,5 +1,6 @@
-"""The real ``dvc repro evaluate_ctg`` and ``train_families_ctg`` on a toy repository with a tiny
-synthetic mirror (one test: the families reuse the network the first repro trained)."""
+"""The real ``dvc repro evaluate_ctg``, then ``register_ctg`` and ``fetal promote``, on a toy
+repository with a tiny synthetic mirror (one test: the register stage reuses what the first repro
+trained and evaluated)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,13 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
+from stages.cli import main as fetal
 from stages.common.ml.paired import delong_test
 from stages.common.params import load_params
-from stages.common.registry import tracking
-from stages.ctg.models.family_predictor import linear_proba
+from stages.common.registry import champion, tracking
 from stages.ctg.signal.wfdb_record import read_ctg_record
 from tests.conftest import run_dvc, set_params
 from tests.synth_ctg import make_ctg_mirror
@@ -96,9 +96,13 @@ def test_dvc_repro_evaluate_ctg(
     shown = run_dvc(toy_repo, "metrics", "show").stdout
     assert "lstm.auc" in shown and "cv_auc" in shown
 
-    families = run_dvc(toy_repo, "repro", "train_families_ctg").stdout
-    assert ran_stages(families) == {"source_ctg", "train_families_ctg"}, families
-    check_families(toy_repo, mirror, ev)
+    registered = run_dvc(toy_repo, "repro", "register_ctg").stdout
+    assert "register_ctg" in ran_stages(registered), registered
+    assert "train_ctg" not in ran_stages(registered)  # the network is reused, not retrained
+    run_dvc(toy_repo, "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    assert tracking.alias_version(NAME, "champion") is None  # registration moves nothing
+    assert fetal(["promote", "--repo", str(toy_repo)]) == 0  # pushes, then decides
+    check_registry(toy_repo, mirror)
 
     # nothing new: only the always-changed source check runs, everything below is skipped
     again = run_dvc(toy_repo, "repro", "evaluate_ctg").stdout
@@ -113,72 +117,48 @@ def test_dvc_repro_evaluate_ctg(
     assert ran_stages(third) == {"source_ctg", "train_ctg", "evaluate_ctg"}, third
 
 
-def check_families(repo: Path, mirror: Path, evaluate: dict) -> None:
-    """Four families registered with one input schema and a model card, the champion by the
-    paired rule, raw records scored by each pyfunc with featurize_ctg's features."""
+def check_registry(repo: Path, mirror: Path) -> None:
+    """Four families registered from evaluate_ctg's out-of-fold predictions with one input
+    schema and a model card, the champion by the paired rule in registration order (the baseline
+    first), raw records scored by each registered version through the verified loader."""
     import mlflow
 
-    report = json.loads((repo / "data/reports/train_families_ctg.json").read_text())
-    assert set(report["families"]) == FAMILIES
-    for s in report["families"].values():
-        assert s["auc_ci_low"] <= s["cv_auc"] <= s["auc_ci_high"] and s["n_records"] == 12
-        assert 0 <= s["sensitivity"] <= 1 and 0 <= s["specificity"] <= 1
-    assert report["families"]["logistic"]["vs_logistic"]["difference"] == 0.0
-    # the logistic family is evaluate_ctg's baseline: same model, same folds
-    assert report["families"]["logistic"]["cv_auc"] == pytest.approx(evaluate["baseline.auc"])
-    oof = pd.read_csv(
-        repo / "data/reports/train_families_ctg/oof_predictions.csv", dtype={"record": str}
-    )
-    lstm = pd.read_csv(repo / "data/reports/train_ctg/oof_predictions.csv", dtype={"record": str})
-    assert list(oof["record"]) == list(lstm["record"]) and list(oof["fold"]) == list(lstm["fold"])
-    assert np.allclose(oof["lstm"], lstm["probability"])
-
-    client = tracking.client()
-    versions = sorted(client.search_model_versions(f"name='{NAME}'"), key=lambda m: int(m.version))
-    family = {mv.tags["family"]: mv for mv in versions}
-    assert set(family) == FAMILIES and len(versions) == 4
-    # the baseline registers first: on an empty registry it is the incumbent
-    assert versions[0].tags["family"] == "logistic"
-    assert versions[0].tags["promotion_decision"] == "promoted"
+    rows = json.loads((repo / "data/reports/register_ctg.json").read_text())["models"]
+    assert [r["family"] for r in rows] == ["logistic", "lstm", "gbm", "hybrid"]
+    assert [r["version"] for r in rows] == ["1", "2", "3", "4"]
+    oof = pd.read_csv(repo / "data/reports/evaluate_ctg/oof_predictions.csv", dtype={"record": str})
+    assert set(FAMILIES) <= set(oof.columns) and len(oof) == 12
+    figures = json.loads((repo / "data/reports/evaluate_ctg.json").read_text())["families"]
+    family = {r["family"]: r for r in rows}
+    for f, r in family.items():  # each card quotes the figures the register report holds
+        mv = tracking.client().get_model_version(NAME, r["version"])
+        assert mv.tags["family"] == f and f"Family `{f}`" in mv.description
+        for value in (r["value"], r["ci_low"], r["ci_high"]):
+            assert f"{value:.4f}" in mv.description, (f, value)
+        assert r["value"] == pytest.approx(figures[f]["auc"])
     schemas = {
-        f: mlflow.models.get_model_info(f"models:/{NAME}/{mv.version}").signature.to_dict()
-        for f, mv in family.items()
+        f: mlflow.models.get_model_info(f"models:/{NAME}/{r['version']}").signature.to_dict()
+        for f, r in family.items()
     }
     assert all(s == schemas["lstm"] for s in schemas.values())  # inputs and outputs alike
-    for f, mv in family.items():  # each card quotes the figures the stage's report holds
-        s = report["families"][f]
-        assert f"Family `{f}`" in mv.description and "cv_auc" in mv.description
-        for value in (s["cv_auc"], s["auc_ci_low"], s["auc_ci_high"]):
-            assert f"{value:.4f}" in mv.description, (f, value)
-        assert f"{s['n_pos']} acidaemic / {s['n_records'] - s['n_pos']} not" in mv.description
 
     # The champion by the paired rule, replayed in registration order on the same records.
-    y, champion = oof["label"].to_numpy(int), None
-    margin = float(load_params("train_families_ctg", repo / "params.yaml")["promote_margin"])
-    for mv in versions:
-        f = mv.tags["family"]
-        if champion is None:
-            promote = True
-        else:
-            d = delong_test(y, oof[champion].to_numpy(), oof[f].to_numpy())
-            promote = d.difference >= margin and d.ci_low > 0
-        assert mv.tags["promotion_decision"] == ("promoted" if promote else "rejected"), f
-        champion = f if promote else champion
-    assert tracking.alias_version(NAME, "champion") == str(family[champion].version)
+    y, best = oof["y"].to_numpy(int), None
+    margin = float(load_params("register_ctg", repo / "params.yaml")["promote_margin"])
+    for r in rows:
+        f = r["family"]
+        if best is not None:
+            d = delong_test(y, oof[best].to_numpy(), oof[f].to_numpy())
+            if not (d.difference >= margin and d.ci_low > 0):
+                continue
+        best = f
+    assert tracking.alias_version(NAME, "champion") == family[best]["version"]
+    assert champion.champion_history(NAME)[0]["to"] == "1"  # the baseline, the incumbent
 
-    # Raw records in, as for the network; the served features are featurize_ctg's.
+    # Raw records in, through the verified path (no pickle), for every family.
     rec = read_ctg_record(mirror / "1001")
     frame = pd.DataFrame({"fhr_bpm": [rec.fhr_bpm.tolist()], "uc": [rec.uc.tolist()],
                           "fs_hz": [rec.fs_hz]})  # fmt: skip
-    served = {
-        f: tracking.load_model(f"models:/{NAME}/{family[f].version}").predict(frame)
-        for f in ("logistic", "gbm", "hybrid")
-    }
-    for out in served.values():
+    for r in rows:
+        out = tracking.load_model(f"models:/{NAME}/{r['version']}").predict(frame)
         assert list(out.columns) == ["probability", "alert"] and 0 <= out["probability"][0] <= 1
-    folder = repo / "data/models/ctg_families/logistic"
-    config = json.loads((folder / "family.json").read_text())
-    feats = pd.read_csv(repo / "data/processed/ctg/features.csv", dtype={"record": str})
-    row = feats.set_index("record").loc[["1001"], config["columns"]].to_numpy(float)
-    expected = linear_proba(config["scorer"], row)[0]
-    assert served["logistic"]["probability"][0] == pytest.approx(expected)
