@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -207,16 +208,19 @@ def card_facts(
     }
 
 
-def kind_spec(
-    root: Path,
-    kind: str,
-    items: pd.DataFrame,
-    report: Mapping[str, Any],
-    settings: RegisterUsSettings,
-    data_version: str,
-) -> ModelSpec:
+@dataclass(frozen=True)
+class Trained:
+    """What a trainer left for registration: its items, its report and their data version."""
+
+    items: pd.DataFrame
+    report: Mapping[str, Any]
+    data_version: str
+
+
+def kind_spec(root: Path, kind: str, trained: Trained, settings: RegisterUsSettings) -> ModelSpec:
     """What ``register_us`` registers for one model: folder, loader, evaluation, card."""
-    evaluation = kind_evaluation(kind, items, settings)
+    report, data_version = trained.report, trained.data_version
+    evaluation = kind_evaluation(kind, trained.items, settings)
     folder, loader = MODELS[kind]
     figures = {k: f"{v:.6g}" for k, v in report.items() if isinstance(v, int | float)}
     return ModelSpec(

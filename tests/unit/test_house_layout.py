@@ -39,10 +39,7 @@ KNOWN_LONG: dict[str, int] = {
 KNOWN_FALLBACKS: dict[str, int] = {
     "flows/deploy.py": 3,
     "flows/monitor.py": 3,
-    "flows/outcomes.py": 1,
-    "flows/training.py": 2,
     "stages/common/parallel.py": 2,
-    "stages/common/registry/promotion.py": 1,
     "stages/ctg/models/network.py": 8,
     "stages/ctg/models/pretrain.py": 1,
     "stages/ctg/pipeline/evaluate.py": 1,

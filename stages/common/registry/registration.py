@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stages.common.io import write_json
 from stages.common.registry import model_card, tracking
 from stages.common.registry.loaders import check_loader
 from stages.common.registry.promotion import Evaluation, score_interval
@@ -140,3 +141,10 @@ def register(spec: ModelSpec) -> RegisteredVersion:
 def registration_report(registered: Sequence[RegisteredVersion]) -> dict[str, Any]:
     """A register stage's report: its models in registration (and decision) order."""
     return {"models": [r.report_row() for r in registered]}
+
+
+def write_registration_report(path: Path, registered: Sequence[RegisteredVersion]) -> None:
+    """Write a register stage's report (atomically) and log one line per model."""
+    write_json(path, registration_report(registered))
+    for r in registered:
+        log.info("%s", r.summary())

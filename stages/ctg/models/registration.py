@@ -157,20 +157,10 @@ def family_spec(
     check_figures(evaluation, figures, family)
     folder, loader = model_folder(family)
     auc = score_interval(evaluation)
-    return ModelSpec(
-        registered_name=settings.registered_name,
-        model_dir=root / folder,
-        loader=loader,
-        family=family,
-        evaluation=evaluation,
-        promote_margin=settings.promote_margin,
-        card=card_facts(figures, auc, data_version, family),
-        signature=SIGNATURE,
-        input_example=example_input(),
-        tags={
-            "data_version": data_version,
-            "n_records": len(oof),
-            "alert_threshold": float(figures["threshold"]),
-        },  # fmt: skip
-        stage="register_ctg",
-    )
+    card = card_facts(figures, auc, data_version, family)
+    tags = {"data_version": data_version, "n_records": len(oof),
+            "alert_threshold": float(figures["threshold"])}  # fmt: skip
+    # one model of the shared name, margin and signature: the families compete on equal terms
+    return ModelSpec(settings.registered_name, root / folder, loader, family, evaluation,
+                     settings.promote_margin, card, SIGNATURE, example_input(), tags,
+                     "register_ctg")  # fmt: skip

@@ -22,19 +22,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.common.io import read_json, write_json
+from stages.common.io import read_json
 from stages.common.params import project_root
 from stages.common.registry.provenance import data_version
 from stages.common.registry.registration import (
     RegisteredVersion,
     register,
-    registration_report,
+    write_registration_report,
 )
 from stages.common.settings import load_settings
 from stages.ctg.models.registration import FAMILIES, RegisterCtgSettings, family_spec
 from stages.ctg.paths import EVALUATE_CTG_OOF_CSV, EVALUATE_CTG_REPORT, REGISTER_CTG_REPORT
-
-log = logging.getLogger(__name__)
 
 
 def register_families(root: Path, settings: RegisterCtgSettings) -> list[RegisteredVersion]:
@@ -52,12 +50,8 @@ def register_families(root: Path, settings: RegisterCtgSettings) -> list[Registe
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = load_settings(RegisterCtgSettings, "register_ctg")
-    root = project_root()
-    registered = register_families(root, settings)
-    write_json(root / REGISTER_CTG_REPORT, registration_report(registered))
-    for r in registered:
-        log.info("%s", r.summary())
+    root, settings = project_root(), load_settings(RegisterCtgSettings, "register_ctg")
+    write_registration_report(root / REGISTER_CTG_REPORT, register_families(root, settings))
 
 
 if __name__ == "__main__":

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.common.io import read_json, write_json
+from stages.common.io import read_json
 from stages.common.params import project_root
 from stages.common.registry.provenance import data_version
 from stages.common.registry.registration import (
     RegisteredVersion,
     register,
-    registration_report,
+    write_registration_report,
 )
 from stages.common.settings import load_settings
 from stages.ultrasound.paths import (
@@ -40,11 +40,10 @@ from stages.ultrasound.paths import (
 from stages.ultrasound.registration import (
     KINDS,
     RegisterUsSettings,
+    Trained,
     kind_spec,
     segmenter_items,
 )
-
-log = logging.getLogger(__name__)
 
 INPUTS = {  # kind -> (items file, report, data sources for its data version)
     "segmenter": (SEGMENTER_OOF_CSV, TRAIN_SEGMENTER_REPORT, ["us", "hc18"]),
@@ -63,19 +62,15 @@ def register_models(root: Path, settings: RegisterUsSettings) -> list[Registered
         if kind == "segmenter":
             items = segmenter_items(items)
         version = data_version(root, sources, [root / items_csv])
-        spec = kind_spec(root, kind, items, read_json(root / report), settings, version)
-        registered.append(register(spec))
+        trained = Trained(items, read_json(root / report), version)
+        registered.append(register(kind_spec(root, kind, trained, settings)))
     return registered
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = load_settings(RegisterUsSettings, "register_us")
-    root = project_root()
-    registered = register_models(root, settings)
-    write_json(root / REGISTER_US_REPORT, registration_report(registered))
-    for r in registered:
-        log.info("%s", r.summary())
+    root, settings = project_root(), load_settings(RegisterUsSettings, "register_us")
+    write_registration_report(root / REGISTER_US_REPORT, register_models(root, settings))
 
 
 if __name__ == "__main__":
