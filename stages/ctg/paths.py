@@ -38,9 +38,11 @@ TRAIN_CTG_REPORT = Path("data/reports/train_ctg.json")
 OOF_PREDICTIONS_CSV = Path("data/reports/train_ctg/oof_predictions.csv")
 LEARNING_CURVES_CSV = Path("data/reports/train_ctg/learning_curves.csv")
 
-# evaluate_ctg writes its metrics and the curves/figures folder
+# evaluate_ctg writes its metrics, the curves/figures folder and every family's out-of-fold
+# predictions side by side (what the registry stage reads)
 EVALUATE_CTG_REPORT = Path("data/reports/evaluate_ctg.json")
 EVALUATE_CTG_DIR = Path("data/reports/evaluate_ctg")
+EVALUATE_OOF_CSV = Path("data/reports/evaluate_ctg/oof_predictions.csv")
 
 # train_families_ctg writes the feature families' model folders (one per family), their metrics
 # and out-of-fold predictions
@@ -48,7 +50,5 @@ CTG_FAMILIES_DIR = Path("data/models/ctg_families")
 TRAIN_FAMILIES_CTG_REPORT = Path("data/reports/train_families_ctg.json")
 FAMILIES_OOF_CSV = Path("data/reports/train_families_ctg/oof_predictions.csv")
 
-# evaluate_ctg writes every family's out-of-fold predictions (record, fold, y, one column per
-# family); register_ctg registers the families from them and from evaluate_ctg.json
-EVALUATE_CTG_OOF_CSV = EVALUATE_CTG_DIR / "oof_predictions.csv"
+# register_ctg writes what it registered from evaluate_ctg's outputs
 REGISTER_CTG_REPORT = Path("data/reports/register_ctg.json")

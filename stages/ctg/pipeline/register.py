@@ -32,19 +32,19 @@ from stages.common.registry.registration import (
 )
 from stages.common.settings import load_settings
 from stages.ctg.models.registration import FAMILIES, RegisterCtgSettings, family_spec
-from stages.ctg.paths import EVALUATE_CTG_OOF_CSV, EVALUATE_CTG_REPORT, REGISTER_CTG_REPORT
+from stages.ctg.paths import EVALUATE_CTG_REPORT, EVALUATE_OOF_CSV, REGISTER_CTG_REPORT
 
 
 def register_families(root: Path, settings: RegisterCtgSettings) -> list[RegisteredVersion]:
     """Register every family in :data:`FAMILIES` order; the registered versions."""
-    oof = pd.read_csv(root / EVALUATE_CTG_OOF_CSV, dtype={"record": str})
+    oof = pd.read_csv(root / EVALUATE_OOF_CSV, dtype={"record": str})
     figures = read_json(root / EVALUATE_CTG_REPORT).get("families") or {}
     missing = [f for f in FAMILIES if f not in oof.columns or f not in figures]
     if missing:
         raise ValueError(
-            f"{EVALUATE_CTG_OOF_CSV} / {EVALUATE_CTG_REPORT}: no figures for families {missing}"
+            f"{EVALUATE_OOF_CSV} / {EVALUATE_CTG_REPORT}: no figures for families {missing}"
         )
-    version = data_version(root, ["ctg", "ctu-uhb"], [root / EVALUATE_CTG_OOF_CSV])
+    version = data_version(root, ["ctg", "ctu-uhb"], [root / EVALUATE_OOF_CSV])
     return [register(family_spec(root, f, oof, figures[f], settings, version)) for f in FAMILIES]
 
 
