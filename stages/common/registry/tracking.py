@@ -331,10 +331,7 @@ def load_predictor(uri: str) -> Any:
 
 def find_version(name: str, idempotency_key: str) -> str | None:
     """The lowest version of ``name`` registered with ``idempotency_key``, or None."""
-    try:
-        found = client().search_model_versions(f"name='{name}'")
-    except Exception:  # no such registered model yet
-        return None
+    found = client().search_model_versions(f"name='{name}'")  # none yet: an empty list
     same = sorted(int(m.version) for m in found if m.tags.get("idempotency_key") == idempotency_key)
     return str(same[0]) if same else None
 
@@ -350,8 +347,11 @@ def register_model(
     artifacts; alias it ``challenger``. A version with the same ``idempotency_key`` (a rerun
     after a crash) is reused, not added (and its digests recorded if a crash left them out)."""
     c = client()
-    with contextlib.suppress(Exception):  # already exists, or raced with another run
+    try:
         c.create_registered_model(name)
+    except Exception as exc:  # already exists (RESOURCE_ALREADY_EXISTS) or raced with another run
+        if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+            raise
     version = find_version(name, idempotency_key)
     if version is None:
         all_tags = {k: str(v) for k, v in tags.items()} | {"idempotency_key": idempotency_key}
