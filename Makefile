@@ -29,8 +29,12 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 
 setup: $(VENV)/.synced  ## create .venv from the lock file
 
-pipeline: setup  ## run every DVC stage that is out of date
+# Stages register versions (alias challenger); champions move only after the outputs are on the
+# DVC remote: dvc repro, then dvc push, then fetal promote (which checks the push and decides).
+pipeline: setup  ## run every DVC stage that is out of date, push its outputs, decide champions
 	$(VENV)/bin/dvc repro
+	$(VENV)/bin/dvc push
+	$(VENV)/bin/fetal promote
 
 test: setup  ## the whole test suite (CI runs this), one test file per worker process
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile

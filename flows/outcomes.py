@@ -1,11 +1,13 @@
-"""What the training flow reports: each stage's outcome and each registered model's decision.
+"""What the training flow and ``fetal promote`` report: each stage's outcome and each decision.
 
-Pure functions of DVC's output and the registry's tags (no Prefect, no MLflow): the flow
-(:mod:`flows.training`) calls them and publishes their markdown.
+Pure functions of DVC's output and the registry's decisions (no Prefect, no MLflow): the flow
+(:mod:`flows.training`) and ``fetal promote`` (:mod:`flows.promote`) call them and publish
+their markdown.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,34 +48,63 @@ def repro_outcome(dvc_stdout: str) -> str:
     return "ran"
 
 
-def not_run_row(row: dict[str, Any], stage: str, status: str) -> dict[str, Any]:
-    """The report row of a registry target whose stage did not run (``status`` unchanged or
-    restored): no decision was taken, so the last verdict on the challenger is not quoted as
-    this run's. A champion that moved anyway (another process) is reported as it is."""
-    if status == "ran" or row["promoted"]:
-        return row
-    why = {
-        "unchanged": f"{stage} unchanged: nothing to decide",
-        "restored": f"{stage} restored from DVC's run cache (these inputs were trained before; "
-        "no training ran and nothing was registered): nothing new to decide",
-    }[status]
-    return {**row, "paired_difference": "", "decision": "kept champion", "reason": why}
+def label(version: str | None) -> str:
+    return "none" if version is None else f"v{version}"
+
+
+def decision_row(
+    model: str,
+    challenger: str,
+    before: str | None,
+    decision: Mapping[str, Any],
+    moves: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One decision as reported: the champion before it and after it, the paired difference
+    with its interval, and why (``decision``: a ``promotion.Decision`` as a dict; ``moves``: the
+    history entries it wrote)."""
+    after = str(moves[-1]["to"]) if moves else before
+    diff, low, high = (decision.get(k) for k in ("difference", "ci_low", "ci_high"))
+    paired = "" if diff is None else (
+        f"{diff:+.4f} [{low if low is not None else float('nan'):+.4f}, "
+        f"{high if high is not None else float('nan'):+.4f}] {decision.get('method') or ''}, "
+        f"n={decision.get('n')}"
+    )  # fmt: skip
+    moved = after != before
+    return {
+        "model": model,
+        "metric": decision.get("metric") or "",
+        "champion_before": label(before),
+        "champion_after": label(after),
+        "challenger": label(challenger),
+        "paired_difference": paired,
+        "decision": f"PROMOTED {label(before)} -> {label(after)}" if moved else "kept champion",
+        "promoted": moved,
+        "reason": decision.get("reason") or "no decision recorded",
+        "moves": moves,
+    }
+
+
+def kept_row(model: str, challenger: str | None, champion: str | None, why: str) -> dict[str, Any]:
+    """A model no decision was taken for (a failed push, a failed stage, an error): kept."""
+    return decision_row(model, challenger or "", champion, {"reason": why}, []) | {
+        "challenger": label(challenger)
+    }
 
 
 def comparison_markdown(rows: list[dict[str, Any]]) -> str:
     """The registry report (Prefect and MLflow artifact): champion before and after, and why."""
     if not rows:
-        return "No registered model was produced by the stages that ran."
+        return "No registered model was decided in this run."
     cols = ["model", "champion_before", "champion_after", "challenger", "paired_difference",
             "decision"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
-    reasons = "\n".join(f"- **{r['model']}**: {r['reason']}" for r in rows)
+    reasons = "\n".join(f"- **{r['model']}** {r['challenger']}: {r['reason']}" for r in rows)
     moves = [(r["model"], m) for r in rows for m in r.get("moves", [])]
     history = "\n".join(
-        f"- **{name}** v{m['from']} -> v{m['to']} at {m['when']} by {m.get('stage', '')} "
-        f"(run {m.get('run_id', '')}, commit {m.get('git_commit', '')}, {m.get('user', '')}): "
+        f"- **{name}** {label(m['from'])} -> v{m['to']} at {m['when']} by {m.get('stage', '')} "
+        f"(commit {m.get('git_commit', '')}, {m.get('user', '')}): "
         f"{m['metric']} {m['champion_value']} -> {m['challenger_value']}, {m['method']}, "
         f"n={m['n']}: {m['reason']}"
         for name, m in moves
@@ -84,45 +115,3 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> str:
         + reasons
         + ("\n\n## Champion moves in this run\n\n" + history if moves else "")
     )
-
-
-def report_row(
-    target: dict[str, Any],
-    before: dict[str, Any],
-    after: str | None,
-    challenger: str | None,
-    verdict: dict[str, Any],
-    history: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """What the stage decided, as the flow reports it: the alias before the run (``before``:
-    ``champion`` and the last history ``seq``), after it, and why (the history entries this run
-    added, else the verdict the stage tagged on the challenger)."""
-    moves = [m for m in history if m["seq"] > before["seq"]]
-    moved = after != before["champion"]
-    reason = moves[-1]["reason"] if moved and moves else verdict.get("reason", "")
-    if challenger is None:
-        reason = "no challenger version"
-    diff = verdict.get("difference")
-    paired = "" if diff is None else (
-        f"{diff:+.4f} [{verdict.get('ci_low', float('nan')):+.4f}, "
-        f"{verdict.get('ci_high', float('nan')):+.4f}] {verdict.get('method', '')}, "
-        f"n={verdict.get('n')}"
-    )  # fmt: skip
-
-    def label(v: str | None) -> str:
-        return "none" if v is None else f"v{v}"
-
-    return {
-        "model": target["name"],
-        "metric": target["metric"],
-        "champion_before": label(before["champion"]),
-        "champion_after": label(after),
-        "challenger": label(challenger),
-        "paired_difference": paired,
-        "decision": f"PROMOTED {label(before['champion'])} -> {label(after)}"
-        if moved
-        else "kept champion",
-        "promoted": moved,
-        "reason": reason or "no decision recorded",
-        "moves": moves,
-    }

@@ -105,9 +105,9 @@ def champion_line(name: str, rows: list[dict[str, Any]]) -> str:
 
 
 def history_output(name: str, fmt: str) -> str:
-    from stages.common.registry import promotion, tracking
+    from stages.common.registry import champion, promotion
 
-    entries = tracking.champion_history(name)
+    entries = champion.champion_history(name)
     if fmt == "json":
         return json.dumps(entries, indent=2, default=str)
     table = promotion.history_table(entries)

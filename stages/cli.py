@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Score ultrasound images with the champion models.",
     ),
     "compare-models": ("flows.registry", "Show a registered model's versions side by side."),
+    "promote": ("flows.promote", "Push the outputs (dvc push), then decide the champions."),
     "replay-ctg": ("flows.replay", "Stream a WFDB record as growing CSV chunks (demo/tests)."),
     "add-data": (
         "stages.common.intake.add_data",

@@ -49,3 +49,6 @@ EVALUATE_OOF_CSV = Path("data/reports/evaluate_ctg/oof_predictions.csv")
 CTG_FAMILIES_DIR = Path("data/models/ctg_families")
 TRAIN_FAMILIES_CTG_REPORT = Path("data/reports/train_families_ctg.json")
 FAMILIES_OOF_CSV = Path("data/reports/train_families_ctg/oof_predictions.csv")
+
+# register_ctg writes what it registered from evaluate_ctg's outputs
+REGISTER_CTG_REPORT = Path("data/reports/register_ctg.json")

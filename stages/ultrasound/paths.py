@@ -57,6 +57,13 @@ TRAIN_PLANE_CLASSIFIER_DIR = Path(
     "data/reports/train_plane_classifier_us"
 )  # reliability.csv + .png
 
+# the per-item validation evaluations the trainers write and register_us pairs on
+PLANE_CLASSIFIER_VAL_ITEMS = TRAIN_PLANE_CLASSIFIER_DIR / "val_items.csv"
+AUTOENCODER_VAL_ITEMS = Path("data/reports/train_autoencoder_us/val_items.csv")
+
+# register_us writes what it registered
+REGISTER_US_REPORT = Path("data/reports/register_us.json")
+
 # evaluate_us writes its metrics and figures
 EVALUATE_US_REPORT = Path("data/reports/evaluate_us.json")
 EVALUATE_US_FIGURES = Path("data/reports/evaluate_us/figures")

@@ -1,28 +1,73 @@
-"""What an ultrasound model version is registered with: metric tags, idempotency key, signature,
-model card facts and the per-item evaluation promotion pairs on."""
+"""What an ultrasound model version is registered with: its per-item evaluation (read from its
+training stage's items file), model card, signature and loader; ``register_us`` registers the
+three models through :func:`stages.common.registry.registration.register`.
+
+Per-item evaluations (what promotion pairs on; ``cluster`` is the patient or examination):
+
+- head segmenter: each HC18 image's out-of-fold |HC error| in mm (``train_segmenter_us``'s
+  ``oof.csv``; an image without an ellipse counts its whole circumference), clustered by
+  examination (the ``NNN`` of ``NNN_HC`` / ``NNN_2HC``), scored by minus the mean;
+- plane classifier: each validation crop's class probabilities (``val_items.csv``), by log-loss;
+- autoencoder: each validation crop and its corrupted copies (``val_items.csv``), by AUROC.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from stages.common.registry.promotion import Evaluation, score_interval, with_predictions
-from stages.common.registry.provenance import data_hash, idempotency_key
+from stages.common.registry.promotion import Evaluation, score_interval
+from stages.common.registry.registration import ModelRegistration, ModelSpec
+from stages.common.settings import settings
+from stages.ultrasound.paths import AUTOENCODER_DIR, FINAL_SEGMENTER, PLANE_CLASSIFIER_DIR
+
+KINDS = ("segmenter", "plane_classifier", "autoencoder")  # registration order
+PREDICTORS = "stages.ultrasound.serving.predictors"
+MODELS: dict[str, tuple[Path, str]] = {  # kind -> model folder, installed loader
+    "segmenter": (FINAL_SEGMENTER, f"{PREDICTORS}:load_segmenter_predictor"),
+    "plane_classifier": (PLANE_CLASSIFIER_DIR, f"{PREDICTORS}:load_plane_predictor"),
+    "autoencoder": (AUTOENCODER_DIR, f"{PREDICTORS}:load_autoencoder_predictor"),
+}
+SCORES = {"segmenter": "mean_neg", "plane_classifier": "log_loss_neg", "autoencoder": "auc"}
 
 
-def metric_tags(metrics: dict[str, float]) -> dict[str, str]:
-    """A registered version's metric tags (6 significant digits)."""
-    return {k: f"{v:.6g}" for k, v in metrics.items()}
+@settings
+class RegisterUsSettings:
+    """``register_us`` in params.yaml: one registration per model, one interval setting."""
+
+    seed: int  # seed of the patient-bootstrap intervals and paired comparisons
+    n_bootstrap: int  # resamples of those
+    segmenter: ModelRegistration
+    plane_classifier: ModelRegistration
+    autoencoder: ModelRegistration
 
 
-def code_key(eval_paths: list[Path], key_parts: dict[str, Any]) -> str:
-    """Idempotency key of a registered ultrasound model: its evaluation inputs, ``key_parts``
-    (the params) and the ultrasound code, hashed by content (retraining with changed code on the
-    same data is a new model)."""
-    return idempotency_key(eval_paths, key_parts, data_hash([Path(__file__).parent]))
+def exam_of(image: str) -> str:
+    """The examination of an HC18 image name (``"012_2HC"`` -> ``"012"``)."""
+    found = re.match(r"\d+(?=_)", image)
+    return found.group(0) if found else image
+
+
+def segmenter_items(oof: pd.DataFrame) -> pd.DataFrame:
+    """``oof.csv`` (``image, fold, dice, hc_mm, hc_error_mm, hc_true_mm``) as items: the
+    |HC error| in mm per image, the image's whole circumference when no ellipse was found."""
+    signed, truth = oof["hc_error_mm"].to_numpy(float), oof["hc_true_mm"].to_numpy(float)
+    names = oof["image"].astype(str)
+    return pd.DataFrame({"item": names, "cluster": [exam_of(n) for n in names], "y": truth,
+                         "pred": np.where(np.isnan(signed), truth, np.abs(signed))})  # fmt: skip
+
+
+def kind_evaluation(kind: str, items: pd.DataFrame, settings: RegisterUsSettings) -> Evaluation:
+    """The paired evaluation of one model from its items (``item, cluster, y, pred[.i]``)."""
+    items = items.assign(item=items["item"].astype(str), cluster=items["cluster"].astype(str))
+    return Evaluation(items, getattr(settings, kind).promote_metric, score=SCORES[kind],
+                      n_bootstrap=settings.n_bootstrap, seed=settings.seed)  # fmt: skip
 
 
 # MLflow signature specs (stages.common.registry.tracking.model_signature): raw 2-D uint8 images in.
@@ -64,22 +109,6 @@ CARD_IO: dict[str, tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]
 }  # fmt: skip
 
 
-def item_evaluation(
-    items: list[str],
-    clusters: list[str],
-    y: Any,
-    pred: Any,
-    metric: str,
-    score: str,
-    seed: int,
-) -> Evaluation:
-    """Per-item evaluation clustered by patient (examination): a paired bootstrap of ``score``
-    (a key of :data:`stages.common.registry.promotion.SCORES`) resampling patients."""
-    frame = pd.DataFrame({"item": [str(i) for i in items], "cluster": clusters, "y": y})
-    return Evaluation(with_predictions(frame, np.asarray(pred, dtype=float)), metric,
-                      score=score, seed=seed)  # fmt: skip
-
-
 # The model cards' fixed text; ``evaluation`` is formatted with the stage's report figures.
 CARD_TEXT: dict[str, dict[str, Any]] = {
     "segmenter": {
@@ -98,8 +127,8 @@ CARD_TEXT: dict[str, dict[str, Any]] = {
         "name": "us-plane-classifier",
         "summary": "Small CNN classifying brain-plane head crops (FETAL_PLANES_DB).",
         "evaluation": "Validation on {n_val} crops of held-out patients (patient-disjoint hashed "
-        "split); intervals: bootstrap by patient. Promotion: the champion is re-scored on the "
-        "same val crops and compared by a paired bootstrap by patient.",
+        "split); intervals: bootstrap by patient. Promotion: a paired bootstrap by patient on "
+        "the validation crops champion and challenger were both scored on.",
         "failure_cases": [
             "a failed skull segmentation gives a wrong crop and an unreliable plane",
             "non-brain planes are out of scope (not a class)",
@@ -113,8 +142,8 @@ CARD_TEXT: dict[str, dict[str, Any]] = {
         "diagnosis.",
         "evaluation": "Validation crops of held-out patients (hashed patient split) against "
         "corrupted copies (occlusion, noise, blank, inverted, seeded); interval: bootstrap by "
-        "patient. Promotion: the champion is re-scored on the same crops and corruptions, paired "
-        "bootstrap by patient.",
+        "patient. Promotion: a paired bootstrap by patient on the crops and corruptions "
+        "champion and challenger were both scored on.",
         "failure_cases": [
             "real pathology was never seen: a high score is not a finding",
             "easy-to-reconstruct dark or smooth non-brain crops may score low",
@@ -124,13 +153,45 @@ CARD_TEXT: dict[str, dict[str, Any]] = {
 }
 
 
+def card_metrics(kind: str, evaluation: Evaluation, report: Mapping[str, Any]) -> dict[str, Any]:
+    """The card's figures: the promotion metric with its patient-bootstrap interval (losses shown
+    as positive numbers) and the report's own figures."""
+    value, low, high = score_interval(evaluation)
+    if kind == "segmenter":
+        return {"oof_hc_error_mm_mean": (-value, -high, -low),
+                "oof_hc_error_mm_median": report["oof_hc_error_mm_median"],
+                "oof_dice_mean": report["oof_dice_mean"],
+                "oof_n_no_ellipse": report["oof_n_no_ellipse"]}  # fmt: skip
+    if kind == "plane_classifier":
+        accuracy = Evaluation(evaluation.items, "val_accuracy", score="accuracy",
+                              n_bootstrap=evaluation.n_bootstrap, seed=evaluation.seed)  # fmt: skip
+        return {"val_accuracy": score_interval(accuracy), "val_log_loss": (-value, -high, -low),
+                "best_epoch": report["best_epoch"]}  # fmt: skip
+    return {"val_corruption_auroc": (value, low, high), "val_mse": report["val_mse"],
+            "threshold": report["threshold"]}  # fmt: skip
+
+
+def training_facts(kind: str, report: Mapping[str, Any]) -> tuple[str, str]:
+    """(size with its unit, class balance) of the model card's training data."""
+    if kind == "segmenter":
+        return (f"{report['n_images']} HC18 images",
+                "not applicable (segmentation); head sizes stratified over folds")  # fmt: skip
+    if kind == "plane_classifier":
+        counts = report.get("train_class_counts") or {}
+        balance = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "not recorded"
+        return f"{report['n_train']} head crops", balance
+    return (f"{report['n_train']} brain crops",
+            "no anomaly labels: trained on normal-appearing brain crops only")  # fmt: skip
+
+
 def card_facts(
-    kind: str, data_version: str, training: tuple[str, str], metrics: dict[str, Any], **report: Any
+    kind: str, evaluation: Evaluation, report: Mapping[str, Any], data_version: str
 ) -> dict[str, Any]:
-    """The model card's facts of an ultrasound model (:mod:`stages.common.registry.model_card`):
-    ``training`` is (size with its unit, class balance); ``report`` fills the evaluation text."""
+    """The model card's facts of an ultrasound model (:mod:`stages.common.registry.model_card`)
+    from its training stage's report."""
     text = CARD_TEXT[kind]
     inputs, outputs = CARD_IO[kind]
+    n_train, balance = training_facts(kind, report)
     return {
         "name": text["name"],
         "summary": text["summary"],
@@ -139,15 +200,38 @@ def card_facts(
         "inputs": inputs,
         "outputs": outputs,
         "data_version": data_version,
-        "n_train": training[0],
-        "class_balance": training[1],
+        "n_train": n_train,
+        "class_balance": balance,
         "evaluation": text["evaluation"].format(**report),
-        "metrics": metrics,
+        "metrics": card_metrics(kind, evaluation, report),
         "failure_cases": text["failure_cases"],
     }
 
 
-def interval_tag(evaluation: Evaluation) -> str:
-    """The ``metric_interval`` tag: the 95 % patient-bootstrap interval of the promotion metric."""
-    _, low, high = score_interval(evaluation)
-    return f"[{low:.4f}, {high:.4f}]"
+@dataclass(frozen=True)
+class Trained:
+    """What a trainer left for registration: its items, its report and their data version."""
+
+    items: pd.DataFrame
+    report: Mapping[str, Any]
+    data_version: str
+
+
+def kind_spec(root: Path, kind: str, trained: Trained, settings: RegisterUsSettings) -> ModelSpec:
+    """What ``register_us`` registers for one model: folder, loader, evaluation, card."""
+    report, data_version = trained.report, trained.data_version
+    evaluation = kind_evaluation(kind, trained.items, settings)
+    folder, loader = MODELS[kind]
+    figures = {k: f"{v:.6g}" for k, v in report.items() if isinstance(v, int | float)}
+    return ModelSpec(
+        registered_name=getattr(settings, kind).registered_name,
+        model_dir=root / folder,
+        loader=loader,
+        family=kind,
+        evaluation=evaluation,
+        promote_margin=getattr(settings, kind).promote_margin,
+        card=card_facts(kind, evaluation, report, data_version),
+        signature=SIGNATURES[kind],
+        tags={**figures, "data_version": data_version},
+        stage="register_us",
+    )

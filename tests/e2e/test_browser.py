@@ -95,12 +95,14 @@ def test_prefect_ui_shows_scheduled_retraining(browser, prefect_env):
 
 
 def test_mlflow_ui_shows_each_model_with_its_champion(browser, tmp_path: Path, monkeypatch):
-    from flows.tasks import log_baseline_model
-    from stages.common.registry import tracking
+    from stages.common.registry import champion, tracking
+    from tests.synth_registry import log_baseline_model
 
     db = tmp_path / "mlflow.db"
     with mlflow_server(f"sqlite:///{db}", tmp_path / "artifacts", tmp_path / "mlflow.log") as url:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        # a tracking server hides its database: decisions lock a file shared by this test
+        monkeypatch.setenv("FETAL_REGISTRY_LOCK_URI", f"file://{tmp_path / 'registry.lock'}")
         with tracking.run("e2e", "baseline"):
             uri = log_baseline_model(str(tmp_path / "config.json"))
         for name in MODELS:
@@ -108,7 +110,7 @@ def test_mlflow_ui_shows_each_model_with_its_champion(browser, tmp_path: Path, m
                 v = tracking.register_model(
                     uri, name, {"cv_auc": score, "eval_data_hash": "h"}, key
                 )
-                tracking.promote_if_better(name, v, "cv_auc", 0.005)
+                champion.promote_if_better(name, v, "cv_auc", 0.005)
 
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.goto(f"{url}/#/models", timeout=60_000)

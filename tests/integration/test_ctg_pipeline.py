@@ -1,5 +1,6 @@
-"""The real ``dvc repro evaluate_ctg`` (network, feature families, evaluation) on a toy repository
-with a tiny synthetic mirror."""
+"""The real ``dvc repro evaluate_ctg``, then ``register_ctg`` and ``fetal promote``, on a toy
+repository with a tiny synthetic mirror (one test: the register stage reuses what the first repro
+trained and evaluated)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.common.registry import tracking
-from stages.ctg.models.family_predictor import linear_proba
-from stages.ctg.models.family_predictor import load_predictor as load_family
+from stages.cli import main as fetal
+from stages.common.ml.paired import delong_test
+from stages.common.params import load_params
+from stages.common.registry import champion, tracking
 from stages.ctg.signal.wfdb_record import read_ctg_record
 from tests.conftest import run_dvc, set_params
 from tests.synth_ctg import make_ctg_mirror
@@ -97,6 +99,14 @@ def test_dvc_repro_evaluate_ctg(
     assert "lstm.auc" in shown and "cv_auc" in shown
     check_families(toy_repo, mirror, ev)
 
+    registered = run_dvc(toy_repo, "repro", "register_ctg").stdout
+    assert "register_ctg" in ran_stages(registered), registered
+    assert "train_ctg" not in ran_stages(registered)  # the network is reused, not retrained
+    run_dvc(toy_repo, "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    assert tracking.alias_version(NAME, "champion") is None  # registration moves nothing
+    assert fetal(["promote", "--repo", str(toy_repo)]) == 0  # pushes, then decides
+    check_registry(toy_repo, mirror)
+
     # nothing new: only the always-changed source check runs, everything below is skipped
     again = run_dvc(toy_repo, "repro", "evaluate_ctg").stdout
     assert ran_stages(again) == {"source_ctg"}, again
@@ -135,19 +145,49 @@ def check_families(repo: Path, mirror: Path, evaluate: dict) -> None:
     assert np.allclose(oof["lstm"], lstm["probability"]) and (oof["y"] == lstm["label"]).all()
     assert tracking.alias_version(NAME, "champion") is None  # nothing registered yet
 
-    # Raw records in, as for the network; the served features are featurize_ctg's.
+
+def check_registry(repo: Path, mirror: Path) -> None:
+    """Four families registered from evaluate_ctg's out-of-fold predictions with one input
+    schema and a model card, the champion by the paired rule in registration order (the baseline
+    first), raw records scored by each registered version through the verified loader."""
+    import mlflow
+
+    rows = json.loads((repo / "data/reports/register_ctg.json").read_text())["models"]
+    assert [r["family"] for r in rows] == ["logistic", "lstm", "gbm", "hybrid"]
+    assert [r["version"] for r in rows] == ["1", "2", "3", "4"]
+    oof = pd.read_csv(repo / "data/reports/evaluate_ctg/oof_predictions.csv", dtype={"record": str})
+    assert set(FAMILIES) <= set(oof.columns) and len(oof) == 12
+    figures = json.loads((repo / "data/reports/evaluate_ctg.json").read_text())["families"]
+    family = {r["family"]: r for r in rows}
+    for f, r in family.items():  # each card quotes the figures the register report holds
+        mv = tracking.client().get_model_version(NAME, r["version"])
+        assert mv.tags["family"] == f and f"Family `{f}`" in mv.description
+        for value in (r["value"], r["ci_low"], r["ci_high"]):
+            assert f"{value:.4f}" in mv.description, (f, value)
+        assert r["value"] == pytest.approx(figures[f]["auc"])
+    schemas = {
+        f: mlflow.models.get_model_info(f"models:/{NAME}/{r['version']}").signature.to_dict()
+        for f, r in family.items()
+    }
+    assert all(s == schemas["lstm"] for s in schemas.values())  # inputs and outputs alike
+
+    # The champion by the paired rule, replayed in registration order on the same records.
+    y, best = oof["y"].to_numpy(int), None
+    margin = float(load_params("register_ctg", repo / "params.yaml")["promote_margin"])
+    for r in rows:
+        f = r["family"]
+        if best is not None:
+            d = delong_test(y, oof[best].to_numpy(), oof[f].to_numpy())
+            if not (d.difference >= margin and d.ci_low > 0):
+                continue
+        best = f
+    assert tracking.alias_version(NAME, "champion") == family[best]["version"]
+    assert champion.champion_history(NAME)[0]["to"] == "1"  # the baseline, the incumbent
+
+    # Raw records in, through the verified path (no pickle), for every family.
     rec = read_ctg_record(mirror / "1001")
     frame = pd.DataFrame({"fhr_bpm": [rec.fhr_bpm.tolist()], "uc": [rec.uc.tolist()],
                           "fs_hz": [rec.fs_hz]})  # fmt: skip
-    served = {
-        f: load_family({"model_dir": str(repo / "data/models/ctg_families" / f)}).predict(frame)
-        for f in ("logistic", "gbm", "hybrid")
-    }
-    for out in served.values():
+    for r in rows:
+        out = tracking.load_model(f"models:/{NAME}/{r['version']}").predict(frame)
         assert list(out.columns) == ["probability", "alert"] and 0 <= out["probability"][0] <= 1
-    folder = repo / "data/models/ctg_families/logistic"
-    config = json.loads((folder / "family.json").read_text())
-    feats = pd.read_csv(repo / "data/processed/ctg/features.csv", dtype={"record": str})
-    row = feats.set_index("record").loc[["1001"], config["columns"]].to_numpy(float)
-    expected = linear_proba(config["scorer"], row)[0]
-    assert served["logistic"]["probability"][0] == pytest.approx(expected)

@@ -142,7 +142,7 @@ def test_process_work_pool_worker_runs_the_training_deployment(toy_repo: Path, t
         dep = deps["weekly-retraining"]
         assert dep["work_pool_name"] == pool
         run = prefect_api_post(
-            env, f"/deployments/{dep['id']}/create_flow_run", {"parameters": {"push": False}}
+            env, f"/deployments/{dep['id']}/create_flow_run", {"parameters": {"push": True}}
         )
         worker = subprocess.Popen(
             [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],

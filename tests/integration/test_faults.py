@@ -28,15 +28,14 @@ pytestmark = pytest.mark.integration
 
 
 def test_killed_training_run_reruns_cleanly_without_duplicate_versions(
-    toy_repo: Path, prefect_api: str
+    toy_repo: Path, tmp_path: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch
 ):
-    install_toy_pipeline(toy_repo)
-    # train_ctg registers its model, then is killed before writing its outputs
-    set_params(toy_repo, {"train_ctg": {"sleep_after_register_s": 120}})
+    install_toy_pipeline(toy_repo, remote=tmp_path / "remote")
+    # register_ctg registers its model, then is killed before writing its report
+    set_params(toy_repo, {"register_ctg": {"sleep_after_register_s": 120}})
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.training", "--repo", str(toy_repo), "--no-push",
-         "--retries", "0"],
+        [sys.executable, "-m", "flows.training", "--repo", str(toy_repo), "--retries", "0"],
         cwd=ROOT, env=env, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -47,16 +46,18 @@ def test_killed_training_run_reruns_cleanly_without_duplicate_versions(
     assert tracking.alias_version("toy-ctg", "challenger") == "1", "never reached registration"
     os.killpg(proc.pid, signal.SIGKILL)  # the flow, dvc and the stage, mid-stage
     proc.wait(30)
-    assert not (toy_repo / "data/models/ctg.json").exists()
+    assert not (toy_repo / "data/reports/register_ctg.json").exists()
 
-    set_params(toy_repo, {"train_ctg": {"sleep_after_register_s": 0}})
-    out = training.training_flow(repo=str(toy_repo), retries=0, push=False)
-    assert {s["stage"] for s in out["stages"]} >= {"train_ctg", "evaluate_ctg"}
+    set_params(toy_repo, {"register_ctg": {"sleep_after_register_s": 0}})
+    monkeypatch.setenv("FETAL_PROJECT_ROOT", str(toy_repo))  # the flow's own project
+    out = training.training_flow(repo=str(toy_repo), retries=0)
+    assert "register_ctg" in {s["stage"] for s in out["stages"] if s["ran"]}
     versions = tracking.compare_versions("toy-ctg")
     assert [v["version"] for v in versions] == [1]  # the rerun reused v1: no duplicate
     assert tracking.alias_version("toy-ctg", "champion") == "1"
-    assert yaml.safe_load((toy_repo / "data/models/ctg.json").read_text())["version"] == "1"
-    status = run_dvc(toy_repo, "status").stdout
+    report = yaml.safe_load((toy_repo / "data/reports/register_ctg.json").read_text())
+    assert report["models"][0]["version"] == "1"
+    status = run_dvc(toy_repo, "status", "prep_ctg", "train_ctg", "evaluate_ctg").stdout
     assert "up to date" in status, status
 
 

@@ -14,18 +14,19 @@ import psutil
 import pytest
 import yaml
 
-from flows import training
-from stages.common.registry import tracking
+from flows import dvc_locks, training
+from stages.common.registry import champion, tracking
 from tests import import_graph as ig
-from tests.conftest import ROOT, set_params
+from tests.conftest import ROOT, run_dvc, set_params
 from tests.integration.toy_pipeline import install_toy_pipeline
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def toy(toy_repo: Path, tmp_path: Path) -> Path:
+def toy(toy_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     install_toy_pipeline(toy_repo, remote=tmp_path / "remote")
+    monkeypatch.setenv("FETAL_PROJECT_ROOT", str(toy_repo))  # the flow's own project
     return toy_repo
 
 
@@ -113,7 +114,7 @@ def test_stage_order_rejects_a_cycle(tmp_path: Path):
 
 
 @pytest.mark.unit
-def test_stale_dvc_locks_of_dead_and_zombie_processes_are_released(tmp_path: Path):
+def test_only_this_machines_recorded_dead_dvc_locks_are_released(tmp_path: Path):
     import subprocess
     import sys
 
@@ -124,123 +125,156 @@ def test_stale_dvc_locks_of_dead_and_zombie_processes_are_released(tmp_path: Pat
         time.sleep(0.05)  # ended, not yet reaped: what DVC takes for a live holder
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
+    elsewhere = subprocess.Popen([sys.executable, "-c", "pass"])
+    elsewhere.wait()
+    unrecorded = subprocess.Popen([sys.executable, "-c", "pass"])
+    unrecorded.wait()
+    for pid in (zombie.pid, gone.pid, elsewhere.pid, os.getpid()):
+        dvc_locks.record_holder(tmp_path, pid)  # started by the flow on this machine...
+    holders = tmp_path / dvc_locks.HOLDERS_DIR
+    other = json.loads((holders / f"{elsewhere.pid}.json").read_text())
+    other["machine"] = "another-host|boot|1"  # ...except this one: another host's dvc
+    (holders / f"{elsewhere.pid}.json").write_text(json.dumps(other))
     live = {"pid": os.getpid(), "cmd": "dvc repro"}
+    entry = {pid: {"pid": pid, "cmd": "dvc repro"} for pid in (zombie.pid, gone.pid)}
+    kept = {pid: {"pid": pid, "cmd": "dvc repro"} for pid in (elsewhere.pid, unrecorded.pid)}
     (lock_dir / "rwlock").write_text(
         json.dumps(
             {
-                "write": {
-                    "data/a": {"pid": zombie.pid, "cmd": "dvc repro"},
-                    "data/b": live,
-                },
-                "read": {"data/c": [{"pid": gone.pid, "cmd": "dvc repro"}, live]},
+                "write": {"data/a": entry[zombie.pid], "data/b": live,
+                          "data/e": kept[elsewhere.pid]},
+                "read": {"data/c": [entry[gone.pid], live], "data/d": [kept[unrecorded.pid]]},
             }
         )
-    )
+    )  # fmt: skip
     try:
-        assert training.release_stale_dvc_locks(tmp_path) == sorted([zombie.pid, gone.pid])
+        assert dvc_locks.release_stale_dvc_locks(tmp_path) == sorted([zombie.pid, gone.pid])
     finally:
         zombie.wait()
     lock = json.loads((lock_dir / "rwlock").read_text())
-    assert lock == {"write": {"data/b": live}, "read": {"data/c": [live]}}
+    # a PID another machine wrote, or no record of ours vouches for, may be alive elsewhere
+    assert lock == {
+        "write": {"data/b": live, "data/e": kept[elsewhere.pid]},
+        "read": {"data/c": [live], "data/d": [kept[unrecorded.pid]]},
+    }
+    assert not (holders / f"{gone.pid}.json").exists()  # released: its record goes too
 
 
-def test_training_flow_reproduces_reports_the_stage_decision_and_pushes(toy: Path, prefect_api):
+@pytest.mark.unit
+def test_the_flow_runs_only_its_own_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("FETAL_PROJECT_ROOT", str(tmp_path))
+    assert training.training_root(None) == tmp_path.resolve()
+    assert training.training_root(str(tmp_path)) == tmp_path.resolve()
+    with pytest.raises(ValueError, match="refused"):
+        training.training_root("/")  # e.g. a flow run created over the Prefect API
+
+
+def test_training_flow_reproduces_pushes_then_promotes(toy: Path, prefect_api):
     set_params(toy, {"prep_ctg": {"sleep_s": 2}, "prep_us": {"sleep_s": 2}})
     out = training.training_flow(repo=str(toy), retries=0)
 
-    # every stage ran once, through DVC: dvc.lock holds the lineage of all five
-    assert {s["stage"] for s in out["stages"]} == set(
-        yaml.safe_load((toy / "dvc.yaml").read_text())["stages"]
-    )
-    lock = yaml.safe_load((toy / "dvc.lock").read_text())["stages"]
-    assert set(lock) == {"prep_ctg", "train_ctg", "evaluate_ctg", "prep_us", "train_us"}
+    # every stage ran once, through DVC: dvc.lock holds the lineage of all six
+    stages = set(yaml.safe_load((toy / "dvc.yaml").read_text())["stages"])
+    assert {s["stage"] for s in out["stages"]} == stages
+    assert set(yaml.safe_load((toy / "dvc.lock").read_text())["stages"]) == stages
     # the CTG and US branches overlapped in time (each prep sleeps 2 s)
     t = {s: json.loads((toy / f"data/times/{s}.json").read_text()) for s in ("prep_ctg", "prep_us")}
     overlap = min(t["prep_ctg"]["end"], t["prep_us"]["end"]) - max(
         t["prep_ctg"]["start"], t["prep_us"]["start"]
     )
     assert overlap > 0.5, t
-    # the stage made the first model champion; the flow reports it (Prefect + MLflow artifact)
+    # registered by the stage, pushed, then promoted by the flow's promote task
     assert tracking.alias_version("toy-ctg", "champion") == "1"
     row = out["decisions"][0]
     assert row["promoted"] is True and row["champion_before"] == "none"
     assert row["champion_after"] == "v1" and row["reason"] == "no champion yet"
     assert "PROMOTED" in _artifact_markdown("registry-comparison")
-    # dvc push filled the local remote with the cached outputs
-    assert any(p.is_file() for p in (toy.parent / "remote").rglob("*"))
+    assert any(p.is_file() for p in (toy.parent / "remote").rglob("*"))  # dvc push happened
+    assert champion.champion_history("toy-ctg")[0]["stage"] == "training flow"
 
-    # nothing changed: no stage runs, no new version, champion unchanged
-    again = training.training_flow(repo=str(toy), retries=0, push=False)
-    assert not any(s["ran"] for s in again["stages"])
+    # nothing changed: only the register stage runs (always), registering nothing new
+    again = training.training_flow(repo=str(toy), retries=0)
+    assert {s["stage"] for s in again["stages"] if s["ran"]} == {"register_ctg"}
     assert len(tracking.compare_versions("toy-ctg")) == 1
     assert again["decisions"][0]["decision"] == "kept champion"
 
     # a challenger better by less than the margin (about 0.003 < 0.005): registered, kept out
     set_params(toy, {"train_ctg": {"score": 0.703}})
-    out = training.training_flow(repo=str(toy), retries=0, push=False)
+    out = training.training_flow(repo=str(toy), retries=0)
     ran = {s["stage"] for s in out["stages"] if s["ran"]}
-    assert ran == {"train_ctg", "evaluate_ctg"}  # only what changed
+    assert ran == {"train_ctg", "evaluate_ctg", "register_ctg"}  # only what changed
     assert tracking.alias_version("toy-ctg", "challenger") == "2"
     assert tracking.alias_version("toy-ctg", "champion") == "1"
     row = out["decisions"][0]
     assert "below the margin" in row["reason"] and "DeLong" in row["paired_difference"]
     assert row["champion_before"] == row["champion_after"] == "v1" and not row["promoted"]
 
-    # clearly better: the STAGE moves the alias; the flow reports v1 -> v3, with the figures
+    # clearly better: promoted v1 -> v3, with the figures
     set_params(toy, {"train_ctg": {"score": 0.9}})
-    out = training.training_flow(repo=str(toy), retries=0, push=False)
+    out = training.training_flow(repo=str(toy), retries=0)
     row = out["decisions"][0]
     assert tracking.alias_version("toy-ctg", "champion") == "3"
-    assert (row["champion_before"], row["champion_after"]) == ("v1", "v3") and row["promoted"]
     assert row["decision"] == "PROMOTED v1 -> v3" and "DeLong" in row["paired_difference"]
+    assert [(m["from"], m["to"]) for m in row["moves"]] == [("1", "3")]
+    assert row["moves"][0]["n"] == 400 and row["moves"][0]["ci"][0] > 0
     art = _artifact_markdown("registry-comparison")
     assert "Champion moves in this run" in art and "v1 -> v3" in art
-    assert [(m["from"], m["to"]) for m in row["moves"]] == [("1", "3")]
-    decision = json.loads((toy / "data/reports/train_ctg.json").read_text())["decision"]
-    assert decision["promoted"] and decision["n"] == 400 and decision["ci_low"] > 0
 
-    # every version explains itself: card numbers = the stage's report; same input schema
+    # every version explains itself: card numbers = the register report; same input schema
     import mlflow
 
-    report = json.loads((toy / "data/reports/train_ctg.json").read_text())
+    reg = json.loads((toy / "data/reports/register_ctg.json").read_text())["models"][0]
+    assert reg["version"] == "3" and len(reg["key"]) == 64
     card = tracking.client().get_model_version("toy-ctg", "3").description
-    assert f"cv_auc: {report['cv_auc']:.4f} (95 % interval" in card and "not a diagnosis" in card
-    assert f"size: {report['n_records']} records" in card
+    assert f"cv_auc: {reg['value']:.4f} (95 % interval {reg['ci_low']:.4f}" in card
+    assert "size: 400 records" in card and "not a diagnosis" in card
     schemas = {
         v: mlflow.models.get_model_info(f"models:/toy-ctg/{v}").signature for v in ("1", "3")
     }
     assert schemas["1"].inputs == schemas["3"].inputs
     assert schemas["1"].inputs.input_names() == ["fhr_bpm", "uc", "fs_hz"]
-    assert schemas["3"].outputs.input_names() == ["probability", "alert"]
+
+    # the remote is unreachable: the better model is registered, the push fails, nothing moves,
+    # and the comparison still says what happened
+    run_dvc(toy, "remote", "modify", "local", "url", "/proc/no-such-remote")
+    set_params(toy, {"train_ctg": {"score": 0.97}})
+    with pytest.raises(Exception, match="dvc push failed"):
+        training.training_flow(repo=str(toy), retries=0)
+    assert tracking.alias_version("toy-ctg", "challenger") == "4"
+    assert tracking.alias_version("toy-ctg", "champion") == "3"
+    report = (toy / "data/reports/registry_comparison.md").read_text()
+    assert "dvc push failed" in report and "PROMOTED" not in report
+    assert "dvc push failed" in _artifact_markdown("registry-comparison")
 
 
 def test_failed_training_stage_promotes_nothing_and_champion_stays(toy: Path, prefect_api):
-    training.training_flow(repo=str(toy), retries=0, push=False)
+    training.training_flow(repo=str(toy), retries=0)
     assert tracking.alias_version("toy-ctg", "champion") == "1"
     # a much better model is configured, but its training stage fails: nothing is decided
     set_params(toy, {"train_ctg": {"score": 0.95, "fail": True}})
     with pytest.raises(Exception, match="train_ctg"):
-        training.training_flow(repo=str(toy), retries=0, push=False)
+        training.training_flow(repo=str(toy), retries=0)
     assert tracking.alias_version("toy-ctg", "champion") == "1"
     assert len(tracking.compare_versions("toy-ctg")) == 1
-    # training fixed: the rerun's stage promotes the better model
+    report = (toy / "data/reports/registry_comparison.md").read_text()
+    assert "not decided" in report and "train_ctg" in report
+    # training fixed: the rerun registers and promotes the better model
     set_params(toy, {"train_ctg": {"fail": False}})
-    out = training.training_flow(repo=str(toy), retries=0, push=False)
+    out = training.training_flow(repo=str(toy), retries=0)
     assert tracking.alias_version("toy-ctg", "champion") == "2"
     assert out["decisions"][0]["champion_before"] == "v1"
-    assert len(tracking.compare_versions("toy-ctg")) == 2
 
 
 # --------------------------------------------------------------------------- monitoring
 
 
 def _champion_baseline(tmp_path: Path, name: str = "toy-ctg-monitor") -> str:
-    from flows.tasks import log_baseline_model
+    from tests.synth_registry import log_baseline_model
 
     with tracking.run("monitor-test", "baseline"):
         uri = log_baseline_model(str(tmp_path / "config.json"))
     v = tracking.register_model(uri, name, {"cv_auc": 0.5, "eval_data_hash": "h"}, "k")
-    tracking.promote_if_better(name, v, "cv_auc", 0.0)
+    champion.promote_if_better(name, v, "cv_auc", 0.0)
     return f"models:/{name}@champion"
 
 

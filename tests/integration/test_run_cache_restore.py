@@ -3,7 +3,8 @@
 Found in the issue-11 rehearsal: a clone sharing the DVC cache of a full run got back the full
 mirror, every training stage's inputs were ones trained before, DVC checked their outputs out of
 its run cache ("is cached - skipping run") and no code ran, nothing was registered, yet the flow
-called the stages "ran" and quoted the challenger's old verdict as this run's decision.
+called the stages "ran" and quoted the challenger's old verdict as this run's decision. (Since
+then decisions are fresh ones of ``promote_champions`` after every run, never a stage's verdict.)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from flows.arrivals import arrivals_markdown
-from flows.outcomes import StageResult, not_run_row, repro_outcome
+from flows.outcomes import StageResult, repro_outcome
 from flows.training import dvc_command, stage_env
 
 pytestmark = pytest.mark.integration
@@ -52,30 +53,6 @@ def test_real_dvc_output_tells_ran_unchanged_and_restored_apart(tmp_path: Path) 
     params.write_text("step:\n  n: 1\n")  # inputs run before: DVC checks the old output out
     assert _repro(tmp_path) == "restored"
     assert (tmp_path / "out.txt").read_text() == "step:\n  n: 1\n"
-
-
-ROW = {
-    "model": "ctg-distress",
-    "champion_before": "v1",
-    "champion_after": "v1",
-    "challenger": "v4",
-    "paired_difference": "+0.0026 [-0.0083, +0.0135] delong, n=452",
-    "decision": "kept champion",
-    "promoted": False,
-    "reason": "below the margin 0.005",
-}
-
-
-def test_a_stage_that_did_not_run_quotes_no_old_verdict() -> None:
-    restored = not_run_row(ROW, "train_families_ctg", "restored")
-    assert restored["paired_difference"] == "" and "run cache" in restored["reason"]
-    assert "nothing new to decide" in restored["reason"]
-    assert not_run_row(ROW, "train_families_ctg", "unchanged")["reason"].endswith(
-        "unchanged: nothing to decide"
-    )
-    assert not_run_row(ROW, "train_families_ctg", "ran") == ROW  # a real decision stays
-    moved = {**ROW, "promoted": True, "champion_after": "v4"}
-    assert not_run_row(moved, "train_families_ctg", "restored") == moved
 
 
 def test_arrivals_name_the_restored_stages_apart_from_the_ones_that_ran(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """``mlflow models serve -m models:/ctg-distress@champion``: raw 4 Hz FHR/UC in, risk out.
 
-The served model is a registered pyfunc (the transparent baseline from ``flows.tasks``, same
-input and output as the trained CTG model) promoted to champion in a temporary store; the real
+The served model is a registered pyfunc (the transparent baseline of ``tests.synth_registry``,
+same input and output as the trained CTG model) promoted to champion in a temporary store; the real
 server runs on a free loopback port. A malformed payload must get a 4xx with a clear message.
 """
 
@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from flows.tasks import log_baseline_model
 from tests.integration.services import model_server, post_json, register_champion
+from tests.synth_registry import log_baseline_model
 
 pytestmark = pytest.mark.integration
 

@@ -49,7 +49,7 @@ def test_dvc_repro_evaluate_us(toy_repo, tmp_path, monkeypatch) -> None:
     hc_csv.write_bytes(re.sub(rb"np\.float64\(([^)]*)\)", rb"\1", hc_csv.read_bytes()))
     monkeypatch.setenv("FETAL_MIRROR", str(mirror))
     set_params(toy_repo, TINY)
-    run_dvc(toy_repo, "repro", "evaluate_us", timeout=900)
+    run_dvc(toy_repo, "repro", "register_us", timeout=900)
     # dvc.yaml code deps are the import closure: editing a plotting helper or the scoring CLI
     # leaves the U-Net (37 of the full pipeline's 47 minutes) up to date
     for helper in (
@@ -130,14 +130,22 @@ def test_dvc_repro_evaluate_us(toy_repo, tmp_path, monkeypatch) -> None:
     ):
         assert (figures / name).is_file(), name
 
+    from stages.cli import main as fetal
     from stages.common.registry import tracking
 
-    for name in ("us-brain-autoencoder", "us-plane-classifier", "us-head-segmenter"):
+    # registered by register_us (challenger only), champions moved by fetal promote after a push
+    names = ["us-head-segmenter", "us-plane-classifier", "us-brain-autoencoder"]
+    rows = json.loads((toy_repo / "data/reports/register_us.json").read_text())["models"]
+    assert [r["name"] for r in rows] == names and [r["version"] for r in rows] == ["1"] * 3
+    assert all(tracking.alias_version(n, "champion") is None for n in names)
+    run_dvc(toy_repo, "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    assert fetal(["promote", "--repo", str(toy_repo)]) == 0
+    for name in names:
         c = tracking.client()
         champion = c.get_model_version_by_alias(name, "champion")
         challenger = c.get_model_version_by_alias(name, "challenger")
         assert str(champion.version) == str(challenger.version) == "1"
-        assert "eval_data_hash" in champion.tags
+        assert "eval_data_hash" in champion.tags and tracking.DIGESTS_TAG in champion.tags
     # the registered champion scores raw images (pyfunc with the stage code)
     from PIL import Image
 

@@ -1,11 +1,13 @@
 """A tiny two-branch DVC pipeline for flow mechanics tests (seconds, not minutes).
 
-``install_toy_pipeline(repo)`` replaces a toy repository's ``dvc.yaml``/``params.yaml`` with five
-trivial stages (``prep_ctg -> train_ctg -> evaluate_ctg`` and ``prep_us -> train_us``) run by
-``toy_stage.py``. ``train_ctg`` registers a real (baseline) pyfunc model as ``toy-ctg`` through
-the real training stages' path (signature, model card, synthetic out-of-fold predictions of about
-AUC ``score``) and decides its promotion in the stage, as they do. Each stage
-records its start and end times, so tests can check the branches overlapped.
+``install_toy_pipeline(repo)`` replaces a toy repository's ``dvc.yaml``/``params.yaml`` with six
+trivial stages (``prep_ctg -> train_ctg -> evaluate_ctg -> register_ctg`` and
+``prep_us -> train_us``) run by ``toy_stage.py``. ``train_ctg`` writes a model folder (the
+registry tests' baseline), ``evaluate_ctg`` synthetic out-of-fold predictions of about AUC
+``train_ctg.score`` in the real contract's shape, and ``register_ctg`` registers the folder as
+``toy-ctg`` through the real API (``register(spec)``, the real report), as the real register
+stage does; ``fetal promote`` or the flow then decides. Each stage records its start and end
+times, so tests can check the branches overlapped.
 """
 
 from __future__ import annotations
@@ -45,44 +47,49 @@ if p.get("fail"):
 if stage.startswith("prep"):
     write(f"data/{stage}.json", {"value": p["value"]})
 elif stage == "train_ctg":
+    model_dir = Path("data/models/toy")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.json").write_text(json.dumps({"brady_bpm": 110.0, "alert_threshold": 0.5}))
+    write("data/models/ctg.json", {"score": p["score"], "n_records": p["n_records"]})
+elif stage == "evaluate_ctg":
     import numpy as np
     import pandas as pd
     from scipy.stats import norm
 
-    from stages.common.registry import tracking
-    from stages.common.registry.promotion import score_interval
-    from stages.ctg.models.registration import SIGNATURE, card_facts, oof_evaluation
-
-    ehash = tracking.data_hash(["data/prep_ctg.json"])
-    key = f"{ehash}-{p['score']}"
+    model = json.loads(Path("data/models/ctg.json").read_text())
     # out-of-fold predictions of about AUC `score`: same records, labels and noise every run
-    n = int(p.get("n_records", 400))
+    n = int(model["n_records"])
     y = np.random.default_rng(0).random(n) < 0.25
     noise = np.random.default_rng(1).normal(size=n)
-    prob = 1 / (1 + np.exp(-(noise + y * np.sqrt(2) * norm.ppf(p["score"]))))
-    oof = pd.DataFrame({"record": [f"r{i}" for i in range(n)], "label": y.astype(int),
-                        "probability": prob})
-    evaluation = oof_evaluation(oof, "cv_auc", 0)
-    auc, low, high = score_interval(evaluation)
-    report = {"cv_auc": auc, "n_records": n, "n_pos": int(y.sum()), "alert_threshold": 0.5}
-    model_dir = Path("data/models/toy")
-    model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "config.json").write_text(json.dumps({"brady_bpm": 110.0, "alert_threshold": 0.5}))
-    with tracking.run("toy", "train_ctg", params=p, stage="train_ctg"):
-        decision = tracking.register_and_promote(
-            model_dir, "flows.tasks:load_bradycardia_predictor", p["registered_name"],
-            {"cv_auc": auc, "eval_data_hash": ehash, "data_version": f"sha:{ehash}",
-             "metric_interval": f"[{low:.4f}, {high:.4f}]"},
-            key, "cv_auc", p["promote_margin"], evaluation,
-            card_facts(report, (low, high), f"sha:{ehash}"), signature=SIGNATURE,
-        )
-    # A kill here (after registering, before the outputs) must not add a version on rerun.
+    prob = 1 / (1 + np.exp(-(noise + y * np.sqrt(2) * norm.ppf(model["score"]))))
+    oof = pd.DataFrame({"record": [f"r{i}" for i in range(n)], "fold": np.arange(n) % 3,
+                        "y": y.astype(int), "toy": prob})
+    Path("data/reports/evaluate_ctg").mkdir(parents=True, exist_ok=True)
+    oof.to_csv("data/reports/evaluate_ctg/oof_predictions.csv", index=False)
+    write("data/reports/evaluate_ctg.json", {"families": {"toy": {
+        "n_pos": int(y.sum()), "n_neg": int(n - y.sum()), "threshold": 0.5,
+        "sensitivity": float(np.mean(prob[y] >= 0.5)),
+        "specificity": float(np.mean(prob[~y] < 0.5))}}})
+elif stage == "register_ctg":
+    import pandas as pd
+
+    from stages.common.registry.promotion import Evaluation, score_interval
+    from stages.common.registry.registration import ModelSpec, register, registration_report
+    from stages.ctg.models.registration import SIGNATURE, card_facts, example_input
+
+    oof = pd.read_csv("data/reports/evaluate_ctg/oof_predictions.csv", dtype={"record": str})
+    figures = json.loads(Path("data/reports/evaluate_ctg.json").read_text())["families"]["toy"]
+    items = pd.DataFrame({"item": oof["record"], "y": oof["y"], "pred": oof["toy"]})
+    evaluation = Evaluation(items, p["promote_metric"], method="delong", n_bootstrap=200)
+    card = card_facts(figures, score_interval(evaluation), "sha:toy", "logistic")
+    spec = ModelSpec(p["registered_name"], Path("data/models/toy"),
+                     "tests.synth_registry:load_bradycardia_predictor", "toy", evaluation,
+                     p["promote_margin"], card, SIGNATURE, example_input(0.1),
+                     {"data_version": "sha:toy"}, "register_ctg")
+    registered = register(spec)
+    # A kill here (after registering, before the report) must not add a version on rerun.
     time.sleep(float(p.get("sleep_after_register_s", 0)))
-    write("data/reports/train_ctg.json", {**report, "decision": decision.to_dict()})
-    write("data/models/ctg.json", {"version": decision.challenger_version, "score": p["score"]})
-elif stage == "evaluate_ctg":
-    model = json.loads(Path("data/models/ctg.json").read_text())
-    write("data/reports/evaluate_ctg.json", {"auc": model["score"]})
+    write("data/reports/register_ctg.json", registration_report([registered]))
 elif stage == "train_us":
     prep = json.loads(Path("data/prep_us.json").read_text())
     write("data/models/us.json", {"value": prep["value"]})
@@ -102,13 +109,25 @@ PIPELINE = {
             "deps": ["toy_stage.py", "data/prep_ctg.json"],
             "params": ["train_ctg"],
             "outs": ["data/models/ctg.json", "data/models/toy"],
-            "metrics": [{"data/reports/train_ctg.json": {"cache": False}}],
         },
         "evaluate_ctg": {
             "cmd": "python toy_stage.py evaluate_ctg",
             "deps": ["toy_stage.py", "data/models/ctg.json"],
             "params": ["evaluate_ctg"],
+            "outs": ["data/reports/evaluate_ctg/oof_predictions.csv"],
             "metrics": [{"data/reports/evaluate_ctg.json": {"cache": False}}],
+        },
+        "register_ctg": {
+            "cmd": "python toy_stage.py register_ctg",
+            "always_changed": True,
+            "deps": [
+                "toy_stage.py",
+                "data/reports/evaluate_ctg/oof_predictions.csv",
+                "data/reports/evaluate_ctg.json",
+                "data/models/toy",
+            ],
+            "params": ["register_ctg"],
+            "metrics": [{"data/reports/register_ctg.json": {"cache": False}}],
         },
         "prep_us": {
             "cmd": "python toy_stage.py prep_us",
@@ -127,15 +146,14 @@ PIPELINE = {
 
 PARAMS = {
     "prep_ctg": {"value": 1, "sleep_s": 0},
-    "train_ctg": {
-        "score": 0.70,
+    "train_ctg": {"score": 0.70, "n_records": 400, "sleep_s": 0},
+    "evaluate_ctg": {"fail": False},
+    "register_ctg": {
         "registered_name": "toy-ctg",
         "promote_metric": "cv_auc",
         "promote_margin": 0.005,
-        "sleep_s": 0,
         "sleep_after_register_s": 0,
     },
-    "evaluate_ctg": {"fail": False},
     "prep_us": {"value": 2, "sleep_s": 0},
     "train_us": {"sleep_s": 0},
 }

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.common.registry import tracking
+from stages.common.registry import champion, tracking
 from stages.ctg.models import network as ctg_model
 from stages.ctg.models.registration import SIGNATURE, example_input
 from stages.ctg.models.training import fit_network
@@ -157,7 +157,7 @@ def test_pyfunc_roundtrip_through_the_registry(trained: dict, records: list) -> 
     version = tracking.register_model(
         uri, "ctg-test", {"cv_auc": 0.7, "eval_data_hash": "h"}, idempotency_key="k1"
     )
-    decision = tracking.promote_if_better("ctg-test", version, "cv_auc", 0.005)
+    decision = champion.promote_if_better("ctg-test", version, "cv_auc", 0.005)
     assert decision.promoted
     served = tracking.load_model(tracking.champion_uri("ctg-test"))
     frame = raw_frame(records[:3])
@@ -175,12 +175,12 @@ def test_challenger_becomes_champion_only_when_better_by_margin(trained: dict) -
     name = "ctg-promo"
     tags = {"eval_data_hash": "h"}
     v1 = tracking.register_model(uri, name, {**tags, "cv_auc": 0.70}, idempotency_key="a")
-    assert tracking.promote_if_better(name, v1, "cv_auc", 0.005, oof_evaluation(0.70)).promoted
+    assert champion.promote_if_better(name, v1, "cv_auc", 0.005, oof_evaluation(0.70)).promoted
     v2 = tracking.register_model(uri, name, {**tags, "cv_auc": 0.703}, idempotency_key="b")
-    d2 = tracking.promote_if_better(name, v2, "cv_auc", 0.005, oof_evaluation(0.703))
+    d2 = champion.promote_if_better(name, v2, "cv_auc", 0.005, oof_evaluation(0.703))
     assert not d2.promoted and d2.champion_version == v1
     v3 = tracking.register_model(uri, name, {**tags, "cv_auc": 0.72}, idempotency_key="c")
-    d3 = tracking.promote_if_better(name, v3, "cv_auc", 0.005, oof_evaluation(0.85))
+    d3 = champion.promote_if_better(name, v3, "cv_auc", 0.005, oof_evaluation(0.85))
     assert d3.promoted
     c = tracking.client()
     assert str(c.get_model_version_by_alias(name, "champion").version) == v3

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -61,51 +60,6 @@ def test_quarantine_keeps_every_item_with_reason(tmp_path: Path):
     df = pd.read_csv(tmp_path / "q.csv")
     assert list(df.columns) == ["item", "stage", "reason"]
     assert df["reason"].str.contains("8 Hz").any()
-
-
-def test_registry_promotes_only_beyond_margin_and_is_idempotent(tmp_path: Path, monkeypatch):
-    """Real MLflow (sqlite): champion moves only when the challenger beats it by the margin
-    on the same records (paired)."""
-    from stages.common.registry import tracking
-    from tests.synth_registry import oof_evaluation
-
-    monkeypatch.setenv("FETAL_PROJECT_ROOT", str(tmp_path))
-    (tmp_path / "params.yaml").write_text("{}\n")
-    artifact = tmp_path / "weights.txt"
-    artifact.write_text("w")
-    with tracking.run("unit", "r"):
-        uri = tracking.log_predictor_model(
-            "model", "tests.unit.test_common:_ConstantPredictor", {"w": artifact}, ["pandas"]
-        )
-    v1 = tracking.register_model(uri, "unit-model", {"cv_auc": 0.70}, idempotency_key="a")
-    assert tracking.promote_if_better(
-        "unit-model", v1, "cv_auc", 0.01, oof_evaluation(0.7)
-    ).promoted
-    v2 = tracking.register_model(uri, "unit-model", {"cv_auc": 0.705}, idempotency_key="b")
-    decision = tracking.promote_if_better("unit-model", v2, "cv_auc", 0.01, oof_evaluation(0.705))
-    assert not decision.promoted and decision.champion_version == v1
-    assert tracking.register_model(uri, "unit-model", {"cv_auc": 0.705}, "b") == v2  # no duplicate
-    v3 = tracking.register_model(uri, "unit-model", {"cv_auc": 0.85}, idempotency_key="c")
-    assert tracking.promote_if_better(
-        "unit-model", v3, "cv_auc", 0.01, oof_evaluation(0.85)
-    ).promoted
-    rows = tracking.compare_versions("unit-model")
-    assert [r["version"] for r in rows] == [3, 2, 1]
-    assert rows[0]["aliases"] == "challenger,champion"
-    model = tracking.load_model(tracking.champion_uri("unit-model"))
-    out = model.predict(pd.DataFrame({"x": [1, 2, 3]}))
-    assert list(out["probability"]) == [0.25, 0.25, 0.25]
-    assert os.environ["MLFLOW_TRACKING_URI"].startswith("sqlite:///")
-
-
-class _Constant:
-    def predict(self, model_input):
-        return pd.DataFrame({"probability": [0.25] * len(model_input)})
-
-
-def _ConstantPredictor(artifacts: dict[str, str]) -> _Constant:  # noqa: N802 - loader name
-    assert Path(artifacts["w"]).read_text() == "w"
-    return _Constant()
 
 
 def test_relative_mirror_setting_is_read_from_the_project_root(tmp_path: Path) -> None:

@@ -36,10 +36,7 @@ KNOWN_LONG: dict[str, int] = {
 KNOWN_FALLBACKS: dict[str, int] = {
     "flows/deploy.py": 3,
     "flows/monitor.py": 3,
-    "flows/outcomes.py": 1,
-    "flows/training.py": 2,
     "stages/common/parallel.py": 2,
-    "stages/common/registry/promotion.py": 1,
     "stages/ctg/pipeline/ingest.py": 5,
     "stages/ctg/pipeline/source.py": 1,
     "stages/ultrasound/enhance/methods.py": 9,

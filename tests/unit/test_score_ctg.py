@@ -12,7 +12,7 @@ import pytest
 
 from stages.cli import main as fetal
 from stages.common import scoring
-from stages.common.registry import tracking
+from stages.common.registry import champion, tracking
 from stages.ctg.models import network as ctg_model
 from stages.ctg.models import registration as registry
 from stages.ctg.serving import score
@@ -106,7 +106,7 @@ def test_risk_plot_and_champion_from_registry(
             signature=False,
         )
     version = tracking.register_model(uri, "ctg-distress", {"cv_auc": 0.7}, idempotency_key="s")
-    tracking.promote_if_better("ctg-distress", version, "cv_auc", 0.0)
+    champion.promote_if_better("ctg-distress", version, "cv_auc", 0.0)
     out, png = tmp_path / "preds.csv", tmp_path / "risk.png"
     code = fetal(
         ["score-ctg", str(records_dir), "--out", str(out), "--plot", "2002", "--plot-out", str(png)]

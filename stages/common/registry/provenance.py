@@ -136,8 +136,8 @@ def data_version(root: Path, sources: Sequence[str], fallback: list[Path]) -> st
     return ",".join(found) if found else f"sha:{data_hash(fallback)}"
 
 
-# What a registered pyfunc needs besides the stage code it ships with (``code_paths``). One list
-# for both modalities: the whole ``stages`` package ships with every model.
+# What a registered model needs installed beside the project itself (a version stores no code:
+# it names an installed loader). One list for both modalities.
 SERVING_PACKAGES = (
     "tensorflow-cpu",
     "keras",
@@ -158,11 +158,45 @@ def pinned_requirements(packages: Sequence[str] = SERVING_PACKAGES) -> list[str]
     return [f"{name}=={metadata.version(name)}" for name in packages]
 
 
-def idempotency_key(input_paths: list[Path], params: Any, code: str) -> str:
-    """Key of one registration: hash of the inputs' content, the params and the code (a git
-    commit or a content hash of the code): a rerun with all three unchanged reuses its version."""
+def file_digests(folder: str | Path) -> dict[str, str]:
+    """SHA-256 (hex) of every file below ``folder``, by POSIX path relative to it.
+
+    What a registered version's artifacts are checked against when it is loaded (every file,
+    so a changed, missing or added file is seen), and half of its identity (the model folder).
+    """
+    folder = Path(folder)
+    out: dict[str, str] = {}
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            out[f.relative_to(folder).as_posix()] = h.hexdigest()
+    return out
+
+
+def digest_problems(expected: dict[str, str], found: dict[str, str]) -> list[str]:
+    """What differs between recorded and found digests, one line per file (empty: identical):
+    ``modified: PATH``, ``missing: PATH`` (recorded, not found), ``unexpected: PATH`` (found, never
+    recorded)."""
+    problems = [
+        f"modified: {p}" for p in sorted(set(expected) & set(found)) if expected[p] != found[p]
+    ]
+    problems += [f"missing: {p}" for p in sorted(set(expected) - set(found))]
+    return problems + [f"unexpected: {p}" for p in sorted(set(found) - set(expected))]
+
+
+def registration_key(model_dir: str | Path, loader: str, items_csv: bytes, scoring: Any) -> str:
+    """The identity of a registered version: SHA-256 of the model folder's files (paths and
+    bytes), the loader that reads them, the per-item evaluation (CSV bytes) and how it is scored
+    (``scoring``: metric, method, ...). Same bytes, same version: a rerun, a crash and a rerun,
+    or the same model trained again bit for bit on another machine all find the version already
+    registered; a model that differs in one byte, or was evaluated on other items, is new."""
     h = hashlib.sha256()
-    h.update(data_hash(input_paths).encode())
-    h.update(json.dumps(params, sort_keys=True, default=str).encode())
-    h.update(code.encode())
-    return h.hexdigest()[:24]
+    for path, digest in file_digests(model_dir).items():
+        h.update(f"file {path} {digest}\n".encode())
+    h.update(f"loader {loader}\n".encode())
+    h.update(json.dumps(scoring, sort_keys=True, default=str).encode() + b"\n")
+    h.update(hashlib.sha256(items_csv).hexdigest().encode())
+    return h.hexdigest()

@@ -1,35 +1,46 @@
-"""The one module that talks to MLflow: runs, artifacts, the model registry and promotion.
+"""The one module that talks to MLflow: runs, artifacts, model versions, aliases, loading.
 
 Defaults: a ``sqlite:///mlflow.db`` store in the project root with artifacts under
 ``mlartifacts/``; ``MLFLOW_TRACKING_URI`` overrides (a tracking server, PostgreSQL, ...).
 Nothing happens at import time: URIs are set when a function here is first called.
 
-Promotion follows aliases: each new version gets ``challenger``; ``champion`` moves only when
-the challenger beats the champion on the same items by the margin and beyond noise
-(:mod:`stages.common.registry.promotion`), decided once, in the training stage. Every move is
-an entry of the champion's history. Registration is idempotent (a version keys its inputs).
+No stored code runs. A version is an MLflow models-from-code pyfunc: its artifacts are the model
+folder, the MLmodel metadata naming an allow-listed installed loader
+(:mod:`stages.common.registry.loaders`) and :data:`MODEL_CODE`, three lines that import
+:class:`ProjectModel` from the installed project; no pickle, no ``code_paths``. At registration
+the SHA-256 of every artifact file is recorded as a model-version tag, in the tracking store,
+which a writer of the artifact store cannot rewrite; :func:`load_model` downloads a version,
+checks every file against those digests and only then loads it (:class:`ModelIntegrityError`
+names the version and the file otherwise).
+
+Registration (:mod:`stages.common.registry.registration`) gives a new version the alias
+``challenger``; ``champion`` moves only in :mod:`stages.common.registry.champion`, under the
+registry lock, after the pipeline's outputs were pushed (``fetal promote``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import getpass
-import importlib
+import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from stages.common.params import project_root
-from stages.common.registry import model_card, promotion
+from stages.common.registry import promotion
+from stages.common.registry.loaders import check_loader, resolve_loader
 from stages.common.registry.provenance import (  # noqa: F401  (re-exported: tracking.data_hash, ...)
     data_hash,
+    digest_problems,
+    file_digests,
     git_commit,
     lineage_tags,
     pinned_requirements,
@@ -133,34 +144,56 @@ def log_figure(fig: Any, name: str) -> None:
     _mlflow().log_figure(fig, name)
 
 
+def log_text(text: str, name: str) -> None:
+    _mlflow().log_text(text, name)
+
+
 def set_tags(tags: Mapping[str, Any]) -> None:
     _mlflow().set_tags({k: str(v) for k, v in tags.items()})
 
 
-# --------------------------------------------------------------------------- pyfunc models
+# --------------------------------------------------------------------------- models from code
 
 
-try:  # the wrapper must subclass PythonModel, which needs mlflow; keep import failures readable
+try:  # the model class must subclass PythonModel, which needs mlflow; keep import failures readable
     from mlflow.pyfunc import PythonModel as _PythonModel
 except ImportError:  # pragma: no cover - mlflow is a hard dependency
     _PythonModel = object  # type: ignore[assignment,misc]
 
+# Tags of a registered version (the tracking store), read before any of its files is.
+DIGESTS_TAG = "artifact_sha256"  # {relative path: sha256} of every artifact file
+LOADER_TAG = "loader"
+EVALUATION_TAG = "evaluation"  # how its items are scored (promotion.Evaluation.scoring)
+ITEMS_DIGEST_TAG = "evaluation_sha256"
+MODEL_CODE_FILE = "fetal_model.py"
+# The whole code a version stores: it imports the installed project. load_model refuses a
+# version whose copy differs by one byte, so nothing else stored can ever run.
+MODEL_CODE = (
+    '"""A fetal-mlops model: the installed loader named in MLmodel reads its folder."""\n'
+    "import mlflow.models\n\n"
+    "from stages.common.registry.tracking import ProjectModel\n\n"
+    "mlflow.models.set_model(ProjectModel())\n"
+)
 
-class PredictorModel(_PythonModel):  # type: ignore[misc,valid-type]
-    """A pyfunc model whose preprocessing and network come from a stage's own loader.
 
-    ``loader`` is ``"package.module:function"``; the function takes the artifact paths and
-    returns an object with ``predict(model_input) -> pandas.DataFrame``. The stage code ships
-    with the model (``code_paths``), so the registered model takes raw inputs.
+class ModelIntegrityError(RuntimeError):
+    """A registered version whose artifacts are not the ones recorded at registration."""
+
+
+class ProjectModel(_PythonModel):  # type: ignore[misc,valid-type]
+    """A pyfunc whose predictor comes from the loader its ``model_config`` names.
+
+    The loader (``"package.module:function"``, allow-listed) takes the artifact paths and
+    returns an object with ``predict(model_input) -> pandas.DataFrame``; the registered model
+    takes raw inputs.
     """
 
-    def __init__(self, loader: str) -> None:
-        self.loader = loader
+    def __init__(self) -> None:
         self._predictor: Any = None
 
     def load_context(self, context: Any) -> None:
-        module, func = self.loader.split(":")
-        self._predictor = getattr(importlib.import_module(module), func)(dict(context.artifacts))
+        loader = resolve_loader(str((context.model_config or {})["loader"]))
+        self._predictor = loader(dict(context.artifacts))
 
     # No type hints here on purpose: MLflow would try to derive a signature from them.
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
@@ -175,34 +208,25 @@ def log_predictor_model(
     input_example: Any = None,
     signature: Any = None,
 ) -> str:
-    """Log a :class:`PredictorModel` in the active run; its model URI (``pip_requirements``
-    default: :func:`pinned_requirements`)."""
-    if pip_requirements is None:
-        pip_requirements = pinned_requirements()
+    """Log a models-from-code pyfunc in the active run: :data:`MODEL_CODE`, ``artifacts`` and
+    the allow-listed ``loader``; its model URI (``pip_requirements`` default:
+    :func:`pinned_requirements`)."""
     mlflow = _mlflow()
-    info = mlflow.pyfunc.log_model(
-        name=name,
-        python_model=PredictorModel(loader),
-        artifacts={k: str(v) for k, v in artifacts.items()},
-        # The stage package itself ships with the model, so it loads wherever mlflow runs.
-        code_paths=[str(Path(__file__).resolve().parents[1])],
-        pip_requirements=pip_requirements,
-        input_example=input_example,
-        signature=signature,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        code = Path(tmp) / MODEL_CODE_FILE
+        code.write_text(MODEL_CODE, encoding="utf-8")
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(code),
+            artifacts={k: str(v) for k, v in artifacts.items()},
+            model_config={"loader": check_loader(loader)},
+            pip_requirements=pinned_requirements()
+            if pip_requirements is None
+            else pip_requirements,
+            input_example=input_example,
+            signature=signature,
+        )
     return info.model_uri
-
-
-def load_model(uri: str) -> Any:
-    """A pyfunc model (``models:/NAME@champion``, ``runs:/...``, a path); no dependency check:
-    versions are pinned to this environment (and its warnings would precede scoring output)."""
-    return _mlflow().pyfunc.load_model(uri, suppress_warnings=True)
-
-
-def load_predictor(uri: str) -> Any:
-    """The project's own predictor inside a registered pyfunc (``_predictor`` of the wrapper
-    :func:`log_predictor_model` logs), to score arrays without DataFrames."""
-    return load_model(uri).unwrap_python_model()._predictor
 
 
 def model_signature(spec: Mapping[str, Any]) -> Any:
@@ -222,7 +246,94 @@ def model_signature(spec: Mapping[str, Any]) -> Any:
     return ModelSignature(inputs=schema(spec["inputs"]), outputs=schema(spec["outputs"]))
 
 
+# --------------------------------------------------------------------------- verified loading
+
+
+def _download(source: str) -> Path:
+    """A private copy of a version's artifacts (a local store is copied too, never read in place:
+    what is checked is what is loaded)."""
+    dst = tempfile.mkdtemp(prefix="fetal-model-")
+    return Path(_mlflow().artifacts.download_artifacts(artifact_uri=source, dst_path=dst))
+
+
+def record_digests(name: str, version: str) -> dict[str, str]:
+    """Hash every artifact file of ``name`` v``version`` and store the digests as its tag."""
+    mv = client().get_model_version(name, str(version))
+    digests = file_digests(_download(mv.source))
+    client().set_model_version_tag(name, str(version), DIGESTS_TAG, promotion.dumps(digests))
+    return digests
+
+
+def _version_from_uri(uri: str) -> Any:
+    """The model version of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
+    m = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))", uri.strip())
+    if m is None:
+        raise ValueError(
+            f"{uri!r}: only registered versions load (models:/NAME/VERSION or models:/NAME@ALIAS):"
+            " their artifact digests are what loading checks"
+        )
+    name, version, alias = m.groups()
+    c = client()
+    return (
+        c.get_model_version(name, version) if version else c.get_model_version_by_alias(name, alias)
+    )
+
+
+def verified_copy(mv: Any) -> Path:
+    """A local copy of version ``mv``'s artifacts, every file checked against the digests
+    recorded at registration, its stored code against :data:`MODEL_CODE`.
+
+    Raises
+    ------
+    ModelIntegrityError
+        Naming the version and each modified, missing or unexpected file, or a version that has
+        no recorded digests (registered before verified loading: a pickled pyfunc).
+    """
+    label = f"{mv.name} v{mv.version}"
+    recorded = mv.tags.get(DIGESTS_TAG)
+    if not recorded:
+        raise ModelIntegrityError(
+            f"{label} has no recorded artifact digests (registered before models-from-code: a "
+            "pickled pyfunc, never loaded): register the model again (dvc repro -f of its "
+            "register stage, then fetal promote)"
+        )
+    local = _download(mv.source)
+    problems = digest_problems(json.loads(recorded), file_digests(local))
+    if problems:
+        raise ModelIntegrityError(
+            f"{label}: artifacts differ from registration: {'; '.join(problems)}"
+        )
+    code = local / MODEL_CODE_FILE
+    if not code.is_file() or code.read_text(encoding="utf-8") != MODEL_CODE:
+        raise ModelIntegrityError(f"{label}: {MODEL_CODE_FILE} is not this project's model code")
+    meta = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))
+    check_loader(str(meta["flavors"]["python_function"]["config"]["loader"]))
+    return local
+
+
+def load_model(uri: str) -> Any:
+    """A registered version as a pyfunc model (``predict(DataFrame)``), loaded only after
+    :func:`verified_copy`: its predictor comes from the installed, allow-listed loader; no
+    dependency check (versions are pinned to this environment, and its warnings would precede
+    scoring output)."""
+    local = verified_copy(_version_from_uri(uri))
+    return _mlflow().pyfunc.load_model(str(local), suppress_warnings=True)
+
+
+def load_predictor(uri: str) -> Any:
+    """The project's own predictor inside a registered version (:class:`ProjectModel`), to
+    score arrays without DataFrames."""
+    return load_model(uri).unwrap_python_model()._predictor
+
+
 # --------------------------------------------------------------------------- registry
+
+
+def find_version(name: str, idempotency_key: str) -> str | None:
+    """The lowest version of ``name`` registered with ``idempotency_key``, or None."""
+    found = client().search_model_versions(f"name='{name}'")  # none yet: an empty list
+    same = sorted(int(m.version) for m in found if m.tags.get("idempotency_key") == idempotency_key)
+    return str(same[0]) if same else None
 
 
 def register_model(
@@ -230,41 +341,39 @@ def register_model(
     name: str,
     tags: Mapping[str, Any],
     idempotency_key: str,
+    description: str = "",
 ) -> str:
-    """Register ``model_uri`` as a version of ``name`` with ``tags``; alias it ``challenger``.
-
-    A version with the same ``idempotency_key`` (a rerun after a crash) is reused, not added.
-    """
+    """Register ``model_uri`` as a version of ``name`` with ``tags`` and the digests of its
+    artifacts; alias it ``challenger``. A version with the same ``idempotency_key`` (a rerun
+    after a crash) is reused, not added (and its digests recorded if a crash left them out)."""
     c = client()
     try:
         c.create_registered_model(name)
     except Exception as exc:  # already exists (RESOURCE_ALREADY_EXISTS) or raced with another run
         if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
             raise
-    for mv in c.search_model_versions(f"name='{name}'"):
-        if mv.tags.get("idempotency_key") == idempotency_key:
-            log.info("%s v%s already registered for key %s", name, mv.version, idempotency_key)
-            c.set_registered_model_alias(name, CHALLENGER, mv.version)
-            return str(mv.version)
-    all_tags = {k: str(v) for k, v in tags.items()}
-    all_tags["idempotency_key"] = idempotency_key
-    all_tags.setdefault("git_commit", git_commit())
-    mv = _mlflow().register_model(model_uri, name, tags=all_tags)
-    # Two runs registering the same inputs at once both pass the lookup above; the lowest
-    # version with the key wins and the loser deletes its own, so the key stays unique.
-    same_key = sorted(
-        (m for m in c.search_model_versions(f"name='{name}'")
-         if m.tags.get("idempotency_key") == idempotency_key),
-        key=lambda m: int(m.version),
-    )  # fmt: skip
-    if same_key and str(same_key[0].version) != str(mv.version):
-        log.info(
-            "%s v%s duplicates v%s (concurrent run): removed", name, mv.version, same_key[0].version
-        )
-        c.delete_model_version(name, str(mv.version))
-        mv = same_key[0]
-    c.set_registered_model_alias(name, CHALLENGER, mv.version)
-    return str(mv.version)
+    version = find_version(name, idempotency_key)
+    if version is None:
+        all_tags = {k: str(v) for k, v in tags.items()} | {"idempotency_key": idempotency_key}
+        all_tags.setdefault("git_commit", git_commit())
+        mv = _mlflow().register_model(model_uri, name, tags=all_tags)
+        # Two runs registering the same inputs at once both pass the lookup above; the lowest
+        # version with the key wins and the loser deletes its own, so the key stays unique.
+        version = find_version(name, idempotency_key) or str(mv.version)
+        if version != str(mv.version):
+            log.info("%s v%s duplicates v%s (concurrent run): removed", name, mv.version, version)
+            c.delete_model_version(name, str(mv.version))
+        elif description:
+            c.update_model_version(name, version, description=description)
+    finish_registration(name, version)
+    return version
+
+
+def finish_registration(name: str, version: str) -> None:
+    """Record the digests of a version a crash left without them, and alias it ``challenger``."""
+    if DIGESTS_TAG not in client().get_model_version(name, version).tags:
+        record_digests(name, version)
+    client().set_registered_model_alias(name, CHALLENGER, version)
 
 
 def alias_version(name: str, alias: str) -> str | None:
@@ -285,197 +394,36 @@ def champion_uri(name: str) -> str:
 
 
 def record_evaluation(name: str, version: str, evaluation: promotion.Evaluation) -> None:
-    """Store a version's per-item evaluation in its run (:func:`promotion.items_artifact`):
-    the champion's side of every later paired comparison."""
-    run_id = client().get_model_version(name, version).run_id
-    where = Path(promotion.items_artifact(name, version))
+    """Store a version's per-item evaluation in its run (:func:`promotion.items_artifact`) with
+    its scoring and the items' SHA-256 as version tags: the version's side of every later
+    paired comparison."""
+    c = client()
+    data, where = evaluation.items_csv(), Path(promotion.items_artifact(name, version))
     with tempfile.TemporaryDirectory() as tmp:
-        evaluation.items.to_csv(Path(tmp) / where.name, index=False)
-        client().log_artifact(run_id, str(Path(tmp) / where.name), str(where.parent))
+        (Path(tmp) / where.name).write_bytes(data)
+        c.log_artifact(c.get_model_version(name, version).run_id, str(Path(tmp) / where.name),
+                       str(where.parent))  # fmt: skip
+    c.set_model_version_tag(name, version, EVALUATION_TAG, promotion.dumps(evaluation.scoring()))
+    c.set_model_version_tag(name, version, ITEMS_DIGEST_TAG, hashlib.sha256(data).hexdigest())
 
 
 IDS = {promotion.ITEM: str, "record": str}  # ids stay text ("001" is not 1)
 
 
-def version_items(
-    name: str, version: str, evaluation: promotion.Evaluation | None = None
-) -> pd.DataFrame | None:
-    """The per-item evaluation a version's run stored, else its ``evaluation.legacy_artifact``
-    converted (versions registered before items were stored), else None."""
-    run_id = client().get_model_version(name, version).run_id
-    legacy = [evaluation.legacy_artifact] if evaluation and evaluation.legacy_artifact else []
+def version_evaluation(name: str, version: str) -> promotion.Evaluation | None:
+    """The per-item evaluation stored with a version (:func:`record_evaluation`), None when it
+    has none; :class:`ModelIntegrityError` when the stored items are not the recorded ones."""
+    mv = client().get_model_version(name, version)
+    scoring, digest = mv.tags.get(EVALUATION_TAG), mv.tags.get(ITEMS_DIGEST_TAG)
+    if not scoring or not digest:
+        return None
     with tempfile.TemporaryDirectory() as tmp:
-        for i, where in enumerate([promotion.items_artifact(name, version), *legacy]):
-            with contextlib.suppress(Exception):  # no such artifact: try the next
-                frame = pd.read_csv(client().download_artifacts(run_id, where, tmp), dtype=IDS)
-                return evaluation.legacy_items(frame) if i else frame  # type: ignore[union-attr]
-    return None
-
-
-def decide(
-    name: str,
-    version: str,
-    metric: str,
-    margin: float,
-    *,
-    evaluation: promotion.Evaluation | None,
-    rescore: Callable[[Any], Any] | None,
-) -> promotion.Decision:
-    """Whether ``version`` should become champion (read-only). Paired on the challenger's items:
-    the champion's stored items (common ones), or ``rescore(champion predictor) -> predictions``
-    on exactly the challenger's items. Without a pairing, the champion stays."""
-    c = client()
-    challenger = c.get_model_version(name, version)
-    data = challenger.tags.get("data_version", "")
-    value = float(challenger.tags.get(metric, "nan"))
-    try:
-        champ = c.get_model_version_by_alias(name, CHAMPION)
-    except Exception:  # no champion alias yet
-        champ = None
-
-    def keep(reason: str) -> promotion.Decision:
-        return promotion.Decision(
-            name, version, str(champ.version), metric, value, None, margin, False, reason,
-            challenger_data_version=data, champion_data_version=champ.tags.get("data_version", ""),
-        )  # fmt: skip
-
-    if champ is None:
-        return promotion.Decision(
-            name, version, None, metric, value, None, margin, True, "no champion yet",
-            challenger_data_version=data,
-        )  # fmt: skip
-    if str(champ.version) == str(version):
-        return keep("challenger is already the champion")
-    if evaluation is None:
-        return keep("no per-item evaluation of the challenger: cannot pair, champion kept")
-    if rescore is not None:
-        try:
-            pred = rescore(load_predictor(f"models:/{name}/{champ.version}"))
-            champ_items = promotion.with_predictions(evaluation.items, pred)
-        except Exception as exc:  # a registry glitch or a scorer bug must not move the alias
-            return keep(
-                f"champion v{champ.version} could not be re-scored on this evaluation data "
-                f"({type(exc).__name__}: {exc}): champion kept"
-            )
-    else:
-        champ_items = version_items(name, str(champ.version), evaluation)
-        if champ_items is None:
-            return keep(f"champion v{champ.version} has no stored per-item evaluation: kept")
-    verdict = promotion.compare(evaluation, champ_items, margin)
-    versions = (data, champ.tags.get("data_version", ""))
-    return promotion.decision_from_verdict(name, version, str(champ.version), verdict, versions)
-
-
-def _who() -> dict[str, str]:
-    run = _mlflow().active_run()
-    stage, run_id = (run.data.tags.get("dvc_stage", ""), run.info.run_id) if run else ("", "")
-    return {"stage": stage, "run_id": run_id, "git_commit": git_commit(), "user": getpass.getuser()}
-
-
-def _complete_move(name: str, entry: Mapping[str, Any], move: bool = True) -> None:
-    """Move ``champion`` as ``entry`` says (unless ``move`` is False) and tag both versions."""
-    c = client()
-    if move:
-        set_alias(name, CHAMPION, str(entry["to"]))
-    c.set_model_version_tag(name, str(entry["to"]), "promoted_at", entry["when"])
-    c.set_model_version_tag(name, str(entry["to"]), "promotion_reason", entry["reason"])
-    if entry.get("from") is not None:
-        c.set_model_version_tag(name, str(entry["from"]), "replaced_at", entry["when"])
-        c.set_model_version_tag(name, str(entry["from"]), "replaced_by", str(entry["to"]))
-
-
-def champion_history(name: str) -> list[dict[str, Any]]:
-    """Every alias move of ``name``'s champion, oldest first (registered-model tags)."""
-    return promotion.history(client().get_registered_model(name).tags or {})
-
-
-def reconcile_history(name: str) -> str:
-    """Finish or undo a move a killed run left half done (entry written, alias not moved).
-
-    Returns the action taken (:func:`promotion.reconcile`).
-    """
-    try:
-        entries = champion_history(name)
-    except Exception:  # no such registered model yet
-        return "ok"
-    last = entries[-1] if entries else None
-    done = last is not None and last["when"] == client().get_model_version(
-        name, str(last["to"])
-    ).tags.get("promoted_at")
-    action = promotion.reconcile(last, alias_version(name, CHAMPION), done)
-    if action == "rollback":
-        client().delete_registered_model_tag(name, promotion.history_key(last["seq"]))
-        client().set_model_version_tag(name, str(last["to"]), "promotion_decision", "rolled back")
-    elif action != "ok":  # finish the move, or tag after a kill between alias move and tags
-        _complete_move(name, last, move=action == "complete")
-    if action != "ok":
-        log.warning("%s: unfinished champion move %s: %s", name, last, action)
-    return action
-
-
-def promote_if_better(
-    name: str,
-    version: str,
-    metric: str,
-    margin: float,
-    evaluation: promotion.Evaluation | None = None,
-    rescore: Callable[[Any], Any] | None = None,
-) -> promotion.Decision:
-    """Decide (:func:`decide`), tag the verdict on the version; on promotion write the history
-    entry, then move ``champion``, then tag the versions. A kill between entry and alias move is
-    finished (or undone) by the next call for the model (:func:`reconcile_history`)."""
-    c = client()
-    reconcile_history(name)
-    if evaluation is not None:
-        record_evaluation(name, version, evaluation)
-    decision = decide(name, version, metric, margin, evaluation=evaluation, rescore=rescore)
-    verdict = "promoted" if decision.promoted else "rejected"
-    c.set_model_version_tag(name, version, "promotion_decision", verdict)
-    c.set_model_version_tag(name, version, "promotion_reason", decision.reason)
-    c.set_model_version_tag(name, version, "promotion_verdict", promotion.dumps(decision.to_dict()))
-    if decision.promoted:
-        when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        entry = promotion.history_entry(decision, _who(), when)
-        seq = max([e["seq"] for e in champion_history(name)] + [0]) + 1
-        c.set_registered_model_tag(name, promotion.history_key(seq), promotion.dumps(entry))
-        _complete_move(name, entry)
-    return decision
-
-
-def register_and_promote(
-    model_dir: Path,
-    loader: str,
-    registered_name: str,
-    tags: Mapping[str, Any],
-    idempotency_key: str,
-    promote_metric: str,
-    promote_margin: float,
-    evaluation: promotion.Evaluation,
-    card_facts: Mapping[str, Any],
-    rescore: Callable[[Any], Any] | None = None,
-    input_example: Any = None,
-    signature: Mapping[str, Any] | None = None,
-) -> promotion.Decision:
-    """Log ``model_dir`` as a pyfunc (with ``signature``, a :func:`model_signature` spec) in the
-    active run with its model card, register it (idempotent), describe the version with the card
-    and promote it if the paired comparison says so (:func:`promote_if_better`)."""
-    uri = log_predictor_model(
-        name="model",
-        loader=loader,
-        artifacts={"model_dir": str(model_dir)},
-        input_example=input_example,
-        signature=model_signature(signature) if signature else None,
-    )
-    card = model_card.model_card(card_facts)
-    _mlflow().log_text(card, "model_card.md")
-    version = register_model(uri, registered_name, tags, idempotency_key=idempotency_key)
-    client().update_model_version(registered_name, version, description=card)
-    decision = promote_if_better(
-        registered_name, version, promote_metric, float(promote_margin), evaluation, rescore
-    )
-    set_tags({"registered_version": version, "promoted": decision.promoted})
-    log.info("registry decision:\n%s", decision.to_markdown())
-    return decision
+        path = client().download_artifacts(mv.run_id, promotion.items_artifact(name, version), tmp)
+        data = Path(path).read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ModelIntegrityError(f"{name} v{version}: stored evaluation items were modified")
+        items = pd.read_csv(path, dtype=IDS)
+    return promotion.Evaluation.from_stored(items, json.loads(scoring))
 
 
 def compare_versions(name: str) -> list[dict[str, Any]]:

@@ -1,7 +1,11 @@
 """What a ``ctg-distress`` version is registered with: signature, card facts, paired evaluation.
 
-Every family (``train_ctg``'s network, ``train_families_ctg``'s feature models) is registered with
-the same signature, input example, card layout and paired evaluation: they compete on equal terms.
+Every family (``train_ctg``'s network, ``train_families_ctg``'s feature models) is registered by
+``register_ctg`` from ``evaluate_ctg``'s out-of-fold predictions, with the same signature, input
+example, card layout and paired evaluation (DeLong on the records): they compete on equal terms.
+The baseline (logistic) is registered first: on an empty registry it is the incumbent, and
+``fetal promote`` decides the others in :data:`FAMILIES` order, each against the champion of the
+moment.
 """
 
 from __future__ import annotations
@@ -10,15 +14,31 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from stages.common.registry import tracking
-from stages.common.registry.promotion import Evaluation, score_interval
-from stages.common.registry.provenance import data_version
-from stages.ctg.paths import FOLDS_CSV, RECORDS_CSV
+from stages.common.registry.promotion import Evaluation, own_score, score_interval
+from stages.common.registry.registration import ModelSpec
+from stages.common.settings import settings
+from stages.ctg.paths import CTG_FAMILIES_DIR, CTG_MODEL_DIR
 
 FAMILY_TAG = "family"  # version tag: lstm | logistic | gbm | hybrid
-LEGACY_OOF = "oof_predictions.csv"  # train_ctg has logged it at the root of every run
+FAMILIES = ("logistic", "lstm", "gbm", "hybrid")  # registration (and decision) order
+NETWORK_LOADER = "stages.ctg.models.network:load_predictor"
+FAMILY_LOADER = "stages.ctg.models.family_predictor:load_predictor"
+
+
+@settings
+class RegisterCtgSettings:
+    """``register_ctg`` in params.yaml."""
+
+    registered_name: str  # MLflow registered model name
+    promote_metric: str  # the out-of-fold record-level AUC (DeLong on common records)
+    promote_margin: float  # AUC a challenger must gain over the champion
+    seed: int  # seed of the AUC's bootstrap interval
+    n_bootstrap: int  # resamples of that interval
+
+
 # MLflow signature spec (stages.common.registry.tracking.model_signature): raw 4 Hz samples in.
 SIGNATURE: dict[str, list[tuple[str, str, bool]]] = {
     "inputs": [
@@ -58,32 +78,45 @@ def example_input(n_min: float = 12.0, fs_hz: float = 4.0) -> pd.DataFrame:
     return pd.DataFrame({"fhr_bpm": [[140.0] * n], "uc": [[10.0] * n], "fs_hz": [fs_hz]})
 
 
-def oof_items(oof: pd.DataFrame) -> pd.DataFrame:
-    """``record, label, probability`` (train_ctg's oof_predictions.csv) as promotion items."""
-    return pd.DataFrame(
-        {"item": oof["record"].astype(str), "y": oof["label"].astype(int),
-         "pred": oof["probability"].astype(float)}
+def model_folder(family: str) -> tuple[Path, str]:
+    """A family's model folder (relative to the project root) and its installed loader."""
+    if family == "lstm":
+        return CTG_MODEL_DIR, NETWORK_LOADER
+    return CTG_FAMILIES_DIR / family, FAMILY_LOADER
+
+
+def family_evaluation(oof: pd.DataFrame, family: str, settings: RegisterCtgSettings) -> Evaluation:
+    """One family's out-of-fold probabilities (``evaluate_ctg``'s ``record, fold, y, <family>``)
+    as a paired evaluation: each record scored by a fold model that did not train on it, the
+    salted hashed folds keeping it so as records are added (DeLong on the common records)."""
+    items = pd.DataFrame(
+        {"item": oof["record"].astype(str), "y": oof["y"].astype(int),
+         "pred": oof[family].astype(float)}
     )  # fmt: skip
+    return Evaluation(items, settings.promote_metric, method="delong", score="auc",
+                      n_bootstrap=settings.n_bootstrap, seed=settings.seed)  # fmt: skip
 
 
-def oof_evaluation(oof: pd.DataFrame, metric: str, seed: int) -> Evaluation:
-    """The out-of-fold predictions as a paired evaluation: each record's probability comes from
-    a fold model that did not train on it, and the salted hashed folds keep it so as records are
-    added (DeLong on the common records). A champion registered before per-item evaluations
-    were stored is read from the ``oof_predictions.csv`` its run logged."""
-    return Evaluation(oof_items(oof), metric, method="delong", score="auc", seed=seed,
-                      legacy_artifact=LEGACY_OOF, legacy_items=oof_items)  # fmt: skip
+def check_figures(evaluation: Evaluation, figures: Mapping[str, Any], family: str) -> None:
+    """The items must give ``evaluate_ctg.json``'s AUC and counts (one evaluation, two files)."""
+    y = evaluation.items["y"].to_numpy()
+    found = (own_score(evaluation), int(y.sum()), int((y == 0).sum()))
+    expected = (float(figures["auc"]), int(figures["n_pos"]), int(figures["n_neg"]))
+    if not np.isclose(found[0], expected[0], atol=1e-9) or found[1:] != expected[1:]:
+        raise ValueError(
+            f"family {family}: oof_predictions.csv gives AUC {found[0]:.6f}, {found[1]} positive, "
+            f"{found[2]} negative records; evaluate_ctg.json says {expected[0]:.6f}, "
+            f"{expected[1]}, {expected[2]}"
+        )
 
 
 def card_facts(
-    report: Mapping[str, Any],
-    auc_ci: tuple[float, float],
-    data_version: str,
-    family: str = "lstm",
+    figures: Mapping[str, Any], auc: tuple[float, float, float], data_version: str, family: str
 ) -> dict[str, Any]:
-    """The model card's facts from a family's report (``cv_auc``, ``n_records``, ``n_pos``,
-    ``alert_threshold``; :mod:`stages.common.registry.model_card`)."""
-    n, n_pos = int(report["n_records"]), int(report["n_pos"])
+    """The model card's facts from ``evaluate_ctg.json``'s figures of a family (``n_pos``,
+    ``n_neg``, ``threshold``, ``sensitivity``, ``specificity``) and the AUC with its interval
+    (:mod:`stages.common.registry.model_card`)."""
+    n_pos, n = int(figures["n_pos"]), int(figures["n_pos"]) + int(figures["n_neg"])
     return {
         "name": "ctg-distress",
         "summary": f"Family `{family}`: {SUMMARIES[family]}",
@@ -97,8 +130,10 @@ def card_facts(
         "out-of-fold. Promotion: DeLong's paired test on the records champion and challenger "
         "share; the 95 % interval of the AUC below is a bootstrap over records.",
         "metrics": {
-            "cv_auc": (float(report["cv_auc"]), *auc_ci),
-            "alert_threshold": float(report["alert_threshold"]),
+            "cv_auc": auc,
+            "alert_threshold": float(figures["threshold"]),
+            "sensitivity": float(figures["sensitivity"]),
+            "specificity": float(figures["specificity"]),
         },
         "failure_cases": [
             "long signal loss (more than the preprocessing gap limit) in the analysed window",
@@ -109,47 +144,23 @@ def card_facts(
     }
 
 
-def register_family(
+def family_spec(
     root: Path,
-    model_dir: Path,
-    loader: str,
     family: str,
-    report: Mapping[str, Any],
-    promotion: Mapping[str, Any],
     oof: pd.DataFrame,
-    seed: int,
-    key: str,
-) -> dict[str, Any]:
-    """Register one family's model folder as a ``ctg-distress`` version in the active run and
-    decide its promotion; the Decision as a dict.
-
-    Every family gets the same tags (``family``, the metric and its interval, data version,
-    evaluation data hash), signature, input example, model card and paired evaluation of its
-    out-of-fold predictions ``oof`` (``record, label, probability``). ``promotion`` holds
-    ``registered_name``, ``promote_metric`` and ``promote_margin``; ``key`` is the idempotency key.
-    """
-    metric = str(promotion["promote_metric"])
-    version = data_version(root, ["ctg", "ctu-uhb"], [root / RECORDS_CSV, root / FOLDS_CSV])
-    evaluation = oof_evaluation(oof, metric, seed)
-    _, low, high = score_interval(evaluation)
-    decision = tracking.register_and_promote(
-        model_dir,
-        loader,
-        str(promotion["registered_name"]),
-        {
-            metric: report[metric],
-            "metric_interval": f"[{low:.4f}, {high:.4f}]",
-            "data_version": version,
-            "eval_data_hash": tracking.data_hash([root / FOLDS_CSV, root / RECORDS_CSV]),
-            "n_records": report["n_records"],
-            FAMILY_TAG: family,
-        },
-        key,
-        metric,
-        float(promotion["promote_margin"]),
-        evaluation=evaluation,
-        card_facts=card_facts(report, (low, high), version, family),
-        input_example=example_input(),
-        signature=SIGNATURE,
-    )
-    return decision.to_dict()
+    figures: Mapping[str, Any],
+    settings: RegisterCtgSettings,
+    data_version: str,
+) -> ModelSpec:
+    """What ``register_ctg`` registers for one family: its folder, loader, evaluation, card."""
+    evaluation = family_evaluation(oof, family, settings)
+    check_figures(evaluation, figures, family)
+    folder, loader = model_folder(family)
+    auc = score_interval(evaluation)
+    card = card_facts(figures, auc, data_version, family)
+    tags = {"data_version": data_version, "n_records": len(oof),
+            "alert_threshold": float(figures["threshold"])}  # fmt: skip
+    # one model of the shared name, margin and signature: the families compete on equal terms
+    return ModelSpec(settings.registered_name, root / folder, loader, family, evaluation,
+                     settings.promote_margin, card, SIGNATURE, example_input(), tags,
+                     "register_ctg")  # fmt: skip

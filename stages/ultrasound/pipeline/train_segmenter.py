@@ -20,10 +20,10 @@ report holds the OOF Dice and head-circumference error of the U-Net ellipse alon
 contour, no classical refinement), ``segment_us``'s report those of the whole method (its
 ``unet_level`` and refinement settings).
 
-The final model is registered as ``us-head-segmenter``, promoted on ``oof_hc_error_mm_mean_neg``
-(minus the OOF mean absolute HC error, paired per image with the champion's stored OOF errors):
-head circumference is what the segmentation is for and what the 3 mm target is about; Dice is
-near 0.97 for nearly any right ellipse and barely moves.
+``register_us`` registers the final model as ``us-head-segmenter`` from this stage's ``oof.csv``,
+promoted on ``oof_hc_error_mm_mean_neg`` (minus the OOF mean absolute HC error, paired per image
+with the champion's stored OOF errors): head circumference is what the segmentation is for and
+what the 3 mm target is about; Dice is near 0.97 for nearly any right ellipse and barely moves.
 
 Reference: Ronneberger O et al. U-Net, MICCAI 2015; data: van den Heuvel TLA et al. PLoS ONE
 2018;13(8):e0200412 (HC18).
@@ -43,9 +43,6 @@ from stages.common.io import atomic_dir, write_csv, write_json, write_run_report
 from stages.common.ml.splits import stratified_folds
 from stages.common.params import load_params, project_root
 from stages.common.registry import tracking
-from stages.common.registry.promotion import Evaluation, score_interval
-from stages.common.registry.provenance import data_version
-from stages.ultrasound import registration as registry
 from stages.ultrasound.head.geometry import ellipse_from_outline
 from stages.ultrasound.head.hc18 import hc18_summary, truth_mask
 from stages.ultrasound.head.unet import ellipse_from_probability, to_input
@@ -72,7 +69,6 @@ from stages.ultrasound.paths import (
 log = logging.getLogger(__name__)
 
 FINAL = SEGMENTER_FINAL
-LOADER = "stages.ultrasound.serving.predictors:load_segmenter_predictor"
 
 
 def exam_id(name: str) -> str:
@@ -163,35 +159,6 @@ def summary(oof: pd.DataFrame) -> dict[str, float]:
     return out | {"oof_hc_error_mm_mean_neg": -out["oof_hc_error_mm_mean"]}
 
 
-def oof_evaluation(oof: pd.DataFrame, metric: str, seed: int) -> Evaluation:
-    """Each HC18 image's out-of-fold |HC error| (mm; no ellipse = its whole circumference, as
-    :func:`~stages.ultrasound.head.hc18.hc18_summary` counts it), clustered by examination: the
-    stored per-image values promotion pairs on (re-scoring the final model would use training
-    images)."""
-    signed, truth = oof["hc_error_mm"].to_numpy(float), oof["hc_true_mm"].to_numpy(float)
-    err = np.where(np.isnan(signed), truth, np.abs(signed))
-    names = list(oof["image"])
-    return registry.item_evaluation(
-        names, [exam_id(n) for n in names], truth, err, metric, "mean_neg", seed
-    )
-
-
-def segmenter_card(report: dict[str, Any], evaluation: Evaluation, version: str) -> dict:
-    """The model card's facts from this stage's report."""
-    value, low, high = score_interval(evaluation)
-    metrics = {
-        "oof_hc_error_mm_mean": (-value, -high, -low),
-        "oof_hc_error_mm_median": report["oof_hc_error_mm_median"],
-        "oof_dice_mean": report["oof_dice_mean"],
-        "oof_n_no_ellipse": report.get("oof_n_no_ellipse", 0),
-    }
-    training = (
-        f"{report['n_images']} HC18 images",
-        "not applicable (segmentation); head sizes stratified over folds",
-    )
-    return registry.card_facts("segmenter", version, training, metrics, n_folds=report["n_folds"])
-
-
 def model_config(
     params: dict[str, Any], enhance_params: dict[str, Any], fold: int | None, n_train: int
 ) -> dict:
@@ -280,37 +247,15 @@ def main() -> None:
         tracking.log_metrics(
             {k: v for k, v in {**report, **timings}.items() if not isinstance(v, dict)}
         )
-        eval_paths = [
-            root / ENHANCED_HC18,
-            root / HC18_RAW / "pixel_size_and_HC.csv",
-            root / SEGMENTER_FOLDS,
-        ]
-        metrics = {k: v for k, v in report.items() if k.startswith("oof_")}
-        version = data_version(root, ["us", "hc18"], [root / HC18_RAW / "pixel_size_and_HC.csv"])
-        evaluation = oof_evaluation(oof, params["promote_metric"], int(params["seed"]))
-        decision = tracking.register_and_promote(
-            root / SEGMENTER_MODELS / FINAL,
-            LOADER,
-            params["registered_name"],
-            {**registry.metric_tags(metrics), "eval_data_hash": tracking.data_hash(eval_paths),
-             "data_version": version, "metric_interval": registry.interval_tag(evaluation)},
-            registry.code_key(eval_paths, {"params": params, "enhance_us": enhance_params}),
-            params["promote_metric"],
-            params["promote_margin"],
-            evaluation=evaluation,
-            card_facts=segmenter_card(report, evaluation, version),
-            signature=registry.SIGNATURES["segmenter"],
-        ).to_dict()  # fmt: skip
     write_csv(root / SEGMENTER_OOF_CSV, oof)
     write_json(root / TRAIN_SEGMENTER_REPORT, report)
     write_run_report(root, "train_segmenter_us", timings)
     log.info(
-        "OOF Dice %.3f (median %.3f), |HC error| %.2f mm (median %.2f); %s",
+        "OOF Dice %.3f (median %.3f), |HC error| %.2f mm (median %.2f)",
         report["oof_dice_mean"],
         report["oof_dice_median"],
         report["oof_hc_error_mm_mean"],
         report["oof_hc_error_mm_median"],
-        decision["reason"],
     )
 
 
