@@ -21,8 +21,9 @@ from stages.common.params import load_params
 
 T = TypeVar("T")
 
-# extra="forbid": an unknown key is an error; frozen: settings never change after loading
-CONFIG = ConfigDict(extra="forbid", frozen=True)
+# extra="forbid": an unknown key is an error. Frozen (settings never change after loading) is
+# the dataclass's own flag below: set here as well, pydantic warns on every class defined.
+CONFIG = ConfigDict(extra="forbid")
 
 
 class SettingsError(ValueError):
