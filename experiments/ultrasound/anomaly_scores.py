@@ -37,6 +37,7 @@ from stages.ultrasound.anomaly.autoencoder import (
     latent_codes,
     mahalanobis,
     reconstruct,
+    reconstruction_mse,
 )
 from stages.ultrasound.anomaly.corruptions import CLEAN, corrupted_copies
 from stages.ultrasound.crops import (
@@ -64,7 +65,7 @@ def normalised_mse(x: np.ndarray, recon: np.ndarray, eps: float = 1e-3) -> np.nd
 
 
 SCORES: dict[str, Score] = {
-    "mse": lambda m, x, p, st: np.mean((reconstruct(m, x, p) - x) ** 2, axis=(1, 2, 3)),
+    "mse": lambda m, x, p, st: reconstruction_mse(m, x, p),
     "normalised_mse": lambda m, x, p, st: normalised_mse(x, reconstruct(m, x, p)),
     "latent_mahalanobis": lambda m, x, p, st: mahalanobis(
         latent_codes(m, x), st["gaussian"][0], st["gaussian"][1]

@@ -1,8 +1,9 @@
 """Stage ``segment_us``: skull ellipse, cranium and brain masks, brain crops, head circumference.
 
 The methods (``segment_us.method``) live in :mod:`stages.ultrasound.head`: ``classical``
-(ray-cast skull edges + RANSAC ellipse), ``threshold`` (the original study's) and ``unet``
-(the cranium U-Net of ``train_segmenter_us`` plus post-processing). With method ``unet`` an
+(ray-cast skull edges + RANSAC ellipse) and ``unet`` (the cranium U-Net of
+``train_segmenter_us`` plus post-processing). The crops are ``us_crops.crop_px`` square, the
+input side of both crop models. With method ``unet`` an
 HC18 image is segmented by the fold model that never saw it (the fold manifest
 ``data/processed/us/segmenter_folds.csv``) and every other image by the final model, so the
 HC18 figures of this stage's report are out-of-fold.

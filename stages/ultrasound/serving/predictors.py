@@ -19,7 +19,7 @@ import pandas as pd
 # the autoencoder's do not need it: model_dir stays free of it, and so does the U-Net stage)
 import stages.ultrasound.planes.gabor  # noqa: F401
 from stages.common.settings import parse_settings
-from stages.ultrasound.anomaly.autoencoder import ANOMALY_SCORE, anomaly_scores, reconstruct
+from stages.ultrasound.anomaly.autoencoder import ANOMALY_SCORE, anomaly_scores, reconstruction_mse
 from stages.ultrasound.crops import plane_one_hot, to_unit_float
 from stages.ultrasound.enhance.methods import EnhanceSettings, enhance_image, recipe_from_section
 from stages.ultrasound.head.geometry import brain_crop
@@ -139,16 +139,12 @@ class AutoencoderPredictor(_Predictor):
     def threshold(self) -> float:
         return float(self.config["threshold"])
 
-    def _run(self, crops_u8: np.ndarray, planes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        x = to_unit_float(crops_u8, self.size)
-        return x, reconstruct(self.model, x, plane_one_hot(planes, self.planes))
-
     def errors(self, crops_u8: np.ndarray, planes: list[str]) -> np.ndarray:
         """Per-image reconstruction MSE ([0, 1] intensity units squared)."""
         if len(crops_u8) == 0:
             return np.zeros(0, dtype=np.float32)
-        x, recon = self._run(crops_u8, planes)
-        return np.mean((recon - x) ** 2, axis=(1, 2, 3)).astype(np.float32)
+        x = to_unit_float(crops_u8, self.size)
+        return reconstruction_mse(self.model, x, plane_one_hot(planes, self.planes))
 
     def anomaly_scores(self, crops_u8: np.ndarray, planes: list[str]) -> np.ndarray:
         """The model's anomaly score
