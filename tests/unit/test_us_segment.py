@@ -224,3 +224,9 @@ def test_ransac_survives_singular_draws_and_finds_the_ring(seed):
     assert share > 0.5
     assert fit[:2] == pytest.approx([e.cx, e.cy], abs=2.0)
     assert sorted(fit[2:4]) == pytest.approx(sorted([e.a, e.b]), abs=3.0)
+
+
+def test_an_unknown_method_is_an_error_naming_the_key():
+    img, _ = phantom_head((120, 160), seed=0)
+    with pytest.raises(ValueError, match="segment_us.method 'threshold'"):
+        segment_image(img, segment_settings(**SEG | {"method": "threshold"}))
