@@ -11,15 +11,67 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
 
+from stages.common.params import load_params
+from stages.common.settings import parse_settings
 from stages.ultrasound.imaging import Ellipse, ellipse_points, ellipse_radius, ramanujan_perimeter
+
+PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
+T = TypeVar("T")
 
 BRAIN_PLANES = ["Trans-thalamic", "Trans-cerebellum", "Trans-ventricular"]
 NON_BRAIN = ["Fetal abdomen", "Fetal femur", "Other"]
 HC18_HEADER = "filename,pixel size(mm),head circumference (mm)"
+
+
+def settings_from_params(cls: type[T], section: str, **overrides: Any) -> T:
+    """params.yaml's ``section`` with ``overrides``, validated as ``cls`` (an unknown key is an
+    error, as in the stages)."""
+    return parse_settings(cls, load_params(section, PARAMS_YAML) | overrides, section)
+
+
+def segment_settings(**overrides: Any) -> Any:
+    """The ``segment_us`` settings of params.yaml with ``overrides``."""
+    from stages.ultrasound.head.settings import SegmentSettings
+
+    return settings_from_params(SegmentSettings, "segment_us", **overrides)
+
+
+def plane_settings(**overrides: Any) -> Any:
+    """The ``train_plane_classifier_us`` settings of params.yaml with ``overrides`` (a nested
+    section, ``gabor`` or ``augment``, is updated key by key)."""
+    from stages.ultrasound.planes.classifier import PlaneClassifierSettings
+
+    section = load_params("train_plane_classifier_us", PARAMS_YAML)
+    for key in ("gabor", "augment"):
+        overrides[key] = section[key] | overrides.get(key, {})
+    return parse_settings(PlaneClassifierSettings, section | overrides, "train_plane_classifier_us")
+
+
+def crop_settings(**overrides: Any) -> Any:
+    """The ``us_crops`` settings of params.yaml with ``overrides``."""
+    from stages.ultrasound.crops import CropSettings
+
+    return settings_from_params(CropSettings, "us_crops", **overrides)
+
+
+# The classical method without rescoring or refinement, small enough for unit tests
+CLASSICAL_BASIC = {
+    "method": "classical",
+    "work_width": 240,
+    "grid": 3,
+    "n_hypotheses": 600,
+    "n_hypotheses_grid": 600,
+    "rescore_top": 0,
+    "score": "contrast",
+    "refine_width": 0,
+    "refine_edge": "drop",
+    "refine_level": 0.5,
+}
 
 
 def _speckle(shape: tuple[int, int], level: float, noise: float, rng: np.random.Generator):

@@ -1,5 +1,5 @@
-"""Brain crops as model inputs: the plane names, [0, 1] float inputs, one-hot planes and the
-manifest rows matched to their crops."""
+"""Brain crops as model inputs: their settings, the plane names, [0, 1] float inputs, one-hot
+planes and the manifest rows matched to their crops."""
 
 from __future__ import annotations
 
@@ -9,7 +9,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stages.common.settings import settings
+
+# The brain planes the models know (FETAL_PLANES_DB's ``Brain_plane`` labels of brain images)
 PLANES: tuple[str, ...] = ("Trans-thalamic", "Trans-cerebellum", "Trans-ventricular")
+
+
+@settings
+class CropSettings:
+    """The ``us_crops`` section, shared by every stage that makes or reads head crops.
+
+    ``crop_px``: side of the square head crop ``segment_us`` writes, which the autoencoder and
+    the plane classifier take as their input; ``occlusion_frac`` (side of the black square,
+    fraction of the crop side) and ``noise_std`` (Gaussian noise, fraction of the 0-255 range):
+    the strengths of the corrupted copies that stand in for anomalies
+    (:mod:`stages.ultrasound.anomaly.corruptions`), in training and in evaluation alike.
+    """
+
+    crop_px: int
+    occlusion_frac: float
+    noise_std: float
 
 
 def image_stem(name: str) -> str:

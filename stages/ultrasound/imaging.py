@@ -223,14 +223,3 @@ def load_item(locator: str) -> np.ndarray:
         with np.load(path) as z:
             return z[name]
     return read_image(locator)
-
-
-def store_names(folder: str | Path) -> list[str]:
-    """Names held by a store without decoding the images."""
-    folder = Path(folder)
-    names: list[str] = []
-    for shard in sorted(folder.glob("shard-*.npz")):
-        with np.load(shard) as z:
-            names.extend(z.files)
-    names.extend(p.stem for p in sorted(folder.glob("*.png")))
-    return names

@@ -37,7 +37,7 @@ def save_model_dir(
         save_npz(folder / LATENT_FILE, compress=False, **arrays)
 
 
-def bundle_segmenter(model_dir: Path, segment_params: dict[str, Any], segmenter: Path) -> None:
+def bundle_segmenter(model_dir: Path, segment_method: str, segmenter: Path) -> None:
     """Copy the head segmenter ``segmenter`` into ``model_dir`` when the crops needed it.
 
     A model trained on crops made with ``segment_us.method: unet`` must crop new images with
@@ -46,7 +46,7 @@ def bundle_segmenter(model_dir: Path, segment_params: dict[str, Any], segmenter:
     project that made it, and no registry version of the segmenter that could drift from the
     one the crops came from. With another method nothing is copied.
     """
-    if segment_params.get("method") != "unet":
+    if segment_method != "unet":
         return
     if not (Path(segmenter) / MODEL_FILE).is_file():
         raise FileNotFoundError(f"no head segmenter at {segmenter} (run train_segmenter_us)")

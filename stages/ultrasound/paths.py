@@ -17,17 +17,20 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 US_LISTING = Path("data/sources/us.json")
 
 # ingest_us writes the raw data sets
-FETAL_PLANES_RAW = Path("data/raw/fetal_planes")
-HC18_RAW = Path("data/raw/hc18")
+RAW_DIR = Path("data/raw")
+FETAL_PLANES_RAW = RAW_DIR / "fetal_planes"
+HC18_RAW = RAW_DIR / "hc18"
 PLANES_LABELS_CSV = FETAL_PLANES_RAW / PLANES_CSV
 
 # validate_us writes the per-image checks
 US_VALIDATION_CSV = Path("data/interim/us/validation.csv")
 US_QUARANTINE_CSV = Path("data/interim/us/quarantine.csv")
 
-# enhance_us writes the enhanced images, one folder per data set
+# enhance_us writes the enhanced images, one folder per data set, its counts and a figure
 ENHANCED_DIR = Path("data/interim/us/enhanced")
 ENHANCED_HC18 = ENHANCED_DIR / "hc18"
+ENHANCE_US_REPORT = Path("data/reports/enhance_us.json")
+ENHANCE_US_FIGURE = Path("data/reports/enhance_us/before_after.png")
 
 # train_segmenter_us writes the fold manifest, the models, its metrics and out-of-fold scores
 SEGMENTER_FOLDS = Path("data/processed/us/segmenter_folds.csv")
@@ -41,21 +44,25 @@ SEGMENTER_OOF_CSV = Path("data/reports/train_segmenter_us/oof.csv")
 SEGMENTED_DIR = Path("data/interim/us/segmented")
 CROPS_NPZ = Path("data/processed/us/crops.npz")
 SEGMENTATION_CSV = Path("data/processed/us/segmentation.csv")
+SEGMENT_US_REPORT = Path("data/reports/segment_us.json")
+SEGMENT_US_FIGURE = Path("data/reports/segment_us/overlays.png")
 
 # split_planes_us writes the plane manifest (with its split) and the split balance
 PLANES_MANIFEST_CSV = Path("data/processed/us/planes_manifest.csv")
 SPLIT_BALANCE_CSV = Path("data/processed/us/split_balance.csv")
 
-# train_autoencoder_us writes the autoencoder folder and its metrics
+# train_autoencoder_us writes the autoencoder folder, its metrics and its per-item evaluation
+# (the val crops and their corrupted copies, scored: what register_us pairs a champion against)
 AUTOENCODER_DIR = Path("data/models/us/autoencoder")
 TRAIN_AUTOENCODER_REPORT = Path("data/reports/train_autoencoder_us.json")
+TRAIN_AUTOENCODER_VAL_ITEMS = Path("data/reports/train_autoencoder_us/val_items.csv")
 
-# train_plane_classifier_us writes the classifier folder, its metrics and reliability plots
+# train_plane_classifier_us writes the classifier folder, its metrics, its reliability plots
+# (reliability.csv + .png) and its per-item evaluation (calibrated val probabilities)
 PLANE_CLASSIFIER_DIR = Path("data/models/us/plane_classifier")
 TRAIN_PLANE_CLASSIFIER_REPORT = Path("data/reports/train_plane_classifier_us.json")
-TRAIN_PLANE_CLASSIFIER_DIR = Path(
-    "data/reports/train_plane_classifier_us"
-)  # reliability.csv + .png
+TRAIN_PLANE_CLASSIFIER_DIR = Path("data/reports/train_plane_classifier_us")
+TRAIN_PLANE_CLASSIFIER_VAL_ITEMS = TRAIN_PLANE_CLASSIFIER_DIR / "val_items.csv"
 
 # the per-item validation evaluations the trainers write and register_us pairs on
 PLANE_CLASSIFIER_VAL_ITEMS = TRAIN_PLANE_CLASSIFIER_DIR / "val_items.csv"

@@ -11,13 +11,16 @@ import pytest
 from PIL import Image
 
 from stages.common.params import load_params
+from stages.common.settings import SettingsError, load_settings
+from stages.ultrasound.intake.image_checks import ImageRules, ValidateSettings
+from stages.ultrasound.intake.label_checks import check_label_table, label_reasons
 from stages.ultrasound.pipeline.ingest import ingest_hc18_mirror, ingest_planes_mirror
-from stages.ultrasound.pipeline.validate import check_label_table, validate
+from stages.ultrasound.pipeline.validate import validate
 from tests.synth_us import make_us_mirror
 
 pytestmark = pytest.mark.data
 
-P = load_params("validate_us")
+P = load_settings(ValidateSettings, "validate_us")
 SERIAL = {"scheduler_address": "", "n_workers": 1}
 
 
@@ -96,12 +99,18 @@ def test_label_table_rules():
             "Train": ["1", "2", "1", "0", "0"],
         }
     )
-    r = check_label_table(t, P).set_index("Image_name")["reasons"]
+    r = label_reasons(t, P.planes, P.brain_planes).set_index("Image_name")["reasons"]
     assert "patient on both sides" in r.iloc[0]  # patient 1 is in Train 1 and Train 0
     assert "Train not 0/1" in r.iloc[1] and "duplicate Image_name" in r.iloc[1]
     assert "bad Patient_num" in r.loc["c"] and "unknown brain plane" in r.loc["c"]
     with pytest.raises(KeyError):
-        check_label_table(t.drop(columns=["Plane"]), P)
+        label_reasons(t.drop(columns=["Plane"]), P.planes, P.brain_planes)
+    # ``fetal add-data`` holds the section as a mapping: the same rules
+    section = load_params("validate_us")
+    assert check_label_table(t, section).equals(label_reasons(t, P.planes, P.brain_planes))
+    assert ImageRules.from_params(section) == ImageRules.from_settings(P)
+    with pytest.raises(SettingsError, match="min_gray_range"):
+        ImageRules.from_params({k: v for k, v in section.items() if k != "min_gray_range"})
 
 
 def test_official_semicolon_table_is_normalised(tmp_path):

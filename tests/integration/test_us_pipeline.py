@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -26,15 +27,10 @@ TINY = {
         "n_folds": 2,
     },
     # the learned segmenter end to end (fold models for HC18, the final one for the rest)
-    "segment_us": {"crop_size": 64, "method": "unet"},
-    "train_autoencoder_us": {"input_size": 32, "filters": [4, 8, 8], "epochs": 2, "batch_size": 8},
-    "train_plane_classifier_us": {
-        "input_size": 32,
-        "filters": [4, 8],
-        "epochs": 2,
-        "patience": 1,
-        "batch_size": 8,
-    },
+    "segment_us": {"method": "unet"},
+    "us_crops": {"crop_px": 32},
+    "train_autoencoder_us": {"filters": [4, 8, 8], "epochs": 2, "batch_size": 8},
+    "train_plane_classifier_us": {"epochs": 2, "batch_size": 8},
     "evaluate_us": {"n_bootstrap": 20},
     "split_planes_us": {"val_fraction": 0.3},
 }
@@ -130,6 +126,16 @@ def test_dvc_repro_evaluate_us(toy_repo, tmp_path, monkeypatch) -> None:
     ):
         assert (figures / name).is_file(), name
 
+    # the per-item evaluations register_us pairs a champion against (promotion's items format)
+    pc_items = pd.read_csv(toy_repo / "data/reports/train_plane_classifier_us/val_items.csv")
+    assert list(pc_items.columns) == ["item", "cluster", "y", "pred.0", "pred.1", "pred.2"]
+    assert len(pc_items) == pc_report["n_val"] > 0
+    assert np.allclose(pc_items[["pred.0", "pred.1", "pred.2"]].sum(axis=1), 1.0, atol=1e-5)
+    ae_items = pd.read_csv(toy_repo / "data/reports/train_autoencoder_us/val_items.csv")
+    assert list(ae_items.columns) == ["item", "cluster", "y", "pred"]
+    assert len(ae_items) == 5 * ae_report["n_val"] and ae_items["y"].sum() == 4 * ae_report["n_val"]
+    assert set(ae_items["cluster"].astype(str)) <= set(manifest["patient"].astype(str))
+
     from stages.cli import main as fetal
     from stages.common.registry import tracking
 
@@ -157,7 +163,10 @@ def test_dvc_repro_evaluate_us(toy_repo, tmp_path, monkeypatch) -> None:
     for path in sorted(images.glob("*.png"))[:2]:
         Image.open(path).save(some / path.name)
     out = tmp_path / "preds.csv"
-    rc = main([str(some), "--out", str(out), "--no-abstain"])
+    models = toy_repo / "data/models/us"
+    folders = ["--plane-model", str(models / "plane_classifier")]
+    folders += ["--ae-model", str(models / "autoencoder")]
+    rc = main([str(some), "--out", str(out), "--no-abstain", *folders])
     preds = pd.read_csv(out)
     assert len(preds) == 2 and preds["error"].isna().all()
     assert rc == (0 if preds["plane"].notna().any() else 4)  # 4: no skull in either image

@@ -10,8 +10,8 @@ dropped, ``&&``, ``;``, ``|`` and ``&`` split) and each command is checked:
   ``--flag`` used;
 - ``make TARGET``: a Makefile target; ``dvc repro STAGE``: a dvc.yaml stage; ``-S``/``--set``
   ``SECTION.KEY=VALUE``: a params.yaml key;
-- every repository path in a command (``stages/``, ``flows/``, ``bench/``, ``docs/``,
-  ``tests/``; ``data/`` holds outputs and is skipped) exists.
+- every repository path in a command (``stages/``, ``flows/``, ``bench/``, ``experiments/``,
+  ``docs/``, ``tests/``; ``data/`` holds outputs and is skipped) exists.
 
 Besides: every relative markdown link (and its ``#anchor``) resolves, the architecture diagram
 names exactly the dvc.yaml stages, the README stays under 200 lines, and the cheap read-only
@@ -50,7 +50,7 @@ CLI_OWNERS = {
     "replay-ctg": "flows.replay",
     "add-data": "stages.common.intake.add_data",
 }
-PATH_RE = re.compile(r"^(?:\./)?((?:stages|flows|bench|docs|tests)/[\w./-]*)")
+PATH_RE = re.compile(r"^(?:\./)?((?:stages|flows|bench|experiments|docs|tests)/[\w./-]*)")
 # Read-only and quick: these documented commands are run for real.
 RUN_FOR_REAL = {("dvc", "dag"), ("fetal", "--help")}
 HELP_TIMEOUT_S = 180
@@ -190,7 +190,7 @@ def module_exists(module: str) -> bool:
 
 
 def is_repo_module(module: str) -> bool:
-    return module.split(".")[0] in {"stages", "flows", "bench", "tests"}
+    return module.split(".")[0] in {"stages", "flows", "bench", "experiments", "tests"}
 
 
 def used_flags(argv: list[str]) -> list[str]:
@@ -421,7 +421,7 @@ A [good link](results.md), a [bad one](no-such-page.md) and a [bad anchor](resul
 GOOD_DOC = """```sh
 FETAL_MIRROR=../shared/data .venv/bin/fetal score-us imgs --out p.csv \\
     --pixel-size-csv sizes.csv   # a continued line
-python -m bench.segmentation --set segment_us.method=classical --workers 2 | tail -n 3
+python -m bench.ultrasound --set segment_us.method=classical --n 4 | tail -n 3
 dvc repro evaluate_us && make test
 cat data/reports/evaluate_us.json
 ```

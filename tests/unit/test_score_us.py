@@ -6,6 +6,7 @@ import json
 import math
 import struct
 import zlib
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +15,16 @@ import pytest
 from PIL import Image
 
 from stages.common.ml.training import seed_everything
-from stages.common.params import load_params
+from stages.common.settings import SettingsError
 from stages.ultrasound.anomaly.autoencoder import (
+    ANOMALY_SCORE,
+    anomaly_scores,
     build_autoencoder,
-    fit_gaussian,
+    fit_latent_ring,
     latent_codes,
-    mahalanobis,
 )
 from stages.ultrasound.crops import PLANES, to_unit_float
+from stages.ultrasound.enhance.methods import EnhanceStageSettings, recipe_dict
 from stages.ultrasound.head.unet_network import build_unet
 from stages.ultrasound.imaging import ramanujan_perimeter
 from stages.ultrasound.model_dir import (
@@ -33,9 +36,43 @@ from stages.ultrasound.model_dir import (
 )
 from stages.ultrasound.planes.classifier import build_plane_classifier
 from tests.conftest import ROOT
-from tests.synth_us import phantom_head, phantom_non_brain
+from tests.synth_us import (
+    phantom_head,
+    phantom_non_brain,
+    plane_settings,
+    segment_settings,
+    settings_from_params,
+)
 
 SHAPE = (150, 210)
+
+
+def _recipe(method: str) -> dict:
+    """The crops' recipe a trainer writes into ``config.json`` (params.yaml, segment method
+    ``method``) at 32 px."""
+    enhance = settings_from_params(EnhanceStageSettings, "enhance_us")
+    segment = segment_settings(method=method)
+    return {"input_size": 32, "enhance_us": recipe_dict(enhance), "segment_us": asdict(segment)}
+
+
+def _plane_config(method: str, tta: str = "all") -> dict:
+    return {"planes": list(PLANES), "tta": tta, "temperature": 1.0, **_recipe(method)}
+
+
+def _autoencoder_folder(folder: Path, model: object, crops_u8: np.ndarray) -> dict:
+    """Save ``model`` as ``train_autoencoder_us`` does, its score's statistics fitted on
+    ``crops_u8``; returns those statistics."""
+    x = to_unit_float(crops_u8, 32)
+    latent = fit_latent_ring(latent_codes(model, x), x, 0.1)
+    config = {
+        "planes": list(PLANES),
+        "threshold": 0.01,
+        "anomaly_score": ANOMALY_SCORE,
+        "target_false_alarm": 0.1,
+        **_recipe("classical"),
+    }
+    save_model_dir(model, folder, config, latent)
+    return latent
 
 
 def _model_dirs(folder: Path) -> tuple[Path, Path]:
@@ -44,22 +81,12 @@ def _model_dirs(folder: Path) -> tuple[Path, Path]:
     The classical segmenter: these tests check head circumferences on phantom heads, which an
     untrained U-Net cannot find (the U-Net path is tested below with a bundled segmenter).
     """
-    crop = {
-        "enhance_us": load_params("enhance_us", ROOT / "params.yaml"),
-        "segment_us": load_params("segment_us", ROOT / "params.yaml") | {"method": "classical"},
-    }
     seed_everything(0)
     plane_dir, ae_dir = folder / "plane", folder / "ae"
-    save_model_dir(
-        build_plane_classifier(32, 3, (4, 8)),
-        plane_dir,
-        {"input_size": 32, "planes": list(PLANES), "tta": True, **crop},
-    )
-    save_model_dir(
-        build_autoencoder(32, (4, 8)),
-        ae_dir,
-        {"input_size": 32, "planes": list(PLANES), "threshold": 0.01, **crop},
-    )
+    plane = build_plane_classifier(32, plane_settings(gabor={"grids": [2, 4]}))
+    save_model_dir(plane, plane_dir, _plane_config("classical"))
+    crops = np.random.default_rng(0).integers(60, 140, (12, 32, 32), dtype=np.uint8)
+    _autoencoder_folder(ae_dir, build_autoencoder(32, (4, 8)), crops)
     return plane_dir, ae_dir
 
 
@@ -233,20 +260,13 @@ def test_latent_score_is_computed_by_the_predictor(tmp_path: Path) -> None:
 
     plane_dir, ae_dir = _model_dirs(tmp_path)
     model, config = load_model_dir(ae_dir)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(1)
     crops = rng.integers(60, 140, (12, 32, 32), dtype=np.uint8)
-    x = to_unit_float(crops, 32)
-    mean, precision = fit_gaussian(latent_codes(model, x), 0.1)
     latent_dir = tmp_path / "ae_latent"
-    save_model_dir(
-        model,
-        latent_dir,
-        {**config, "anomaly_score": "latent_mahalanobis"},
-        {"mean": mean, "precision": precision},
-    )
+    latent = _autoencoder_folder(latent_dir, model, crops)
     ae = AutoencoderPredictor(latent_dir)
     planes = [PLANES[0]] * len(crops)
-    expected = mahalanobis(latent_codes(ae.model, x), mean, precision)
+    expected = anomaly_scores(ae.model, to_unit_float(crops, 32), latent)
     np.testing.assert_allclose(ae.anomaly_scores(crops, planes), expected, rtol=1e-5)
     # the CLI path (score_image) reports the same score the predictor computes
     scorer = load_scorer(str(plane_dir), str(latent_dir))
@@ -256,7 +276,19 @@ def test_latent_score_is_computed_by_the_predictor(tmp_path: Path) -> None:
     assert res["anomaly_score"] == pytest.approx(
         float(ae.anomaly_scores(crop[None], [res["plane"]])[0]), rel=1e-5
     )
-    # a latent model folder without its code statistics is refused, not scored silently
+    # a folder naming another score (a research variant, an old folder) is refused by name
+    config_path = latent_dir / "config.json"
+    good = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps(good | {"anomaly_score": "normalised_mse"}))
+    with pytest.raises(ValueError, match="normalised_mse"):
+        AutoencoderPredictor(latent_dir)
+    # a recipe with a key the settings do not know is refused, naming the key
+    segment = good["segment_us"] | {"crop_size": 128}
+    config_path.write_text(json.dumps(good | {"segment_us": segment}))
+    with pytest.raises(SettingsError, match="crop_size"):
+        AutoencoderPredictor(latent_dir)
+    # a model folder without its code statistics is refused, not scored silently
+    config_path.write_text(json.dumps(good))
     (latent_dir / LATENT_FILE).unlink()
     with pytest.raises(FileNotFoundError):
         AutoencoderPredictor(latent_dir)
@@ -279,17 +311,11 @@ def test_a_model_folder_carries_its_segmenter_wherever_it_is_loaded(tmp_path: Pa
         unet_dir,
         {"kind": "head_segmenter", "input_height": 32, "input_width": 48},
     )
-    crop = {
-        "enhance_us": load_params("enhance_us", ROOT / "params.yaml"),
-        "segment_us": load_params("segment_us", ROOT / "params.yaml") | {"method": "unet"},
-    }
+    config = _plane_config("unet", tta="none")
     trained = tmp_path / "trained" / "plane"
-    save_model_dir(
-        build_plane_classifier(32, 3, (4, 8)),
-        trained,
-        {"input_size": 32, "planes": list(PLANES), "tta": False, **crop},
-    )
-    bundle_segmenter(trained, crop["segment_us"], unet_dir)
+    plane = build_plane_classifier(32, plane_settings(gabor={"grids": [2, 4]}))
+    save_model_dir(plane, trained, config)
+    bundle_segmenter(trained, "unet", unet_dir)
     moved = tmp_path / "elsewhere" / "model_dir"
     shutil.copytree(trained, moved)
     shutil.rmtree(tmp_path / "trained")
@@ -298,18 +324,17 @@ def test_a_model_folder_carries_its_segmenter_wherever_it_is_loaded(tmp_path: Pa
     assert Path(predictor.preprocess.segmenter_dir) == moved / SEGMENTER_DIR
     img = phantom_head((330, 480), seed=1, feature="Trans-thalamic")[0]
     crop_u8, seg = predictor.preprocess(img)
-    side = int(crop["segment_us"]["crop_size"])
-    assert crop_u8.shape == (side, side) and seg.shape == img.shape
+    assert crop_u8.shape == (32, 32) and seg.shape == img.shape
     out = predictor.predict(pd.DataFrame({"image": [img]}))
     assert out["plane"].iloc[0] in PLANES
     assert isinstance(HeadSegmenter(moved / SEGMENTER_DIR).probability(img), np.ndarray)
     # the unet method without a segmenter is refused at construction, not at the first image
     with pytest.raises(ValueError, match="segmenter_dir"):
-        Preprocessor(crop["enhance_us"], crop["segment_us"])
+        Preprocessor(predictor.preprocess.enhance, segment_settings(method="unet"), 32)
     # other methods bundle nothing
     classical = tmp_path / "classical"
     classical.mkdir()
-    bundle_segmenter(classical, {"method": "classical"}, tmp_path / "absent")
+    bundle_segmenter(classical, "classical", tmp_path / "absent")
     assert not (classical / SEGMENTER_DIR).exists()
 
 

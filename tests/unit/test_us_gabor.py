@@ -8,20 +8,20 @@ import numpy as np
 import pytest
 
 from stages.ultrasound.anomaly.autoencoder import (
+    anomaly_scores,
     build_autoencoder,
     fit_latent_ring,
     latent_codes,
     latent_ring_parts,
     ring_contrast,
-    score_anomaly,
 )
-from stages.ultrasound.crops import PLANES, plane_one_hot, to_unit_float
+from stages.ultrasound.crops import to_unit_float
 from stages.ultrasound.head import Segmentation
 from stages.ultrasound.head.geometry import brain_crop, upright_angle
 from stages.ultrasound.imaging import Ellipse
 from stages.ultrasound.model_dir import load_model_dir, save_model_dir
 from stages.ultrasound.planes.classifier import build_plane_classifier, predict_planes
-from tests.synth_us import phantom_head, phantom_non_brain
+from tests.synth_us import phantom_head, phantom_non_brain, plane_settings
 
 pytestmark = pytest.mark.unit
 
@@ -55,13 +55,8 @@ def test_gabor_energy_peaks_at_the_grating_orientation_and_frequency(pyramid: bo
 
 
 def test_gabor_classifier_survives_save_and_load(tmp_path) -> None:
-    model = build_plane_classifier(
-        32,
-        3,
-        frontend="gabor",
-        gabor={"frequencies": [0.2], "orientations": 4, "grids": [2, 4], "pyramid": True},
-        l2=0.01,
-    )
+    gabor = {"frequencies": [0.2], "orientations": 4, "grids": [2, 4], "pyramid": True}
+    model = build_plane_classifier(32, plane_settings(gabor=gabor, l2=0.01))
     x = np.random.default_rng(0).random((4, 32, 32, 1)).astype(np.float32)
     before = predict_planes(model, x, "horizontal")
     save_model_dir(model, tmp_path, {"input_size": 32})
@@ -69,7 +64,7 @@ def test_gabor_classifier_survives_save_and_load(tmp_path) -> None:
     np.testing.assert_allclose(predict_planes(loaded, x, "horizontal"), before, atol=1e-6)
     assert config["input_size"] == 32
     with pytest.raises(ValueError, match="divisible"):
-        build_plane_classifier(30, 3, frontend="gabor", gabor={"grids": [4]})
+        build_plane_classifier(30, plane_settings(gabor={"grids": [4]}))
     with pytest.raises(ValueError, match="tta"):
         predict_planes(model, x, "sideways")
 
@@ -116,12 +111,11 @@ def test_latent_ring_score_flags_a_crop_without_a_skull_ring() -> None:
     x = to_unit_float(np.stack(crops), 32)
     latent = fit_latent_ring(latent_codes(model, x), x, 0.1)
     assert {"dist_mean", "dist_std", "ring_mean", "ring_std"} <= set(latent)
-    planes = plane_one_hot([PLANES[0]] * len(x))
-    normal = score_anomaly("latent_ring", model, x, planes, latent)
+    normal = anomaly_scores(model, x, latent)
     no_ring = x.copy()
     no_ring[:, :3], no_ring[:, -3:], no_ring[:, :, :3], no_ring[:, :, -3:] = 0.8, 0.8, 0.8, 0.8
     no_ring[:, 3:-3, 3:-3] = 0.8 * x[:, 3:-3, 3:-3].mean()
-    odd = score_anomaly("latent_ring", model, no_ring, planes, latent)
+    odd = anomaly_scores(model, no_ring, latent)
     assert np.median(odd) > np.percentile(normal, 95)
     # the score is the sum of its parts in training standard deviations (ring one-sided)
     dist, ring = latent_ring_parts(model, no_ring, latent)

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.ultrasound.enhance.methods import ENHANCERS, enhance_image, skull_brain_cnr
+from experiments.ultrasound.enhance_ablation import skull_brain_cnr
+from stages.common.settings import SettingsError
+from stages.ultrasound.enhance.methods import (
+    ENHANCERS,
+    EnhanceStageSettings,
+    enhance_image,
+    recipe_dict,
+    recipe_from_section,
+)
 from stages.ultrasound.imaging import (
     Ellipse,
     ImageError,
@@ -23,17 +31,11 @@ from stages.ultrasound.imaging import (
     store_items,
     write_store_chunk,
 )
-from tests.synth_us import make_us_mirror, phantom_head
+from tests.synth_us import make_us_mirror, phantom_head, settings_from_params
 
 pytestmark = pytest.mark.unit
 
-ENH = {
-    "method": "nlm_clahe",
-    "median_size": 5,
-    "clahe_clip": 0.01,
-    "denoise_h": 0.06,
-    "work_width": 240,
-}
+ENH = settings_from_params(EnhanceStageSettings, "enhance_us", method="nlm_clahe", work_width=240)
 
 
 def _png(arr: np.ndarray, mode: str | None = None) -> bytes:
@@ -142,9 +144,26 @@ def test_resize_keeps_levels_and_pixel_centres():
     assert np.ptp(resize_to_width(stripes, 90)[0][5:-5, 5:-5]) < 0.05
 
 
-def test_enhance_rejects_non_uint8():
+def test_enhance_rejects_non_uint8_and_an_unknown_method():
     with pytest.raises(ValueError):
         enhance_image(np.zeros((10, 10), np.float32), ENH)
+    bad = settings_from_params(EnhanceStageSettings, "enhance_us", method="sharpen")
+    with pytest.raises(ValueError, match="enhance_us.method 'sharpen'"):
+        enhance_image(np.zeros((10, 10), np.uint8), bad)
+
+
+def test_the_recipe_a_model_folder_stores_reads_back_from_a_whole_section():
+    """A head segmenter's ``config.json`` stores the whole ``enhance_us`` section, a plane
+    classifier's only the recipe: both give the same settings; a missing key is an error."""
+    recipe = recipe_dict(ENH)
+    assert "layout" not in recipe and recipe["method"] == "nlm_clahe"
+    whole = {**recipe, "layout": "shards", "shard_size": 1000}
+    assert recipe_from_section(whole) == recipe_from_section(recipe)
+    assert recipe_dict(recipe_from_section(whole)) == recipe
+    with pytest.raises(KeyError, match="clahe_clip"):
+        recipe_from_section({k: v for k, v in recipe.items() if k != "clahe_clip"})
+    with pytest.raises(SettingsError, match="work_width"):
+        recipe_from_section(recipe | {"work_width": "wide"})
 
 
 def test_mirror_has_both_train_values_and_hc18_crlf(tmp_path):

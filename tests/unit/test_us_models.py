@@ -8,12 +8,12 @@ import pytest
 
 from stages.common.ml.training import class_weights
 from stages.ultrasound.anomaly.autoencoder import (
+    anomaly_scores,
     build_autoencoder,
     fit_gaussian,
+    fit_latent_ring,
     latent_codes,
     mahalanobis,
-    reconstruction_mse,
-    score_anomaly,
 )
 from stages.ultrasound.crops import PLANES, crops_for, plane_one_hot, to_unit_float
 from stages.ultrasound.pipeline.split_planes import (
@@ -22,7 +22,13 @@ from stages.ultrasound.pipeline.split_planes import (
     image_stem,
     split_balance,
 )
-from stages.ultrasound.planes.classifier import build_plane_classifier, plane_scores, predict_planes
+from stages.ultrasound.planes.classifier import (
+    build_plane_classifier,
+    plane_items,
+    plane_scores,
+    predict_planes,
+)
+from tests.synth_us import crop_settings, plane_settings
 
 
 def _labels(seed: int = 0, n_patients: int = 40) -> pd.DataFrame:
@@ -190,32 +196,30 @@ def test_latent_score_flags_codes_far_from_training() -> None:
     codes = latent_codes(model, heads)
     assert codes.shape == (20, 16)  # mean and std of 8 bottleneck channels
     mean, precision = fit_gaussian(codes, 0.1)
-    planes = plane_one_hot([PLANES[0]] * 20)
-    latent = {"mean": mean, "precision": precision}
-    normal = score_anomaly("latent_mahalanobis", model, heads, planes, latent)
-    odd = score_anomaly("latent_mahalanobis", model, 1.0 - heads, planes, latent)
+    normal = mahalanobis(codes, mean, precision)
+    odd = mahalanobis(latent_codes(model, 1.0 - heads), mean, precision)
     assert np.median(odd) > 2 * np.median(normal)
-    mse = score_anomaly("mse", model, heads, planes)
-    np.testing.assert_allclose(mse, reconstruction_mse(model, heads, planes), rtol=1e-6)
-    assert score_anomaly("mse", model, heads[:0], planes[:0]).shape == (0,)
+    # the score: that distance and the ring's shortfall, in SDs of the training crops
+    latent = fit_latent_ring(codes, heads, 0.1)
+    scores = anomaly_scores(model, heads, latent)
+    assert abs(float(np.mean(scores))) < 1.0  # the training crops themselves: about 0
+    assert np.median(anomaly_scores(model, 1.0 - heads, latent)) > np.median(scores) + 2
+    assert anomaly_scores(model, heads[:0], latent).shape == (0,)
 
 
 @pytest.mark.unit
 def test_plane_classifier_shapes() -> None:
-    aug = {
-        "shift": 0.1,
-        "rotation_deg": 10,
-        "flip": "horizontal",
-        "brightness": 0.1,
-        "contrast": 0.1,
-    }
-    model = build_plane_classifier(32, 3, (4, 8), augment=aug)
+    model = build_plane_classifier(32, plane_settings(dropout=0.3))
     x = np.random.default_rng(0).random((5, 32, 32, 1)).astype(np.float32)
-    prob = predict_planes(model, x, tta=True)
+    prob = predict_planes(model, x, tta="all")
     assert prob.shape == (5, 3)
     assert np.allclose(prob.sum(axis=1), 1.0, atol=1e-5)
-    # augmentation is off at inference: the same input gives the same output
-    assert np.allclose(prob, predict_planes(model, x, tta=True))
+    # dropout is off at inference: the same input gives the same output
+    assert np.allclose(prob, predict_planes(model, x, tta="all"))
+    with pytest.raises(ValueError, match="unknown tta"):
+        predict_planes(model, x, tta="sideways")
+    with pytest.raises(ValueError, match="not divisible"):
+        build_plane_classifier(30, plane_settings())
 
 
 @pytest.mark.unit
@@ -225,7 +229,7 @@ def test_corruptions_keep_shape_and_change_images() -> None:
 
     rng = np.random.default_rng(0)
     x = rng.integers(40, 200, size=(4, 32, 32), dtype=np.uint8)
-    p = {"occlusion_frac": 0.3, "noise_std": 0.2}
+    p = crop_settings(occlusion_frac=0.3, noise_std=0.2)
     for kind, fn in CORRUPTIONS.items():
         y = fn(x, np.random.default_rng(1), p)
         assert y.shape == x.shape and y.dtype == np.uint8, kind
@@ -245,3 +249,37 @@ def test_plane_scores_known_answers() -> None:
     assert plane_scores(prob, np.array([1, 1, 2]))["val_log_loss_neg"] < s["val_log_loss_neg"]
     empty = plane_scores(np.zeros((0, 3)), np.array([], dtype=int))
     assert np.isnan(empty["val_accuracy"]) and np.isnan(empty["val_log_loss_neg"])
+
+
+@pytest.mark.unit
+def test_corruption_items_pair_every_crop_with_its_corrupted_copies() -> None:
+    """Known layout: the clean crops first (y 0), then each corruption's (y 1, ``image|kind``);
+    the same seed gives the same copies, so two versions are scored on the same items."""
+    from stages.ultrasound.anomaly.corruptions import CORRUPTIONS, corruption_items
+
+    rows = pd.DataFrame({"image": ["a", "b"], "patient": ["P1", "P2"]})
+    crops = np.random.default_rng(0).integers(40, 200, size=(2, 16, 16), dtype=np.uint8)
+
+    def mean_grey(x: np.ndarray) -> np.ndarray:
+        return x.reshape(len(x), -1).mean(axis=1)
+
+    items = corruption_items(mean_grey, rows, crops, 7, crop_settings())
+    assert list(items.columns) == ["item", "cluster", "y", "pred"]
+    assert list(items["item"][:4]) == ["a", "b", "a|occlusion", "b|occlusion"]
+    assert len(items) == 2 * (1 + len(CORRUPTIONS)) and items["y"].sum() == 2 * len(CORRUPTIONS)
+    assert list(items["cluster"]) == ["P1", "P2"] * (1 + len(CORRUPTIONS))
+    np.testing.assert_allclose(items["pred"][:2], mean_grey(crops))
+    again = corruption_items(mean_grey, rows, crops, 7, crop_settings())
+    pd.testing.assert_frame_equal(items, again)
+    other = corruption_items(mean_grey, rows, crops, 8, crop_settings())
+    assert not np.array_equal(items["pred"], other["pred"])  # the seed draws the corruptions
+
+
+@pytest.mark.unit
+def test_plane_items_are_the_promotion_items_format() -> None:
+    rows = pd.DataFrame({"image": ["a", "b"], "patient": [3, 4]})
+    prob = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    items = plane_items(rows, np.array([0, 2]), prob)
+    assert list(items.columns) == ["item", "cluster", "y", "pred.0", "pred.1", "pred.2"]
+    assert list(items["cluster"]) == ["3", "4"] and list(items["y"]) == [0, 2]
+    np.testing.assert_allclose(items[["pred.0", "pred.1", "pred.2"]].to_numpy(), prob)

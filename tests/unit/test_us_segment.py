@@ -11,13 +11,19 @@ from stages.common.parallel import Result, map_images
 from stages.ultrasound.head import Segmentation
 from stages.ultrasound.head.geometry import brain_crop, conic_to_ellipse, fit_ellipse_points
 from stages.ultrasound.head.hc18 import truth_mask
-from stages.ultrasound.head.segmenters import SegmentSettings, segment_image
+from stages.ultrasound.head.segmenters import segment_image
 from stages.ultrasound.imaging import Ellipse, dice, ellipse_mask, ramanujan_perimeter
-from tests.synth_us import outline_annotation, phantom_head, phantom_non_brain
+from tests.synth_us import (
+    CLASSICAL_BASIC,
+    outline_annotation,
+    phantom_head,
+    phantom_non_brain,
+    segment_settings,
+)
 
 pytestmark = pytest.mark.unit
 
-SEG = {"method": "classical", "work_width": 240, "crop_size": 64, "grid": 3, "n_hypotheses": 600}
+SEG = CLASSICAL_BASIC
 
 
 def test_conic_round_trip():
@@ -41,7 +47,7 @@ def test_conic_round_trip():
 @pytest.mark.parametrize("seed, angle, noise", [(0, 0.3, 0.25), (1, 1.2, 0.4), (2, 2.5, 0.3)])
 def test_phantom_head_circumference_and_dice(seed, angle, noise):
     img, true = phantom_head((260, 380), axes=(110, 85), angle=angle, noise=noise, seed=seed)
-    seg = segment_image(img, SegmentSettings.from_params(SEG))
+    seg = segment_image(img, segment_settings(**SEG))
     assert seg.ok, seg.reason
     hc_true = ramanujan_perimeter(true.a, true.b)
     assert seg.hc_px() == pytest.approx(hc_true, rel=0.03)
@@ -53,14 +59,14 @@ def test_phantom_head_circumference_and_dice(seed, angle, noise):
 
 def test_head_off_centre_and_partly_out_of_view():
     img, true = phantom_head((260, 380), center=(110, 120), axes=(120, 95), angle=0.2, seed=5)
-    seg = segment_image(img, SegmentSettings.from_params(SEG))
+    seg = segment_image(img, segment_settings(**SEG))
     truth = ellipse_mask(img.shape, true)
     assert seg.ok and dice(seg.cranium, truth) > 0.93
 
 
 def test_no_head_gives_ok_false_or_low_score_never_a_crash():
     flat = np.full((200, 300), 40, np.uint8)
-    seg = segment_image(flat, SegmentSettings.from_params(SEG))
+    seg = segment_image(flat, segment_settings(**SEG))
     assert isinstance(seg, Segmentation)
     assert not seg.ok
     crop = brain_crop(flat, seg, 32)
@@ -69,7 +75,7 @@ def test_no_head_gives_ok_false_or_low_score_never_a_crash():
 
 def test_non_brain_image_runs():
     seg = segment_image(
-        phantom_non_brain((200, 300), "Fetal femur", seed=1), SegmentSettings.from_params(SEG)
+        phantom_non_brain((200, 300), "Fetal femur", seed=1), segment_settings(**SEG)
     )
     assert isinstance(seg.ok, bool)
 
@@ -117,7 +123,7 @@ def test_hc_recovered_within_a_few_percent_across_sizes():
     errs = []
     for seed, a in enumerate((70, 95, 125)):
         img, true = phantom_head((280, 400), axes=(a, 0.8 * a), angle=0.1 * seed, seed=10 + seed)
-        seg = segment_image(img, SegmentSettings.from_params(SEG))
+        seg = segment_image(img, segment_settings(**SEG))
         errs.append(abs(seg.hc_px() / ramanujan_perimeter(true.a, true.b) - 1))
     assert max(errs) < 0.04, errs
     assert math.isfinite(sum(errs))
@@ -163,7 +169,7 @@ def test_edge_locators_on_a_gaussian_skull_profile():
 def test_refined_outline_lands_on_the_chosen_edge_of_the_skull_band(edge, level, inward_px):
     img, e = _ring_image(thick=12.0)
     p = dict(SEG, refine_width=img.shape[1], refine_edge=edge, refine_level=level)
-    seg = segment_image(img, SegmentSettings.from_params(p))
+    seg = segment_image(img, segment_settings(**p))
     assert seg.ok, seg.reason
     got = 0.5 * (seg.ellipse.a + seg.ellipse.b)
     outer = 0.5 * (e.a + e.b)
@@ -195,7 +201,7 @@ def test_rescored_and_refined_phantom_heads(seed, angle):
         refine_edge="level",
         refine_level=0.75,
     )
-    seg = segment_image(img, SegmentSettings.from_params(p))
+    seg = segment_image(img, segment_settings(**p))
     assert seg.ok, seg.reason
     assert seg.hc_px() == pytest.approx(ramanujan_perimeter(true.a, true.b), rel=0.03)
     assert dice(seg.cranium, ellipse_mask(img.shape, true)) > 0.95
@@ -211,16 +217,16 @@ def test_ransac_survives_singular_draws_and_finds_the_ring(seed):
     img, e = _ring_image()
     g = img / 255.0
     p = {"n_rays": 12, "top_k": 3, "edge_px": 3, "inlier_px": 2.5, "min_axis_ratio": 0.55}
-    res = _ransac_from_centre(
-        g,
-        e.cx + 7,
-        e.cy - 5,
-        np.random.default_rng(seed),
-        SegmentSettings.from_params(p).classical,
-        1500,
-    )
+    s = segment_settings(**SEG, **p)
+    res = _ransac_from_centre(g, e.cx + 7, e.cy - 5, np.random.default_rng(seed), s, 1500)
     assert res is not None
     fit, share = res
     assert share > 0.5
     assert fit[:2] == pytest.approx([e.cx, e.cy], abs=2.0)
     assert sorted(fit[2:4]) == pytest.approx(sorted([e.a, e.b]), abs=3.0)
+
+
+def test_an_unknown_method_is_an_error_naming_the_key():
+    img, _ = phantom_head((120, 160), seed=0)
+    with pytest.raises(ValueError, match="segment_us.method 'threshold'"):
+        segment_image(img, segment_settings(**SEG | {"method": "threshold"}))

@@ -160,21 +160,19 @@ def test_folds_of_very_few_images():
 
 
 def test_unet_method_falls_back_to_classical_below_the_score():
-    from stages.ultrasound.head.segmenters import SegmentSettings, segment_image
-    from tests.synth_us import phantom_head
+    from stages.ultrasound.head.segmenters import segment_image
+    from tests.synth_us import CLASSICAL_BASIC, phantom_head, segment_settings
 
     class Blank:  # a network that marks nothing
         def probability(self, img: np.ndarray) -> np.ndarray:
             return np.zeros((32, 48), np.float32)
 
     img, _ = phantom_head((260, 380), axes=(110, 85), seed=0)
-    p = {"method": "unet", "work_width": 240, "grid": 3, "n_hypotheses": 600}
-    assert not segment_image(img, SegmentSettings.from_params(p), Blank()).ok
-    assert segment_image(
-        img, SegmentSettings.from_params(p | {"unet_fallback_score": 0.5}), Blank()
-    ).ok
+    p = CLASSICAL_BASIC | {"method": "unet", "unet_fallback_score": 0.0}
+    assert not segment_image(img, segment_settings(**p), Blank()).ok
+    assert segment_image(img, segment_settings(**p | {"unet_fallback_score": 0.5}), Blank()).ok
     with pytest.raises(ValueError, match="trained segmenter"):
-        segment_image(img, SegmentSettings.from_params(p))
+        segment_image(img, segment_settings(**p))
 
 
 def tiny_unet_data() -> tuple[np.ndarray, np.ndarray, dict]:

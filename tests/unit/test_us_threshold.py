@@ -11,7 +11,7 @@ from stages.common.ml.calibration import (
     logits_from_probabilities,
     softmax,
 )
-from stages.ultrasound.anomaly.autoencoder import fit_latent, latent_score_from_codes
+from stages.ultrasound.anomaly.autoencoder import fit_latent_ring, ring_scores_from_codes
 from stages.ultrasound.anomaly.threshold import (
     conformal_quantile,
     out_of_fold_scores,
@@ -44,11 +44,11 @@ def test_out_of_fold_threshold_holds_on_new_codes_where_the_in_sample_one_does_n
     assert folds is not None and len(set(folds)) == 5
     for p in set(patients):  # a patient's images stay in one fold
         assert len({f for f, q in zip(folds, patients, strict=True) if q == p}) == 1
-    kind = "latent_mahalanobis"
-    oof = out_of_fold_scores(kind, codes, x, folds, shrinkage=0.1)
-    latent = fit_latent(kind, codes, x, 0.1)
-    in_sample = latent_score_from_codes(kind, codes, x, latent)
-    new_scores = latent_score_from_codes(kind, new, np.zeros((len(new), 4, 4, 1)), latent)
+    # blank crops: the skull-ring part is 0 for every image, the score is the code's distance
+    oof = out_of_fold_scores(codes, x, folds, shrinkage=0.1)
+    latent = fit_latent_ring(codes, x, 0.1)
+    in_sample = ring_scores_from_codes(codes, x, latent)
+    new_scores = ring_scores_from_codes(new, np.zeros((len(new), 4, 4, 1)), latent)
     naive = np.percentile(in_sample, 95)
     honest = conformal_quantile(oof, 0.05)
     assert np.mean(new_scores > naive) > 0.15  # the in-sample percentile flags far too many
@@ -66,13 +66,12 @@ def test_leave_one_patient_out_threshold_sits_nearer_its_target_than_five_folds(
         scale = rng.uniform(0.5, 2.0, 40)
         codes, new = rng.normal(size=(100, 40)) * scale, rng.normal(size=(4000, 40)) * scale
         x, patients = np.zeros((100, 4, 4, 1)), [f"p{i // 4}" for i in range(100)]
-        kind = "latent_mahalanobis"
-        latent = fit_latent(kind, codes, x, 0.1)
-        new_scores = latent_score_from_codes(kind, new, np.zeros((4000, 4, 4, 1)), latent)
+        latent = fit_latent_ring(codes, x, 0.1)
+        new_scores = ring_scores_from_codes(new, np.zeros((4000, 4, 4, 1)), latent)
         for k in rates:
             folds = patient_folds(patients, k, seed=0)
             assert folds is not None and len(set(folds)) == (25 if k == 0 else 5)
-            oof = out_of_fold_scores(kind, codes, x, folds, shrinkage=0.1)
+            oof = out_of_fold_scores(codes, x, folds, shrinkage=0.1)
             rates[k].append(float(np.mean(new_scores > conformal_quantile(oof, 0.10))))
     five, lopo = np.mean(rates[5]), np.mean(rates[0])
     assert five < 0.05 < lopo <= 0.10

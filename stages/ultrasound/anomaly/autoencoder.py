@@ -1,4 +1,4 @@
-"""The plane-conditioned convolutional autoencoder of brain crops and its anomaly scores.
+"""The plane-conditioned convolutional autoencoder of brain crops and its anomaly score.
 
 Built from params (no hub weights: trained from scratch on the brain crops); Keras is imported
 inside the functions. The design mirrors the original project's (conv 32-64-128 with max
@@ -17,6 +17,8 @@ from stages.ultrasound.crops import PLANES
 from stages.ultrasound.head.geometry import CROP_MARGIN
 
 BOTTLENECK = "bottleneck"
+# The anomaly score a model folder names in its ``config.json`` (:func:`anomaly_scores`)
+ANOMALY_SCORE = "latent_ring"
 
 
 def build_autoencoder(
@@ -101,19 +103,6 @@ def reconstruction_mse(model: Any, x: np.ndarray, planes: np.ndarray) -> np.ndar
     if len(x) == 0:
         return np.zeros(0, dtype=np.float32)
     return np.mean((reconstruct(model, x, planes) - x) ** 2, axis=(1, 2, 3)).astype(np.float32)
-
-
-def anomaly_score(x: np.ndarray, recon: np.ndarray, eps: float = 1e-3) -> np.ndarray:
-    """Normalised reconstruction error: per-image MSE / (variance of the image + ``eps``).
-
-    Plain MSE rewards images that are simply easy to reconstruct: a blank or nearly flat frame
-    scored as the *most* normal image in our evaluation (AUROC 0 for blank frames). Dividing by
-    the image's own variance makes the score scale-free, so a flat frame that the autoencoder
-    turns into a textured head scores high. ``eps`` (in [0, 1]-intensity variance units) keeps
-    exactly constant images finite.
-    """
-    mse = np.mean((recon - x) ** 2, axis=(1, 2, 3))
-    return (mse / (np.var(x, axis=(1, 2, 3)) + eps)).astype(np.float32)
 
 
 _ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -222,22 +211,6 @@ def fit_latent_ring(codes: np.ndarray, x: np.ndarray, shrinkage: float) -> dict[
     }
 
 
-def _score_mse(model: Any, x: np.ndarray, planes: np.ndarray, latent: dict) -> np.ndarray:
-    return reconstruction_mse(model, x, planes)
-
-
-def _score_normalised_mse(
-    model: Any, x: np.ndarray, planes: np.ndarray, latent: dict
-) -> np.ndarray:
-    return anomaly_score(x, reconstruct(model, x, planes))
-
-
-def _score_latent_mahalanobis(
-    model: Any, x: np.ndarray, planes: np.ndarray, latent: dict
-) -> np.ndarray:
-    return latent_score_from_codes("latent_mahalanobis", latent_codes(model, x), x, latent)
-
-
 def latent_ring_parts(model: Any, x: np.ndarray, latent: dict) -> tuple[np.ndarray, np.ndarray]:
     """The two raw parts of the ``latent_ring`` score of crops ``x`` (N, S, S, 1) in [0, 1]:
     the Mahalanobis distance (N,) of each code to the training codes' Gaussian, and the
@@ -254,74 +227,27 @@ def _ring_z(dist: np.ndarray, ring: np.ndarray, latent: dict) -> np.ndarray:
     return (z_dist + z_ring).astype(np.float32)
 
 
-def _score_latent_ring(model: Any, x: np.ndarray, planes: np.ndarray, latent: dict) -> np.ndarray:
-    return _ring_z(*latent_ring_parts(model, x, latent), latent)
-
-
-def fit_latent(kind: str, codes: np.ndarray, x: np.ndarray, shrinkage: float) -> dict:
-    """The statistics a latent score ``kind`` needs from normal crops ``x`` and their codes
-    (:func:`fit_gaussian` or :func:`fit_latent_ring`); {} for the reconstruction scores."""
-    if kind == "latent_mahalanobis":
-        mean, precision = fit_gaussian(codes, shrinkage)
-        return {"mean": mean, "precision": precision}
-    if kind == "latent_ring":
-        return fit_latent_ring(codes, x, shrinkage)
-    return {}
-
-
-def latent_score_from_codes(
-    kind: str, codes: np.ndarray, x: np.ndarray, latent: dict
-) -> np.ndarray:
-    """A latent score of crops ``x`` from their codes (already computed) and ``latent``
-    (:func:`fit_latent`): what the model's score is, without running the encoder again."""
+def ring_scores_from_codes(codes: np.ndarray, x: np.ndarray, latent: dict) -> np.ndarray:
+    """The ``latent_ring`` score of crops ``x`` from their codes (already computed) and the
+    training statistics ``latent`` (:func:`fit_latent_ring`), without running the encoder
+    again (the threshold's out-of-fold scores)."""
     dist = mahalanobis(codes, latent["mean"], latent["precision"])
-    if kind == "latent_mahalanobis":
-        return dist
-    if kind == "latent_ring":
-        return _ring_z(dist, ring_contrast(x), latent)
-    raise ValueError(f"{kind!r} is not a latent score ({' | '.join(LATENT_SCORES)})")
+    return _ring_z(dist, ring_contrast(x), latent)
 
 
-# Anomaly scores of the autoencoder, by the name ``train_autoencoder_us.anomaly_score`` uses.
-# ``mse``: raw reconstruction error (rewards dark, smooth frames: non-brain AUROC ~0.4, blank 0);
-# ``normalised_mse``: MSE / image variance (blank frames fixed, non-brain still ~0.4);
-# ``latent_mahalanobis``: distance of the bottleneck code to the training brain codes (the
-# feature-space Mahalanobis detector of Lee et al. 2018, NeurIPS, on the autoencoder's encoder);
-# non-brain AUROC 0.91 on the same model; ``latent_ring``: that distance plus the shortfall of
-# the crop's skull-ring contrast (:func:`ring_contrast`), each in standard deviations of the
-# training brain crops (see README, anomaly score).
-ANOMALY_SCORES = {
-    "mse": _score_mse,
-    "normalised_mse": _score_normalised_mse,
-    "latent_mahalanobis": _score_latent_mahalanobis,
-    "latent_ring": _score_latent_ring,
-}
-# Scores that need the training codes' statistics (``latent.npz``).
-LATENT_SCORES = ("latent_mahalanobis", "latent_ring")
+def anomaly_scores(model: Any, x: np.ndarray, latent: dict[str, np.ndarray]) -> np.ndarray:
+    """The anomaly score :data:`ANOMALY_SCORE` (N,), higher = more unusual, of crops ``x``
+    (N, S, S, 1) in [0, 1]: in standard deviations of the training brain crops, the
+    Mahalanobis distance of the autoencoder's bottleneck code to the training codes (the
+    feature-space detector of Lee et al. 2018, NeurIPS, on the autoencoder's encoder) plus the
+    shortfall of the crop's skull-ring contrast (:func:`ring_contrast`). ``latent`` is the
+    training crops' statistics (:func:`fit_latent_ring`). The encoder never sees the plane, so
+    neither does the score.
 
-
-def score_anomaly(
-    kind: str,
-    model: Any,
-    x: np.ndarray,
-    planes: np.ndarray,
-    latent: dict[str, np.ndarray] | None = None,
-) -> np.ndarray:
-    """Anomaly score (N,) named ``kind`` (see :data:`ANOMALY_SCORES`), higher = more unusual.
-
-    Parameters
-    ----------
-    kind
-        A key of :data:`ANOMALY_SCORES`.
-    model
-        The autoencoder.
-    x
-        Crops (N, S, S, 1) in [0, 1].
-    planes
-        One-hot planes (N, 3) (the latent score ignores them: the encoder never sees them).
-    latent
-        ``mean`` and ``precision`` of the training codes (:func:`fit_gaussian`); latent score only.
+    Reconstruction error, raw or divided by the image's variance, rewards images that are
+    simply easy to reconstruct (dark, smooth non-brain crops: non-brain AUROC ~0.4) and is a
+    research variant (``experiments/ultrasound/anomaly_scores.py``).
     """
     if len(x) == 0:
         return np.zeros(0, dtype=np.float32)
-    return ANOMALY_SCORES[kind](model, x, planes, latent or {}).astype(np.float32)
+    return _ring_z(*latent_ring_parts(model, x, latent), latent).astype(np.float32)

@@ -5,9 +5,9 @@ brain images of unseen patients it flagged 16 %, not 5 %. Two causes: 25 scores 
 percentile down poorly (it is the 24th of 25), and nothing corrected for that. Now:
 
 1. **Out-of-fold scores for every train + val brain image.** Patient-grouped folds over
-   train + val; for each fold the latent statistics (the codes' Gaussian and, for
-   ``latent_ring``, the scales of its two parts:
-   :func:`~stages.ultrasound.anomaly.autoencoder.fit_latent`) are fitted on the other folds' codes
+   train + val; for each fold the latent statistics (the codes' Gaussian and the scales of the
+   score's two parts: :func:`~stages.ultrasound.anomaly.autoencoder.fit_latent_ring`) are
+   fitted on the other folds' codes
    and the held-out fold is scored, so no image's score comes from statistics it helped to fit, and
    a patient's images never score each other. The network is not retrained: every code comes from
    the one trained encoder.
@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from stages.common.ml.splits import stratified_folds
-from stages.ultrasound.anomaly.autoencoder import fit_latent, latent_score_from_codes
+from stages.ultrasound.anomaly.autoencoder import fit_latent_ring, ring_scores_from_codes
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,12 @@ def patient_folds(patients: Sequence[str], n_folds: int, seed: int) -> np.ndarra
 
 
 def out_of_fold_scores(
-    kind: str, codes: np.ndarray, x: np.ndarray, folds: np.ndarray, shrinkage: float
+    codes: np.ndarray, x: np.ndarray, folds: np.ndarray, shrinkage: float
 ) -> np.ndarray:
-    """Each image's latent score ``kind`` under statistics fitted on the other folds only.
+    """Each image's anomaly score under statistics fitted on the other folds only.
 
     Parameters
     ----------
-    kind
-        ``latent_mahalanobis`` or ``latent_ring``.
     codes
         Encoder codes (N, D) of the crops
         (:func:`~stages.ultrasound.anomaly.autoencoder.latent_codes`).
@@ -98,6 +96,6 @@ def out_of_fold_scores(
     out = np.full(len(codes), np.nan, dtype=np.float64)
     for f in np.unique(folds):
         held, fit = folds == f, folds != f
-        latent = fit_latent(kind, codes[fit], x[fit], shrinkage)
-        out[held] = latent_score_from_codes(kind, codes[held], x[held], latent)
+        latent = fit_latent_ring(codes[fit], x[fit], shrinkage)
+        out[held] = ring_scores_from_codes(codes[held], x[held], latent)
     return out

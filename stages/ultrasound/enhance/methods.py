@@ -1,10 +1,11 @@
 """Speckle reduction and contrast enhancement of ultrasound images (the ``enhance_us`` methods).
 
-Methods live in :data:`ENHANCERS` (name -> function). ``original`` re-does the original study's
-enhancement with scikit-image (global histogram equalisation, then a median filter); the default
-was chosen by measurement: the contrast-to-noise ratio (CNR) between the skull ring and the brain
-inside the HC18 sonographer ellipses (:func:`skull_brain_cnr`), and the Dice of the
-segmentation run on the enhanced image.
+Methods live in :data:`ENHANCERS` (name -> function), each a ``dvc exp run -S
+enhance_us.method=NAME`` away. ``original`` re-does the original study's enhancement with
+scikit-image (global histogram equalisation, then a median filter); the default was chosen by
+measurement (``experiments/ultrasound/enhance_ablation.py``): the contrast-to-noise ratio between
+the skull ring and the brain inside the HC18 sonographer ellipses, and the segmentation and
+models downstream.
 
 Non-local means: Buades A, Coll B, Morel JM. A non-local algorithm for image denoising. CVPR 2005.
 CLAHE: Zuiderveld K. Contrast limited adaptive histogram equalization. Graphics Gems IV, 1994.
@@ -12,12 +13,57 @@ CLAHE: Zuiderveld K. Contrast limited adaptive histogram equalization. Graphics 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 
-from stages.ultrasound.imaging import Ellipse, ellipse_radius, resize_to_shape, resize_to_width
+from stages.common.settings import parse_settings, settings
+from stages.ultrasound.imaging import resize_to_shape, resize_to_width
+
+
+@settings
+class EnhanceSettings:
+    """How an image is enhanced (the recipe part of ``enhance_us``): ``method`` (a key of
+    :data:`ENHANCERS`), ``median_size`` (px), ``clahe_clip`` (fraction), ``denoise_h``
+    ([0, 1] intensity), ``gaussian_sigma`` (px at ``work_width``), ``work_width`` (px).
+
+    A model folder stores these (:func:`recipe_dict`), so new images are enhanced as its
+    training images were.
+    """
+
+    method: str
+    median_size: int
+    clahe_clip: float
+    denoise_h: float
+    gaussian_sigma: float
+    work_width: int
+
+
+@settings
+class EnhanceStageSettings(EnhanceSettings):
+    """The whole ``enhance_us`` section: the recipe and how the enhanced images are stored
+    (``layout``: a key of :data:`stages.ultrasound.imaging.STORE_WRITERS`; ``shard_size``:
+    images per shard)."""
+
+    layout: str
+    shard_size: int
+
+
+def recipe_dict(s: EnhanceSettings) -> dict[str, Any]:
+    """The recipe's keys and values (a model folder's ``config.json`` holds them)."""
+    return {f.name: getattr(s, f.name) for f in fields(EnhanceSettings)}
+
+
+def recipe_from_section(section: Mapping[str, Any]) -> EnhanceSettings:
+    """The recipe's keys of an ``enhance_us`` mapping (the recipe, or the whole section as a
+    head segmenter's ``config.json`` stores it), validated; a missing key is an error."""
+    try:
+        values = {f.name: section[f.name] for f in fields(EnhanceSettings)}
+    except KeyError as exc:
+        raise KeyError(f"enhance_us recipe lacks {exc}") from None
+    return parse_settings(EnhanceSettings, values, "enhance_us")
 
 
 def _to_u8(img: np.ndarray) -> np.ndarray:
@@ -41,12 +87,12 @@ def _at_work_width(
     return _to_u8(out)
 
 
-def enhance_none(img_u8: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+def enhance_none(img_u8: np.ndarray, s: EnhanceSettings) -> np.ndarray:
     """No enhancement (the raw image), the reference row of the ablation."""
     return img_u8.copy()
 
 
-def enhance_original(img_u8: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+def enhance_original(img_u8: np.ndarray, s: EnhanceSettings) -> np.ndarray:
     """The original study's enhancement: global histogram equalisation + median filter.
 
     Full resolution, median window ``median_size`` px.
@@ -55,57 +101,49 @@ def enhance_original(img_u8: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     from skimage.exposure import equalize_hist
 
     eq = _to_u8(equalize_hist(img_u8, nbins=256))
-    return median_filter(eq, size=int(params.get("median_size", 5)))
+    return median_filter(eq, size=s.median_size)
 
 
-def _clahe(x: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+def _clahe(x: np.ndarray, s: EnhanceSettings) -> np.ndarray:
     from skimage.exposure import equalize_adapthist
 
-    return equalize_adapthist(np.clip(x, 0, 1), clip_limit=float(params.get("clahe_clip", 0.01)))
+    return equalize_adapthist(np.clip(x, 0, 1), clip_limit=s.clahe_clip)
 
 
-def _median(x: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+def _median(x: np.ndarray, s: EnhanceSettings) -> np.ndarray:
     from scipy.ndimage import median_filter
 
-    return median_filter(x, size=int(params.get("median_size", 5)))
+    return median_filter(x, size=s.median_size)
 
 
-def _nlm(x: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+def _nlm(x: np.ndarray, s: EnhanceSettings) -> np.ndarray:
     from skimage.restoration import denoise_nl_means
 
-    return denoise_nl_means(
-        x, h=float(params.get("denoise_h", 0.06)), patch_size=5, patch_distance=5, fast_mode=True
-    )
+    return denoise_nl_means(x, h=s.denoise_h, patch_size=5, patch_distance=5, fast_mode=True)
 
 
-def _gaussian(x: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+def _gaussian(x: np.ndarray, s: EnhanceSettings) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
 
-    return gaussian_filter(x, float(params.get("gaussian_sigma", 1.0)))
+    return gaussian_filter(x, s.gaussian_sigma)
 
 
-def enhance_median_clahe(img_u8: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+def enhance_median_clahe(img_u8: np.ndarray, s: EnhanceSettings) -> np.ndarray:
     """Median filter then CLAHE at ``work_width``."""
-    return _at_work_width(
-        img_u8, params.get("work_width", 480), lambda x: _clahe(_median(x, params), params)
-    )
+    return _at_work_width(img_u8, s.work_width, lambda x: _clahe(_median(x, s), s))
 
 
-def enhance_nlm_clahe(img_u8: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+def enhance_nlm_clahe(img_u8: np.ndarray, s: EnhanceSettings) -> np.ndarray:
     """Non-local means (strength ``denoise_h``) then CLAHE (``clahe_clip``) at ``work_width``."""
-    return _at_work_width(
-        img_u8, params.get("work_width", 480), lambda x: _clahe(_nlm(x, params), params)
-    )
+    return _at_work_width(img_u8, s.work_width, lambda x: _clahe(_nlm(x, s), s))
 
 
-def enhance_gaussian_clahe(img_u8: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+def enhance_gaussian_clahe(img_u8: np.ndarray, s: EnhanceSettings) -> np.ndarray:
     """Gaussian smoothing then CLAHE at ``work_width`` (the cheapest speckle reduction)."""
-    return _at_work_width(
-        img_u8, params.get("work_width", 480), lambda x: _clahe(_gaussian(x, params), params)
-    )
+    return _at_work_width(img_u8, s.work_width, lambda x: _clahe(_gaussian(x, s), s))
 
 
-ENHANCERS: dict[str, Callable[[np.ndarray, dict[str, Any]], np.ndarray]] = {
+ENHANCERS: dict[str, Callable[[np.ndarray, EnhanceSettings], np.ndarray]] = {
     "none": enhance_none,
     "original": enhance_original,
     "median_clahe": enhance_median_clahe,
@@ -114,29 +152,10 @@ ENHANCERS: dict[str, Callable[[np.ndarray, dict[str, Any]], np.ndarray]] = {
 }
 
 
-def enhance_image(img_u8: np.ndarray, params: dict[str, Any]) -> np.ndarray:
-    """Enhance one 2-D uint8 ultrasound image with ``params["method"]``; same shape, uint8.
-
-    ``params`` is the ``enhance_us`` section of params.yaml.
-    """
+def enhance_image(img_u8: np.ndarray, s: EnhanceSettings) -> np.ndarray:
+    """Enhance one 2-D uint8 ultrasound image with ``s.method``; same shape, uint8."""
     if img_u8.ndim != 2 or img_u8.dtype != np.uint8:
         raise ValueError(f"expected a 2-D uint8 image, got {img_u8.dtype} {img_u8.shape}")
-    return ENHANCERS[params.get("method", "nlm_clahe")](img_u8, params)
-
-
-def skull_brain_cnr(img_u8: np.ndarray, e: Ellipse, skull_frac: float = 0.08) -> float:
-    """Contrast-to-noise ratio between the skull ring and the brain inside ellipse ``e``.
-
-    Skull ring = the band of relative width ``skull_frac`` inside and outside the outline
-    (the annotation dilated); brain = the interior eroded to 75 % of the axes, where the
-    brain tissue, not the skull, is.  CNR = |mu_skull - mu_brain| / sqrt(var_skull + var_brain).
-    """
-    h, w = img_u8.shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    r = ellipse_radius(xx, yy, e)
-    x = img_u8.astype(np.float64)
-    skull = x[np.abs(r - (1 - skull_frac)) <= skull_frac]
-    brain = x[r <= 0.75]
-    if skull.size < 10 or brain.size < 10:
-        return float("nan")
-    return float(abs(skull.mean() - brain.mean()) / np.sqrt(skull.var() + brain.var() + 1e-9))
+    if s.method not in ENHANCERS:
+        raise ValueError(f"enhance_us.method {s.method!r} is not one of {' | '.join(ENHANCERS)}")
+    return ENHANCERS[s.method](img_u8, s)

@@ -1,9 +1,9 @@
 """Fetal head segmentation: the :class:`Segmentation` every method returns.
 
-The methods live in the sub-modules: :mod:`.classical` (ray-cast skull edges + RANSAC ellipse,
-and the original study's threshold), :mod:`.unet` (post-processing of the trained U-Net's
-cranium map), :mod:`.geometry` (conics, ellipse fits, crops) and :mod:`.segmenters` (the
-``segment_us`` settings and the dispatch by method name).
+The methods live in the sub-modules: :mod:`.classical` (ray-cast skull edges + RANSAC ellipse),
+:mod:`.unet` (post-processing of the trained U-Net's cranium map), :mod:`.geometry` (conics,
+ellipse fits, crops), :mod:`.settings` (the ``segment_us`` settings), :mod:`.segmenters` (the
+dispatch by method name) and :mod:`.hc18` (the HC18 ground truth).
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
-"""The classical skull-ellipse method (``segment_us.method: classical``) and the original study's
-threshold method (``threshold``).
+"""The classical skull-ellipse method (``segment_us.method: classical``).
 
-Classical method, at ``work_width_px`` columns:
+At ``work_width`` columns:
 
 1. Smooth; from a few candidate centres cast rays and keep, on each ray, the radii where the
    profile falls from bright (skull) to dark (fluid/soft tissue) the most: the outer skull edge,
@@ -14,13 +13,14 @@ Classical method, at ``work_width_px`` columns:
    refined (step 4) at ``work_width_px`` and ranked again with ``score`` (:data:`SCORERS`): the
    ``ring`` scores also ask the skull to be brighter than the brain inside it, which rejects
    outlines drawn around the uterine wall or along a bright arc inside the head.
-4. With ``refine_width_px`` > 0 the winner is refitted at that width to one edge per ray, placed
-   on the skull band as ``refine.edge`` says (:data:`EDGE_LOCATORS`). HC18 sonographers draw on
+4. With ``refine_width`` > 0 the winner is refitted at that width to one edge per ray, placed
+   on the skull band as ``refine_edge`` says (:data:`EDGE_LOCATORS`). HC18 sonographers draw on
    the outer flank of the skull echo, about three quarters of the way up from the dark outside
-   to the ridge (``level`` 0.75); the strongest box-filter drop lands ~2.5 % outside it.
+   to the ridge (``refine_level`` 0.75); the strongest box-filter drop lands ~2.5 % outside it.
 
-The original study's method (threshold 180 + largest contour, then an ellipse fit) is kept as
-``threshold`` for the ablation.
+The settings are :class:`stages.ultrasound.head.settings.SegmentSettings` (the ``segment_us``
+section). The original study's threshold method is a research variant
+(``experiments/ultrasound/segmentation.py``).
 """
 
 from __future__ import annotations
@@ -28,72 +28,18 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from stages.ultrasound.head.geometry import (
-    AxisLimits,
     conic_to_ellipse,
     covered_mean,
     fit_conic,
     plausible,
     ray_residual,
 )
+from stages.ultrasound.head.settings import SegmentSettings
 from stages.ultrasound.imaging import Ellipse, resize_to_width
-
-
-@dataclass(frozen=True)
-class RefineSettings:
-    """How an ellipse is re-fitted to one skull edge per ray (:func:`refine`).
-
-    ``n_rays`` rays searched within +-``band_frac`` of the radius; ``edge_px`` is the edge
-    detector's half-window in pixels of the refined image (None: ``edge_px`` of the classical
-    settings scaled from ``work_width_px``); ``edge`` names the :data:`EDGE_LOCATORS` entry
-    and ``level`` its flank level; rays weaker than ``min_strength`` x the median are dropped
-    (0 keeps all).
-    """
-
-    n_rays: int = 180
-    band_frac: float = 0.12
-    edge_px: float | None = None
-    edge: str = "drop"
-    level: float = 0.5
-    min_strength: float = 0.0
-
-
-@dataclass(frozen=True)
-class ClassicalSettings:
-    """Settings of the classical method (the ``segment_us`` keys of the same names; ``_px``
-    suffixes added where params.yaml gives pixels: ``work_width``, ``refine_width``)."""
-
-    work_width_px: int = 320
-    smooth_px: float = 1.5
-    seed: int = 0
-    grid: int = 3
-    n_hypotheses: int = 800
-    n_hypotheses_grid: int = 800
-    n_rays: int = 72
-    top_k: int = 3
-    edge_px: float = 3.0
-    inlier_px: float = 2.5
-    limits: AxisLimits = field(default_factory=AxisLimits)
-    min_score: float = 0.01
-    rescore_top: int = 0
-    score: str = "contrast"
-    refine_width_px: int = 0
-    refine: RefineSettings = field(default_factory=RefineSettings)
-
-    def edge_window_px(self, width_px: int) -> int:
-        """Half-window of the refinement's edge detector in pixels of a ``width_px`` image."""
-        k_fine = self.refine.edge_px
-        return max(
-            1,
-            int(round(float(k_fine)))
-            if k_fine is not None
-            else int(round(self.edge_px * width_px / float(self.work_width_px))),
-        )
-
 
 # --------------------------------------------------------------------------- candidates
 
@@ -192,32 +138,12 @@ SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 
-def _ransac_from_centre(
-    g: np.ndarray,
-    cx: float,
-    cy: float,
-    rng: np.random.Generator,
-    settings: ClassicalSettings,
-    n_hypotheses: int,
-) -> tuple[np.ndarray, float] | None:
-    """Best ellipse (cx, cy, a, b, th) from rays cast at (cx, cy) and the share of rays on it,
-    out of ``n_hypotheses`` random 5-point conics."""
-    h, w = g.shape
-    n_rays, top_k = settings.n_rays, settings.top_k
-    pts, strength = _boundary_points(
-        g,
-        cx,
-        cy,
-        n_rays,
-        r_max=float(np.hypot(h, w)) * 0.6,
-        top_k=top_k,
-        step_px=settings.edge_px,
-    )
-    ok = np.isfinite(strength) & (strength > 0)
-    grid = np.where(ok[..., None], pts, np.nan).reshape(-1, 2)  # (n_rays * top_k, 2)
-    flat = grid[ok.ravel()]
-    if len(flat) < 8:
-        return None
+def _conic_hypotheses(
+    flat: np.ndarray, ray_line: np.ndarray, rng: np.random.Generator, n_hypotheses: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n_hypotheses`` conics through 5 random edge points of ``flat`` (n, 2), as ellipses
+    (m, 5) with a validity flag; ``ray_line`` is the line through the centre each point's ray
+    lies on."""
     m = int(n_hypotheses)
     pick = rng.integers(0, len(flat), size=(m, 5))
     P = flat[pick]  # (m, 5, 2)
@@ -227,8 +153,7 @@ def _ransac_from_centre(
     # points lie on one line through the centre (one ray and its opposite: y = kx makes their
     # rows span two dimensions). Finding those draws is 5x cheaper than a determinant of every
     # system, which is only the fallback for a rare singular system left.
-    n_lines = n_rays // 2 if n_rays % 2 == 0 else n_rays
-    line = (np.flatnonzero(ok.ravel()) // top_k % n_lines)[pick]
+    line = ray_line[pick]
     line.sort(axis=1)
     pick.sort(axis=1)
     good = (np.diff(pick, axis=1) != 0).all(axis=1) & (line[:, 2:] != line[:, :-2]).all(axis=1)
@@ -240,22 +165,46 @@ def _ransac_from_centre(
             good &= np.abs(np.linalg.det(M)) > 1e-9
             coef[good] = np.linalg.solve(M[good], np.ones((int(good.sum()), 5, 1)))[..., 0]
         ell, valid = conic_to_ellipse(coef)
-        valid &= good
-        a, b = ell[:, 2], ell[:, 3]
-        lo, hi = np.minimum(a, b), np.maximum(a, b)
-        lim = settings.limits
-        valid &= lo > lim.min_axis_frac * w
-        valid &= hi < lim.max_axis_frac * w
-        valid &= lo / np.maximum(hi, 1e-9) > lim.min_axis_ratio
+    return ell, valid & good
+
+
+def _ray_share(grid: np.ndarray, ell: np.ndarray, tol_px: float, n_rays: int) -> np.ndarray:
+    """Share of rays (m,) supporting each ellipse of ``ell`` (m, 5): a ray supports an ellipse
+    once, whichever of its top-k edges (``grid``, (n_rays * top_k, 2)) lies within ``tol_px``."""
+    with np.errstate(invalid="ignore"):
+        d = ray_residual(grid, ell).reshape(len(ell), n_rays, -1)
+        return (np.nan_to_num(d, nan=np.inf) < tol_px).any(axis=2).mean(axis=1)
+
+
+def _ransac_from_centre(
+    g: np.ndarray,
+    cx: float,
+    cy: float,
+    rng: np.random.Generator,
+    settings: SegmentSettings,
+    n_hypotheses: int,
+) -> tuple[np.ndarray, float] | None:
+    """Best ellipse (cx, cy, a, b, th) from rays cast at (cx, cy) and the share of rays on it,
+    out of ``n_hypotheses`` random 5-point conics."""
+    h, w = g.shape
+    n_rays, top_k = settings.n_rays, settings.top_k
+    r_max = float(np.hypot(h, w)) * 0.6
+    pts, strength = _boundary_points(g, cx, cy, n_rays, r_max, top_k, settings.edge_px)
+    ok = np.isfinite(strength) & (strength > 0)
+    grid = np.where(ok[..., None], pts, np.nan).reshape(-1, 2)  # (n_rays * top_k, 2)
+    flat = grid[ok.ravel()]
+    if len(flat) < 8:
+        return None
+    n_lines = n_rays // 2 if n_rays % 2 == 0 else n_rays
+    ell, valid = _conic_hypotheses(
+        flat, np.flatnonzero(ok.ravel()) // top_k % n_lines, rng, n_hypotheses
+    )
+    valid &= plausible_axes(ell, w, settings)
     if not valid.any():
         return None
     ell = ell[valid]
     tol = settings.inlier_px
-    # a ray supports an ellipse once, whichever of its top-k edges lies on it
-    with np.errstate(invalid="ignore"):
-        d = ray_residual(grid, ell).reshape(len(ell), n_rays, top_k)
-        share = (np.nan_to_num(d, nan=np.inf) < tol).any(axis=2).mean(axis=1)
-    e = ell[int(np.argmax(share))]
+    e = ell[int(np.argmax(_ray_share(grid, ell, tol, n_rays)))]
     for _ in range(3):  # least-squares refits on the inliers
         sel = ray_residual(flat, e[None, :])[0] < tol * 1.5
         if sel.sum() < 6:
@@ -264,29 +213,44 @@ def _ransac_from_centre(
         if not vv[0]:
             break
         e = ee[0]
-    with np.errstate(invalid="ignore"):
-        d = ray_residual(grid, e[None, :]).reshape(n_rays, top_k)
-        share = float((np.nan_to_num(d, nan=np.inf) < tol).any(axis=1).mean())
+    share = float(_ray_share(grid, e[None, :], tol, n_rays)[0])
     e = e.copy()
     e[0] += cx
     e[1] += cy
     return e, share
 
 
+def plausible_axes(ell: np.ndarray, width_px: int, settings: SegmentSettings) -> np.ndarray:
+    """The axis-size and axis-ratio part of :func:`~stages.ultrasound.head.geometry.plausible`
+    for RANSAC hypotheses (m, 5) (their centres are relative, their values may be NaN)."""
+    lim = settings.limits
+    with np.errstate(invalid="ignore"):
+        a, b = ell[:, 2], ell[:, 3]
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        return (
+            (lo > lim.min_axis_frac * width_px)
+            & (hi < lim.max_axis_frac * width_px)
+            & (lo / np.maximum(hi, 1e-9) > lim.min_axis_ratio)
+        )
+
+
 def refine(
-    g: np.ndarray, e: np.ndarray, settings: RefineSettings, edge_window_px: int
+    g: np.ndarray, e: np.ndarray, settings: SegmentSettings, edge_window_px: int
 ) -> np.ndarray:
     """Re-fit ``e`` (cx, cy, a, b, th, in ``g`` pixels) to the strongest drop near its outline.
 
-    Rays from the centre, searched only in a band of +-``settings.band_frac`` of the radius,
-    give one edge per ray at the finer resolution of ``g`` (edge detector half-window
-    ``edge_window_px``, :meth:`ClassicalSettings.edge_window_px`); a robust least-squares conic
+    ``settings.refine_rays`` rays from the centre, searched only in a band of
+    +-``settings.refine_band`` of the radius, give one edge per ray at the finer resolution of
+    ``g`` (edge detector half-window ``edge_window_px``,
+    :meth:`~stages.ultrasound.head.settings.SegmentSettings.edge_window_px`), placed on the
+    skull band by ``refine_edge`` at ``refine_level``; rays weaker than ``refine_min_strength``
+    x the median are left out (0 keeps all). A robust least-squares conic
     through them (two rounds, dropping points more than 2 MAD away) is the result.
     """
     from scipy.ndimage import map_coordinates
 
     cx, cy, a, b, th = e
-    n, band, k = settings.n_rays, settings.band_frac, edge_window_px
+    n, band, k = settings.refine_rays, settings.refine_band, edge_window_px
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
     base = np.stack([a * np.cos(t), b * np.sin(t)], axis=1)
     c, s = np.cos(th), np.sin(th)
@@ -312,13 +276,13 @@ def refine(
     # weak edges (the lateral skull, parallel to the beam, echoes faintly; there the strongest
     # drop is often soft tissue or the sector border) are left out of the fit
     strength = np.max(np.where(np.isfinite(drop), drop, -np.inf), axis=1)
-    min_rel = settings.min_strength
+    min_rel = settings.refine_min_strength
     if min_rel > 0 and valid_ray.any():
         strong = strength >= min_rel * np.median(strength[valid_ray])
         if (valid_ray & strong).sum() >= 12:
             valid_ray = valid_ray & strong
-    pos = EDGE_LOCATORS[settings.edge](
-        np.where(np.isfinite(prof), prof, 0.0), best, 3 * kk, settings.level
+    pos = EDGE_LOCATORS[settings.refine_edge](
+        np.where(np.isfinite(prof), prof, 0.0), best, 3 * kk, settings.refine_level
     )
     rad_at = rad * (1 + rs[0] + pos * (rs[1] - rs[0]))  # fractional sample index -> radius
     px = (unit[:, 0] * rad_at)[valid_ray]
@@ -393,72 +357,99 @@ def _dedupe(cands: list[np.ndarray], tol_px: float) -> list[int]:
     return keep
 
 
+def _candidates(
+    g: np.ndarray, rng: np.random.Generator, s: SegmentSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate ellipses (m, 5) of the smoothed work image ``g`` and their ray shares (m,).
+
+    A grid of centres over the middle of the image (the head is rarely at the rim) with
+    ``n_hypotheses_grid`` draws each, which only has to land near the head; then a re-cast from
+    each distinct fitted centre with the full ``n_hypotheses``: rays then cross the outline
+    nearly at right angles.
+    """
+    h, w = g.shape
+    n = s.grid
+    centres = [(w * a, h * b) for a in np.linspace(0.25, 0.75, n) for b in np.linspace(0.3, 0.7, n)]
+    first = [
+        r
+        for r in (_ransac_from_centre(g, cx, cy, rng, s, s.n_hypotheses_grid) for cx, cy in centres)
+        if r
+    ]
+    cands: list[np.ndarray] = []
+    shares: list[float] = []
+    for i in _dedupe([e for e, _ in first], 0.03 * w):
+        e, share = first[i]
+        if 0 <= e[0] < w and 0 <= e[1] < h:
+            res = _ransac_from_centre(g, e[0], e[1], rng, s, s.n_hypotheses)
+            if res is not None:
+                e, share = res
+        cands.append(e)
+        shares.append(share)
+    return np.array(cands), np.asarray(shares)
+
+
+def _rescored(
+    g: np.ndarray, E: np.ndarray, shares: np.ndarray, score: np.ndarray, s: SegmentSettings
+) -> tuple[np.ndarray, float]:
+    """The best ``rescore_top`` candidates refined at work resolution and ranked again with
+    ``score`` (:data:`SCORERS`): a roughly placed head outline snaps onto the skull and can
+    overtake a candidate that merely looked better. Returns the winner and its contrast."""
+    w = g.shape[1]
+    idx = np.argsort(-score)[: s.rescore_top]
+    R = np.array([refine(g, E[i], s, s.edge_window_px(w)) for i in idx])
+    bad = ~plausible(R, w, s.limits)  # a refit that collapsed or ran away is not used
+    R[bad] = E[idx[bad]]
+    rank = SCORERS[s.score](g, R) * shares[idx]
+    j = int(np.argmax(rank))
+    return R[j], float(_contrast_score(g, R[j][None, :])[0] * shares[idx[j]])
+
+
+def refine_at_width(
+    x: np.ndarray, e: Ellipse, width_px: int, sigma_px: float, s: SegmentSettings
+) -> np.ndarray | None:
+    """:func:`refine` of ``e`` (in pixels of ``x`` resized to ``width_px``) on ``x`` (float,
+    [0, 1]) resized to ``width_px`` and smoothed by ``sigma_px``; the re-fitted ellipse
+    (cx, cy, a, b, th) in those pixels, or None when it is implausible."""
+    from scipy.ndimage import gaussian_filter
+
+    fine, _ = resize_to_width(x, width_px)
+    fine = gaussian_filter(fine, sigma_px)
+    e2 = refine(
+        fine, np.array([e.cx, e.cy, e.a, e.b, e.angle_rad]), s, s.edge_window_px(fine.shape[1])
+    )
+    return e2 if plausible(e2[None, :], fine.shape[1], s.limits)[0] else None
+
+
 def classical_ellipse(
-    img_u8: np.ndarray, settings: ClassicalSettings
+    img_u8: np.ndarray, settings: SegmentSettings
 ) -> tuple[Ellipse | None, float, str]:
     """The classical method on one 2-D uint8 image: ``(ellipse in image pixels or None,
     boundary-contrast score, reason when None)``."""
     from scipy.ndimage import gaussian_filter
 
     s = settings
-    work_width = s.work_width_px
     x = img_u8.astype(np.float64) / 255.0
-    small, scale = resize_to_width(x, min(work_width, img_u8.shape[1]))
+    small, scale = resize_to_width(x, min(s.work_width, img_u8.shape[1]))
     g = gaussian_filter(small, s.smooth_px)
-    h, w = g.shape
-    rng = np.random.default_rng(s.seed)
-    # candidate centres: a grid over the middle of the image (the head is rarely at the rim)
-    n = s.grid
-    centres = [(w * a, h * b) for a in np.linspace(0.25, 0.75, n) for b in np.linspace(0.3, 0.7, n)]
-    # the grid pass only has to land near the head: its centres are re-cast below with the full
-    # ``n_hypotheses``, so it can afford fewer (``n_hypotheses_grid``)
-    m_full, m_grid = s.n_hypotheses, s.n_hypotheses_grid
-    first = [r for r in (_ransac_from_centre(g, cx, cy, rng, s, m_grid) for cx, cy in centres) if r]
-    cands: list[np.ndarray] = []
-    shares: list[float] = []
-    # re-cast from each distinct fitted centre: rays then cross the outline nearly at right angles
-    for i in _dedupe([e for e, _ in first], 0.03 * w):
-        e, share = first[i]
-        if 0 <= e[0] < w and 0 <= e[1] < h:
-            res = _ransac_from_centre(g, e[0], e[1], rng, s, m_full)
-            if res is not None:
-                e, share = res
-        cands.append(e)
-        shares.append(share)
-    if not cands:
+    E, shares = _candidates(g, np.random.default_rng(s.seed), s)
+    if not len(E):
         return None, float("nan"), "no ellipse candidate"
-    E = np.array(cands)
-    shares_a = np.asarray(shares)
-    score = _contrast_score(g, E) * shares_a
+    score = _contrast_score(g, E) * shares
     best = int(np.argmax(score))
     if not np.isfinite(score[best]) or score[best] <= s.min_score:
         return None, float(score[best]), "no ellipse with enough boundary contrast"
-    top = s.rescore_top
-    if top:
-        # refine the best few at work resolution, then rank them again: a roughly placed head
-        # outline snaps onto the skull and can overtake a candidate that merely looked better
-        idx = np.argsort(-score)[:top]
-        R = np.array([refine(g, E[i], s.refine, s.edge_window_px(w)) for i in idx])
-        bad = ~plausible(R, w, s.limits)  # a refit that collapsed or ran away is not used
-        R[bad] = E[idx[bad]]
-        rank = SCORERS[s.score](g, R) * shares_a[idx]
-        j = int(np.argmax(rank))
-        e = R[j]
-        best_score = float(_contrast_score(g, e[None, :])[0] * shares_a[idx[j]])
+    if s.rescore_top:
+        e, best_score = _rescored(g, E, shares, score, s)
     else:
         e, best_score = E[best], float(score[best])
-    fine_w = s.refine_width_px
     out = Ellipse(*map(float, e)).scaled(1 / scale)
-    if fine_w:
-        fine, fscale = resize_to_width(x, min(fine_w, img_u8.shape[1]))
-        fine = gaussian_filter(fine, s.smooth_px * fscale / scale)
-        ef = Ellipse(*e).scaled(fscale / scale)
-        e2 = refine(
-            fine,
-            np.array([ef.cx, ef.cy, ef.a, ef.b, ef.angle_rad]),
-            s.refine,
-            s.edge_window_px(fine.shape[1]),
+    if s.refine_width:
+        fine_w = min(s.refine_width, img_u8.shape[1])
+        fscale = fine_w / img_u8.shape[1]  # as resize_to_width computes it
+        # the work image's smoothing, in pixels of the refinement's width
+        e2 = refine_at_width(
+            x, Ellipse(*e).scaled(fscale / scale), fine_w, s.smooth_px * fscale / scale, s
         )
-        if plausible(e2[None, :], fine.shape[1], s.limits)[0]:
+        if e2 is not None:
             out = Ellipse(*map(float, e2)).scaled(1 / fscale)
     return out.canonical(), best_score, ""

@@ -137,7 +137,8 @@ def skull_thickness_px(img_u8: np.ndarray, e: Ellipse, frac_max: float = 0.15) -
 
 
 # The skull ellipse spans 1 / CROP_MARGIN of the crop's side: the ring just outside it stays in
-# view (the anomaly score reads the skull ring's contrast from the crop, models.ring_contrast).
+# view (the anomaly score reads the skull ring's contrast from the crop: anomaly.autoencoder's
+# ring_contrast).
 CROP_MARGIN = 1.1
 
 

@@ -3,7 +3,7 @@
 The cranium probability of a small U-Net (``train_segmenter_us``) at low resolution, an ellipse
 through its ``level`` contour (:func:`ellipse_from_probability`: sub-pixel, the best of a few
 least-squares and RANSAC fits when the network marked more than the head) and, with
-``refine_width_px`` > 0, the classical method's refinement from that ellipse.
+``unet_refine_width`` > 0, the classical method's refinement from that ellipse.
 
 Reference: Ronneberger O et al. U-Net, MICCAI 2015.
 """
@@ -13,12 +13,11 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from stages.ultrasound.head.classical import ClassicalSettings, classical_ellipse, refine
+from stages.ultrasound.head.classical import classical_ellipse, refine_at_width
 from stages.ultrasound.head.geometry import (
     AxisLimits,
     conic_to_ellipse,
@@ -27,25 +26,15 @@ from stages.ultrasound.head.geometry import (
     plausible,
     ray_residual,
 )
+from stages.ultrasound.head.settings import SegmentSettings
 from stages.ultrasound.head.unet_network import predict_masks
 from stages.ultrasound.imaging import (
     Ellipse,
     ellipse_points,
     ramanujan_perimeter,
     resize_to_shape,
-    resize_to_width,
 )
 from stages.ultrasound.model_dir import load_model_dir
-
-
-@dataclass(frozen=True)
-class UnetSettings:
-    """Settings of the U-Net post-processing (``segment_us.unet_*``)."""
-
-    level: float = 0.5
-    fallback_score: float = 0.0
-    refine_width_px: int = 0
-    refine_max_change: float = 0.05
 
 
 def ellipse_from_probability(
@@ -100,11 +89,9 @@ def ellipse_from_probability(
         The ellipse in original image pixels (None when no region gives one) and its
         probability contrast (up to 1; NaN without an ellipse).
     """
-    from scipy.ndimage import binary_dilation, label
-    from skimage.measure import find_contours
+    from scipy.ndimage import label
 
     prob = np.asarray(prob, np.float64)
-    h, w = prob.shape
     labels, n = label(prob >= level)
     if n == 0:
         return None, float("nan")
@@ -112,27 +99,39 @@ def ellipse_from_probability(
     lim = limits or AxisLimits()
     best, best_score = None, float("nan")
     for lab in np.argsort(-sizes)[:max_components] + 1:
-        if sizes[lab - 1] < 6:
-            continue
-        # this region alone: the ring of pixels around it keeps its sub-pixel crossing
-        near = binary_dilation(labels == lab)
-        contours = [c for c in find_contours(np.where(near, prob, 0.0), level) if len(c) >= 6]
-        if not contours:
-            continue
-        c = max(contours, key=len)
-        ys = (c[:, 0] + 0.5) * shape[0] / h - 0.5
-        xs = (c[:, 1] + 0.5) * shape[1] / w - 0.5
-        # fused regions: the ellipse most of the contour follows (the head's arc) is a candidate
-        ransac = _ransac_contour_fit(xs, ys, 0.75 * shape[1] / w, np.random.default_rng(seed))
-        for e in [*_trimmed_fits(xs, ys, floor_px=0.5 * shape[1] / w), ransac]:
-            if e is None:
-                continue
+        for e in _region_candidates(prob, labels == lab, level, shape, seed):
             if not plausible(np.array([[e.cx, e.cy, e.a, e.b, e.angle_rad]]), shape[1], lim)[0]:
                 continue
             score = _probability_contrast(prob, e, shape)
             if best is None or score > best_score:
                 best, best_score = e, score
     return best, best_score
+
+
+def _region_candidates(
+    prob: np.ndarray, region: np.ndarray, level: float, shape: tuple[int, int], seed: int
+) -> list[Ellipse]:
+    """The candidate ellipses (original image pixels) of one region above ``level`` of the map
+    (:func:`ellipse_from_probability`): least-squares fits through its outer contour, trimmed
+    (:func:`_trimmed_fits`), and the RANSAC ellipse most of the contour follows. A region of
+    fewer than 6 pixels gives none."""
+    from scipy.ndimage import binary_dilation
+    from skimage.measure import find_contours
+
+    if region.sum() < 6:
+        return []
+    h, w = prob.shape
+    # this region alone: the ring of pixels around it keeps its sub-pixel crossing
+    near = binary_dilation(region)
+    contours = [c for c in find_contours(np.where(near, prob, 0.0), level) if len(c) >= 6]
+    if not contours:
+        return []
+    c = max(contours, key=len)
+    ys = (c[:, 0] + 0.5) * shape[0] / h - 0.5
+    xs = (c[:, 1] + 0.5) * shape[1] / w - 0.5
+    # fused regions: the ellipse most of the contour follows (the head's arc) is a candidate
+    ransac = _ransac_contour_fit(xs, ys, 0.75 * shape[1] / w, np.random.default_rng(seed))
+    return [e for e in [*_trimmed_fits(xs, ys, floor_px=0.5 * shape[1] / w), ransac] if e]
 
 
 def _probability_contrast(prob: np.ndarray, e: Ellipse, shape: tuple[int, int]) -> float:
@@ -263,63 +262,52 @@ def load_segmenter(folder: str | Path | None) -> HeadSegmenter | None:
 
 
 def unet_ellipse(
-    img_u8: np.ndarray,
-    settings: UnetSettings,
-    classical: ClassicalSettings,
-    segmenter: HeadSegmenter | None,
+    img_u8: np.ndarray, settings: SegmentSettings, segmenter: HeadSegmenter | None
 ) -> tuple[Ellipse | None, float, str]:
     """U-Net cranium mask -> ellipse through its contour -> optional classical refinement.
 
-    The contour is at probability ``settings.level``; ``classical`` gives the size limits,
-    the RANSAC seed, the smoothing and the refinement settings.
+    The contour is at probability ``settings.unet_level``; the classical keys of ``settings``
+    give the size limits, the RANSAC seed, the smoothing and the refinement settings.
 
     The score is the probability contrast across the ellipse (:func:`ellipse_from_probability`):
     near 1 when the network drew one clean ellipse, low for a ragged or split mask.
-    With ``refine_width_px`` > 0 the ellipse is re-fitted onto the skull's outer flank at that
-    width as the classical method does (:func:`refine` with ``classical.refine``); a refit
-    that is implausible or changes the circumference by more than ``refine_max_change``
-    (fraction) is not used.
+    With ``unet_refine_width`` > 0 the ellipse is re-fitted onto the skull's outer flank at that
+    width as the classical method does (:func:`~stages.ultrasound.head.classical.refine`); a
+    refit that is implausible or changes the circumference by more than
+    ``unet_refine_max_change`` (fraction) is not used.
 
-    With ``fallback_score`` > 0 an image whose U-Net ellipse scores below it (or has
+    With ``unet_fallback_score`` > 0 an image whose U-Net ellipse scores below it (or has
     none) is segmented by the classical method instead: the network's failures are mostly
     small early-pregnancy heads fused with the fetal body in its mask, where the ray-cast
     skull edges still find the head.
     """
-    from scipy.ndimage import gaussian_filter
-
     if segmenter is None:
         raise ValueError("segment_us.method 'unet' needs a trained segmenter (train_segmenter_us)")
     prob = segmenter.probability(img_u8)
     e, score = ellipse_from_probability(
-        prob,
-        img_u8.shape,
-        settings.level,
-        limits=classical.limits,
-        seed=classical.seed,
+        prob, img_u8.shape, settings.unet_level, limits=settings.limits, seed=settings.seed
     )
-    h, w = img_u8.shape
-    fallback = settings.fallback_score
+    fallback = settings.unet_fallback_score
     if fallback > 0 and (e is None or not score >= fallback):
-        return classical_ellipse(img_u8, classical)
+        return classical_ellipse(img_u8, settings)
     if e is None:
         return None, float("nan"), "no plausible cranium ellipse in the U-Net mask"
-    fine_w = settings.refine_width_px
-    if fine_w:
-        x = img_u8.astype(np.float64) / 255.0
-        fine, fscale = resize_to_width(x, min(fine_w, w))
-        # the classical method's smoothing, in pixels of its ``work_width`` image
-        sigma = classical.smooth_px * fscale * w / classical.work_width_px
-        fine = gaussian_filter(fine, sigma)
-        ef = e.scaled(fscale)
-        e2 = refine(
-            fine,
-            np.array([ef.cx, ef.cy, ef.a, ef.b, ef.angle_rad]),
-            classical.refine,
-            classical.edge_window_px(fine.shape[1]),
-        )
-        change = abs(ramanujan_perimeter(e2[2], e2[3]) / ramanujan_perimeter(ef.a, ef.b) - 1)
-        if plausible(e2[None, :], fine.shape[1], classical.limits)[0] and (
-            change <= settings.refine_max_change
-        ):
-            e = Ellipse(*map(float, e2)).scaled(1 / fscale)
+    if settings.unet_refine_width:
+        e = _refined_unet_ellipse(img_u8, e, settings)
     return e.canonical(), float(score), ""
+
+
+def _refined_unet_ellipse(img_u8: np.ndarray, e: Ellipse, s: SegmentSettings) -> Ellipse:
+    """``e`` re-fitted at ``unet_refine_width`` (:func:`unet_ellipse`), or ``e`` itself when the
+    re-fit is implausible or moves the circumference by more than ``unet_refine_max_change``."""
+    w = img_u8.shape[1]
+    fine_w = min(s.unet_refine_width, w)
+    fscale = fine_w / w  # as resize_to_width computes it
+    # the classical method's smoothing, in pixels of its ``work_width`` image
+    sigma = s.smooth_px * fscale * w / s.work_width
+    ef = e.scaled(fscale)
+    e2 = refine_at_width(img_u8.astype(np.float64) / 255.0, ef, fine_w, sigma, s)
+    if e2 is None:
+        return e
+    change = abs(ramanujan_perimeter(e2[2], e2[3]) / ramanujan_perimeter(ef.a, ef.b) - 1)
+    return Ellipse(*map(float, e2)).scaled(1 / fscale) if change <= s.unet_refine_max_change else e

@@ -21,6 +21,21 @@ from typing import Any
 import numpy as np
 
 from stages.common.intake.images import DEFAULT_MAX_PIXELS, ImageRejected, read_image_checked
+from stages.common.settings import parse_settings, settings
+
+
+@settings
+class ValidateSettings:
+    """The ``validate_us`` section: image limits (``min_side_px``, ``max_side_px``,
+    ``min_gray_range``), the allowed labels (``planes``, ``brain_planes``) and the share of
+    failing images above which the stage fails (``max_fail_fraction``)."""
+
+    min_side_px: int
+    max_side_px: int
+    min_gray_range: float
+    planes: tuple[str, ...]
+    brain_planes: tuple[str, ...]
+    max_fail_fraction: float
 
 
 @dataclass(frozen=True)
@@ -33,13 +48,20 @@ class ImageRules:
     min_gray_range: float = 0.0
 
     @classmethod
-    def from_params(cls, validate: Mapping[str, Any], max_pixels: int | None = None) -> ImageRules:
-        """From the ``validate_us`` section (and the scorer's pixel limit, if any)."""
+    def from_settings(cls, validate: ValidateSettings, max_pixels: int | None = None) -> ImageRules:
+        """From the ``validate_us`` settings (and the scorer's pixel limit, if any)."""
         return cls(
-            min_side_px=int(validate["min_side_px"]),
-            max_side_px=int(validate["max_side_px"]),
+            min_side_px=validate.min_side_px,
+            max_side_px=validate.max_side_px,
             max_pixels=int(max_pixels or DEFAULT_MAX_PIXELS),
-            min_gray_range=float(validate.get("min_gray_range", 0.0)),
+            min_gray_range=validate.min_gray_range,
+        )
+
+    @classmethod
+    def from_params(cls, validate: Mapping[str, Any], max_pixels: int | None = None) -> ImageRules:
+        """From the ``validate_us`` section as a mapping (``fetal add-data``), validated whole."""
+        return cls.from_settings(
+            parse_settings(ValidateSettings, validate, "validate_us"), max_pixels
         )
 
 

@@ -2,8 +2,9 @@
 ingested data and ``fetal add-data us`` to an arrival before it is accepted (the same rules).
 
 - :func:`normalise_planes_table`: either published form of the label table as clean strings;
-- :func:`check_label_table`: per-row reasons (allowed planes, ``Train`` in {0, 1}, unique names,
+- :func:`label_reasons`: per-row reasons (allowed planes, ``Train`` in {0, 1}, unique names,
   positive patient numbers, one patient on one side of the published split);
+  :func:`check_label_table` the same with a ``validate_us`` mapping;
 - :func:`check_image_file`: decodable, 8-bit, one channel, sides within the limits.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +39,18 @@ def normalise_planes_table(text: str) -> pd.DataFrame:
     return df.apply(lambda col: col.str.strip())
 
 
-def check_label_table(table: pd.DataFrame, p: dict[str, Any]) -> pd.DataFrame:
+def check_label_table(table: pd.DataFrame, p: Mapping[str, Any]) -> pd.DataFrame:
+    """:func:`label_reasons` with the allowed labels of a ``validate_us`` mapping (``planes``,
+    ``brain_planes``), as ``fetal add-data`` holds it."""
+    return label_reasons(table, p["planes"], p["brain_planes"])
+
+
+def label_reasons(
+    table: pd.DataFrame, planes: Collection[str], brain_planes: Collection[str]
+) -> pd.DataFrame:
     """Per-row reasons (``;``-joined, empty = fine) for the FETAL_PLANES label table.
 
+    ``planes`` and ``brain_planes`` are the allowed ``Plane`` and ``Brain_plane`` labels.
     Returns a frame with ``Image_name`` and ``reasons``. Raises ``KeyError`` when a required
     column is missing (nothing can be checked then).
     """
@@ -53,9 +64,9 @@ def check_label_table(table: pd.DataFrame, p: dict[str, Any]) -> pd.DataFrame:
         for i in np.flatnonzero(np.asarray(mask)):
             reasons[i].append(text(i) if callable(text) else text)
 
-    flag(~t["Plane"].isin(p["planes"]), lambda i: f"unknown plane {t['Plane'].iloc[i]!r}")
+    flag(~t["Plane"].isin(list(planes)), lambda i: f"unknown plane {t['Plane'].iloc[i]!r}")
     flag(
-        ~t["Brain_plane"].isin(p["brain_planes"]),
+        ~t["Brain_plane"].isin(list(brain_planes)),
         lambda i: f"unknown brain plane {t['Brain_plane'].iloc[i]!r}",
     )
     flag(~t["Train"].isin(["0", "1"]), lambda i: f"Train not 0/1: {t['Train'].iloc[i]!r}")

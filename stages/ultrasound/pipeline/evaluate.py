@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,12 @@ import pandas as pd
 
 from stages.common.io import write_csv, write_json
 from stages.common.ml import metrics, plots
-from stages.common.params import load_params, project_root
+from stages.common.params import project_root
 from stages.common.registry import tracking
+from stages.common.settings import load_settings, settings
 from stages.ultrasound.anomaly.autoencoder import latent_ring_parts
-from stages.ultrasound.anomaly.corruptions import CORRUPTIONS
-from stages.ultrasound.crops import PLANES, brain_rows, crops_for, to_unit_float
+from stages.ultrasound.anomaly.corruptions import CLEAN, corrupted_copies
+from stages.ultrasound.crops import PLANES, CropSettings, brain_rows, crops_for, to_unit_float
 from stages.ultrasound.head.hc18 import hc18_summary
 from stages.ultrasound.paths import (
     AUTOENCODER_DIR,
@@ -48,6 +50,17 @@ from stages.ultrasound.planes.reliability import write_reliability
 from stages.ultrasound.serving.predictors import AutoencoderPredictor, PlanePredictor
 
 log = logging.getLogger(__name__)
+
+
+@settings
+class EvaluateSettings:
+    """The ``evaluate_us`` section: ``seed`` (bootstrap and corruptions), ``n_bootstrap``
+    (resamples of the 95 % intervals), ``calibration_bins`` (of the plane ECE and reliability
+    diagram). The corruptions' strengths are ``us_crops``'s."""
+
+    seed: int
+    n_bootstrap: int
+    calibration_bins: int
 
 
 def anomaly_auc(normal: np.ndarray, abnormal: np.ndarray, n_bootstrap: int, seed: int) -> dict:
@@ -67,11 +80,9 @@ def anomaly_auc(normal: np.ndarray, abnormal: np.ndarray, n_bootstrap: int, seed
 def score_part_aurocs(
     ae: AutoencoderPredictor, normal_u8: np.ndarray, abnormal_u8: np.ndarray
 ) -> dict[str, float]:
-    """Non-brain AUROC of each part of the ``latent_ring`` score alone ({} for other scores):
-    ``latent`` (Mahalanobis distance of the autoencoder's code) and ``ring`` (skull-ring
-    contrast, negated), so the README can say what each part contributes."""
-    if ae.score_kind != "latent_ring":
-        return {}
+    """Non-brain AUROC of each part of the anomaly score alone: ``latent`` (Mahalanobis
+    distance of the autoencoder's code) and ``ring`` (skull-ring contrast, negated), so the
+    README can say what each part contributes."""
     dist_n, ring_n = latent_ring_parts(ae.model, to_unit_float(normal_u8, ae.size), ae.latent)
     dist_a, ring_a = latent_ring_parts(ae.model, to_unit_float(abnormal_u8, ae.size), ae.latent)
     y = np.r_[np.zeros(len(dist_n)), np.ones(len(dist_a))].astype(int)
@@ -125,50 +136,102 @@ def segmentation_report(seg: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def plane_evaluation(
+    plane: PlanePredictor, test: pd.DataFrame, test_x: np.ndarray, s: EvaluateSettings
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The plane classifier on the test split: metrics with a patient-cluster interval of the
+    accuracy, and the tables behind the figures (confusion matrix, predictions, calibration)."""
+    y_true = test["brain_plane"].map(PLANES.index).to_numpy(dtype=int)
+    prob = plane.proba(test_x) if len(test) else np.zeros((0, len(PLANES)))
+    y_pred = prob.argmax(axis=1)
+    out, cm = plane_report(y_true, y_pred)
+    lo, hi = metrics.cluster_bootstrap_accuracy_ci(
+        y_true == y_pred, test["patient"], s.n_bootstrap, s.seed
+    )
+    out |= {"plane_accuracy_ci_low": lo, "plane_accuracy_ci_high": hi}
+    calibration = {
+        "uncalibrated": plane.proba(test_x, calibrate=False) if len(test) else prob,
+        "temperature_scaled": prob,
+    }
+    predicted = [PLANES[i] for i in y_pred]
+    tables = {"cm": cm, "test": test.assign(predicted=predicted), "y_true": y_true}
+    return out, tables | {"calibration": calibration, "predicted": predicted}
+
+
+def proxy_scores(
+    ae: AutoencoderPredictor,
+    plane: PlanePredictor,
+    other: tuple[pd.DataFrame, np.ndarray],
+    test_x: np.ndarray,
+    test_planes: list[str],
+    seed: int,
+    crops: CropSettings,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The autoencoder's anomaly scores and plain reconstruction MSEs of the test brain crops
+    (``test brain``), the non-brain crops (``non-brain``, conditioned on the plane the
+    classifier predicts, as in ``fetal score-us``) and the corrupted copies of the test crops
+    (:func:`~stages.ultrasound.anomaly.corruptions.corrupted_copies`)."""
+    scores = {"test brain": ae.anomaly_scores(test_x, test_planes)}
+    mse = {"test brain": ae.errors(test_x, test_planes)}
+    other_rows, other_x = other
+    if len(other_rows):
+        other_planes = [PLANES[i] for i in plane.proba(other_x).argmax(axis=1)]
+        scores["non-brain"] = ae.anomaly_scores(other_x, other_planes)
+        mse["non-brain"] = ae.errors(other_x, other_planes)
+    for kind, bad in corrupted_copies(test_x, seed, crops).items():
+        if kind != CLEAN:
+            scores[kind] = ae.anomaly_scores(bad, test_planes)
+            mse[kind] = ae.errors(bad, test_planes)
+    return scores, mse
+
+
+def anomaly_aurocs(
+    scores: dict[str, dict[str, np.ndarray]], n_bootstrap: int, seed: int
+) -> dict[str, float]:
+    """``<prefix>_<proxy>_auroc`` (with interval and counts) of each proxy against the test
+    brain crops, for each prefix's scores (``anomaly``: the model's score; ``anomaly_mse``: the
+    plain reconstruction MSE, for comparison)."""
+    out: dict[str, float] = {}
+    for prefix, table in scores.items():
+        normal = table["test brain"]
+        for kind, s in table.items():
+            if kind != "test brain" and len(normal) and len(s):
+                res = anomaly_auc(normal, s, n_bootstrap, seed)
+                key = kind.replace("-", "").replace(" ", "_")
+                out |= {f"{prefix}_{key}_{k}": v for k, v in res.items()}
+    return out
+
+
 def evaluate(
     plane: PlanePredictor,
     ae: AutoencoderPredictor,
     manifest: pd.DataFrame,
     names: np.ndarray,
     images: np.ndarray,
-    params: dict[str, Any],
+    s: EvaluateSettings,
+    crops: CropSettings,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """All model metrics (flat) and the tables behind the figures."""
-    rng = np.random.default_rng(params["seed"])
-    nb, seed = params["n_bootstrap"], params["seed"]
+    nb, seed = s.n_bootstrap, s.seed
     val, test = brain_rows(manifest, "val"), brain_rows(manifest, "test")
     val_x, test_x = crops_for(val, names, images), crops_for(test, names, images)
-    out: dict[str, float] = {"n_val": len(val), "n_test": len(test)}
+    out: dict[str, float] = {"n_val": len(val), "n_test": len(test), "ae_threshold": ae.threshold}
     out["ae_val_mse"] = (
         float(np.mean(ae.errors(val_x, list(val["brain_plane"])))) if len(val) else float("nan")
     )
-    out["ae_threshold"] = ae.threshold
-    y_true = test["brain_plane"].map(PLANES.index).to_numpy(dtype=int)
-    prob = plane.proba(test_x) if len(test) else np.zeros((0, len(PLANES)))
-    y_pred = prob.argmax(axis=1)
-    plane_metrics, cm = plane_report(y_true, y_pred)
-    out |= plane_metrics
-    lo, hi = metrics.cluster_bootstrap_accuracy_ci(y_true == y_pred, test["patient"], nb, seed)
-    out |= {"plane_accuracy_ci_low": lo, "plane_accuracy_ci_high": hi}
-    pred_planes = [PLANES[i] for i in y_pred]
-    clean = ae.anomaly_scores(test_x, pred_planes)
-    out["ae_test_brain_mse"] = (
-        float(np.mean(ae.errors(test_x, pred_planes))) if len(test_x) else float("nan")
-    )
-    out |= flagged_rate(
-        clean, ae.threshold, test["patient"], "ae_test_brain_flagged_rate", nb, seed
-    )
-    out["ae_target_false_alarm"] = float(ae.config.get("target_false_alarm", float("nan")))
-    # The model's anomaly score and, for comparison, the plain reconstruction MSE of the same
-    # images (``anomaly_mse_*``): the README shows both.
-    scores = {"test brain": clean}
-    mse_scores = {"test brain": ae.errors(test_x, pred_planes)}
+    plane_out, tables = plane_evaluation(plane, test, test_x, s)
+    out |= plane_out
     other = manifest[~manifest["is_brain"].astype(bool)].reset_index(drop=True)
+    other_x = crops_for(other, names, images) if len(other) else images[:0]
+    scores, mse = proxy_scores(
+        ae, plane, (other, other_x), test_x, tables["predicted"], seed, crops
+    )
+    out["ae_test_brain_mse"] = float(np.mean(mse["test brain"])) if len(test_x) else float("nan")
+    out |= flagged_rate(
+        scores["test brain"], ae.threshold, test["patient"], "ae_test_brain_flagged_rate", nb, seed
+    )
+    out["ae_target_false_alarm"] = float(ae.config["target_false_alarm"])
     if len(other):
-        other_x = crops_for(other, names, images)
-        other_planes = [PLANES[i] for i in plane.proba(other_x).argmax(axis=1)]
-        scores["non-brain"] = ae.anomaly_scores(other_x, other_planes)
-        mse_scores["non-brain"] = ae.errors(other_x, other_planes)
         out |= flagged_rate(
             scores["non-brain"],
             ae.threshold,
@@ -178,56 +241,45 @@ def evaluate(
             seed,
         )
         out |= score_part_aurocs(ae, test_x, other_x)
-    for kind, corrupt in CORRUPTIONS.items():
-        bad = corrupt(test_x, rng, params)
-        scores[kind] = ae.anomaly_scores(bad, pred_planes)
-        mse_scores[kind] = ae.errors(bad, pred_planes)
-    for prefix, table in (("anomaly", scores), ("anomaly_mse", mse_scores)):
-        normal = table["test brain"]
-        for kind, s in table.items():
-            if kind != "test brain" and len(normal) and len(s):
-                res = anomaly_auc(normal, s, nb, seed)
-                key = kind.replace("-", "").replace(" ", "_")
-                out |= {f"{prefix}_{key}_{k}": v for k, v in res.items()}
-    calibration = {
-        "uncalibrated": plane.proba(test_x, calibrate=False) if len(test) else prob,
-        "temperature_scaled": prob,
-    }
-    tables = {"cm": cm, "scores": scores, "test": test.assign(predicted=pred_planes)}
-    return out, tables | {"calibration": calibration, "y_true": y_true}
+    out |= anomaly_aurocs({"anomaly": scores, "anomaly_mse": mse}, nb, seed)
+    return out, tables | {"scores": scores}
 
 
-def write_figures(folder: Path, tables: dict[str, Any], threshold: float) -> None:
-    """Confusion matrix (CSV + PNG), anomaly score table, histograms and ROC curves."""
+def write_plane_figures(
+    folder: Path, tables: dict[str, Any], bins: int, temperature: float
+) -> dict[str, float]:
+    """Confusion matrix (CSV + PNG), reliability diagram and the test predictions; returns the
+    temperature and the test ECE before and after it (the out-of-sample check of the
+    temperature fitted on val)."""
     cm = tables["cm"]
-    actual = np.repeat(PLANES, len(PLANES))
-    predicted = np.tile(PLANES, len(PLANES))
-    write_csv(
-        folder / "confusion.csv",
-        pd.DataFrame({"actual": actual, "predicted": predicted, "count": cm.ravel()}),
-    )
-    plots.save_figure(
-        plots.confusion_figure(cm, list(PLANES), "Plane (test split)"), folder / "confusion.png"
-    )
-    scores = tables["scores"]
+    actual, predicted = np.repeat(PLANES, len(PLANES)), np.tile(PLANES, len(PLANES))
+    confusion = pd.DataFrame({"actual": actual, "predicted": predicted, "count": cm.ravel()})
+    write_csv(folder / "confusion.csv", confusion)
+    figure = plots.confusion_figure(cm, list(PLANES), "Plane (test split)")
+    plots.save_figure(figure, folder / "confusion.png")
+    title = f"Plane classifier, test split (T = {temperature:.2f})"
+    ece = write_reliability(folder, tables["calibration"], tables["y_true"], bins, title)
+    columns = ["image", "patient", "brain_plane", "predicted"]
+    write_csv(folder / "test_predictions.csv", tables["test"][columns])
+    return {
+        "plane_temperature": temperature,
+        "plane_ece": ece["temperature_scaled"],
+        "plane_ece_uncalibrated": ece["uncalibrated"],
+    }
+
+
+def write_anomaly_figures(folder: Path, scores: dict[str, np.ndarray], threshold: float) -> None:
+    """The anomaly score table, its histograms and the ROC curve of each proxy."""
     long = pd.concat([pd.DataFrame({"group": k, "anomaly_score": v}) for k, v in scores.items()])
     write_csv(folder / "anomaly_scores.csv", long)
     plt = plots._plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    bins = np.logspace(
-        np.log10(max(long["anomaly_score"].min(), 1e-6)),
-        np.log10(max(long["anomaly_score"].max(), 1e-5)),
-        40,
-    )
+    low = max(long["anomaly_score"].min(), 1e-6)
+    bins = np.logspace(np.log10(low), np.log10(max(long["anomaly_score"].max(), 1e-5)), 40)
     for k, v in scores.items():
         ax.hist(v, bins=bins, histtype="step", label=f"{k} (n={len(v)})")
     ax.axvline(threshold, color="k", ls="--", lw=0.8, label="threshold")
-    ax.set(
-        xscale="log",
-        xlabel="anomaly score",
-        ylabel="images",
-        title="Anomaly scores",
-    )
+    ax.set(xscale="log", xlabel="anomaly score", ylabel="images", title="Anomaly scores")
     ax.legend(fontsize=7)
     plots.save_figure(fig, folder / "anomaly_hist.png")
     clean = scores["test brain"]
@@ -241,42 +293,29 @@ def write_figures(folder: Path, tables: dict[str, Any], threshold: float) -> Non
         rows.append(pd.DataFrame({"proxy": k, "fpr": roc["fpr"], "tpr": roc["tpr"]}))
     if curves:
         write_csv(folder / "anomaly_roc.csv", pd.concat(rows))
-        plots.save_figure(
-            plots.roc_figure(curves, "Anomaly proxies vs test brain"), folder / "anomaly_roc.png"
-        )
+        figure = plots.roc_figure(curves, "Anomaly proxies vs test brain")
+        plots.save_figure(figure, folder / "anomaly_roc.png")
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params("evaluate_us")
+    s = load_settings(EvaluateSettings, "evaluate_us")
+    crops = load_settings(CropSettings, "us_crops")
     root = project_root()
     manifest = pd.read_csv(root / PLANES_MANIFEST_CSV)
     with np.load(root / CROPS_NPZ) as z:
         names, images = z["names"], z["images"]
     plane = PlanePredictor(root / PLANE_CLASSIFIER_DIR)
     ae = AutoencoderPredictor(root / AUTOENCODER_DIR)
-    with tracking.run("us-evaluation", "evaluate_us", params, stage="evaluate_us"):
-        report, tables = evaluate(plane, ae, manifest, names, images, params)
+    logged = asdict(s) | {"us_crops": asdict(crops)}
+    with tracking.run("us-evaluation", "evaluate_us", logged, stage="evaluate_us"):
+        report, tables = evaluate(plane, ae, manifest, names, images, s, crops)
         report |= segmentation_report(pd.read_csv(root / SEGMENTATION_CSV))
-        write_figures(root / EVALUATE_US_FIGURES, tables, ae.threshold)
-        ece = write_reliability(
-            root / EVALUATE_US_FIGURES,
-            tables["calibration"],
-            tables["y_true"],
-            int(params["calibration_bins"]),
-            f"Plane classifier, test split (T = {plane.temperature:.2f})",
-        )
-        report |= {
-            "plane_temperature": plane.temperature,
-            "plane_ece": ece["temperature_scaled"],
-            "plane_ece_uncalibrated": ece["uncalibrated"],
-        }
-        write_csv(
-            root / EVALUATE_US_FIGURES / "test_predictions.csv",
-            tables["test"][["image", "patient", "brain_plane", "predicted"]],
-        )
+        figures = root / EVALUATE_US_FIGURES
+        report |= write_plane_figures(figures, tables, s.calibration_bins, plane.temperature)
+        write_anomaly_figures(figures, tables["scores"], ae.threshold)
         tracking.log_metrics(report)
-        tracking.log_artifact(root / EVALUATE_US_FIGURES, "figures")
+        tracking.log_artifact(figures, "figures")
     write_json(root / EVALUATE_US_REPORT, report)
     log.info(
         "plane accuracy %.3f, macro-F1 %.3f, non-brain AUROC %.3f, AE val MSE %.5f",

@@ -20,8 +20,9 @@ import pandas as pd
 
 from stages.common.io import write_csv
 from stages.common.ml.splits import hashed_sides
-from stages.common.params import load_params, project_root
-from stages.ultrasound.crops import image_stem
+from stages.common.params import project_root
+from stages.common.settings import load_settings, settings
+from stages.ultrasound.crops import PLANES, image_stem
 from stages.ultrasound.paths import (
     PLANES_LABELS_CSV,
     PLANES_MANIFEST_CSV,
@@ -33,6 +34,16 @@ from stages.ultrasound.paths import (
 log = logging.getLogger(__name__)
 
 COLUMNS = ["image", "patient", "plane", "brain_plane", "split", "is_brain", "seg_ok"]
+
+
+@settings
+class SplitSettings:
+    """The ``split_planes_us`` section: ``val_fraction`` (expected share of ``Train == 1``
+    patients held out for validation) and ``salt`` (of the patient hash that decides the
+    side)."""
+
+    val_fraction: float
+    salt: str
 
 
 def assert_patient_disjoint(manifest: pd.DataFrame) -> None:
@@ -111,7 +122,7 @@ def split_balance(manifest: pd.DataFrame, planes: Sequence[str]) -> pd.DataFrame
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params("split_planes_us")
+    s = load_settings(SplitSettings, "split_planes_us")
     root = project_root()
     labels = pd.read_csv(root / PLANES_LABELS_CSV)
     validation = pd.read_csv(root / US_VALIDATION_CSV)
@@ -124,10 +135,10 @@ def main() -> None:
         labels,
         passed & set(seg_ok),
         seg_ok,
-        float(params["val_fraction"]),
-        str(params["salt"]),
+        s.val_fraction,
+        s.salt,
     )
-    balance = split_balance(manifest, params["planes"])
+    balance = split_balance(manifest, PLANES)
     write_csv(root / PLANES_MANIFEST_CSV, manifest)
     write_csv(root / SPLIT_BALANCE_CSV, balance)
     log.info("wrote %s (%d images)\n%s", PLANES_MANIFEST_CSV, len(manifest), balance.to_string())

@@ -30,9 +30,10 @@ import pandas as pd
 from stages.common.io import RUNS_DIR, Quarantine, write_csv, write_json
 from stages.common.parallel import map_images
 from stages.common.params import load_params, project_root
+from stages.common.settings import load_settings
 from stages.ultrasound.imaging import ImageError, read_image
-from stages.ultrasound.intake.image_checks import ImageRules
-from stages.ultrasound.intake.label_checks import check_image_file, check_label_table
+from stages.ultrasound.intake.image_checks import ImageRules, ValidateSettings
+from stages.ultrasound.intake.label_checks import check_image_file, label_reasons
 from stages.ultrasound.paths import (
     HC18_CSV,
     PLANES_CSV,
@@ -74,14 +75,14 @@ def check_hc18(hc_dir: Path, csv: pd.DataFrame, image_checks: dict[str, dict]) -
     return reasons
 
 
-def validate(raw: Path, p: dict[str, Any], params_dask: dict[str, Any]) -> pd.DataFrame:
+def validate(raw: Path, p: ValidateSettings, params_dask: dict[str, Any]) -> pd.DataFrame:
     """The validation table (one row per image present) for both data sets."""
     fp, hc = raw / "fetal_planes", raw / "hc18"
     table = pd.read_csv(fp / PLANES_CSV, dtype=str, keep_default_na=False)
-    labels = check_label_table(table, p).set_index("Image_name")
+    labels = label_reasons(table, p.planes, p.brain_planes).set_index("Image_name")
     fp_files = sorted(q for q in (fp / "images").iterdir() if q.suffix.lower() == ".png")
     hc_files = hc18_images(hc / "images")
-    check = functools.partial(check_image_file, rules=ImageRules.from_params(p))
+    check = functools.partial(check_image_file, rules=ImageRules.from_settings(p))
     results = map_images(check, [str(f) for f in fp_files + hc_files], params_dask, desc="validate")
     checks = [r.value if r.ok else {"reason": f"check crashed: {r.error}"} for r in results]
     hc_csv = pd.read_csv(hc / HC18_CSV)
@@ -129,18 +130,18 @@ def _row(check: dict[str, Any], reasons: list[str]) -> dict[str, Any]:
     }
 
 
-def gx_label_expectations(p: dict[str, Any]) -> list[dict[str, Any]]:
+def gx_label_expectations(p: ValidateSettings) -> list[dict[str, Any]]:
     """The label-table suite for Great Expectations (type + kwargs, GX 1.x names)."""
     return [
         {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "Image_name"}},
         {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "Image_name"}},
         {
             "type": "expect_column_values_to_be_in_set",
-            "kwargs": {"column": "Plane", "value_set": p["planes"]},
+            "kwargs": {"column": "Plane", "value_set": list(p.planes)},
         },
         {
             "type": "expect_column_values_to_be_in_set",
-            "kwargs": {"column": "Brain_plane", "value_set": p["brain_planes"]},
+            "kwargs": {"column": "Brain_plane", "value_set": list(p.brain_planes)},
         },
         {
             "type": "expect_column_values_to_be_in_set",
@@ -153,7 +154,7 @@ def gx_label_expectations(p: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def gx_image_expectations(p: dict[str, Any]) -> list[dict[str, Any]]:
+def gx_image_expectations(p: ValidateSettings) -> list[dict[str, Any]]:
     """The per-image suite: decodable (size known), size range, HC18 pixel size positive."""
     return [
         {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "width"}},
@@ -161,16 +162,16 @@ def gx_image_expectations(p: dict[str, Any]) -> list[dict[str, Any]]:
             "type": "expect_column_values_to_be_between",
             "kwargs": {
                 "column": "width",
-                "min_value": p["min_side_px"],
-                "max_value": p["max_side_px"],
+                "min_value": p.min_side_px,
+                "max_value": p.max_side_px,
             },
         },
         {
             "type": "expect_column_values_to_be_between",
             "kwargs": {
                 "column": "height",
-                "min_value": p["min_side_px"],
-                "max_value": p["max_side_px"],
+                "min_value": p.min_side_px,
+                "max_value": p.max_side_px,
             },
         },
         {
@@ -180,7 +181,7 @@ def gx_image_expectations(p: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def run_gx(raw: Path, df: pd.DataFrame, p: dict[str, Any], docs: Path) -> dict[str, Any]:
+def run_gx(raw: Path, df: pd.DataFrame, p: ValidateSettings, docs: Path) -> dict[str, Any]:
     """Run both suites through ``stages.common.intake.checks``; the summary goes into the report."""
     try:
         from stages.common.intake.checks import run_expectations
@@ -213,7 +214,7 @@ def run_gx(raw: Path, df: pd.DataFrame, p: dict[str, Any], docs: Path) -> dict[s
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    p, pd_ = load_params("validate_us"), load_params("dask")
+    p, pd_ = load_settings(ValidateSettings, "validate_us"), load_params("dask")
     root = project_root()
     raw, reports = root / "data/raw", root / "data/reports"
     df = validate(raw, p, pd_)
@@ -235,8 +236,8 @@ def main() -> None:
     }
     write_json(reports / "validate_us.json", report)
     log.info("validate_us: %d images, %d quarantined", len(df), len(q))
-    if fail_frac > float(p["max_fail_fraction"]):
-        raise ValidationFailed(f"{fail_frac:.1%} of images failed > {p['max_fail_fraction']:.1%}")
+    if fail_frac > p.max_fail_fraction:
+        raise ValidationFailed(f"{fail_frac:.1%} of images failed > {p.max_fail_fraction:.1%}")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ early visual cortex (Daugman J.G., JOSA A 2(7):1160-9, 1985) and the classic tex
 descriptor for ultrasound. Nothing here is trained; nothing is downloaded.
 
 This module imports Keras at import time (a registered serialisable layer must exist before a
-saved model is loaded); ``stages.ultrasound.model_dir`` and ``plane_classifier`` import it only
-where Keras is needed.
+saved model is loaded); :mod:`stages.ultrasound.serving.predictors` imports it before loading a
+plane classifier, :mod:`stages.ultrasound.planes.classifier` where the bank is built.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ ellipse, crop the head), then the plane classifier or the plane-conditioned auto
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +18,13 @@ import pandas as pd
 # registers the GaborGrid layer, so a plane classifier's model.keras loads (the segmenter's and
 # the autoencoder's do not need it: model_dir stays free of it, and so does the U-Net stage)
 import stages.ultrasound.planes.gabor  # noqa: F401
-from stages.ultrasound.anomaly.autoencoder import (
-    ANOMALY_SCORES,
-    LATENT_SCORES,
-    reconstruct,
-    score_anomaly,
-)
+from stages.common.settings import parse_settings
+from stages.ultrasound.anomaly.autoencoder import ANOMALY_SCORE, anomaly_scores, reconstruction_mse
 from stages.ultrasound.crops import plane_one_hot, to_unit_float
-from stages.ultrasound.enhance.methods import enhance_image
+from stages.ultrasound.enhance.methods import EnhanceSettings, enhance_image, recipe_from_section
 from stages.ultrasound.head.geometry import brain_crop
-from stages.ultrasound.head.segmenters import SegmentSettings, segment_image
+from stages.ultrasound.head.segmenters import segment_image, unet_only
+from stages.ultrasound.head.settings import SegmentSettings
 from stages.ultrasound.head.unet import load_segmenter
 from stages.ultrasound.model_dir import (
     LATENT_FILE,
@@ -38,31 +35,42 @@ from stages.ultrasound.model_dir import (
 from stages.ultrasound.planes.classifier import calibrated, predict_planes
 
 
-@dataclass
+@dataclass(frozen=True)
 class Preprocessor:
     """Raw uint8 image -> (head crop uint8 (S, S), segmentation): the training data's recipe.
 
-    ``segmenter_dir`` is the head segmenter's model folder, needed when
-    ``segment_params["method"]`` is ``unet``: the copy bundled in the model folder
+    ``segmenter_dir`` is the head segmenter's model folder, needed when ``segment.method`` is
+    ``unet``: the copy bundled in the model folder
     (:func:`stages.ultrasound.model_dir.bundle_segmenter`) for a trained model, or
     ``data/models/us/segmenter/final``.
     """
 
-    enhance_params: dict[str, Any]
-    segment_params: dict[str, Any]
+    enhance: EnhanceSettings
+    segment: SegmentSettings
+    crop_px: int
     segmenter_dir: str | Path | None = None
-    settings: SegmentSettings = field(init=False)
 
     def __post_init__(self) -> None:
-        self.settings = SegmentSettings.from_params(self.segment_params)
-        if self.settings.method == "unet" and self.segmenter_dir is None:
+        if self.segment.method == "unet" and self.segmenter_dir is None:
             raise ValueError("segment_us.method 'unet' needs segmenter_dir (the U-Net's folder)")
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any], model_dir: str | Path) -> Preprocessor:
+        """The recipe a model folder's ``config.json`` holds (``enhance_us``, ``segment_us``,
+        ``input_size``), with the segmenter bundled in the folder."""
+        bundled = Path(model_dir) / SEGMENTER_DIR
+        return cls(
+            recipe_from_section(config["enhance_us"]),
+            parse_settings(SegmentSettings, config["segment_us"], f"{model_dir}: segment_us"),
+            int(config["input_size"]),
+            bundled if bundled.is_dir() else None,
+        )
+
     def __call__(self, img_u8: np.ndarray) -> tuple[np.ndarray, Any]:
-        enhanced = enhance_image(img_u8, self.enhance_params)
-        unet = load_segmenter(self.segmenter_dir) if self.settings.method == "unet" else None
-        seg = segment_image(enhanced, self.settings, unet)
-        return brain_crop(enhanced, seg, int(self.segment_params["crop_size"])), seg
+        enhanced = enhance_image(img_u8, self.enhance)
+        unet = load_segmenter(self.segmenter_dir) if self.segment.method == "unet" else None
+        seg = segment_image(enhanced, self.segment, unet)
+        return brain_crop(enhanced, seg, self.crop_px), seg
 
 
 class _Predictor:
@@ -77,12 +85,7 @@ class _Predictor:
         self.model, self.config = load_model_dir(model_dir)
         self.size = int(self.config["input_size"])
         self.planes = list(self.config["planes"])
-        bundled = Path(model_dir) / SEGMENTER_DIR
-        self.preprocess = Preprocessor(
-            self.config["enhance_us"],
-            self.config["segment_us"],
-            bundled if bundled.is_dir() else None,
-        )
+        self.preprocess = Preprocessor.from_config(self.config, model_dir)
 
     def _crops(self, images: Any) -> np.ndarray:
         return np.stack([self.preprocess(np.asarray(im, dtype=np.uint8))[0] for im in images])
@@ -92,18 +95,17 @@ class PlanePredictor(_Predictor):
     """The plane classifier: crops -> probabilities; raw images (pyfunc) -> a table.
 
     Probabilities are temperature-scaled by the folder's ``config["temperature"]`` (fitted on
-    the validation images by ``train_plane_classifier_us``; 1 for folders saved before).
+    the validation images by ``train_plane_classifier_us``), with its test-time mirrors
+    (``config["tta"]``).
     """
 
     @property
     def temperature(self) -> float:
-        return float(self.config.get("temperature", 1.0))
+        return float(self.config["temperature"])
 
     def proba(self, crops_u8: np.ndarray, calibrate: bool = True) -> np.ndarray:
         """Plane probabilities (N, K) of head crops; ``calibrate`` False: before scaling."""
-        prob = predict_planes(
-            self.model, to_unit_float(crops_u8, self.size), self.config.get("tta", False)
-        )
+        prob = predict_planes(self.model, to_unit_float(crops_u8, self.size), self.config["tta"])
         return calibrated(prob, self.temperature) if calibrate else prob
 
     def predict(self, model_input: pd.DataFrame) -> pd.DataFrame:
@@ -118,43 +120,41 @@ class PlanePredictor(_Predictor):
 class AutoencoderPredictor(_Predictor):
     """The autoencoder: (crops, planes) -> anomaly score; above ``threshold`` = anomalous.
 
-    The score is the one the model was trained with (``config["anomaly_score"]``, a key of
-    :data:`stages.ultrasound.anomaly.autoencoder.ANOMALY_SCORES`; folders saved before that option
-    used ``normalised_mse``), so ``fetal score-us`` and ``evaluate_us`` agree with the threshold.
+    The score is :func:`~stages.ultrasound.anomaly.autoencoder.anomaly_scores` with the
+    training codes' statistics of the folder's ``latent.npz``; a folder naming another score
+    (``config["anomaly_score"]``: a research variant, or a folder saved before) is refused, so
+    ``fetal score-us`` and ``evaluate_us`` always agree with the threshold.
     """
 
     def __init__(self, model_dir: str | Path) -> None:
         super().__init__(model_dir)
-        self.score_kind = str(self.config.get("anomaly_score", "normalised_mse"))
+        kind = self.config["anomaly_score"]
+        if kind != ANOMALY_SCORE:
+            raise ValueError(f"{model_dir}: anomaly_score {kind!r} is not {ANOMALY_SCORE!r}")
         self.latent = load_arrays(model_dir)
-        if self.score_kind not in ANOMALY_SCORES:
-            raise ValueError(f"unknown anomaly_score {self.score_kind!r} in {model_dir}")
-        if self.score_kind in LATENT_SCORES and not self.latent:
-            raise FileNotFoundError(f"{model_dir} has no {LATENT_FILE} for the latent score")
+        if not self.latent:
+            raise FileNotFoundError(f"{model_dir} has no {LATENT_FILE} for the anomaly score")
 
     @property
     def threshold(self) -> float:
         return float(self.config["threshold"])
 
-    def _run(self, crops_u8: np.ndarray, planes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        x = to_unit_float(crops_u8, self.size)
-        return x, reconstruct(self.model, x, plane_one_hot(planes, self.planes))
-
     def errors(self, crops_u8: np.ndarray, planes: list[str]) -> np.ndarray:
         """Per-image reconstruction MSE ([0, 1] intensity units squared)."""
         if len(crops_u8) == 0:
             return np.zeros(0, dtype=np.float32)
-        x, recon = self._run(crops_u8, planes)
-        return np.mean((recon - x) ** 2, axis=(1, 2, 3)).astype(np.float32)
+        x = to_unit_float(crops_u8, self.size)
+        return reconstruction_mse(self.model, x, plane_one_hot(planes, self.planes))
 
     def anomaly_scores(self, crops_u8: np.ndarray, planes: list[str]) -> np.ndarray:
-        """The model's anomaly score (:func:`~stages.ultrasound.anomaly.autoencoder.score_anomaly`),
-        compared to ``threshold``."""
+        """The model's anomaly score
+        (:func:`~stages.ultrasound.anomaly.autoencoder.anomaly_scores`), compared to
+        ``threshold``. ``planes`` (one per crop, checked against the model's) are
+        the autoencoder's condition; the score reads the encoder, which never sees them."""
         if len(crops_u8) == 0:
             return np.zeros(0, dtype=np.float32)
-        x = to_unit_float(crops_u8, self.size)
-        onehot = plane_one_hot(planes, self.planes)
-        return score_anomaly(self.score_kind, self.model, x, onehot, self.latent)
+        plane_one_hot(planes, self.planes)  # an unknown plane is a KeyError, as in errors()
+        return anomaly_scores(self.model, to_unit_float(crops_u8, self.size), self.latent)
 
     def predict(self, model_input: pd.DataFrame) -> pd.DataFrame:
         """``model_input``: ``image`` (raw uint8) and ``plane`` -> anomaly_score, anomalous."""
@@ -166,19 +166,19 @@ class SegmenterPredictor:
     """The registered head segmenter: raw images -> skull ellipse and circumference in pixels.
 
     Enhances each image as the training images were (``config["enhance_us"]``), runs the
-    U-Net and fits the ellipse to its 0.5 contour (method ``unet`` without the classical
-    refinement: what the network itself measures).
+    U-Net and fits the ellipse to its 0.5 contour
+    (:func:`~stages.ultrasound.head.segmenters.unet_only`: without the classical fallback or
+    refinement, what the network itself measures).
     """
 
     def __init__(self, model_dir: str | Path) -> None:
         self.segmenter = load_segmenter(model_dir)
         self.config = self.segmenter.config
-        self.settings = SegmentSettings(method="unet")
+        self.enhance = recipe_from_section(self.config["enhance_us"])
 
     def segment(self, img_u8: np.ndarray) -> Any:
         """The :class:`stages.ultrasound.head.Segmentation` of one raw 2-D uint8 image."""
-        enhanced = enhance_image(np.asarray(img_u8, np.uint8), self.config["enhance_us"])
-        return segment_image(enhanced, self.settings, self.segmenter)
+        return unet_only(enhance_image(np.asarray(img_u8, np.uint8), self.enhance), self.segmenter)
 
     def predict(self, model_input: pd.DataFrame) -> pd.DataFrame:
         """``model_input["image"]``: raw 2-D uint8 images -> ok, cx, cy, semi-axes, angle, hc_px."""

@@ -41,8 +41,9 @@ import numpy as np
 
 from stages.common import scoring
 from stages.common.params import project_root
+from stages.common.settings import load_settings, settings
 from stages.ultrasound.imaging import encode_png
-from stages.ultrasound.intake.image_checks import ImageRules, read_checked
+from stages.ultrasound.intake.image_checks import ImageRules, ValidateSettings, read_checked
 from stages.ultrasound.model_dir import MODEL_FILE
 
 if TYPE_CHECKING:
@@ -236,14 +237,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scoring.add_input_arguments(parser, "score-us")
 
 
-def load_rules(args: argparse.Namespace) -> Rules:
-    from stages.common.params import load_params
+@settings
+class ScoreUsSettings:
+    """The ``score_us`` section: ``max_pixels`` (px, from the header, before decoding),
+    ``max_file_mb`` (MB, largest file read), ``min_plane_probability`` (below it the plane is
+    abstained)."""
 
-    own = load_params(PARAMS_SECTION)
+    max_pixels: int
+    max_file_mb: float
+    min_plane_probability: float
+
+
+def load_rules(args: argparse.Namespace) -> Rules:
+    own = load_settings(ScoreUsSettings, PARAMS_SECTION)
+    validate = load_settings(ValidateSettings, "validate_us")
     return Rules(
-        images=ImageRules.from_params(load_params("validate_us"), int(own["max_pixels"])),
-        max_file_bytes=int(float(own["max_file_mb"]) * 1e6),
-        min_plane_probability=float(own["min_plane_probability"]),
+        images=ImageRules.from_settings(validate, own.max_pixels),
+        max_file_bytes=int(own.max_file_mb * 1e6),
+        min_plane_probability=own.min_plane_probability,
         abstain=not args.no_abstain,
         follow_links=bool(args.follow_links),
     )

@@ -1,6 +1,7 @@
-"""Plane read-out variants by patient-grouped CV: ``python -m bench.plane_features``.
+"""Plane read-out variants by patient-grouped CV, without the test split.
 
-Which plane-classifier features to try next, chosen **without the test split**: the train and
+``python -m experiments.ultrasound.plane_features``: which plane-classifier features to try next,
+chosen **without the test split**: the train and
 val brain crops of the current pipeline (``data/processed/us/crops.npz``, the manifest's
 ``train`` and ``val`` rows; run ``dvc repro segment_us split_planes_us`` first) are split into
 ``--folds`` patient-grouped, plane-stratified folds, ``--repeats`` times with different shuffles;
@@ -29,11 +30,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.common.params import load_params
-from stages.ultrasound.crops import PLANES, brain_rows, crops_for, to_unit_float
-from stages.ultrasound.planes.classifier import augmented_copies
+from stages.common.settings import load_settings
+from stages.ultrasound.crops import PLANES, CropSettings, brain_rows, crops_for, to_unit_float
+from stages.ultrasound.planes.classifier import AugmentSettings, PlaneClassifierSettings
+from stages.ultrasound.planes.training import augmented_copies
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 Features = Callable[[np.ndarray], np.ndarray]
 
 
@@ -112,7 +114,7 @@ def grouped_cv_accuracy(
     groups: np.ndarray,
     cs: list[float],
     n_augment: int | str,
-    augment: dict,
+    augment: AugmentSettings,
     folds: int,
     repeats: int,
     train_fraction: float = 1.0,
@@ -181,12 +183,13 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    params = load_params("train_plane_classifier_us")
+    augment = load_settings(PlaneClassifierSettings, "train_plane_classifier_us").augment
+    crop_px = load_settings(CropSettings, "us_crops").crop_px
     manifest = pd.read_csv(ROOT / "data/processed/us/planes_manifest.csv")
     with np.load(ROOT / "data/processed/us/crops.npz") as z:
         names, images = z["names"], z["images"]
     rows = pd.concat([brain_rows(manifest, "train"), brain_rows(manifest, "val")])
-    x = to_unit_float(crops_for(rows, names, images), params["input_size"])
+    x = to_unit_float(crops_for(rows, names, images), crop_px)
     y = rows["brain_plane"].map(PLANES.index).to_numpy(dtype=int)
     groups = rows["patient"].to_numpy()
     per_plane = np.bincount(y, minlength=len(PLANES))
@@ -211,7 +214,7 @@ def main() -> None:
                     groups,
                     args.c,
                     n_aug,
-                    params["augment"],
+                    augment,
                     args.folds,
                     args.repeats,
                     fraction,

@@ -1,0 +1,1 @@
+"""Ultrasound studies and research variants (``python -m experiments.ultrasound.<name>``)."""
