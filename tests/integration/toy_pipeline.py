@@ -49,7 +49,7 @@ elif stage == "train_ctg":
     import pandas as pd
     from scipy.stats import norm
 
-    from stages.common import tracking
+    from stages.common.registry import tracking
     from stages.common.registry.promotion import score_interval
     from stages.ctg.models.registration import SIGNATURE, card_facts, oof_evaluation
 

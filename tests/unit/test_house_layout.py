@@ -19,7 +19,6 @@ pytestmark = pytest.mark.unit
 KNOWN_CROWDED: dict[str, int] = {"bench": 18}
 KNOWN_LONG: dict[str, int] = {
     "flows/monitor.py:monitor_flow": 84,
-    "stages/common/intake/checks.py:run_expectations": 80,
     "stages/ctg/pipeline/evaluate.py:main": 65,
     "stages/ctg/pipeline/train.py:fit_network": 89,
     "stages/ctg/pipeline/train.py:main": 80,
@@ -39,7 +38,6 @@ KNOWN_FALLBACKS: dict[str, int] = {
     "flows/monitor.py": 3,
     "flows/outcomes.py": 1,
     "flows/training.py": 2,
-    "stages/common/parallel.py": 2,
     "stages/common/registry/promotion.py": 1,
     "stages/ctg/models/network.py": 8,
     "stages/ctg/models/pretrain.py": 1,
