@@ -18,7 +18,6 @@ pytestmark = pytest.mark.unit
 
 KNOWN_CROWDED: dict[str, int] = {"bench": 18}
 KNOWN_LONG: dict[str, int] = {
-    "flows/monitor.py:monitor_flow": 84,
     "stages/ctg/pipeline/evaluate.py:main": 65,
     "stages/ctg/pipeline/train.py:fit_network": 89,
     "stages/ctg/pipeline/train.py:main": 80,
@@ -34,8 +33,6 @@ KNOWN_LONG: dict[str, int] = {
     "stages/ultrasound/planes/classifier.py:build_plane_classifier": 82,
 }
 KNOWN_FALLBACKS: dict[str, int] = {
-    "flows/deploy.py": 3,
-    "flows/monitor.py": 3,
     "flows/outcomes.py": 1,
     "flows/training.py": 2,
     "stages/common/registry/promotion.py": 1,

@@ -180,3 +180,26 @@ def test_quiet_libraries_sends_noise_to_the_log_file(tmp_path: Path) -> None:
     assert "coloured mlflow warning" in text and "tf start-up line" in text
     assert "C++ line straight to fd 2" in text and "for the user" not in text
     assert sys.stderr is not None and logging.getLogger("mlflow").propagate in (True, False)
+
+
+def test_only_registered_model_uris_are_accepted() -> None:
+    from stages.common.scoring import registered_model_uri
+
+    for good in ("models:/ctg-distress@champion", "models:/ctg-distress/12", "models:/a.b_c@x-1"):
+        assert registered_model_uri(good) == good
+    for bad in ("runs:/0123/model", "/tmp/model", "file:///etc", "models:/../x@champion",
+                "https://evil/models", "models:/ctg-distress@champion/../../x", ""):  # fmt: skip
+        with pytest.raises(ValueError, match="only a registered model"):
+            registered_model_uri(bad)
+
+
+def test_the_monitor_writes_its_timeline_under_its_folder_only(tmp_path: Path) -> None:
+    from flows.monitor import timeline_path
+
+    out = tmp_path / "data" / "runs" / "monitor"
+    assert timeline_path("/tmp/live", None, out) == out.resolve() / "live" / "risk_timeline.csv"
+    assert timeline_path("/x/../we ird", None, out).parent.name == "we_ird"
+    assert timeline_path("/x", "bed3/a.csv", out) == out.resolve() / "bed3" / "a.csv"
+    for bad in ("/etc/cron.d/x.csv", "../../x.csv", "bed3/a.sh", str(tmp_path / "x.csv")):
+        with pytest.raises(ValueError, match="refused"):
+            timeline_path("/x", bad, out)
