@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "stages.common.intake.add_data",
         "Check new records or images; add them to landing/.",
     ),
+    "serve": (
+        "stages.common.serving",
+        "Serve a registered model over HTTP behind a token and a body cap.",
+    ),
 }
 
 

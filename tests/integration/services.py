@@ -99,12 +99,19 @@ def mlflow_server(backend_uri: str, artifacts: Path, log: Path) -> Iterator[str]
 
 
 def post_json(
-    url: str, payload: object, timeout_s: float = 60, content_type: str = "application/json"
+    url: str,
+    payload: object,
+    timeout_s: float = 60,
+    content_type: str = "application/json",
+    token: str | None = None,
 ) -> tuple[int, dict]:
-    """POST ``payload`` (encoded as JSON unless already bytes); the status and the decoded JSON
-    answer (a 4xx too)."""
+    """POST ``payload`` (encoded as JSON unless already bytes), with ``Authorization: Bearer
+    token`` when given; the status and the decoded JSON answer (a 4xx too)."""
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
+    headers = {"Content-Type": content_type}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             return resp.status, json.load(resp)
@@ -161,6 +168,36 @@ def model_server(
             [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
              "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
             stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/ping", timeout_s, proc)
+        yield url
+    finally:
+        stop(proc)
+
+
+SERVE_TOKEN = "test-serving-token-0123456789"  # the Bearer token of the test servers
+
+
+@contextlib.contextmanager
+def fetal_server(
+    model_uri: str, tracking_uri: str, log: Path, token: str = SERVE_TOKEN, timeout_s: float = 180
+) -> Iterator[str]:
+    """``fetal serve --model model_uri`` on a free loopback port, ``FETAL_SERVE_TOKEN=token``;
+    yields its URL and stops it when the block ends."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "FETAL_SERVE_TOKEN": token,
+        "PYTHONPATH": str(ROOT),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [str(BIN / "fetal"), "serve", "--model", model_uri, "--port", str(port)],
+            stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=ROOT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
