@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "serve": (
         "stages.common.serving",
-        "Serve a registered model over HTTP behind a token and a body cap.",
+        "Serve the CTG champion over HTTP (token, body cap).",
     ),
 }
 
