@@ -177,6 +177,9 @@ def mlflow_command(
                 f"database_uri = sqlite:///{folder / 'mlflow-auth.db'}\n"
                 f"admin_username = {ADMIN_USER}\n"
                 "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                # a password check is a PBKDF2 hash (~1 s here): cached for a minute per user;
+                # one server worker, so a password change through the API applies at once
+                "auth_cache_ttl_seconds = 60\n"
             ).encode(),
         )
     env = {
@@ -332,6 +335,7 @@ def process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
 
 def start(args: argparse.Namespace) -> int:
     """Start the three services bound to ``args.host``, then wait until one exits or a signal."""
+    signal.signal(signal.SIGTERM, _stop_on_signal)
     folder, root = secrets_dir(), project_root()
     made = ensure_secrets(folder, [args.host])
     ports = Ports(args.mlflow_port, args.prefect_port, args.dask_port)
@@ -370,20 +374,17 @@ def _started_message(folder: Path, host: str, ports: Ports, made: list[str]) -> 
 
 
 def _wait(procs: list[subprocess.Popen]) -> int:
-    stop = {"signal": 0}
-
-    def handler(signum: int, _frame: object) -> None:
-        stop["signal"] = signum
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
-    while not stop["signal"]:
+    """Until one service exits (1) or a signal unwinds the caller's ``with`` blocks."""
+    while True:
         dead = [p for p in procs if p.poll() is not None]
         if dead:
             print(f"a service exited ({dead[0].args[:2]}): stopping the others", file=sys.stderr)
             return 1
         time.sleep(1)
-    return 0
+
+
+def _stop_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(0)  # unwinds the with blocks: every service is stopped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,7 +408,10 @@ def main(argv: list[str] | None = None) -> int:
         made = ensure_secrets(secrets_dir(), args.host or ["127.0.0.1"])
         print(f"{secrets_dir()}: {', '.join(made) or 'nothing new'}")
         return 0
-    return start(args)
+    try:
+        return start(args)
+    except KeyboardInterrupt:  # Ctrl-C: the services were stopped on the way out
+        return 0
 
 
 if __name__ == "__main__":

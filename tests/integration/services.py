@@ -262,23 +262,6 @@ def prefect_server(home: Path, secrets: Path | None = None) -> Iterator[dict[str
 
 
 @contextlib.contextmanager
-def secured_mlflow_server(secrets: Path, work: Path) -> Iterator[str]:
-    """``mlflow server --app-name basic-auth`` as ``make services`` starts it (on sqlite in
-    ``work``), its users and grants made; yields its URL."""
-    from stages.common import services
-
-    port = free_port()
-    argv, env = services.mlflow_command(
-        secrets, "127.0.0.1", port, f"sqlite:///{work / 'mlflow.db'}", str(work / "artifacts")
-    )
-    with services.process(argv, env, work / "mlflow.log") as proc:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/health", 120, proc)
-        services.bootstrap_mlflow(url, secrets, ["ctg-distress"])
-        yield url
-
-
-@contextlib.contextmanager
 def tls_dask_cluster(secrets: Path, logs: Path, n_workers: int = 2) -> Iterator[str]:
     """A ``dask scheduler`` with mutual TLS and ``n_workers`` workers holding the certificate,
     started with ``make services``' commands; yields the ``tls://`` address."""
