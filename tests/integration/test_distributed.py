@@ -21,6 +21,7 @@ import pytest
 
 from stages.common import services
 from stages.common.parallel import DaskSecurityError, map_images
+from stages.common.params import load_params
 from stages.common.registry import tracking
 from tests.conftest import ROOT, set_params
 from tests.integration.services import (
@@ -145,7 +146,8 @@ def test_process_work_pool_worker_runs_the_training_deployment(
     """Against a server that requires its auth string: the deploy command and the worker read
     ``PREFECT_API_AUTH_STRING`` from the environment, as on a machine set up by client.env."""
     install_toy_pipeline(toy_repo, remote=tmp_path / "remote")
-    set_params(toy_repo, {"schedule": {"retrain_cron": "0 3 * * 1", "timezone": "UTC"}})
+    schedule = load_params("schedule", ROOT / "params.yaml")  # every key: typed settings
+    set_params(toy_repo, {"schedule": {**schedule, "retrain_cron": "0 3 * * 1"}})
     home = tmp_path / "prefect"
     home.mkdir()
     with prefect_server(home, secrets) as env:
