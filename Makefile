@@ -62,9 +62,14 @@ SERVICES_HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
 PREFECT_PORT ?= 4200
 DASK_PORT ?= 8786
+# MLFLOW_BACKEND (e.g. postgresql://...) and MLFLOW_ARTIFACTS default to mlflow.db and mlartifacts/.
+MLFLOW_BACKEND ?=
+MLFLOW_ARTIFACTS ?=
 services: setup  ## MLflow, Prefect and a Dask scheduler on SERVICES_HOST, secured (docs/operations.md#security)
 	$(PY) -m stages.common.services start --host $(SERVICES_HOST) --mlflow-port $(MLFLOW_PORT) \
-	  --prefect-port $(PREFECT_PORT) --dask-port $(DASK_PORT)
+	  --prefect-port $(PREFECT_PORT) --dask-port $(DASK_PORT) \
+	  $(if $(MLFLOW_BACKEND),--backend-store-uri $(MLFLOW_BACKEND)) \
+	  $(if $(MLFLOW_ARTIFACTS),--artifacts-destination $(MLFLOW_ARTIFACTS))
 
 # The CTG champion behind a Bearer token ($$FETAL_SERVE_TOKEN or .secrets/serve-token) and a
 # body-size cap (serve.max_body_kb); SERVE_HOST=0.0.0.0 to reach it from other machines.
