@@ -163,12 +163,22 @@ def model_server(
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
+    argv = [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]  # fmt: skip
+    with serving_process(argv, env, log, port, timeout_s) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving_process(
+    argv: list[str], env: dict[str, str], log: Path, port: int, timeout_s: float
+) -> Iterator[str]:
+    """``argv`` (a scoring server on ``port``) until its ``/ping`` answers; yields its URL and
+    stops it (the whole process group, workers included) when the block ends."""
     with open(log, "w") as fh:
         proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-            stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )  # fmt: skip
+            argv, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=ROOT
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/ping", timeout_s, proc)
@@ -194,17 +204,9 @@ def fetal_server(
         "PYTHONPATH": str(ROOT),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [str(BIN / "fetal"), "serve", "--model", model_uri, "--port", str(port)],
-            stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=ROOT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/ping", timeout_s, proc)
+    argv = [str(BIN / "fetal"), "serve", "--model", model_uri, "--port", str(port)]
+    with serving_process(argv, env, log, port, timeout_s) as url:
         yield url
-    finally:
-        stop(proc)
 
 
 def create_database(admin_uri: str, prefix: str) -> str:

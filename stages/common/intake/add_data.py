@@ -20,8 +20,8 @@ So is a name the landing folder already holds with other content (remove it firs
 1 when anything was refused.
 
 Two ``fetal add-data`` at once cannot lose each other's arrivals: each holds an exclusive lock
-(``fcntl.flock`` on ``landing/.add-data.lock``) while it reads and rewrites ``RECORDS``,
-``SHA256SUMS.txt``, the label rows and ``quarantine.csv``; the second waits for the first.
+(``filelock``, i.e. ``fcntl.flock``, on ``landing/.add-data.lock``) while it reads and rewrites
+``RECORDS``, ``SHA256SUMS.txt``, the label rows and ``quarantine.csv``; the second waits.
 
 Examples::
 
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import logging
 import math
 import shutil
@@ -108,23 +107,25 @@ def run(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def landing_lock(landing_root: Path) -> Iterator[None]:
-    """Hold an exclusive ``fcntl.flock`` on ``landing_root/.add-data.lock`` for the block.
+    """Hold an exclusive lock on ``landing_root/.add-data.lock`` for the block (``filelock``:
+    ``fcntl.flock`` on Unix, released by the kernel when the process ends, even killed).
 
-    The kernel releases it when the process ends, even killed, so a crash leaves no stale lock.
-    (On a network file system ``flock`` may be local to one machine: run ``fetal add-data`` for
-    one landing folder from one machine.)
+    On a network file system ``flock`` may be local to one machine: run ``fetal add-data`` for
+    one landing folder from one machine.
     """
+    from filelock import FileLock, Timeout
+
     landing_root.mkdir(parents=True, exist_ok=True)
-    with open(landing_root / LOCK_FILE, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("another fetal add-data is writing %s: waiting for it", landing_root)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    lock = FileLock(landing_root / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("another fetal add-data is writing %s: waiting for it", landing_root)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 # --------------------------------------------------------------------------- CTG
