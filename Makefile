@@ -18,7 +18,7 @@ endif
 # dvc.yaml commands say `python`: make it the project venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup pipeline test test-fast lint bench deploy ui mlflow-ui serve clean
+.PHONY: setup pipeline test test-fast lint bench deploy ui mlflow-ui serve services clean
 
 .venv-uv/bin/uv:
 	python3 -m venv .venv-uv && .venv-uv/bin/pip install -q uv==0.13.9
@@ -53,19 +53,36 @@ bench: setup  ## print the benchmark tables (needs FETAL_MIRROR)
 deploy: setup  ## serve the scheduled retraining and monitoring flows (needs a Prefect server)
 	$(PY) -m flows.deploy
 
-ui: setup  ## the Prefect UI on http://127.0.0.1:4200
-	$(VENV)/bin/prefect server start
+ui: setup  ## the Prefect UI on http://127.0.0.1:4200 (local, open: for the secured one, `make services`)
+	$(VENV)/bin/prefect server start --host 127.0.0.1
 
-mlflow-ui: setup  ## the MLflow UI on http://127.0.0.1:5000
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
+mlflow-ui: setup  ## the MLflow UI on http://127.0.0.1:5000 (local, open: for the secured one, `make services`)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
 
-# PATH (above) puts the venv's uvicorn, which `mlflow models serve` starts, on the PATH.
+# The shared services for several machines, each behind its tool's own authentication (MLflow
+# basic-auth app, Prefect auth string, Dask mutual TLS), bound to SERVICES_HOST; credentials are made on
+# first start in .secrets/ (0600, git-ignored). Clients: `source .secrets/client.env`.
+SERVICES_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+PREFECT_PORT ?= 4200
+DASK_PORT ?= 8786
+# MLFLOW_BACKEND (e.g. postgresql://...) and MLFLOW_ARTIFACTS default to mlflow.db and mlartifacts/.
+MLFLOW_BACKEND ?=
+MLFLOW_ARTIFACTS ?=
+services: setup  ## MLflow, Prefect and a Dask scheduler on SERVICES_HOST, secured (docs/operations.md#security)
+	$(PY) -m stages.common.services start --host $(SERVICES_HOST) --mlflow-port $(MLFLOW_PORT) \
+	  --prefect-port $(PREFECT_PORT) --dask-port $(DASK_PORT) \
+	  $(if $(MLFLOW_BACKEND),--backend-store-uri $(MLFLOW_BACKEND)) \
+	  $(if $(MLFLOW_ARTIFACTS),--artifacts-destination $(MLFLOW_ARTIFACTS))
+
+# The CTG champion behind a Bearer token ($$FETAL_SERVE_TOKEN or .secrets/serve-token) and a
+# body-size cap (serve.max_body_kb); SERVE_HOST=0.0.0.0 to reach it from other machines.
 SERVE_MODEL ?= models:/ctg-distress@champion
+SERVE_HOST ?= 127.0.0.1
 SERVE_PORT ?= 5001
-serve: setup  ## serve the CTG champion over HTTP on http://127.0.0.1:$(SERVE_PORT)/invocations
+serve: setup  ## serve the CTG champion over HTTP on http://$(SERVE_HOST):$(SERVE_PORT)/invocations
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
-	  $(VENV)/bin/mlflow models serve -m $(SERVE_MODEL) --env-manager local \
-	  --host 127.0.0.1 --port $(SERVE_PORT) --workers 1
+	  $(VENV)/bin/fetal serve --model $(SERVE_MODEL) --host $(SERVE_HOST) --port $(SERVE_PORT)
 
 clean:
 	rm -rf .venv .venv-uv

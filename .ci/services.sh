@@ -5,7 +5,10 @@
 #   bash .ci/services.sh stop     # stop the PostgreSQL cluster started here
 #
 # Idempotent and fast when already done: packages are installed only when missing, and a cluster
-# that is already running (recorded in $FETAL_SERVICES_DIR) is reused. Exports:
+# that is already running (recorded in $FETAL_SERVICES_DIR) is reused. The secured services (MLflow
+# basic-auth, Prefect auth string, Dask mutual TLS, fetal serve) need nothing from apt: the tests
+# start them with `make services`' own commands on free loopback ports (Flask-WTF and cryptography
+# come from uv.lock). Exports:
 #   FETAL_TEST_POSTGRES_URI  postgresql://postgres@127.0.0.1:PORT/postgres (trust auth, loopback)
 #   FETAL_TEST_CHROMIUM      path of the chromium binary Playwright drives
 #   FETAL_SERVICES_DIR       where the cluster lives (data, socket, log, port)

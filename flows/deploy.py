@@ -15,8 +15,10 @@ of type ``process`` instead of being served, and any machine running a worker ex
     python -m flows.deploy --work-pool fetal-process     # registers and exits
     prefect worker start --pool fetal-process             # on each machine with the repo
 
-Both need a Prefect server (``prefect server start``, UI on http://127.0.0.1:4200) and
-``PREFECT_API_URL`` pointing at it. Stop a serving process before the server, not after.
+Both need a Prefect server (``prefect server start``, UI on http://127.0.0.1:4200; secured:
+``make services``) and ``PREFECT_API_URL`` pointing at it, with ``PREFECT_API_AUTH_STRING`` when
+the server requires one (``source .secrets/client.env``). Stop a serving process before the
+server, not after.
 """
 
 from __future__ import annotations
@@ -24,23 +26,33 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from stages.common.params import load_params, project_root
+from stages.common.params import project_root
+from stages.common.settings import load_settings, settings
 
 TRAINING_DEPLOYMENT = "weekly-retraining"
 MONITOR_DEPLOYMENT = "bedside"
 
 
-def concurrency(schedule: dict[str, Any]) -> Any:
+@settings
+class ScheduleSettings:
+    """The ``schedule`` section of params.yaml."""
+
+    retrain_cron: str  # cron of training/weekly-retraining
+    timezone: str  # time zone of retrain_cron
+    concurrency_limit: int  # retrainings at once
+    collision_strategy: Literal["ENQUEUE", "CANCEL_NEW"]  # a run over the limit waits or is skipped
+    work_pool: str  # the process work pool of `--work-pool` (documented default)
+
+
+def concurrency(schedule: ScheduleSettings) -> Any:
     """The deployment concurrency limit and what happens to a colliding run."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
     return ConcurrencyLimitConfig(
-        limit=int(schedule.get("concurrency_limit", 1)),
-        collision_strategy=ConcurrencyLimitStrategy(
-            str(schedule.get("collision_strategy", "ENQUEUE")).upper()
-        ),
+        limit=schedule.concurrency_limit,
+        collision_strategy=ConcurrencyLimitStrategy(schedule.collision_strategy),
     )
 
 
@@ -51,7 +63,7 @@ def build_deployments(work_pool: str | None = None) -> list[Any]:
     from flows.monitor import monitor_flow
     from flows.training import training_flow
 
-    schedule = load_params("schedule")
+    schedule = load_settings(ScheduleSettings, "schedule")
     root = str(project_root())
     pool = {"work_pool_name": work_pool} if work_pool else {}
     train, mon = training_flow, monitor_flow
@@ -62,7 +74,7 @@ def build_deployments(work_pool: str | None = None) -> list[Any]:
         mon = monitor_flow.from_source(root, "flows/monitor.py:monitor_flow")
     training = train.to_deployment(
         name=TRAINING_DEPLOYMENT,
-        schedules=[Cron(schedule["retrain_cron"], timezone=schedule.get("timezone", "UTC"))],
+        schedules=[Cron(schedule.retrain_cron, timezone=schedule.timezone)],
         concurrency_limit=concurrency(schedule),
         parameters={"repo": root, "push": True},
         description="Weekly retraining: dvc repro per stage, registry promotion, dvc push.",

@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "stages.common.intake.add_data",
         "Check new records or images; add them to landing/.",
     ),
+    "serve": (
+        "stages.common.serving",
+        "Serve the CTG champion over HTTP (token, body cap).",
+    ),
 }
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -56,6 +57,11 @@ EXIT_SOME_FAILED = 3  # some files rejected or failed (named in the CSV); the ot
 EXIT_NONE_SCORED = 4  # no file scored (all rejected, failed or abstained, or none found)
 
 ERROR = "error"
+# What a scoring service may load: a registered model by alias or version, nothing else (no
+# runs:/, file paths or URLs whose artifacts nobody registered).
+REGISTERED_MODEL_URI = re.compile(
+    r"models:/[A-Za-z0-9][A-Za-z0-9._-]{0,127}(@[A-Za-z][A-Za-z0-9_-]{0,63}|/[0-9]{1,9})"
+)
 NOISY_LOGGERS = ("tensorflow", "absl", "keras", "mlflow", "h5py", "py.warnings", "matplotlib")
 LOG_FILE_ENV = "FETAL_SCORE_LOG"
 
@@ -70,6 +76,23 @@ def add_input_arguments(parser: Any, prog: str) -> None:
     parser.add_argument(
         "--log-file", type=Path, help=f"library messages (default {default_log_file(prog)})"
     )
+
+
+def registered_model_uri(uri: str) -> str:
+    """``uri`` when it names a registered model (``models:/NAME@ALIAS``, ``models:/NAME/N``).
+
+    Raises
+    ------
+    ValueError
+        Any other URI (``runs:/``, a path, a URL): a scoring service that whoever reaches it can
+        point at arbitrary artifacts would load code nobody registered.
+    """
+    if REGISTERED_MODEL_URI.fullmatch(uri) is None:
+        raise ValueError(
+            f"model URI {uri[:80]!r} refused: only a registered model, models:/NAME@ALIAS or "
+            "models:/NAME/VERSION"
+        )
+    return uri
 
 
 def default_log_file(prog: str) -> Path:

@@ -1,8 +1,11 @@
-"""Test helpers for real services: free ports, an MLflow server, the CI-provided PostgreSQL.
+"""Test helpers for real services: free ports, MLflow and Prefect servers (open, or secured the
+way ``make services`` secures them), a Dask cluster with mutual TLS, the CI-provided PostgreSQL.
 
 ``.ci/services.sh`` starts PostgreSQL and checks chromium, exporting ``FETAL_TEST_POSTGRES_URI``
 and ``FETAL_TEST_CHROMIUM``. Locally a missing service skips the test with the reason; in CI
-(``CI=true``) it fails it, so a broken service setup can never pass silently.
+(``CI=true``) it fails it, so a broken service setup can never pass silently. The secured servers
+are started with the commands of ``stages.common.services`` (the code ``make services`` runs), on
+free loopback ports, with credentials made in a temporary folder.
 """
 
 from __future__ import annotations
@@ -96,12 +99,19 @@ def mlflow_server(backend_uri: str, artifacts: Path, log: Path) -> Iterator[str]
 
 
 def post_json(
-    url: str, payload: object, timeout_s: float = 60, content_type: str = "application/json"
+    url: str,
+    payload: object,
+    timeout_s: float = 60,
+    content_type: str = "application/json",
+    token: str | None = None,
 ) -> tuple[int, dict]:
-    """POST ``payload`` (encoded as JSON unless already bytes); the status and the decoded JSON
-    answer (a 4xx too)."""
+    """POST ``payload`` (encoded as JSON unless already bytes), with ``Authorization: Bearer
+    token`` when given; the status and the decoded JSON answer (a 4xx too)."""
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
+    headers = {"Content-Type": content_type}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             return resp.status, json.load(resp)
@@ -153,18 +163,50 @@ def model_server(
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
+    argv = [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]  # fmt: skip
+    with serving_process(argv, env, log, port, timeout_s) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving_process(
+    argv: list[str], env: dict[str, str], log: Path, port: int, timeout_s: float
+) -> Iterator[str]:
+    """``argv`` (a scoring server on ``port``) until its ``/ping`` answers; yields its URL and
+    stops it (the whole process group, workers included) when the block ends."""
     with open(log, "w") as fh:
         proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-            stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )  # fmt: skip
+            argv, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=ROOT
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/ping", timeout_s, proc)
         yield url
     finally:
         stop(proc)
+
+
+SERVE_TOKEN = "test-serving-token-0123456789"  # the Bearer token of the test servers
+
+
+@contextlib.contextmanager
+def fetal_server(
+    model_uri: str, tracking_uri: str, log: Path, token: str = SERVE_TOKEN, timeout_s: float = 180
+) -> Iterator[str]:
+    """``fetal serve --model model_uri`` on a free loopback port, ``FETAL_SERVE_TOKEN=token``;
+    yields its URL and stops it when the block ends."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "FETAL_SERVE_TOKEN": token,
+        "PYTHONPATH": str(ROOT),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    argv = [str(BIN / "fetal"), "serve", "--model", model_uri, "--port", str(port)]
+    with serving_process(argv, env, log, port, timeout_s) as url:
+        yield url
 
 
 def create_database(admin_uri: str, prefix: str) -> str:
@@ -183,12 +225,17 @@ def create_database(admin_uri: str, prefix: str) -> str:
 
 
 @contextlib.contextmanager
-def prefect_server(home: Path) -> Iterator[dict[str, str]]:
+def prefect_server(home: Path, secrets: Path | None = None) -> Iterator[dict[str, str]]:
     """``prefect server start`` on a free loopback port; yields the environment pointing at it.
 
-    The scheduler loop runs every 2 s (instead of 60 s) so scheduled runs appear quickly; the
-    UI is told the API's port too (it assumes 4200 otherwise).
+    With ``secrets`` (a folder made by ``stages.common.services.ensure_secrets``) the server
+    requires ``PREFECT_SERVER_API_AUTH_STRING`` and the yielded environment carries the client's
+    ``PREFECT_API_AUTH_STRING``, as ``.secrets/client.env`` does. The scheduler loop runs every
+    2 s (instead of 60 s) so scheduled runs appear quickly; the UI is told the API's port too
+    (it assumes 4200 otherwise).
     """
+    from stages.common import services
+
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {
@@ -199,16 +246,67 @@ def prefect_server(home: Path) -> Iterator[dict[str, str]]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
     }
+    argv = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    server_env = dict(env)
+    if secrets is not None:
+        argv, secured = services.prefect_command(secrets, "127.0.0.1", port, home)
+        server_env.update(secured)
+        env["PREFECT_API_AUTH_STRING"] = services.prefect_auth_string(secrets)
     with open(home / "server.log", "w") as fh:
         server = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            argv, stdout=fh, stderr=subprocess.STDOUT, env=server_env, start_new_session=True,
         )  # fmt: skip
     try:
         wait_http(f"{api}/health", 120, server)
         yield env
     finally:
         stop(server)
+
+
+@contextlib.contextmanager
+def tls_dask_cluster(secrets: Path, logs: Path, n_workers: int = 2) -> Iterator[str]:
+    """A ``dask scheduler`` with mutual TLS and ``n_workers`` workers holding the certificate,
+    started with ``make services``' commands; yields the ``tls://`` address."""
+    from stages.common import services
+
+    port = free_port()
+    address = f"tls://127.0.0.1:{port}"
+    env = {"PYTHONPATH": str(ROOT)}  # workers import the project's functions
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            services.process(
+                services.dask_scheduler_command(secrets, "127.0.0.1", port), env,
+                logs / "scheduler.log",
+            )
+        )  # fmt: skip
+        for i in range(n_workers):
+            argv = [*services.dask_worker_command(secrets, address), "--name", f"w{i}"]
+            stack.enter_context(services.process(argv, env, logs / f"worker{i}.log"))
+        wait_workers(address, n_workers, services.dask_tls_env(secrets))
+        yield address
+
+
+def wait_workers(address: str, n_workers: int, tls_env: dict[str, str], timeout_s: float = 90):
+    """Wait until ``n_workers`` workers joined the scheduler at ``address`` (a client with the
+    TLS files of ``tls_env``)."""
+    from distributed import Client, Security
+
+    security = Security(
+        tls_ca_file=tls_env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"],
+        tls_client_cert=tls_env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT"],
+        tls_client_key=tls_env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"],
+        require_encryption=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with Client(address, security=security, timeout=5) as client:
+                client.wait_for_workers(n_workers, timeout=max(1, deadline - time.monotonic()))
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 @contextlib.contextmanager
@@ -236,13 +334,18 @@ def prefect_api_post(
     A server that has just started (or is busy on a loaded machine) answers 503 for a while:
     that is retried until ``timeout_s``; any other HTTP error is raised at once.
     """
+    import base64
     import json
     import urllib.error
 
+    headers = {"content-type": "application/json"}
+    if env.get("PREFECT_API_AUTH_STRING"):  # HTTP basic, as the Prefect client sends it
+        token = base64.b64encode(env["PREFECT_API_AUTH_STRING"].encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
     req = urllib.request.Request(
         env["PREFECT_API_URL"] + path,
         data=json.dumps(body or {}).encode(),
-        headers={"content-type": "application/json"},
+        headers=headers,
         method="POST",
     )
     deadline = time.monotonic() + timeout_s

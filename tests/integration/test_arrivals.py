@@ -152,6 +152,13 @@ def _us_stages(proj: Path) -> pd.DataFrame:
     return pd.read_csv(proj / "data/processed/us/planes_manifest.csv")
 
 
+def _new_patient(name: str) -> str:
+    """``Patient00003_...`` -> ``Patient00503_...``: a new patient, under FETAL_PLANES_DB's
+    naming (the name pattern of ``ingest_us`` refuses other names)."""
+    number = int(name[len("Patient") : len("Patient") + 5])
+    return f"Patient{number + 500:05d}{name[len('Patient') + 5 :]}"
+
+
 def test_us_arrivals_at_source_and_landing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from stages.cli import main as fetal
 
@@ -175,9 +182,9 @@ def test_us_arrivals_at_source_and_landing(tmp_path: Path, monkeypatch: pytest.M
     spare_fp = spare / "fetal_planes"
     spare_rows = pd.read_csv(spare_fp / "FETAL_PLANES_DB_data.csv", dtype=str)
     spare_rows["Patient_num"] = (spare_rows["Patient_num"].astype(int) + 500).astype(str)
-    spare_rows["Image_name"] = "New" + spare_rows["Image_name"]
+    spare_rows["Image_name"] = spare_rows["Image_name"].map(_new_patient)
     for old in sorted(spare_fp.glob("images/*.png")):
-        old.rename(old.with_name("New" + old.name))
+        old.rename(old.with_name(_new_patient(old.stem) + old.suffix))
     new_imgs = sorted((spare_fp / "images").glob("*.png"))
     for img in new_imgs[:2]:
         shutil.copy2(img, fp / "images" / img.name)

@@ -1,8 +1,11 @@
-"""Beyond one machine, for real: a Dask scheduler with separate worker processes runs the image
-maps, and a Prefect process work pool with a worker process runs the training deployment.
+"""Beyond one machine, for real and secured: a Dask scheduler with mutual TLS and separate worker
+processes runs the image maps (a worker or client without the cluster's certificate is refused),
+and a Prefect process work pool with a worker process runs the training deployment against a
+Prefect server that requires its auth string.
 
-Every process is a real one on loopback, started the way an operator would start it
-(``dask scheduler`` / ``dask worker``, ``prefect work-pool create`` / ``prefect worker start``).
+Every process is a real one on loopback, started with the commands ``make services`` runs
+(``stages.common.services``: ``dask scheduler``/``dask worker`` with the project's CA, ``prefect
+server start`` with ``PREFECT_SERVER_API_AUTH_STRING``), as an operator would start them.
 """
 
 from __future__ import annotations
@@ -16,15 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from stages.common.parallel import map_images
+from stages.common import services
+from stages.common.parallel import DaskSecurityError, map_images
+from stages.common.params import load_params
 from stages.common.registry import tracking
 from tests.conftest import ROOT, set_params
 from tests.integration.services import (
     BIN,
-    free_port,
     prefect_api_post,
     prefect_server,
     stop,
+    tls_dask_cluster,
 )
 from tests.integration.toy_pipeline import install_toy_pipeline
 
@@ -41,70 +46,47 @@ def _square_or_fail(x: int) -> int:
     return x * x
 
 
-@contextlib.contextmanager
-def dask_cluster(tmp_path: Path, n_workers: int = 2) -> Iterator[str]:
-    """``dask scheduler`` and ``n_workers`` ``dask worker`` processes; yields the address."""
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # workers import the project's functions
-    procs = [
-        subprocess.Popen(
-            [
-                str(BIN / "dask"),
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-dashboard",
-            ],
-            stdout=open(tmp_path / "scheduler.log", "w"),
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )  # fmt: skip
-    ]
-    try:
-        for i in range(n_workers):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        str(BIN / "dask"),
-                        "worker",
-                        address,
-                        "--nthreads",
-                        "1",
-                        "--no-dashboard",
-                        "--name",
-                        f"w{i}",
-                    ],
-                    stdout=open(tmp_path / f"worker{i}.log", "w"),
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                )  # fmt: skip
-            )
-        from distributed import Client
+@pytest.fixture(scope="module")
+def secrets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Credentials and certificates made as on the first ``make services``."""
+    folder = tmp_path_factory.mktemp("secrets") / "secrets"
+    services.ensure_secrets(folder, ["127.0.0.1"])
+    return folder
 
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with Client(address, timeout=5) as client:
-                    client.wait_for_workers(n_workers, timeout=max(1, deadline - time.monotonic()))
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+
+@pytest.fixture(scope="module")
+def cluster(secrets: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with tls_dask_cluster(secrets, tmp_path_factory.mktemp("dask")) as address:
         yield address
+
+
+@contextlib.contextmanager
+def dask_environment(tls: dict[str, str] | None) -> Iterator[None]:
+    """The ``DASK_DISTRIBUTED__COMM__TLS__*`` variables set (``tls``) or unset for the block, and
+    Dask's configuration read again from them (it reads the environment once, at import)."""
+    import dask
+
+    names = ("DASK_DISTRIBUTED__COMM__TLS__CA_FILE", "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT",
+             "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY")  # fmt: skip
+    saved = {n: os.environ.get(n) for n in names}
+    for n in names:
+        os.environ.pop(n, None)
+    os.environ.update(tls or {})
+    dask.config.refresh()
+    try:
+        yield
     finally:
-        for p in reversed(procs):
-            stop(p)
+        for n, v in saved.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
+        dask.config.refresh()
 
 
-def test_image_maps_run_on_a_separate_dask_scheduler_and_workers(tmp_path: Path):
-    with dask_cluster(tmp_path) as address:
-        params = {"scheduler_address": address}
+def test_image_maps_run_on_a_tls_scheduler_and_workers(cluster: str, secrets: Path):
+    params = {"scheduler_address": cluster, "n_workers": 0}
+    with dask_environment(services.dask_tls_env(secrets)):  # as client.env sets them
         results = map_images(_square_or_fail, list(range(8)), params)
         pids = {r.value for r in map_images(_worker_pid, list(range(40)), params)}
     # order kept, the bad item reported by name of its error, the rest computed
@@ -114,12 +96,61 @@ def test_image_maps_run_on_a_separate_dask_scheduler_and_workers(tmp_path: Path)
     assert os.getpid() not in pids and len(pids) >= 1
 
 
-def test_process_work_pool_worker_runs_the_training_deployment(toy_repo: Path, tmp_path: Path):
+def test_a_worker_or_client_without_the_certificate_is_refused(
+    cluster: str, secrets: Path, tmp_path: Path
+):
+    """A worker with no certificate cannot join; a client with a certificate of another CA
+    cannot connect; the pipeline's client without TLS files stops with the variables to set."""
+    with dask_environment(None):
+        _without_the_certificate(cluster, secrets, tmp_path)
+
+
+def _without_the_certificate(cluster: str, secrets: Path, tmp_path: Path) -> None:
+    from distributed import Client, Security
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(tmp_path / "intruder.log", "w") as log:
+        intruder = subprocess.Popen(
+            [str(BIN / "dask"), "worker", cluster, "--nthreads", "1", "--no-dashboard",
+             "--death-timeout", "15"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        code = intruder.wait(60)
+    except subprocess.TimeoutExpired:
+        intruder.kill()
+        code = None
+    assert code not in (None, 0), (tmp_path / "intruder.log").read_text()[-2000:]
+    with pytest.raises((OSError, TimeoutError)):  # a certificate the cluster's CA did not sign
+        Client(cluster, security=Security.temporary(), timeout=5)
+    with pytest.raises(DaskSecurityError, match="DASK_DISTRIBUTED__COMM__TLS__CA_FILE"):
+        map_images(_worker_pid, list(range(40)), {"scheduler_address": cluster, "n_workers": 0})
+    tls = {k: v for k, v in services.dask_tls_env(secrets).items()}
+    with Client(cluster, security=Security(
+        tls_ca_file=tls["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"],
+        tls_client_cert=tls["DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT"],
+        tls_client_key=tls["DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"],
+        require_encryption=True), timeout=10) as client:  # fmt: skip
+        assert len(client.scheduler_info()["workers"]) == 2  # the intruder never joined
+
+
+def test_a_plain_tcp_scheduler_on_another_machine_is_refused_by_the_settings():
+    with pytest.raises(ValueError, match="must be tls://"):
+        map_images(_worker_pid, list(range(40)), {"scheduler_address": "tcp://10.1.2.3:8786",
+                                                   "n_workers": 0})  # fmt: skip
+
+
+def test_process_work_pool_worker_runs_the_training_deployment(
+    toy_repo: Path, tmp_path: Path, secrets: Path
+):
+    """Against a server that requires its auth string: the deploy command and the worker read
+    ``PREFECT_API_AUTH_STRING`` from the environment, as on a machine set up by client.env."""
     install_toy_pipeline(toy_repo, remote=tmp_path / "remote")
-    set_params(toy_repo, {"schedule": {"retrain_cron": "0 3 * * 1", "timezone": "UTC"}})
+    schedule = load_params("schedule", ROOT / "params.yaml")  # every key: typed settings
+    set_params(toy_repo, {"schedule": {**schedule, "retrain_cron": "0 3 * * 1"}})
     home = tmp_path / "prefect"
     home.mkdir()
-    with prefect_server(home) as env:
+    with prefect_server(home, secrets) as env:
         env.update(
             {
                 "FETAL_PROJECT_ROOT": str(toy_repo),

@@ -1,9 +1,10 @@
 """A scheduled retraining happens by itself and ends with a promotion decision.
 
-Real processes: ``prefect server start`` and ``python -m flows.deploy`` (the project's own
-deployment entry point) serving the training deployment of a toy two-branch pipeline whose cron
-fires every minute. Nobody triggers the run: the scheduler creates it, the serving process
-executes it, and the test only watches the API and the registry.
+Real processes: ``prefect server start`` (requiring its auth string, as ``make services``
+starts it) and ``python -m flows.deploy`` (the project's own deployment entry point, reading
+``PREFECT_API_AUTH_STRING`` from its environment) serving the training deployment of a toy
+two-branch pipeline whose cron fires every minute. Nobody triggers the run: the scheduler creates
+it, the serving process executes it, and the test only watches the API and the registry.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from stages.common import services
+from stages.common.params import load_params
 from stages.common.registry import tracking
 from tests.conftest import ROOT, set_params
 from tests.integration.services import prefect_api_post, prefect_server, serving_deployments
@@ -35,14 +38,15 @@ def _finished_runs(env: dict[str, str]) -> list[dict]:
 
 def test_scheduled_retraining_runs_by_itself_and_promotes(toy_repo: Path, tmp_path: Path):
     install_toy_pipeline(toy_repo, remote=tmp_path / "remote")
-    set_params(
-        toy_repo,
-        {"schedule": {"retrain_cron": "* * * * *", "timezone": "UTC", "concurrency_limit": 1,
-                      "collision_strategy": "ENQUEUE"}},
-    )  # fmt: skip
+    schedule = load_params("schedule", ROOT / "params.yaml")  # every key: typed settings
+    every_minute = {"retrain_cron": "* * * * *", "concurrency_limit": 1,
+                    "collision_strategy": "ENQUEUE"}  # fmt: skip
+    set_params(toy_repo, {"schedule": {**schedule, **every_minute}})
     home = tmp_path / "prefect"
     home.mkdir()
-    with prefect_server(home) as env:
+    secrets = tmp_path / "secrets"
+    services.ensure_secrets(secrets, ["127.0.0.1"])
+    with prefect_server(home, secrets) as env:
         env.update(
             {
                 "FETAL_PROJECT_ROOT": str(toy_repo),  # the deployment's repo parameter

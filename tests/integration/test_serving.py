@@ -1,22 +1,40 @@
-"""``mlflow models serve -m models:/ctg-distress@champion``: raw 4 Hz FHR/UC in, risk out.
+"""``fetal serve`` (``make serve``): the champion over HTTP behind a token and a body-size cap.
 
-The served model is a registered pyfunc (the transparent baseline of ``tests.synth_registry``,
-same input and output as the trained CTG model) promoted to champion in a temporary store; the real
-server runs on a free loopback port. A malformed payload must get a 4xx with a clear message.
+The served model is a registered pyfunc (the transparent baseline of ``tests.synth_registry``, same
+input and output as the trained CTG model) promoted to champion in a temporary store; the real
+server (``fetal serve``, uvicorn) runs on a free loopback port. A caller without the token gets
+401, a body over ``serve.max_body_kb`` 413, and a malformed payload 400 naming the field and the
+reason: no stack trace, no server path, no piece of the body. (``mlflow models serve``, which
+``make serve`` ran before, answered the same payloads with its stack trace and paths.)
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-from tests.integration.services import model_server, post_json, register_champion
+from tests.conftest import ROOT
+from tests.integration.services import (
+    SERVE_TOKEN,
+    fetal_server,
+    free_port,
+    post_json,
+    register_champion,
+    stop,
+    wait_http,
+)
 from tests.synth_registry import log_baseline_model
 
 pytestmark = pytest.mark.integration
+
+MARKER = "SECRET-BODY-MARKER-7f3a"  # must never come back in an answer
+N_20_MIN = 20 * 60 * 4
 
 
 @pytest.fixture(scope="module")
@@ -25,52 +43,107 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     champion = register_champion(uri, lambda: log_baseline_model(str(tmp / "config.json")))
     try:
-        with model_server(champion, uri, tmp / "serve.log") as url:
+        with fetal_server(champion, uri, tmp / "serve.log") as url:
             yield url
     finally:
         print((tmp / "serve.log").read_text()[-3000:])
 
 
 def test_champion_scores_raw_4hz_records(served: str):
-    n = 20 * 60 * 4  # 20 min at 4 Hz
-    normal = (140 + 3 * np.sin(np.arange(n) / 40)).round(2).tolist()
-    brady = [95.0] * n
-    uc = [20.0] * n
-    status, body = post_json(
-        f"{served}/invocations",
-        {"dataframe_records": [{"fhr_bpm": normal, "uc": uc}, {"fhr_bpm": brady, "uc": uc}]},
-    )
+    normal = (140 + 3 * np.sin(np.arange(N_20_MIN) / 40)).round(2).tolist()
+    brady = [95.0] * N_20_MIN
+    uc = [20.0] * N_20_MIN
+    payload = {"dataframe_records": [{"fhr_bpm": normal, "uc": uc}, {"fhr_bpm": brady, "uc": uc}]}
+    status, body = post_json(f"{served}/invocations", payload, token=SERVE_TOKEN)
     assert status == 200, body
     preds = body["predictions"]
     assert len(preds) == 2
     assert preds[0]["probability"] < 0.1 and preds[0]["alert"] is False
     assert preds[1]["probability"] > 0.9 and preds[1]["alert"] is True
+    split = {"dataframe_split": {"columns": ["fhr_bpm", "uc"], "data": [[brady, uc]]}}
+    status, body = post_json(f"{served}/invocations", split, token=SERVE_TOKEN)
+    assert status == 200 and body["predictions"][0]["probability"] > 0.9, body
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token-0123456789", SERVE_TOKEN + "x"])
+def test_a_caller_without_the_token_gets_401(served: str, token: str | None):
+    payload = {"dataframe_records": [{"fhr_bpm": [140.0] * 8, "uc": [10.0] * 8}]}
+    status, body = post_json(f"{served}/invocations", payload, token=token)
+    assert status == 401 and body["field"] == "Authorization", body
+
+
+def test_a_body_over_the_cap_gets_413_declared_or_streamed(served: str):
+    import http.client
+
+    big = json.dumps({"dataframe_records": [{"fhr_bpm": [140.0] * 400_000,
+                                             "uc": [1.0] * 400_000}]}).encode()  # fmt: skip
+    assert len(big) > 2048 * 1024  # serve.max_body_kb
+    status, body = post_json(f"{served}/invocations", big, token=SERVE_TOKEN)
+    assert status == 413 and "at most 2097152" in body["message"], body
+    host, port = served.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))  # no Content-Length
+    conn.request("POST", "/invocations", body=chunks, encode_chunked=True,
+                 headers={"Content-Type": "application/json",
+                          "Authorization": f"Bearer {SERVE_TOKEN}"})  # fmt: skip
+    resp = conn.getresponse()
+    assert resp.status == 413, resp.read()[:300]
+
+
+def _records(**fields: object) -> dict:
+    return {"dataframe_records": [{"fhr_bpm": [140.0] * 8, "uc": [10.0] * 8, **fields}]}
 
 
 @pytest.mark.parametrize(
-    ("payload", "expect"),
+    ("payload", "field", "reason"),
     [
-        ({"dataframe_records": [{"fhr_bpm": [140.0] * 8}]}, "uc"),  # a channel is missing
-        ({"dataframe_records": [{"fhr_bpm": "fast", "uc": [1.0]}]}, "fhr_bpm"),  # not a list
-        ({"records": [1, 2, 3]}, "dataframe"),  # not a pyfunc payload at all
+        ({"dataframe_records": [{"fhr_bpm": [140.0] * 8}]}, "dataframe_records[0].uc",
+         "missing"),
+        (_records(fhr_bpm=MARKER), "dataframe_records[0].fhr_bpm", "must be a list of numbers"),
+        (_records(fhr_bpm=[140.0, MARKER]), "dataframe_records[0].fhr_bpm", "non-numeric"),
+        (_records(uc=[[1.0], [2.0]]), "dataframe_records[0].uc", "not a flat list"),
+        (_records(**{MARKER: [1.0]}), "dataframe_records[0].<field>", "not an input"),
+        ({"records": [MARKER]}, "body", "exactly one of"),
+        ({"dataframe_split": {"columns": ["fhr_bpm", "uc"], "data": [[[1.0]]]}},
+         "dataframe_split.data[0]", "length differs"),
+        (f"not json {MARKER}".encode(), "body", "not valid JSON"),
+        (b"", "body", "empty"),
+        (b'{"dataframe_records": [{"fhr_bpm": [140.0, NaN], "uc": [1.0, 2.0]}]}',
+         "dataframe_records[0].fhr_bpm", "holds NaN"),
     ],
-)
-def test_malformed_payload_gets_4xx_with_a_clear_message(served: str, payload, expect: str):
-    status, body = post_json(f"{served}/invocations", payload)
-    assert 400 <= status < 500, (status, body)
-    assert expect in json.dumps(body), body
+)  # fmt: skip
+def test_a_bad_body_gets_400_naming_the_field_and_reason_only(served, payload, field, reason):
+    """No stack trace, no server path, no piece of the body (the marker) in the answer."""
+    status, body = post_json(f"{served}/invocations", payload, token=SERVE_TOKEN)
+    text = json.dumps(body)
+    assert status == 400, (status, body)
+    assert body["field"] == field and reason in body["message"], body
+    assert body["message"].startswith(f"{field}: ")
+    assert "Traceback" not in text and "stack_trace" not in text and ".py" not in text
+    assert str(ROOT) not in text and "/site-packages" not in text and MARKER not in text
+    assert set(body) == {"error_code", "field", "message"}
+
+
+def test_another_content_type_gets_415(served: str):
+    status, body = post_json(f"{served}/invocations", b"fhr_bpm,uc\n1,2\n",
+                             content_type="text/csv", token=SERVE_TOKEN)  # fmt: skip
+    assert status == 415 and body["field"] == "Content-Type", body
+
+
+def test_only_a_registered_model_is_served(tmp_path):
+    """A run's artifacts (``runs:/``) or a path cannot be served: the server refuses to start."""
+    proc = subprocess.run(
+        [str(shutil.which("fetal") or os.path.join(os.path.dirname(os.sys.executable), "fetal")),
+         "serve", "--model", "runs:/0123/model", "--port", str(free_port())],
+        env={**os.environ, "FETAL_SERVE_TOKEN": SERVE_TOKEN, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "only a registered model" in proc.stderr, proc.stderr
 
 
 def test_make_serve_works_as_the_readme_writes_it(tmp_path) -> None:
-    """`make serve` from a shell whose PATH lacks the venv (uvicorn not on it: the README's old
-    command failed with "Return code = 127"), then the README's curl payload and a real record."""
-    import os
-    import shutil
-    import subprocess
-
-    from tests.conftest import ROOT
-    from tests.integration.services import free_port, stop, wait_http
-
+    """`make serve` from a shell whose PATH lacks the venv, the token in FETAL_SERVE_TOKEN; then
+    the README's curl payload (with its Authorization header) and a real-length record."""
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -78,7 +151,7 @@ def test_make_serve_works_as_the_readme_writes_it(tmp_path) -> None:
     port = free_port()
     venv_bin = os.path.dirname(os.sys.executable)
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin)
-    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": uri}
+    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": uri, "FETAL_SERVE_TOKEN": SERVE_TOKEN}
     env.pop("VIRTUAL_ENV", None)
     log = tmp_path / "make-serve.log"
     with open(log, "w") as fh:
@@ -91,11 +164,10 @@ def test_make_serve_works_as_the_readme_writes_it(tmp_path) -> None:
         wait_http(f"{url}/ping", 180, proc)
         # the README's curl payload, as written (this test champion has no minimum length)
         readme = {"dataframe_records": [{"fhr_bpm": [140.0, 141.0], "uc": [12.0, 13.0]}]}
-        status, body = post_json(f"{url}/invocations", readme)
+        status, body = post_json(f"{url}/invocations", readme, token=SERVE_TOKEN)
         assert status == 200 and set(body["predictions"][0]) == {"probability", "alert"}, body
-        n = 20 * 60 * 4
-        record = {"dataframe_records": [{"fhr_bpm": [140.0] * n, "uc": [20.0] * n}]}
-        status, body = post_json(f"{url}/invocations", record)
+        record = {"dataframe_records": [{"fhr_bpm": [140.0] * N_20_MIN, "uc": [20.0] * N_20_MIN}]}
+        status, body = post_json(f"{url}/invocations", record, token=SERVE_TOKEN)
         assert status == 200 and len(body["predictions"]) == 1, (status, body)
     finally:
         stop(proc)

@@ -61,9 +61,12 @@ def _zip(path: Path, entries: dict[str, bytes]) -> None:
 
 
 def test_download_path_with_local_http_server(tmp_path):
-    from stages.common.intake.download import UnsafeArchiveError
+    from stages.common.intake.download import UnsafeArchiveError, sha256_file
+    from stages.common.params import load_params
+    from stages.common.settings import parse_settings
+    from stages.ultrasound.intake.listing import IngestUsSettings
     from stages.ultrasound.paths import PLANES_CSV
-    from stages.ultrasound.pipeline.ingest import ingest_planes_download
+    from stages.ultrasound.pipeline.ingest import download_planes
 
     mirror = make_us_mirror(tmp_path / "m", n_per_plane=1, n_hc18=1, seed=4)
     imgs = sorted((mirror / "fetal_planes/images").glob("*.png"))
@@ -83,19 +86,22 @@ def test_download_path_with_local_http_server(tmp_path):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{httpd.server_address[1]}"
+
+    def cfg(name: str) -> IngestUsSettings:  # the zip served under that name, pinned
+        section = {**load_params("ingest_us"), "timeout_s": 10}
+        section["fetal_planes_url"] = f"{base}/{name}"
+        section["fetal_planes_checksum"] = "sha256:" + sha256_file(serve / name)
+        return parse_settings(IngestUsSettings, section, "ingest_us")
+
     try:
         out = tmp_path / "out"
-        ingest_planes_download(
-            {"fetal_planes_url": f"{base}/good.zip", "timeout_s": 10}, out, tmp_path / "w1"
-        )
+        (tmp_path / "w1").mkdir()
+        download_planes(cfg("good.zip"), out, tmp_path / "w1")
         assert len(list((out / "images").glob("*.png"))) == len(imgs)
         assert (out / PLANES_CSV).read_text().splitlines()[0].endswith(",Train")
+        (tmp_path / "w2").mkdir()
         with pytest.raises(UnsafeArchiveError):
-            ingest_planes_download(
-                {"fetal_planes_url": f"{base}/evil.zip", "timeout_s": 10},
-                tmp_path / "out2",
-                tmp_path / "w2",
-            )
+            download_planes(cfg("evil.zip"), tmp_path / "out2", tmp_path / "w2")
         assert not (tmp_path / "evil.png").exists()
     finally:
         httpd.shutdown()

@@ -50,15 +50,18 @@ def test_us_images_land_with_their_label_rows(tmp_path: Path, capsys) -> None:
     rows = table[table["Image_name"].isin([p.stem for p in images])].copy()
     rows.loc[rows["Image_name"] == images[1].stem, "Plane"] = "Fetal elbow"  # not allowed
     rows.to_csv(tmp_path / "rows.csv", index=False)
-    broken = tmp_path / "broken.png"
+    broken = tmp_path / "Patient00777_Plane3_1_of_1.png"
     broken.write_bytes(images[2].read_bytes()[:200])  # truncated: undecodable
+    odd = tmp_path / "my scan.png"  # a name FETAL_PLANES_DB's pattern does not allow
+    odd.write_bytes(images[0].read_bytes())
     landing = tmp_path / "landing"
 
-    args = ["add-data", "us", *map(str, [images[0], images[1], broken])]
+    args = ["add-data", "us", *map(str, [images[0], images[1], broken, odd])]
     assert main([*args, "--labels", str(tmp_path / "rows.csv"), "--landing", str(landing)]) == 1
     err = capsys.readouterr().err
     assert f"refused {images[1].name}: unknown plane 'Fetal elbow'" in err
-    assert "refused broken.png: no label row" in err and "undecodable" in err
+    assert f"refused {broken.name}: no label row" in err and "undecodable" in err
+    assert "refused 'my scan.png': image name does not match" in err
     folder = landing / "fetal_planes"
     assert [p.name for p in (folder / "images").iterdir()] == [images[0].name]
     landed = pd.read_csv(folder / "FETAL_PLANES_DB_data.csv", dtype=str)
@@ -66,3 +69,61 @@ def test_us_images_land_with_their_label_rows(tmp_path: Path, capsys) -> None:
     sums = parse_sha256sums((folder / "SHA256SUMS.txt").read_text())
     assert sums[f"images/{images[0].name}"] == sha256_file(images[0])
     assert set(sums) == {f"images/{images[0].name}", "FETAL_PLANES_DB_data.csv"}
+
+
+def test_a_header_naming_another_file_or_a_bad_name_is_refused_by_name(
+    tmp_path: Path, capsys
+) -> None:
+    """A header naming ``../x.dat`` crashed ``fetal add-data`` (ValueError from pathlib, and
+    wfdb would have opened the file outside the landing copy); now it is refused by name."""
+    new = make_ctg_mirror(tmp_path / "new", n_records=2, seed=5)
+    (tmp_path / "x.dat").write_bytes((new / "1002.dat").read_bytes())
+    hea = new / "1002.hea"
+    hea.write_text(hea.read_text().replace("1002.dat", "../x.dat"))
+    for ext in (".hea", ".dat"):  # a name the pattern does not allow
+        (new / f"bad.name{ext}").write_bytes((new / f"1001{ext}").read_bytes())
+    landing = tmp_path / "landing"
+    code = main(["add-data", "ctg", str(new / "1001"), str(new / "1002"), str(new / "bad.name"),
+                 "--landing", str(landing)])  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "refused 1002: header names signal file '../x.dat', expected '1002.dat'" in err
+    assert "refused 'bad.name': record name does not match" in err
+    assert (landing / "ctu-uhb" / "RECORDS").read_text().split() == ["1001"]
+    quarantine = pd.read_csv(landing / "quarantine.csv", dtype=str)
+    assert set(quarantine["item"]) == {"1002", "'bad.name'"}
+
+
+def test_two_add_data_at_once_keep_both_records(tmp_path: Path, monkeypatch) -> None:
+    """Each reads SHA256SUMS.txt, then (0.5 s later) rewrites it: without the lock the second
+    write dropped the first record's checksums."""
+    import threading
+    import time
+
+    from stages.common.intake import add_data
+
+    new = make_ctg_mirror(tmp_path / "new", n_records=2, seed=5)
+    landing = tmp_path / "landing"
+    slow_read = add_data.read_sums
+
+    def read_then_wait(path: Path) -> dict[str, str]:
+        sums = slow_read(path)
+        time.sleep(0.5)  # the window in which the other process reads the same old file
+        return sums
+
+    monkeypatch.setattr(add_data, "read_sums", read_then_wait)
+    codes: list[int] = []
+    threads = [
+        threading.Thread(target=lambda n=name: codes.append(
+            main(["add-data", "ctg", str(new / n), "--landing", str(landing)])))
+        for name in ("1001", "1002")
+    ]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [0, 0]
+    folder = landing / "ctu-uhb"
+    assert (folder / "RECORDS").read_text().split() == ["1001", "1002"]
+    sums = parse_sha256sums((folder / "SHA256SUMS.txt").read_text())
+    assert set(sums) == {"1001.hea", "1001.dat", "1002.hea", "1002.dat"}

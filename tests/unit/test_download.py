@@ -21,12 +21,22 @@ from stages.common.intake.download import (
     safe_extract_zip,
     sha256_file,
 )
+from stages.common.params import load_params
+from stages.common.settings import parse_settings
+from stages.ctg.intake.listing import IngestCtgSettings
 from stages.ctg.pipeline.ingest import IngestError, run_ingest
 from tests.synth_ctg import make_ctg_mirror
 
 pytestmark = pytest.mark.unit
 
 HTTP = {"timeout_s": 10, "retries": 2}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def ctg_settings(**overrides: object) -> IngestCtgSettings:
+    """``ingest_ctg`` of params.yaml with ``overrides`` (validated as the stage validates it)."""
+    section = {**load_params("ingest_ctg", ROOT / "params.yaml"), **overrides}
+    return parse_settings(IngestCtgSettings, section, "ingest_ctg")
 
 
 @dataclass
@@ -116,14 +126,14 @@ def test_ingest_over_http_then_skip_on_rerun(
 ) -> None:
     url, _ = server
     out = raw_dir
-    report = run_ingest(url, out, {**HTTP, "max_records": 0})
+    report = run_ingest(url, out, ctg_settings(**HTTP, max_records=0))
     assert report["n_records"] == 4 and report["n_quarantined"] == 0
     assert report["bytes_transferred"] == report["bytes_total"] > 0
     for name in (mirror / "RECORDS").read_text().split():
         for ext in (".hea", ".dat"):
             assert sha256_file(out / f"{name}{ext}") == sha256_file(mirror / f"{name}{ext}")
     assert not list(out.glob("*.part"))
-    again = run_ingest(url, out, {**HTTP, "max_records": 2})
+    again = run_ingest(url, out, ctg_settings(**HTTP, max_records=2))
     assert again["n_records"] == 2 and again["n_files_skipped"] == 4
     assert again["bytes_transferred"] == 0
     assert (out / "RECORDS").read_text().split() == ["1001", "1002"]
@@ -143,7 +153,7 @@ def test_wrong_checksum_is_named_and_quarantined(
     assert not (tmp_path / "one" / "1002.dat.part").exists()
     out = tmp_path / "raw"
     out.mkdir()
-    report = run_ingest(url, out, {**HTTP, "max_fail_fraction": 0.5})
+    report = run_ingest(url, out, ctg_settings(**HTTP, max_fail_fraction=0.5))
     assert report["n_records"] == 3
     [row] = report["quarantined"]
     assert row["item"] == "1002" and "checksum mismatch for 1002.dat" in row["reason"]
@@ -173,7 +183,7 @@ def test_interrupted_download_is_kept_and_resumed_by_the_next_ingest(
     src = (mirror / "1003.dat").read_bytes()
     (out / "1003.dat.part").write_bytes(src[: len(src) // 2])  # a run killed mid-download
     state.fail_next["/ctu-uhb/1003.dat"] = 10  # the server is down for that file this time
-    params = {**HTTP, "retries": 0, "max_fail_fraction": 0.5}
+    params = ctg_settings(timeout_s=10, retries=0, max_fail_fraction=0.5)
     report = run_ingest(url, out, params)
     assert [r["item"] for r in report["quarantined"]] == ["1003"]
     assert "1003" not in (out / "RECORDS").read_text().split()  # not ingested half-done
@@ -202,10 +212,10 @@ def test_missing_or_empty_records_give_clear_errors(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DownloadError, match="cannot read RECORDS"):
-        run_ingest(empty, tmp_path / "out", HTTP)
+        run_ingest(empty, tmp_path / "out", ctg_settings(**HTTP))
     (empty / "RECORDS").write_text("\n")
     with pytest.raises(IngestError, match="lists no records"):
-        run_ingest(empty, tmp_path / "out", HTTP)
+        run_ingest(empty, tmp_path / "out", ctg_settings(**HTTP))
 
 
 def _zip(path: Path, entries: dict[str, bytes], symlink: str | None = None) -> Path:
@@ -234,3 +244,166 @@ def test_safe_extract_rejects_traversal_absolute_and_symlinks(tmp_path: Path) ->
             safe_extract_zip(path, dest)
         assert not dest.exists(), case  # nothing written before the check
     assert not (tmp_path / "evil.txt").exists()
+
+
+# --------------------------------------------------------------------------- ingest_us from Zenodo
+
+
+class ZenodoHandler(http.server.BaseHTTPRequestHandler):
+    """``/records/<id>/files/<key>`` and ``/api/records/<id>`` (the record's metadata with an
+    ``md5:`` checksum per file), from the ``files`` dict of the class."""
+
+    files: dict[str, dict[str, bytes]]  # record id -> {key: bytes}
+    published: dict[str, str]  # key -> published checksum override (a wrong one, for tests)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server API
+        import hashlib
+        import json
+
+        parts = self.path.strip("/").split("/")
+        if parts[:2] == ["api", "records"] and parts[2] in self.files:
+            entries = {
+                k: {"key": k, "checksum": self.published.get(k)
+                    or "md5:" + hashlib.md5(v).hexdigest()}
+                for k, v in self.files[parts[2]].items()
+            }  # fmt: skip
+            body = json.dumps({"id": parts[2], "files": {"entries": entries}}).encode()
+        elif parts[0] == "records" and parts[2] == "files" and parts[3] in self.files[parts[1]]:
+            body = self.files[parts[1]][parts[3]]
+        else:
+            self.send_error(404, "not found")
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _zenodo_files(mirror: Path) -> dict[str, dict[str, bytes]]:
+    """The two Zenodo records as published: FETAL_PLANES_ZENODO.zip (semicolon table), HC18's
+    training_set.zip and its CSV."""
+    import io
+
+    def zipped(entries: dict[str, bytes]) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for name, data in entries.items():
+                zf.writestr(name, data)
+        return buf.getvalue()
+
+    fp, hc = mirror / "fetal_planes", mirror / "hc18"
+    table = (fp / "FETAL_PLANES_DB_data.csv").read_bytes().replace(b",", b";")
+    planes = {"FETAL_PLANES_ZENODO/FETAL_PLANES_DB_data.csv": table}
+    planes.update({f"FETAL_PLANES_ZENODO/Images/{p.name}": p.read_bytes()
+                   for p in sorted((fp / "images").glob("*.png"))})  # fmt: skip
+    heads = {f"training_set/{p.name}": p.read_bytes() for p in (hc / "images").glob("*.png")}
+    return {
+        "3904280": {"FETAL_PLANES_ZENODO.zip": zipped(planes)},
+        "1327317": {
+            "training_set.zip": zipped(heads),
+            "training_set_pixel_size_and_HC.csv": (hc / "pixel_size_and_HC.csv").read_bytes(),
+        },
+    }
+
+
+@pytest.fixture
+def zenodo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, type]]:
+    """A toy project (params.yaml only) whose ingest_us points at a local Zenodo; yields the
+    project root and the handler class (its ``files``/``published`` can be changed)."""
+    import shutil
+
+    import yaml
+
+    from tests.synth_us import make_us_mirror
+
+    mirror = make_us_mirror(tmp_path / "m", n_per_plane=1, n_hc18=2, seed=4, n_missing=0)
+    handler = type("Zenodo", (ZenodoHandler,), {"files": _zenodo_files(mirror), "published": {}})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}/records"
+    project = tmp_path / "project"
+    project.mkdir()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["ingest_us"].update(
+        fetal_planes_url=f"{base}/3904280/files/FETAL_PLANES_ZENODO.zip",
+        hc18_url=f"{base}/1327317/files/training_set.zip",
+        hc18_csv_url=f"{base}/1327317/files/training_set_pixel_size_and_HC.csv",
+        timeout_s=10,
+    )
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("FETAL_PROJECT_ROOT", str(project))
+    monkeypatch.setenv("FETAL_LANDING", str(tmp_path / "landing"))
+    monkeypatch.delenv("FETAL_MIRROR", raising=False)
+    try:
+        yield project, handler
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        shutil.rmtree(mirror, ignore_errors=True)
+
+
+def _pin(project: Path, **pins: str) -> None:
+    import yaml
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["ingest_us"].update(pins)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in folder.rglob("*")
+            if p.is_file()}  # fmt: skip
+
+
+def test_zenodo_downloads_are_verified_against_their_pins_and_a_mismatch_keeps_raw(
+    zenodo: tuple[Path, type],
+) -> None:
+    """Pinned md5 (as Zenodo publishes) pass; a changed archive stops ingest_us with the file
+    named, before data/raw is touched. Without the verification the changed archive was
+    ingested (its new image in data/raw)."""
+    import hashlib
+
+    from stages.common.io import read_json
+    from stages.ultrasound.pipeline import ingest as ingest_us
+    from stages.ultrasound.pipeline import source as source_us
+
+    project, handler = zenodo
+    md5 = {k: "md5:" + hashlib.md5(v).hexdigest() for r in handler.files.values()
+           for k, v in r.items()}  # fmt: skip
+    _pin(project, fetal_planes_checksum=md5["FETAL_PLANES_ZENODO.zip"],
+         hc18_checksum=md5["training_set.zip"],
+         hc18_csv_checksum=md5["training_set_pixel_size_and_HC.csv"])  # fmt: skip
+    source_us.main()
+    ingest_us.main()
+    raw = project / "data" / "raw"
+    first = _tree(raw)
+    assert any(k.startswith("fetal_planes/images/") for k in first)
+    run = read_json(project / "data" / "runs" / "ingest_us.json")
+    assert run["checksums_verified"]["training_set.zip"] == md5["training_set.zip"]
+
+    # The server now hands out another archive under the same URL (tampered, or a new upload).
+    changed = dict(handler.files["3904280"])
+    changed["FETAL_PLANES_ZENODO.zip"] += b"\0"  # still a valid zip: trailing bytes
+    handler.files = {**handler.files, "3904280": changed}
+    with pytest.raises(SystemExit, match="left as it was: checksum mismatch for FETAL_PLANES"):
+        ingest_us.main()
+    assert _tree(raw) == first  # the previous version, untouched
+
+
+def test_published_checksum_is_read_from_the_record_and_checked(zenodo: tuple[Path, type]):
+    """``published``: the MD5 the record's metadata publishes, read at download time; a file
+    that differs from it stops the stage."""
+    from stages.ultrasound.pipeline import ingest as ingest_us
+    from stages.ultrasound.pipeline import source as source_us
+
+    project, handler = zenodo
+    source_us.main()
+    ingest_us.main()  # every pin is "published" in params.yaml
+    first = _tree(project / "data" / "raw")
+    handler.published = {"training_set.zip": "md5:" + "0" * 32}
+    with pytest.raises(SystemExit, match="training_set.zip"):
+        ingest_us.main()
+    assert _tree(project / "data" / "raw") == first

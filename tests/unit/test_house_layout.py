@@ -18,21 +18,9 @@ pytestmark = pytest.mark.unit
 
 KNOWN_CROWDED: dict[str, int] = {}
 KNOWN_LONG: dict[str, int] = {
-    "flows/monitor.py:monitor_flow": 84,
-    "stages/common/intake/checks.py:run_expectations": 80,
-    "stages/common/intake/download.py:download_file": 61,
-    "stages/ctg/pipeline/ingest.py:run_ingest": 84,
     "stages/ultrasound/pipeline/train_segmenter.py:main": 102,
 }
-KNOWN_FALLBACKS: dict[str, int] = {
-    "flows/deploy.py": 3,
-    "flows/monitor.py": 3,
-    "stages/common/parallel.py": 2,
-    "stages/ctg/pipeline/ingest.py": 5,
-    "stages/ctg/pipeline/source.py": 1,
-    "stages/ultrasound/head/unet_training.py": 10,
-    "stages/ultrasound/pipeline/ingest.py": 2,
-}
+KNOWN_FALLBACKS: dict[str, int] = {"stages/ultrasound/head/unet_training.py": 10}
 
 
 def test_no_folder_holds_more_than_15_modules() -> None:

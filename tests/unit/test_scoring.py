@@ -180,3 +180,68 @@ def test_quiet_libraries_sends_noise_to_the_log_file(tmp_path: Path) -> None:
     assert "coloured mlflow warning" in text and "tf start-up line" in text
     assert "C++ line straight to fd 2" in text and "for the user" not in text
     assert sys.stderr is not None and logging.getLogger("mlflow").propagate in (True, False)
+
+
+def test_only_registered_model_uris_are_accepted() -> None:
+    from stages.common.scoring import registered_model_uri
+
+    for good in ("models:/ctg-distress@champion", "models:/ctg-distress/12", "models:/a.b_c@x-1"):
+        assert registered_model_uri(good) == good
+    for bad in ("runs:/0123/model", "/tmp/model", "file:///etc", "models:/../x@champion",
+                "https://evil/models", "models:/ctg-distress@champion/../../x", ""):  # fmt: skip
+        with pytest.raises(ValueError, match="only a registered model"):
+            registered_model_uri(bad)
+
+
+def test_the_monitor_writes_its_timeline_under_its_folder_only(tmp_path: Path) -> None:
+    from flows.monitor import timeline_path
+
+    out = tmp_path / "data" / "runs" / "monitor"
+    assert timeline_path("/tmp/live", None, out) == out.resolve() / "live" / "risk_timeline.csv"
+    assert timeline_path("/x/../we ird", None, out).parent.name == "we_ird"
+    assert timeline_path("/x", "bed3/a.csv", out) == out.resolve() / "bed3" / "a.csv"
+    for bad in ("/etc/cron.d/x.csv", "../../x.csv", "bed3/a.sh", str(tmp_path / "x.csv")):
+        with pytest.raises(ValueError, match="refused"):
+            timeline_path("/x", bad, out)
+
+
+def test_a_model_error_is_cut_to_its_reason() -> None:
+    """What a model raises reaches the caller without the data MLflow echoes, quoted values
+    (pieces of the body) or server paths."""
+    from stages.common.serving import model_reason
+
+    mlflow_style = ValueError(
+        "Failed to enforce schema of data '      fhr_bpm\n0  SECRET' with schema '[...]'. "
+        "Error: Model is missing inputs ['uc']."
+    )
+    assert model_reason(mlflow_style) == "Model is missing inputs [<value>]."
+    assert model_reason(ValueError("row 0: fhr_bpm 'SECRET-PART-OF-THE-BO is not a number")) == (
+        "row 0: fhr_bpm"
+    )
+    path = ValueError("cannot read /work/project/stages/x.py: line 3\nTraceback (most recent)")
+    assert model_reason(path) == "cannot read <path>: line 3"
+    assert model_reason(ValueError("row 0: fhr_bpm has 144000 samples; at most 180 min")) == (
+        "row 0: fhr_bpm has 144000 samples; at most 180 min"
+    )
+
+
+def test_payload_checks_name_the_field() -> None:
+    from stages.common.serving import InputField, RequestError, check_records, payload_records
+
+    fields = [InputField("fhr_bpm", True, True), InputField("uc", True, True),
+              InputField("fs_hz", False, False)]  # fmt: skip
+    fmt, records = payload_records(
+        {"dataframe_split": {"columns": ["fhr_bpm", "uc"], "data": [[[1.0], [2.0]]]}}, 64
+    )
+    check_records(fmt, records, fields)  # fine
+    cases = {
+        "dataframe_records[0].fs_hz: must be a number": {"fs_hz": "4"},
+        "dataframe_records[0].uc: holds infinite values": {"uc": [float("inf")]},
+        "dataframe_records[0].fhr_bpm: holds non-numeric values": {"fhr_bpm": [True]},
+    }
+    for message, change in cases.items():
+        with pytest.raises(RequestError) as err:
+            check_records("dataframe_records", [{"fhr_bpm": [1.0], "uc": [2.0], **change}], fields)
+        assert str(err.value) == message
+    with pytest.raises(RequestError, match="at most 2"):
+        payload_records({"inputs": {"fhr_bpm": [[1.0]] * 3, "uc": [[1.0]] * 3}}, 2)

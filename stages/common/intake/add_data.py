@@ -8,12 +8,20 @@ a second source beside the official one (or its mirror), laid out like it:
 ``training/weekly-retraining`` run) lists it in ``source_ctg``/``source_us`` and ingests what
 arrived.
 
-Every arrival is checked first with the validate stages' own rules (``validate_ctg``'s record
-rules in ``stages.ctg.intake.record_checks``, from which its GX suite is built, plus its pH rules;
-``validate_us``'s image and label-table checks in ``stages.ultrasound.intake.label_checks``), with
-the thresholds in params.yaml. A failing arrival is refused, named with its reason on stderr and in
-``landing/quarantine.csv``, and never copied. So is a name the landing folder already holds with
-other content (remove it first). Exit status 1 when anything was refused.
+Every arrival's name is checked first against its source's allow-list pattern
+(``ingest_ctg.record_name_pattern``, ``ingest_us.fetal_planes_name_pattern``), and a WFDB header
+must name its own ``<record>.dat`` and nothing else (a header naming ``../x.dat`` is refused by
+name, never followed). Then each is checked with the validate stages' own rules
+(``validate_ctg``'s record rules in ``stages.ctg.intake.record_checks``, from which its GX suite
+is built, plus its pH rules; ``validate_us``'s image and label-table checks in
+``stages.ultrasound.intake.label_checks``), with the thresholds in params.yaml. A failing arrival
+is refused, named with its reason on stderr and in ``landing/quarantine.csv``, and never copied.
+So is a name the landing folder already holds with other content (remove it first). Exit status
+1 when anything was refused.
+
+Two ``fetal add-data`` at once cannot lose each other's arrivals: each holds an exclusive lock
+(``filelock``, i.e. ``fcntl.flock``, on ``landing/.add-data.lock``) while it reads and rewrites
+``RECORDS``, ``SHA256SUMS.txt``, the label rows and ``quarantine.csv``; the second waits.
 
 Examples::
 
@@ -24,15 +32,18 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from stages.common.intake.download import sha256_file
+from stages.common.intake.names import header_problem, name_reason, shown
 from stages.common.intake.sources import (
     SUMS_FILE,
     format_sums,
@@ -47,6 +58,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "add-data"
 QUARANTINE = "quarantine.csv"
+LOCK_FILE = ".add-data.lock"
+MAX_HEADER_CHARS = 65536  # a CTU-UHB header is ~1 KB
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,19 +86,46 @@ def run(args: argparse.Namespace) -> int:
     if args.modality == "us" and args.labels is None:
         print("fetal add-data us: --labels is required", file=sys.stderr)
         return 2
-    if args.modality == "ctg":
-        folder = args.landing / "ctu-uhb" if args.landing else landing_dir("ctu-uhb")
-        accepted, refused = add_ctg(args.paths, folder, load_params("validate_ctg"))
-    else:
-        folder = args.landing / "fetal_planes" if args.landing else landing_dir("fetal_planes")
-        accepted, refused = add_us(args.paths, args.labels, folder, load_params("validate_us"))
+    dataset = "ctu-uhb" if args.modality == "ctg" else "fetal_planes"
+    folder = args.landing / dataset if args.landing else landing_dir(dataset)
+    with landing_lock(folder.parent):
+        if args.modality == "ctg":
+            pattern = load_params("ingest_ctg")["record_name_pattern"]
+            accepted, refused = add_ctg(args.paths, folder, load_params("validate_ctg"), pattern)
+        else:
+            pattern = load_params("ingest_us")["fetal_planes_name_pattern"]
+            p = load_params("validate_us")
+            accepted, refused = add_us(args.paths, args.labels, folder, p, pattern)
+        if refused:
+            _append_quarantine(folder.parent / QUARANTINE, refused)
     for name in accepted:
         print(f"accepted {name} -> {folder}")
     for row in refused.rows:
         print(f"refused {row['item']}: {row['reason']}", file=sys.stderr)
-    if refused:
-        _append_quarantine(folder.parent / QUARANTINE, refused)
     return 1 if refused else 0
+
+
+@contextlib.contextmanager
+def landing_lock(landing_root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``landing_root/.add-data.lock`` for the block (``filelock``:
+    ``fcntl.flock`` on Unix, released by the kernel when the process ends, even killed).
+
+    On a network file system ``flock`` may be local to one machine: run ``fetal add-data`` for
+    one landing folder from one machine.
+    """
+    from filelock import FileLock, Timeout
+
+    landing_root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(landing_root / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("another fetal add-data is writing %s: waiting for it", landing_root)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 # --------------------------------------------------------------------------- CTG
@@ -121,10 +161,30 @@ def ctg_reasons(folder: Path, names: list[str], params: dict[str, Any]) -> dict[
     return out
 
 
+def ctg_file_reason(stem: Path, sums: dict[str, str], pattern: str) -> str | None:
+    """Why the record at ``stem`` (``NAME`` of ``NAME.hea``/``NAME.dat``) cannot land, before
+    any signal is read: its name, missing files, a header naming another file, a name clash."""
+    why = name_reason(stem.name, pattern)
+    if why:
+        return f"record name {why}"
+    files = [stem.with_name(stem.name + ext) for ext in (".hea", ".dat")]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    with open(files[0], encoding="utf-8", errors="replace") as fh:
+        problem = header_problem(fh.read(MAX_HEADER_CHARS), stem.name)
+    if problem:
+        return problem
+    if _conflicts(sums, {f.name: f for f in files}):
+        return "the landing folder holds another record of that name"
+    return None
+
+
 def add_ctg(
-    paths: list[Path], landing: Path, params: dict[str, Any]
+    paths: list[Path], landing: Path, params: dict[str, Any], pattern: str
 ) -> tuple[list[str], Quarantine]:
-    """Check WFDB records and copy those passing into ``landing`` (RECORDS, SHA256SUMS.txt)."""
+    """Check WFDB records and copy those passing into ``landing`` (RECORDS, SHA256SUMS.txt);
+    ``pattern`` is the allow-list of record names (``ingest_ctg.record_name_pattern``)."""
     refused = Quarantine(STAGE)
     stems = {
         Path(p).with_suffix("") if Path(p).suffix in {".hea", ".dat"} else Path(p) for p in paths
@@ -132,12 +192,9 @@ def add_ctg(
     sums = read_sums(landing / SUMS_FILE)
     candidates: dict[str, Path] = {}
     for stem in sorted(stems):
-        files = [stem.with_name(stem.name + ext) for ext in (".hea", ".dat")]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            refused.add(stem.name, f"missing {', '.join(missing)}")
-        elif _conflicts(sums, {f.name: f for f in files}):
-            refused.add(stem.name, "the landing folder holds another record of that name")
+        why = ctg_file_reason(stem, sums, pattern)
+        if why:
+            refused.add(shown(stem.name) if name_reason(stem.name, pattern) else stem.name, why)
         else:
             candidates[stem.name] = stem
     if not candidates:
@@ -170,9 +227,10 @@ def add_ctg(
 
 
 def add_us(
-    images: list[Path], labels: Path, landing: Path, p: dict[str, Any]
+    images: list[Path], labels: Path, landing: Path, p: dict[str, Any], pattern: str
 ) -> tuple[list[str], Quarantine]:
-    """Check images and their label rows; copy passing ones into ``landing`` with their rows."""
+    """Check images and their label rows; copy passing ones into ``landing`` with their rows
+    (``pattern``: the allowed image file names, ``ingest_us.fetal_planes_name_pattern``)."""
     import pandas as pd
 
     from stages.ultrasound.intake.image_checks import ImageRules
@@ -196,6 +254,10 @@ def add_us(
     accepted: list[str] = []
     for img in sorted(images):
         why = []
+        bad_name = name_reason(img.name, pattern)
+        if bad_name:
+            refused.add(shown(img.name), f"image name {bad_name}")
+            continue
         if img.stem not in by_name:
             why.append(f"no label row for {img.stem} in {labels.name}")
         elif by_name[img.stem]:

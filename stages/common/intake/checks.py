@@ -178,7 +178,6 @@ def run_expectations(
         ``failures`` maps each failing row id to the reasons (one per failed row-level
         expectation); ``table_failures`` lists failed table-level expectations (e.g. row count).
     """
-    gx = _import_gx()
     if id_column not in df.columns:
         raise KeyError(f"id column {id_column!r} not in table columns {list(df.columns)}")
     if docs_dir is not None:
@@ -187,50 +186,11 @@ def run_expectations(
             shutil.rmtree(docs_dir)  # Data Docs accumulate runs; a stage output shows this run
         docs_dir.mkdir(parents=True)
     ctx = _context(docs_dir)
-    batch_def = (
-        ctx.data_sources.add_pandas(f"{suite_name}_source")
-        .add_dataframe_asset(f"{suite_name}_table")
-        .add_batch_definition_whole_dataframe("whole_table")
-    )
-    suite = ctx.suites.add(gx.ExpectationSuite(name=suite_name))
-    for exp in expectations:
-        suite.add_expectation(exp)
-    validation = ctx.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{suite_name}_validation", data=batch_def, suite=suite)
-    )
-    result = validation.run(
+    result = _validation(ctx, suite_name, expectations).run(
         batch_parameters={"dataframe": df.reset_index(drop=True)},
         result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [id_column]},
     )
-    summaries: list[ExpectationSummary] = []
-    failures: dict[str, list[str]] = {}
-    table_failures: list[str] = []
-    for res in result.results:
-        cfg = res.expectation_config
-        kwargs = {k: v for k, v in dict(cfg.kwargs).items() if k != "batch_id"}
-        details = res.result or {}
-        summary = ExpectationSummary(
-            expectation=cfg.type,
-            column=kwargs.get("column"),
-            kwargs=kwargs,
-            success=bool(res.success),
-            unexpected_count=int(details.get("unexpected_count") or 0),
-            observed_value=details.get("observed_value"),
-            label=(cfg.meta or {}).get("reason"),
-        )
-        summaries.append(summary)
-        if res.success:
-            continue
-        error = _exception_message(res.exception_info)
-        if error:
-            table_failures.append(f"{summary.reason}: error {error}")
-            continue
-        rows = details.get(_ROW_LEVEL_KEY)
-        if rows is None:
-            table_failures.append(f"{summary.reason}: observed {summary.observed_value}")
-            continue
-        for row in rows:
-            failures.setdefault(str(row[id_column]), []).append(summary.reason)
+    summaries, failures, table_failures = _summarise(result.results, id_column)
     docs_index = None
     if docs_dir is not None:
         ctx.build_data_docs(site_names=["fetal_site"])
@@ -251,3 +211,55 @@ def run_expectations(
         table_failures=table_failures,
         docs_index=docs_index,
     )
+
+
+def _validation(ctx: Any, suite_name: str, expectations: Sequence[Any]) -> Any:
+    """A GX ``ValidationDefinition`` of ``expectations`` on a whole-dataframe batch."""
+    gx = _import_gx()
+    batch_def = (
+        ctx.data_sources.add_pandas(f"{suite_name}_source")
+        .add_dataframe_asset(f"{suite_name}_table")
+        .add_batch_definition_whole_dataframe("whole_table")
+    )
+    suite = ctx.suites.add(gx.ExpectationSuite(name=suite_name))
+    for exp in expectations:
+        suite.add_expectation(exp)
+    return ctx.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{suite_name}_validation", data=batch_def, suite=suite)
+    )
+
+
+def _summarise(
+    results: Sequence[Any], id_column: str
+) -> tuple[list[ExpectationSummary], dict[str, list[str]], list[str]]:
+    """One summary per expectation, the failing row ids with their reasons, and the failed
+    table-level expectations (or expectations that raised) with theirs."""
+    summaries: list[ExpectationSummary] = []
+    failures: dict[str, list[str]] = {}
+    table_failures: list[str] = []
+    for res in results:
+        cfg = res.expectation_config
+        kwargs = {k: v for k, v in dict(cfg.kwargs).items() if k != "batch_id"}
+        details = res.result or {}
+        summary = ExpectationSummary(
+            expectation=cfg.type,
+            column=kwargs.get("column"),
+            kwargs=kwargs,
+            success=bool(res.success),
+            unexpected_count=int(details.get("unexpected_count") or 0),
+            observed_value=details.get("observed_value"),
+            label=(cfg.meta or {}).get("reason"),
+        )
+        summaries.append(summary)
+        if res.success:
+            continue
+        error = _exception_message(res.exception_info)
+        rows = details.get(_ROW_LEVEL_KEY)
+        if error:
+            table_failures.append(f"{summary.reason}: error {error}")
+        elif rows is None:
+            table_failures.append(f"{summary.reason}: observed {summary.observed_value}")
+        else:
+            for row in rows:
+                failures.setdefault(str(row[id_column]), []).append(summary.reason)
+    return summaries, failures, table_failures

@@ -9,8 +9,10 @@ checksum is skipped. The same interface copies from a local mirror (``FETAL_MIRR
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import re
 import shutil
 import stat
 import time
@@ -21,12 +23,15 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
+from stages.common.intake.names import UnsafeNameError, safe_join
+
 if TYPE_CHECKING:  # imported where used: the source stages read local mirrors and start fast
     import requests
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
+CHECKSUM_ALGORITHMS = {"sha256": 64, "md5": 32}  # algorithm -> hex digits
 
 
 class DownloadError(RuntimeError):
@@ -34,10 +39,11 @@ class DownloadError(RuntimeError):
 
 
 class ChecksumError(DownloadError):
-    """A fetched file whose SHA-256 differs from the published one."""
+    """A fetched file whose digest differs from the published one (``md5:``/``sha256:``)."""
 
     def __init__(self, name: str, expected: str, actual: str) -> None:
-        super().__init__(f"checksum mismatch for {name}: expected sha256 {expected}, got {actual}")
+        algorithm, want = parse_checksum(expected)
+        super().__init__(f"checksum mismatch for {name}: expected {algorithm} {want}, got {actual}")
         self.name = name
         self.expected = expected
         self.actual = actual
@@ -62,12 +68,32 @@ class FetchResult:
     resumed: bool = False
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
+def parse_checksum(spec: str) -> tuple[str, str]:
+    """``(algorithm, hex digest)`` of ``sha256:<hex>``, ``md5:<hex>`` or a bare SHA-256 hex.
+
+    The algorithm is the one the source publishes: PhysioNet's SHA256SUMS.txt lists SHA-256,
+    Zenodo's record metadata an MD5 per file (``"checksum": "md5:..."``).
+    """
+    algorithm, _, digest = spec.strip().lower().rpartition(":")
+    algorithm = algorithm or "sha256"
+    if algorithm not in CHECKSUM_ALGORITHMS or len(digest) != CHECKSUM_ALGORITHMS[algorithm]:
+        raise ValueError(f"not a checksum (sha256:<64 hex> or md5:<32 hex>): {spec!r}")
+    if any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"not a hex digest: {spec!r}")
+    return algorithm, digest
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file with ``algorithm`` (``sha256`` or ``md5``), read in 1 MB chunks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(CHUNK_BYTES), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    return file_digest(path, "sha256")
 
 
 def parse_sha256sums(text: str) -> dict[str, str]:
@@ -84,24 +110,57 @@ def parse_sha256sums(text: str) -> dict[str, str]:
     return out
 
 
-def _verify(path: Path, name: str, sha256: str | None) -> None:
-    if sha256 is None:
+def matches(path: Path, checksum: str | None) -> bool:
+    """True when ``path`` is a file whose digest is ``checksum`` (never for no checksum)."""
+    if checksum is None or not path.is_file():
+        return False
+    algorithm, digest = parse_checksum(checksum)
+    return file_digest(path, algorithm) == digest
+
+
+def _verify(path: Path, name: str, checksum: str | None) -> None:
+    if checksum is None:
         return
-    actual = sha256_file(path)
-    if actual != sha256.lower():
-        raise ChecksumError(name, sha256, actual)
+    algorithm, digest = parse_checksum(checksum)
+    actual = file_digest(path, algorithm)
+    if actual != digest:
+        raise ChecksumError(name, checksum, actual)
+
+
+def _get_once(http: requests.Session, url: str, part: Path, timeout_s: float) -> tuple[int, bool]:
+    """One GET of ``url`` into ``part`` (resumed with ``Range`` when it exists): ``(bytes
+    written, resumed)``; ``(-1, False)`` when the server says the part is already complete."""
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    written = 0
+    with http.get(url, stream=True, timeout=timeout_s, headers=headers) as resp:
+        if resp.status_code == 416 and offset:
+            return -1, False  # the .part is already complete: the caller verifies it
+        if resp.status_code >= 500:
+            raise _RetryableHTTPError(f"{url}: HTTP {resp.status_code}")
+        if resp.status_code >= 400:
+            raise DownloadError(
+                f"cannot download {part.name[:-5]} from {url}: HTTP {resp.status_code}"
+            )
+        # 206 = the server honoured Range: append; 200 = it sent the whole file again.
+        mode = "ab" if resp.status_code == 206 and offset else "wb"
+        with open(part, mode) as fh:
+            for chunk in resp.iter_content(CHUNK_BYTES):
+                fh.write(chunk)
+                written += len(chunk)
+    return written, mode == "ab"
 
 
 def download_file(
     url: str,
     dest: str | Path,
-    sha256: str | None = None,
+    checksum: str | None = None,
     timeout_s: float = 60.0,
     retries: int = 3,
     backoff_s: float = 1.0,
     session: requests.Session | None = None,
 ) -> FetchResult:
-    """Stream ``url`` to ``dest``, resuming a ``.part`` file and verifying SHA-256.
+    """Stream ``url`` to ``dest``, resuming a ``.part`` file and verifying its checksum.
 
     Parameters
     ----------
@@ -109,8 +168,9 @@ def download_file(
         HTTP(S) address of the file.
     dest
         Final path; the file appears there only complete and verified.
-    sha256
-        Expected hex digest, or None to skip verification.
+    checksum
+        Expected digest (``sha256:<hex>``, ``md5:<hex>`` or a bare SHA-256 hex), or None to skip
+        verification.
     timeout_s
         Connect/read timeout per request (s).
     retries
@@ -120,58 +180,37 @@ def download_file(
     Raises
     ------
     ChecksumError
-        The complete file does not match ``sha256`` (the ``.part`` is deleted: a retry of a
+        The complete file does not match ``checksum`` (the ``.part`` is deleted: a retry of a
         corrupt file must start afresh).
     DownloadError
         HTTP errors or exhausted retries; the message names the URL.
     """
     dest = Path(dest)
-    name = dest.name
-    if dest.is_file() and sha256 is not None and sha256_file(dest) == sha256.lower():
+    if matches(dest, checksum):
         return FetchResult(dest, dest.stat().st_size, 0, skipped=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     import requests
 
     http = session or requests.Session()
-    transferred = 0
-    resumed = False
-    last_error: Exception | None = None
+    transferred, resumed = 0, False
+    retryable = (requests.ConnectionError, requests.Timeout, _RetryableHTTPError)
+    retryable += (requests.exceptions.ChunkedEncodingError,)
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(backoff_s * 2 ** (attempt - 1))
-        offset = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
-            with http.get(url, stream=True, timeout=timeout_s, headers=headers) as resp:
-                if resp.status_code == 416 and offset:
-                    break  # the .part is already complete: verify it below
-                if resp.status_code >= 500:
-                    raise _RetryableHTTPError(f"{url}: HTTP {resp.status_code}")
-                if resp.status_code >= 400:
-                    raise DownloadError(
-                        f"cannot download {name} from {url}: HTTP {resp.status_code}"
-                    )
-                # 206 = the server honoured Range: append; 200 = it sent the whole file again.
-                mode = "ab" if resp.status_code == 206 and offset else "wb"
-                resumed = resumed or mode == "ab"
-                with open(part, mode) as fh:
-                    for chunk in resp.iter_content(CHUNK_BYTES):
-                        fh.write(chunk)
-                        transferred += len(chunk)
-            break
-        except (
-            requests.ConnectionError,
-            requests.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-            _RetryableHTTPError,
-        ) as exc:
-            last_error = exc
-            log.warning("%s: attempt %d/%d failed: %s", name, attempt + 1, retries + 1, exc)
-    else:
-        raise DownloadError(f"cannot download {name} from {url}: {last_error}") from last_error
+            written, appended = _get_once(http, url, part, timeout_s)
+        except retryable as exc:
+            if attempt == retries:
+                raise DownloadError(f"cannot download {dest.name} from {url}: {exc}") from exc
+            log.warning("%s: attempt %d/%d failed: %s", dest.name, attempt + 1, retries + 1, exc)
+            continue
+        transferred += max(written, 0)
+        resumed = resumed or appended
+        break
     try:
-        _verify(part, name, sha256)
+        _verify(part, dest.name, checksum)
     except ChecksumError:
         part.unlink(missing_ok=True)
         raise
@@ -179,10 +218,10 @@ def download_file(
     return FetchResult(dest, dest.stat().st_size, transferred, resumed=resumed)
 
 
-def copy_file(src: str | Path, dest: str | Path, sha256: str | None = None) -> FetchResult:
-    """Copy a local mirror file to ``dest`` atomically, verifying SHA-256 (skip when present)."""
+def copy_file(src: str | Path, dest: str | Path, checksum: str | None = None) -> FetchResult:
+    """Copy a mirror file to ``dest`` atomically, verifying its checksum (skip when present)."""
     src, dest = Path(src), Path(dest)
-    if dest.is_file() and sha256 is not None and sha256_file(dest) == sha256.lower():
+    if matches(dest, checksum):
         return FetchResult(dest, dest.stat().st_size, 0, skipped=True)
     if not src.is_file():
         raise DownloadError(f"cannot copy {src.name}: {src} does not exist")
@@ -190,7 +229,7 @@ def copy_file(src: str | Path, dest: str | Path, sha256: str | None = None) -> F
     part = dest.with_name(dest.name + ".part")
     shutil.copyfile(src, part)
     try:
-        _verify(part, dest.name, sha256)
+        _verify(part, dest.name, checksum)
     except ChecksumError:
         part.unlink(missing_ok=True)
         raise
@@ -207,15 +246,23 @@ def fetch_file(
     source: str | Path,
     name: str,
     dest_dir: str | Path,
-    sha256: str | None = None,
+    checksum: str | None = None,
     **http_kwargs: float | int | requests.Session | None,
 ) -> FetchResult:
-    """Fetch ``name`` from ``source`` (a base URL or a local folder) into ``dest_dir``."""
-    dest = Path(dest_dir) / name
+    """Fetch ``name`` from ``source`` (a base URL or a local folder) into ``dest_dir``.
+
+    ``name`` comes from a source's listing: it must stay inside ``dest_dir`` (and inside the
+    source folder) once joined, or :class:`~stages.common.intake.names.UnsafeNameError` is
+    raised before anything is read or written.
+    """
+    dest = safe_join(dest_dir, name)
     if is_url(source):
         base = str(source) if str(source).endswith("/") else f"{source}/"
-        return download_file(urljoin(base, name), dest, sha256, **http_kwargs)  # type: ignore[arg-type]
-    return copy_file(Path(source) / name, dest, sha256)
+        url = urljoin(base, name)
+        if not url.startswith(base):
+            raise UnsafeNameError(name, "leaves the source URL")
+        return download_file(url, dest, checksum, **http_kwargs)  # type: ignore[arg-type]
+    return copy_file(safe_join(source, name), dest, checksum)
 
 
 def read_source_text(source: str | Path, name: str, timeout_s: float = 60.0) -> str:
@@ -236,6 +283,45 @@ def read_source_text(source: str | Path, name: str, timeout_s: float = 60.0) -> 
     if not path.is_file():
         raise DownloadError(f"cannot read {name}: {path} does not exist")
     return path.read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- pinned checksums
+
+PUBLISHED = "published"  # a pin meaning: the checksum the record publishes, read at download
+_ZENODO_FILE = re.compile(r"^(https?://[^/]+)/records?/([0-9]+)/files/([^/?#]+)")
+
+
+def published_checksum(url: str, timeout_s: float = 60.0) -> str:
+    """The checksum Zenodo publishes for the file at ``url`` (``md5:<hex>``), from the record's
+    metadata (``https://zenodo.org/api/records/<id>``, ``files.entries.<key>.checksum``).
+
+    Raises
+    ------
+    DownloadError
+        ``url`` is not a Zenodo file URL, the metadata cannot be read, or it lists no such file.
+    """
+    found = _ZENODO_FILE.match(url)
+    if found is None:
+        raise DownloadError(f"{url}: not a Zenodo file URL; pin its checksum (md5:/sha256:)")
+    host, record, key = found.groups()
+    text = read_source_text(f"{host}/api/records/", record, timeout_s)
+    try:
+        files = json.loads(text)["files"]
+        entries = list(files["entries"].values()) if isinstance(files, dict) else list(files)
+        checksum = next(str(e["checksum"]) for e in entries if e["key"] == key)
+        parse_checksum(checksum)
+    except (ValueError, KeyError, TypeError, StopIteration) as exc:
+        raise DownloadError(f"Zenodo record {record} publishes no checksum for {key}") from exc
+    return checksum
+
+
+def pinned_checksum(url: str, pin: str, timeout_s: float = 60.0) -> str:
+    """The checksum to verify ``url`` against: ``pin`` itself (``md5:``/``sha256:``), or for
+    :data:`PUBLISHED` the one the Zenodo record publishes now (:func:`published_checksum`)."""
+    if pin == PUBLISHED:
+        return published_checksum(url, timeout_s)
+    parse_checksum(pin)
+    return pin
 
 
 # --------------------------------------------------------------------------- zip archives

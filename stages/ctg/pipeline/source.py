@@ -8,8 +8,10 @@ nothing changed the file is left untouched, its hash in dvc.lock is the same, an
 (which depends on it) and everything downstream are skipped.
 
 A record the landing folder lists under a name the source already has is left out (the source
-wins) and named under ``shadowed``. When the official source cannot be reached, the last listing
-is kept (a warning, not a failure: no network, no new data); with no listing yet, the stage fails.
+wins) and named under ``shadowed``; a name ``ingest_ctg.record_name_pattern`` does not allow is
+left out and named under ``refused`` (``ingest_ctg`` quarantines it). When the official source
+cannot be reached, the last listing is kept (a warning, not a failure: no network, no new data);
+with no listing yet, the stage fails.
 
 Output: data/sources/ctu-uhb.json; no paths, URLs or times inside.
 """
@@ -20,8 +22,9 @@ import logging
 
 from stages.common.intake.download import DownloadError
 from stages.common.intake.sources import LANDING, landing_dir, listing_text, write_if_changed
-from stages.common.params import load_params, project_root
-from stages.ctg.intake.listing import build_listing, source_location
+from stages.common.params import project_root
+from stages.common.settings import load_settings
+from stages.ctg.intake.listing import IngestCtgSettings, build_listing, source_location
 from stages.ctg.paths import CTU_UHB_LISTING
 
 log = logging.getLogger(__name__)
@@ -31,12 +34,10 @@ STAGE = "source_ctg"
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params("ingest_ctg")
+    cfg = load_settings(IngestCtgSettings, "ingest_ctg")
     out = project_root() / CTU_UHB_LISTING
     try:
-        listing = build_listing(
-            source_location(params), landing_dir("ctu-uhb"), float(params.get("timeout_s", 60))
-        )
+        listing = build_listing(source_location(cfg), landing_dir("ctu-uhb"), cfg)
     except DownloadError as exc:
         if not out.is_file():
             raise SystemExit(f"{STAGE} failed: {exc}") from None
@@ -53,6 +54,8 @@ def main() -> None:
     )
     for name in listing["shadowed"]:
         log.warning("landing record %s ignored: the source has a record of that name", name)
+    for name, reason in listing["refused"].items():
+        log.error("record %s refused: %s", name, reason)
 
 
 if __name__ == "__main__":

@@ -1,28 +1,49 @@
 """The ultrasound listing: FETAL_PLANES_DB's and HC18's files with origin and SHA-256 (mirror
-manifest or hashed, or the Zenodo archives) plus the landing folder's (``source_us`` writes it,
-``ingest_us`` reads it). No paths or times inside.
+manifest or hashed, or the Zenodo archives with their pinned checksums) plus the landing folder's
+(``source_us`` writes it, ``ingest_us`` reads it). No paths or times inside.
+
+Every image name is checked against its source's pattern (``ingest_us.fetal_planes_name_pattern``,
+``ingest_us.hc18_name_pattern``; :mod:`stages.common.intake.names`) before it is listed: a name
+from ``manifest.csv`` or the landing folder's ``SHA256SUMS.txt`` that the pattern does not allow is
+left out and named under ``refused`` with the reason, and ``ingest_us`` quarantines it.
 """
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import StringConstraints
 
 from stages.common.intake.download import sha256_file
-from stages.common.intake.sources import (
-    LANDING,
-    SOURCE,
-    SUMS_FILE,
-    hash_folder,
-    landing_dir,
-    read_sums,
-)
+from stages.common.intake.names import name_reason, shown
+from stages.common.intake.sources import LANDING, SOURCE, SUMS_FILE, landing_dir, read_sums
 from stages.common.params import mirror_dir
+from stages.common.settings import settings
 from stages.ultrasound.paths import HC18_CSV, IMAGE_SUFFIXES, PLANES_CSV
 
 MANIFEST = "manifest.csv"
 ZENODO = "zenodo"
+IMAGES = "images/"
+# a pinned checksum: the algorithm the source publishes, or "published" (read at download time)
+CHECKSUM_PATTERN = r"^(md5:[0-9a-f]{32}|sha256:[0-9a-f]{64}|published)$"
+Checksum = Annotated[str, StringConstraints(pattern=CHECKSUM_PATTERN)]
+
+
+@settings
+class IngestUsSettings:
+    """The ``ingest_us`` section of params.yaml (read by ``source_us`` and ``ingest_us``)."""
+
+    fetal_planes_url: str  # Zenodo 3904280's FETAL_PLANES_ZENODO.zip
+    fetal_planes_checksum: Checksum  # its pinned checksum
+    hc18_url: str  # Zenodo 1327317's training_set.zip
+    hc18_checksum: Checksum
+    hc18_csv_url: str  # Zenodo 1327317's training_set_pixel_size_and_HC.csv
+    hc18_csv_checksum: Checksum
+    timeout_s: float  # s, per HTTP request
+    fetal_planes_name_pattern: str  # allow-list regex of FETAL_PLANES_DB image file names
+    hc18_name_pattern: str  # allow-list regex of HC18 image and annotation file names
 
 
 def image_names(folder: Path, pattern: str = "*") -> list[str]:
@@ -30,10 +51,33 @@ def image_names(folder: Path, pattern: str = "*") -> list[str]:
     if not folder.is_dir():
         return []
     return sorted(
-        f"images/{p.name}"
+        f"{IMAGES}{p.name}"
         for p in folder.glob(pattern)
         if p.is_file() and not p.is_symlink() and p.suffix.lower() in IMAGE_SUFFIXES
     )
+
+
+def listed_name_reason(key: str, name_pattern: str, tables: tuple[str, ...]) -> str | None:
+    """Why a listing key (``images/<file>`` or one of the ``tables``) is refused, or None."""
+    if key in tables:
+        return None
+    if not key.startswith(IMAGES):
+        return "not an image under images/ nor a known table"
+    return name_reason(key[len(IMAGES) :], name_pattern)
+
+
+def checked(
+    files: dict[str, str], name_pattern: str, tables: tuple[str, ...], origin: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """``files`` (name -> sha256) split into the allowed ones and ``{shown name: reason}``."""
+    allowed, refused = {}, {}
+    for key, digest in files.items():
+        why = listed_name_reason(key, name_pattern, tables)
+        if why is None:
+            allowed[key] = digest
+        else:
+            refused[shown(key)] = f"{origin}: {why}"
+    return allowed, refused
 
 
 def manifest_sums(mirror: Path) -> dict[str, str] | None:
@@ -42,49 +86,66 @@ def manifest_sums(mirror: Path) -> dict[str, str] | None:
     if not path.is_file():
         return None
     with open(path, newline="", encoding="utf-8") as fh:
-        return {f"images/{row['image_name']}": row["sha256"].lower() for row in csv.DictReader(fh)}
+        return {f"{IMAGES}{row['image_name']}": row["sha256"].lower() for row in csv.DictReader(fh)}
 
 
-def planes_listing(mirror: Path | None, landing: Path | None, p: dict[str, Any]) -> dict[str, Any]:
-    """FETAL_PLANES_DB: ``{"files": {name: {"origin", "sha256"}}, "shadowed": [...]}``."""
+def planes_listing(mirror: Path | None, landing: Path | None, cfg: IngestUsSettings) -> dict:
+    """FETAL_PLANES_DB: ``{"files": {name: {"origin", "sha256"}}, "shadowed", "refused"}``."""
     files: dict[str, dict[str, Any]] = {}
-    out: dict[str, Any] = {"files": files, "shadowed": []}
+    out: dict[str, Any] = {"files": files, "shadowed": [], "refused": {}}
     if mirror is None:
-        out["archive"] = {"url": p["fetal_planes_url"], "sha256": p.get("fetal_planes_sha256")}
+        out["archive"] = {"url": cfg.fetal_planes_url, "checksum": cfg.fetal_planes_checksum}
     else:
-        sums = manifest_sums(mirror)
+        sums = manifest_sums(mirror)  # None: no manifest, the images are hashed once allowed
+        origin = "source" if sums is None else MANIFEST
         if sums is None:
-            sums = hash_folder(mirror, image_names(mirror / "images"))
+            sums = dict.fromkeys(image_names(mirror / "images"), "")
+        sums, out["refused"] = checked(sums, cfg.fetal_planes_name_pattern, (), origin)
+        sums = {n: d or sha256_file(mirror / n) for n, d in sums.items()}
         sums[PLANES_CSV] = sha256_file(mirror / PLANES_CSV)
         files.update({n: {"origin": SOURCE, "sha256": d} for n, d in sums.items()})
     if landing is not None:
-        arrived = read_sums(landing / SUMS_FILE)
-        out["shadowed"] = sorted(n for n in arrived if n in files and n.startswith("images/"))
+        arrived, refused = checked(
+            read_sums(landing / SUMS_FILE), cfg.fetal_planes_name_pattern, (PLANES_CSV,), LANDING
+        )
+        out["refused"].update(refused)
+        out["shadowed"] = sorted(n for n in arrived if n in files and n.startswith(IMAGES))
         for name, digest in arrived.items():
             key = f"landing/{name}" if name == PLANES_CSV else name  # the landing's label rows
             if key not in files:
                 files[key] = {"origin": LANDING, "sha256": digest}
     out["files"] = dict(sorted(files.items()))
+    out["refused"] = dict(sorted(out["refused"].items()))
     return out
 
 
-def hc18_listing(mirror: Path | None, p: dict[str, Any]) -> dict[str, Any]:
+def hc18_listing(mirror: Path | None, cfg: IngestUsSettings) -> dict[str, Any]:
     """HC18: every image, annotation and the CSV with its SHA-256 (or the Zenodo archive)."""
     if mirror is None:
         return {
             "files": {},
-            "archive": {"url": p["hc18_url"], "sha256": p.get("hc18_sha256")},
-            "csv_url": p["hc18_csv_url"],
+            "refused": {},
+            "archive": {"url": cfg.hc18_url, "checksum": cfg.hc18_checksum},
+            "csv": {"url": cfg.hc18_csv_url, "checksum": cfg.hc18_csv_checksum},
         }
-    names = [*image_names(mirror / "images", "*HC*.png"), HC18_CSV]
+    names = image_names(mirror / "images", "*HC*.png")
+    allowed = [n for n in names if name_reason(n[len(IMAGES) :], cfg.hc18_name_pattern) is None]
+    refused = {
+        shown(n): f"source: {name_reason(n[len(IMAGES) :], cfg.hc18_name_pattern)}"
+        for n in sorted(set(names) - set(allowed))
+    }
+    sums = {n: sha256_file(mirror / n) for n in [*allowed, HC18_CSV]}
     return {
-        "files": {n: {"origin": SOURCE, "sha256": d} for n, d in hash_folder(mirror, names).items()}
+        "files": {n: {"origin": SOURCE, "sha256": d} for n, d in sorted(sums.items())},
+        "refused": refused,
     }
 
 
-def build_listing(p: dict[str, Any]) -> dict[str, Any]:
+def build_listing(cfg: IngestUsSettings) -> dict[str, Any]:
     """Both data sets' listings (mirror or Zenodo, plus the landing folder)."""
     return {
-        "fetal_planes": planes_listing(mirror_dir("fetal_planes"), landing_dir("fetal_planes"), p),
-        "hc18": hc18_listing(mirror_dir("hc18"), p),
+        "fetal_planes": planes_listing(
+            mirror_dir("fetal_planes"), landing_dir("fetal_planes"), cfg
+        ),
+        "hc18": hc18_listing(mirror_dir("hc18"), cfg),
     }
