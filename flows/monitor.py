@@ -69,6 +69,15 @@ class ChunkRules:
         return cls(*(float(p[k]) for k in cls.__dataclass_fields__))
 
 
+def chunk_rules() -> ChunkRules:
+    """``validate_ctg``'s thresholds at the recorded rate (``ctg_signal.fs_hz``)."""
+    from stages.common.params import load_params
+
+    return ChunkRules.from_params(
+        {**load_params("validate_ctg"), "fs_hz": load_params("ctg_signal")["fs_hz"]}
+    )
+
+
 # --------------------------------------------------------------------------- pure functions
 
 
@@ -314,7 +323,7 @@ def monitor_flow(
     thr = float(threshold) if threshold is not None else model_threshold(model, 0.5)
     get_run_logger().info("monitoring %s with %s (threshold %.3f)", folder, uri, thr)
     follower = Follower(
-        Path(folder), out, model, uri, thr, ChunkRules.from_params(load_params("validate_ctg")),
+        Path(folder), out, model, uri, thr, chunk_rules(),
         window_min if window_min is not None else cfg.window_min,
         step_min if step_min is not None else cfg.step_min,
     )  # fmt: skip

@@ -58,11 +58,12 @@ PASSWORD_FILES = {
     "prefect-auth-password": 32,
     "serve-token": 32,
 }
-REGISTERED_NAME_SECTIONS = (
-    "train_families_ctg",
-    "train_segmenter_us",
-    "train_autoencoder_us",
-    "train_plane_classifier_us",
+# where params.yaml names the registered models: the register stages' sections
+REGISTERED_NAME_KEYS = (
+    ("register_ctg",),
+    ("register_us", "segmenter"),
+    ("register_us", "plane_classifier"),
+    ("register_us", "autoencoder"),
 )
 
 
@@ -290,7 +291,13 @@ def _expect(answer: tuple[int, dict], action: str, what: str) -> None:
 
 def registered_names() -> list[str]:
     """The registered model names of params.yaml (one per registering stage)."""
-    return [load_params(section)["registered_name"] for section in REGISTERED_NAME_SECTIONS]
+    names = []
+    for section, *inner in REGISTERED_NAME_KEYS:
+        values = load_params(section)
+        for key in inner:
+            values = values[key]
+        names.append(str(values["registered_name"]))
+    return names
 
 
 # --------------------------------------------------------------------------- supervision
