@@ -121,9 +121,9 @@ def test_the_reader_compares_versions_but_cannot_move_champion(
 ) -> None:
     """The pipeline user registers and promotes through ``tracking`` (artifacts through the
     server); the reader of ``reader.env`` sees the champion and gets 403 moving it."""
-    from tests.synth_registry import log_baseline_model
     from stages.common.registry import tracking
     from tests.integration.services import register_champion
+    from tests.synth_registry import log_baseline_model
 
     client, reader = started["client"], started["reader"]
     url = client["MLFLOW_TRACKING_URI"]
