@@ -51,3 +51,12 @@ def test_a_record_a_served_model_would_refuse_makes_no_payload(
 def test_an_unreadable_record_is_named(tmp_path: Path, capsys) -> None:
     assert main(["payload-ctg", str(tmp_path / "9999"), "--out", str(tmp_path / "p.json")]) == 1
     assert "record 9999: missing header file 9999.hea" in capsys.readouterr().err
+
+
+def test_outside_the_project_it_says_where_params_yaml_is_looked_for(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FETAL_PROJECT_ROOT", str(tmp_path))
+    assert main(["payload-ctg", str(tmp_path / "1001"), "--out", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert "params.yaml" in err and "FETAL_PROJECT_ROOT" in err and "Traceback" not in err

@@ -61,15 +61,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Write the payload; 1 when the record cannot be read or is too short."""
+    """Write the payload; 1 when the record cannot be read or is too short, 2 without params."""
     from stages.common.io import write_text
-    from stages.common.settings import load_settings
+    from stages.common.settings import SettingsError, load_settings
     from stages.ctg.models.settings import TrainCtg
     from stages.ctg.signal.settings import CtgSignal
     from stages.ctg.signal.wfdb_record import CtgReadError, read_ctg_record
 
-    signal = load_settings(CtgSignal, "ctg_signal")
-    minutes = args.minutes or load_settings(TrainCtg, "train_ctg").window_minutes
+    try:
+        signal = load_settings(CtgSignal, "ctg_signal")
+        minutes = args.minutes or load_settings(TrainCtg, "train_ctg").window_minutes
+    except (OSError, SettingsError) as exc:  # outside the project, or a broken params.yaml
+        print(f"fetal payload-ctg: params.yaml: {exc} (run it in the project folder, or set "
+              "FETAL_PROJECT_ROOT)", file=sys.stderr)  # fmt: skip
+        return 2
     record_path = args.record.with_suffix("") if args.record.suffix == ".hea" else args.record
     try:
         rec = read_ctg_record(record_path)
