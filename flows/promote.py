@@ -112,18 +112,28 @@ def write_comparison(root: Path, rows: list[dict[str, Any]], title: str) -> str:
     return body
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``fetal promote`` (see :mod:`stages.cli`)."""
+def add_repo_argument(parser: argparse.ArgumentParser) -> None:
+    """``--repo``, the project folder of the commands that read its reports and registry."""
     parser.add_argument(
         "--repo", default=None, help="project root (default: the folder holding params.yaml)"
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Push, then decide every registered model; print and write the comparison."""
+def repo_root(repo: str | None) -> Path:
+    """The project folder ``--repo`` names, else the one holding params.yaml."""
     from stages.common.params import project_root
 
-    root = Path(args.repo).resolve() if args.repo else project_root()
+    return Path(repo).resolve() if repo else project_root()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``fetal promote`` (see :mod:`stages.cli`)."""
+    add_repo_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Push, then decide every registered model; print and write the comparison."""
+    root = repo_root(args.repo)
     models = registered(root)
     if not models:
         names = ", ".join(map(str, REPORTS))

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.outcomes import label
-from flows.promote import COMPARISON_ROWS, registered
+from flows.promote import COMPARISON_ROWS, add_repo_argument, registered, repo_root
 
 SUMMARY_MD = Path("data/reports/summary.md")
 SUMMARY_JSON = Path("data/reports/summary.json")
@@ -188,16 +188,12 @@ def write_summary(root: Path) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``fetal summary`` (see :mod:`stages.cli`)."""
-    parser.add_argument(
-        "--repo", default=None, help="project root (default: the folder holding params.yaml)"
-    )
+    add_repo_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Write and print the summary; 1 without a register report, 2 when the registry fails."""
-    from stages.common.params import project_root
-
-    root = Path(args.repo).resolve() if args.repo else project_root()
+    root = repo_root(args.repo)
     if not registered(root):
         print("fetal summary: no register report: run the pipeline first", file=sys.stderr)
         return 1
