@@ -55,7 +55,7 @@ class MonitorSettings:
 
 @dataclass(frozen=True)
 class ChunkRules:
-    """The ``validate_ctg`` thresholds a chunk is checked against."""
+    """The thresholds a chunk is checked against: ``validate_ctg``'s, at ``ctg_signal.fs_hz``."""
 
     fs_hz: float
     fhr_min_bpm: float
@@ -313,8 +313,10 @@ def monitor_flow(
     model = tracking.load_model(uri)
     thr = float(threshold) if threshold is not None else model_threshold(model, 0.5)
     get_run_logger().info("monitoring %s with %s (threshold %.3f)", folder, uri, thr)
+    # the sampling rate is ctg_signal's (shared by every CTG stage), the ranges validate_ctg's
+    rules = ChunkRules.from_params({**load_params("validate_ctg"), **load_params("ctg_signal")})
     follower = Follower(
-        Path(folder), out, model, uri, thr, ChunkRules.from_params(load_params("validate_ctg")),
+        Path(folder), out, model, uri, thr, rules,
         window_min if window_min is not None else cfg.window_min,
         step_min if step_min is not None else cfg.step_min,
     )  # fmt: skip
