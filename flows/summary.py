@@ -61,7 +61,7 @@ THRESHOLD_TAGS = ("alert_threshold", "threshold")  # the stored operating thresh
 
 def is_smoke_run(params: dict[str, Any]) -> bool:
     """A run on a subset of the sources (any :data:`SMOKE_KEYS` above 0)."""
-    return any(int((params.get(s) or {}).get(k) or 0) > 0 for s, k in SMOKE_KEYS)
+    return any(int(params[section][key]) > 0 for section, key in SMOKE_KEYS)
 
 
 def figure(tags: dict[str, str]) -> dict[str, Any]:
