@@ -1,5 +1,7 @@
-# Two commands for users: `make pipeline` (the whole job) and `make test` (the test suite).
-# FETAL_MIRROR=../shared/data points the ingest stages at a local mirror of the official sources.
+# Commands for users: `make quickstart` (the whole loop on a small subset, minutes), `make pipeline`
+# (the whole job) and `make test` (the test suite). FETAL_MIRROR=../shared/data points the ingest
+# stages at a local mirror of the official sources. Prefect's settings (its home, .prefect/) are
+# in prefect.toml, read by every Prefect process started here, with or without make.
 SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo .venv-uv/bin/uv)
 VENV := .venv
@@ -7,8 +9,6 @@ PY := $(VENV)/bin/python
 # test processes: 2 fits the 2-core, 24 GB CI machine (each may load TensorFlow)
 TEST_WORKERS ?= 2
 export UV_COMPILE_BYTECODE := 1
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export PREFECT_HOME ?= $(CURDIR)/.prefect
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONPATH := $(CURDIR)
 # A relative FETAL_MIRROR (../shared/data) means relative to this folder, in every process.
@@ -18,7 +18,7 @@ endif
 # dvc.yaml commands say `python`: make it the project venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup pipeline test test-fast lint bench deploy ui mlflow-ui serve services clean
+.PHONY: setup quickstart pipeline test test-fast lint bench deploy ui mlflow-ui serve services clean
 
 .venv-uv/bin/uv:
 	python3 -m venv .venv-uv && .venv-uv/bin/pip install -q uv==0.13.9
@@ -35,6 +35,13 @@ pipeline: setup  ## run every DVC stage that is out of date, push its outputs, d
 	$(VENV)/bin/dvc repro
 	$(VENV)/bin/dvc push
 	$(VENV)/bin/fetal promote
+	$(VENV)/bin/fetal summary
+
+# The whole loop (every stage, dvc push, champions, the summary, a Prefect flow run) on a small
+# subset of the mirror (quickstart/params.yaml), in .quickstart/: its own copy of the code, DVC
+# cache and remote and MLflow store; the project's Prefect home, so `make ui` shows the run.
+quickstart: setup  ## a smoke run of the whole loop in minutes (needs FETAL_MIRROR)
+	$(PY) -m flows.quickstart
 
 test: setup  ## the whole test suite (CI runs this), one test file per worker process
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
@@ -56,8 +63,12 @@ deploy: setup  ## serve the scheduled retraining and monitoring flows (needs a P
 ui: setup  ## the Prefect UI on http://127.0.0.1:4200 (local, open: for the secured one, `make services`)
 	$(VENV)/bin/prefect server start --host 127.0.0.1
 
+# MLFLOW_UI_STORE=sqlite:///.quickstart/mlflow.db shows the quickstart's registry instead.
+MLFLOW_UI_STORE ?= sqlite:///mlflow.db
+MLFLOW_UI_PORT ?= 5000
 mlflow-ui: setup  ## the MLflow UI on http://127.0.0.1:5000 (local, open: for the secured one, `make services`)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_UI_PORT) \
+	  --backend-store-uri $(MLFLOW_UI_STORE) --default-artifact-root ./mlartifacts
 
 # The shared services for several machines, each behind its tool's own authentication (MLflow
 # basic-auth app, Prefect auth string, Dask mutual TLS), bound to SERVICES_HOST; credentials are made on

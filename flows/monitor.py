@@ -55,7 +55,7 @@ class MonitorSettings:
 
 @dataclass(frozen=True)
 class ChunkRules:
-    """The ``validate_ctg`` thresholds a chunk is checked against."""
+    """The thresholds a chunk is checked against: ``validate_ctg``'s, at ``ctg_signal.fs_hz``."""
 
     fs_hz: float
     fhr_min_bpm: float
@@ -67,15 +67,6 @@ class ChunkRules:
     @classmethod
     def from_params(cls, p: Mapping[str, Any]) -> ChunkRules:
         return cls(*(float(p[k]) for k in cls.__dataclass_fields__))
-
-
-def chunk_rules() -> ChunkRules:
-    """``validate_ctg``'s thresholds at the recorded rate (``ctg_signal.fs_hz``)."""
-    from stages.common.params import load_params
-
-    return ChunkRules.from_params(
-        {**load_params("validate_ctg"), "fs_hz": load_params("ctg_signal")["fs_hz"]}
-    )
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -322,8 +313,10 @@ def monitor_flow(
     model = tracking.load_model(uri)
     thr = float(threshold) if threshold is not None else model_threshold(model, 0.5)
     get_run_logger().info("monitoring %s with %s (threshold %.3f)", folder, uri, thr)
+    # the sampling rate is ctg_signal's (shared by every CTG stage), the ranges validate_ctg's
+    rules = ChunkRules.from_params({**load_params("validate_ctg"), **load_params("ctg_signal")})
     follower = Follower(
-        Path(folder), out, model, uri, thr, chunk_rules(),
+        Path(folder), out, model, uri, thr, rules,
         window_min if window_min is not None else cfg.window_min,
         step_min if step_min is not None else cfg.step_min,
     )  # fmt: skip

@@ -13,7 +13,8 @@ the same), does, in this order:
    decision against the champion of the moment, under the registry lock
    (:func:`stages.common.registry.champion.promote_version`).
 3. The registry comparison (champion before and after each decision, the paired difference with
-   its interval, why) printed and written to ``data/reports/registry_comparison.md``.
+   its interval, why) printed and written to ``data/reports/registry_comparison.md`` (its rows
+   to ``registry_comparison.json``, which ``fetal summary`` reads).
 
 Exit status: 0 done, 1 no register report, 3 the push failed (nothing moved), 4 a decision
 failed (the other models were still decided).
@@ -33,6 +34,7 @@ from stages.ultrasound.paths import REGISTER_US_REPORT
 
 REPORTS = (REGISTER_CTG_REPORT, REGISTER_US_REPORT)
 COMPARISON = "data/reports/registry_comparison.md"
+COMPARISON_ROWS = "data/reports/registry_comparison.json"
 EXIT_NO_REPORT, EXIT_PUSH_FAILED, EXIT_DECISION_FAILED = 1, 3, 4
 
 
@@ -100,26 +102,38 @@ def not_decided(models: list[dict[str, Any]], why: str) -> list[dict[str, Any]]:
 
 
 def write_comparison(root: Path, rows: list[dict[str, Any]], title: str) -> str:
-    """The comparison as markdown, written to :data:`COMPARISON` (git-ignored); returns it."""
-    from stages.common.io import write_text
+    """The comparison as markdown, written to :data:`COMPARISON` (git-ignored), and its rows to
+    :data:`COMPARISON_ROWS` (what ``fetal summary`` reads); returns the markdown."""
+    from stages.common.io import write_json, write_text
 
     body = f"# {title}\n\n{comparison_markdown(rows)}\n"
     write_text(root / COMPARISON, body)
+    write_json(root / COMPARISON_ROWS, {"title": title, "rows": rows})
     return body
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``fetal promote`` (see :mod:`stages.cli`)."""
+def add_repo_argument(parser: argparse.ArgumentParser) -> None:
+    """``--repo``, the project folder of the commands that read its reports and registry."""
     parser.add_argument(
         "--repo", default=None, help="project root (default: the folder holding params.yaml)"
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Push, then decide every registered model; print and write the comparison."""
+def repo_root(repo: str | None) -> Path:
+    """The project folder ``--repo`` names, else the one holding params.yaml."""
     from stages.common.params import project_root
 
-    root = Path(args.repo).resolve() if args.repo else project_root()
+    return Path(repo).resolve() if repo else project_root()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``fetal promote`` (see :mod:`stages.cli`)."""
+    add_repo_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Push, then decide every registered model; print and write the comparison."""
+    root = repo_root(args.repo)
     models = registered(root)
     if not models:
         names = ", ".join(map(str, REPORTS))

@@ -12,13 +12,16 @@ task ``promote_champions``: each registered version decided against the champion
 under the registry lock (:mod:`flows.promote`, the engine of ``fetal promote``). The comparison
 (champion before and after each decision, and why) is published as a Prefect markdown artifact
 (``registry-comparison``), ``data/reports/registry_comparison.md`` and an MLflow artifact, in a
-``finally``: a failed stage or push is reported too (nothing moved, and why).
+``finally``: a failed stage or push is reported too (nothing moved, and why). Last, the run
+summary (``fetal summary``: each model's champion, its figure, what changed;
+``data/reports/summary.md`` and the ``run-summary`` artifact).
 
 The flow runs only in its own project (its deployment's folder, ``FETAL_PROJECT_ROOT`` or the
 folder holding ``params.yaml`` above the cwd): a ``repo`` parameter naming another folder is
 refused, so whoever can reach the Prefect API decides when training runs, not which code runs.
 
-Run it: ``python -m flows.training [--stages a b] [--no-push]`` (``--help``).
+Run it: ``python -m flows.training [--stages a b] [--no-push]`` (``--help``) from the project
+root: ``prefect.toml`` there sets the Prefect home (``.prefect/``) that ``make ui`` shows.
 """
 
 from __future__ import annotations
@@ -229,6 +232,22 @@ def publish(repo: str, rows: list[dict[str, Any]], timings: list[StageResult]) -
         logger.error("could not publish the registry comparison: %s: %s", type(exc).__name__, exc)
 
 
+def summarize(repo: str) -> None:
+    """The run's last step, as ``fetal summary``: ``data/reports/summary.md`` (and
+    ``summary.json``), logged and published as the ``run-summary`` artifact; never raises."""
+    from flows.summary import write_summary
+
+    logger = get_run_logger()
+    try:
+        if registered(Path(repo)):
+            body = write_summary(Path(repo))
+            logger.info("run summary:\n%s", body)
+            what = "each model's champion, its figure, what changed"
+            create_markdown_artifact(key="run-summary", markdown=body, description=what)
+    except Exception as exc:  # reporting must not mask what failed before it
+        logger.error("could not write the run summary: %s: %s", type(exc).__name__, exc)
+
+
 def run_stages(
     root: Path, plan: dict[str, list[str]], retries: int, timeout_s: float | None
 ) -> list[StageResult]:
@@ -293,6 +312,7 @@ def training_flow(
             raise
         finally:
             publish(str(root), rows or not_decided(registered(root), why), timings)
+            summarize(str(root))
     return {"stages": [asdict(t) for t in timings], "decisions": rows}
 
 
@@ -304,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-push", action="store_true", help="skip dvc push (and so the champion decisions)"
     )
     parser.add_argument("--retries", type=int, default=2)
+    parser.add_argument("--run-name", default=None, help="the flow run's name in the Prefect UI")
     args = parser.parse_args(argv)
     from flows.tasks import check_prefect_api
 
@@ -314,7 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.repo:  # an operator on this machine chooses the project; the API cannot
         os.environ["FETAL_PROJECT_ROOT"] = str(Path(args.repo).resolve())
     try:
-        training_flow(stages=args.stages, push=not args.no_push, retries=args.retries)
+        run = (
+            training_flow.with_options(flow_run_name=args.run_name)
+            if args.run_name
+            else training_flow
+        )
+        run(stages=args.stages, push=not args.no_push, retries=args.retries)
     except Exception as exc:  # the flow's logs carry the detail; say what failed in one line
         print(f"training flow failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -32,6 +32,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "stages.common.serving",
         "Serve the CTG champion over HTTP (token, body cap).",
     ),
+    "payload-ctg": (
+        "stages.ctg.serving.payload",
+        "Write a fetal serve request body from a WFDB CTG record.",
+    ),
+    "summary": ("flows.summary", "Each model's champion, its figure and what changed: the run."),
 }
 
 

@@ -1,5 +1,9 @@
 """The figures the docs quote, rendered from the committed metrics (``data/reports/*.json``).
 
+Besides the stages' metrics, ``data/reports/summary.json`` (``fetal summary``, committed after a
+full run) gives each task's champion and the CTG champion's alert threshold (blocks
+``champions`` and ``monitor``); a smoke run's summary is never quoted.
+
 ``docs/results.md`` and ``README.md`` hold blocks between ``<!-- figures:NAME -->`` and
 ``<!-- /figures -->``; this module renders each block from the reports, so the quoted figures
 cannot drift from the metrics DVC committed. After a full ``make pipeline``:
@@ -119,6 +123,84 @@ def headline_us(reports: Reports) -> str:
     )
 
 
+# (what, report, key, at least (True) or at most (False), target, digits): the project's goals
+TARGETS = [
+    ("HC18 mean Dice, out-of-fold", "train_segmenter_us", "oof_dice_mean", True, 0.95, 3),
+    ("HC18 mean absolute HC error (mm), out-of-fold", "train_segmenter_us",
+     "oof_hc_error_mm_mean", False, 3.0, 2),
+    ("brain-plane accuracy, held-out patients", "evaluate_us", "plane_accuracy", True, 0.90, 3),
+    ("anomaly AUROC, non-brain vs held-out brain", "evaluate_us", "anomaly_nonbrain_auroc",
+     True, 0.95, 3),
+    ("held-out brain images flagged anomalous", "evaluate_us", "ae_test_brain_flagged_rate",
+     False, 0.10, 3),
+]  # fmt: skip
+CTG_AUC_TARGET = 0.75  # record-level out-of-fold AUC at pH < 7.15, the best family
+
+
+def targets(reports: Reports) -> str:
+    """Each target with the committed figure and whether it is met."""
+    lines = []
+    for what, report, key, at_least, goal, digits in TARGETS:
+        value = reports[report][key]
+        met = value >= goal if at_least else value <= goal
+        bound = "at least" if at_least else "at most"
+        lines.append(f"- {what}, {bound} {_f(goal, digits)}: {_f(value, digits)}, "
+                     f"**{'met' if met else 'not met'}**.")  # fmt: skip
+    families = reports["evaluate_ctg"].get("families")
+    if families:
+        name, best = max(families.items(), key=lambda kv: kv[1]["auc"])
+        met = "met" if best["auc"] >= CTG_AUC_TARGET else "not met"
+        lines.insert(0, f"- CTG out-of-fold AUC at pH < 7.15, at least {CTG_AUC_TARGET:.2f}: best "
+                        f"family {name} {_f(best['auc'])}, **{met}**.")  # fmt: skip
+    else:
+        lines.insert(0, "- CTG out-of-fold AUC at pH < 7.15, at least 0.75: not at this commit "
+                        "(the `families` block of `evaluate_ctg.json`).")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _summary(reports: Reports) -> dict | None:
+    """``summary.json`` (``fetal summary``), unless a smoke run wrote it: never quoted."""
+    summary = reports["summary"]
+    return None if summary.get("smoke_run") else summary
+
+
+SMOKE = "_Not at this commit: `data/reports/summary.json` is a smoke run's (never quoted)._\n"
+
+
+def champions(reports: Reports) -> str:
+    """Each task's champion with its deciding figure (``data/reports/summary.json``)."""
+    summary = _summary(reports)
+    if summary is None:
+        return SMOKE
+    lines = []
+    for m in summary["models"]:
+        if m["champion"] is None:
+            lines.append(f"- `{m['name']}`: no champion yet.")
+            continue
+        lines.append(
+            f"- {m['task']}: **{m['family']}** (`{m['name']}` v{m['champion']}), {m['metric']} "
+            f"{_f(m['value'])} [{_f(m['ci_low'])}, {_f(m['ci_high'])}] on {m['n']} {m['unit']}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def monitor(reports: Reports) -> str:
+    """The CTG champion's alert threshold, as stored with it (``summary.json``)."""
+    summary = _summary(reports)
+    if summary is None:
+        return SMOKE
+    ctg = [m for m in summary["models"] if m["task"].startswith("CTG") and m["champion"]]
+    if not ctg or ctg[0]["threshold"] is None:
+        return "_Not at this commit: no CTG champion with an alert threshold in `summary.json`._\n"
+    m = ctg[0]
+    return (
+        f"The monitor alerts when the risk reaches the champion's stored threshold: "
+        f"**{_f(m['threshold'])}** for `{m['name']}` v{m['champion']} ({m['family']}; Youden's J "
+        f"on its out-of-fold predictions), i.e. it prints `ALERT: risk R >= {m['threshold']:.2f} "
+        f"at T min of recording` when a window's risk R crosses it.\n"
+    )
+
+
 # block -> (renderer, the reports it needs); a block whose reports are not committed says so.
 RENDER: dict[str, tuple[Callable[[Reports], str], tuple[str, ...]]] = {
     "ctg": (ctg_table, ("evaluate_ctg",)),
@@ -126,6 +208,9 @@ RENDER: dict[str, tuple[Callable[[Reports], str], tuple[str, ...]]] = {
     "us": (us_table, ("train_segmenter_us", "evaluate_us")),
     "headline": (headline, ("evaluate_ctg",)),
     "headline_us": (headline_us, ("train_segmenter_us", "evaluate_us")),
+    "targets": (targets, ("train_segmenter_us", "evaluate_us", "evaluate_ctg")),
+    "champions": (champions, ("summary",)),
+    "monitor": (monitor, ("summary",)),
 }
 
 
@@ -135,7 +220,8 @@ def render(name: str, reports: Reports) -> str:
     missing = [n for n in needs if n not in reports]
     if missing:
         files = ", ".join(f"`data/reports/{n}.json`" for n in missing)
-        return f"_Not at this commit: {files} (a full `make pipeline` writes them)._\n"
+        them = "them" if len(missing) > 1 else "it"
+        return f"_Not at this commit: {files} (a full `make pipeline` writes {them})._\n"
     return renderer(reports)
 
 

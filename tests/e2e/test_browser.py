@@ -2,7 +2,8 @@
 
 Real processes on free loopback ports: ``prefect server start``, ``python -m flows.deploy``
 (serving the deployments), ``mlflow server`` on sqlite; headless chromium (apt) driven by
-Playwright. Screenshots go to ``docs/screenshots/`` (git-ignored; the README links them).
+Playwright. Screenshots go to ``docs/screenshots/`` (git-ignored, full size); ``python -m
+tests.e2e.screenshots`` makes the small copies the docs show (``docs/img/``, committed).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tests.integration.services import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
-# Written on every run; git ignores them (no images in git), the README links them.
+# Written on every run; git ignores them (full size); tests.e2e.screenshots shrinks into docs/img.
 SHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -72,6 +73,19 @@ def _wait_for_scheduled_run(env: dict[str, str], timeout_s: float = 120) -> tupl
     raise TimeoutError("no scheduled run of weekly-retraining appeared")
 
 
+def _close_popups(page: object) -> None:
+    """Close the announcement dialog MLflow's UI opens on a first visit (it would hide the page
+    in the screenshot the docs show); nothing when there is none."""
+    dialog = page.get_by_role("dialog")
+    try:
+        dialog.first.wait_for(timeout=5_000)
+    except Exception:  # no dialog this time
+        return
+    page.keyboard.press("Escape")
+    if dialog.count() and dialog.first.is_visible():
+        dialog.first.get_by_role("button", name="Close").first.click(timeout=5_000)
+
+
 def test_prefect_ui_shows_scheduled_retraining(browser, prefect_env):
     dep, run = _wait_for_scheduled_run(prefect_env)
     assert dep["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"
@@ -116,6 +130,7 @@ def test_mlflow_ui_shows_each_model_with_its_champion(browser, tmp_path: Path, m
         page.goto(f"{url}/#/models", timeout=60_000)
         for name in MODELS:
             page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)
+        _close_popups(page)
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / "mlflow-registered-models.png"))
         page.close()

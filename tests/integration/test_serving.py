@@ -15,12 +15,14 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, shared_mirror
 from tests.integration.services import (
+    BIN,
     SERVE_TOKEN,
     fetal_server,
     free_port,
@@ -141,16 +143,89 @@ def test_only_a_registered_model_is_served(tmp_path):
     assert proc.returncode == 2 and "only a registered model" in proc.stderr, proc.stderr
 
 
+def mirror_trained_logistic(folder: Path, n_records: int = 24) -> Path:
+    """The ``logistic`` family as ``train_families_ctg`` saves it, fitted on the FIGO features of
+    the mirror's first ``n_records`` CTU-UHB records (pH < ``preprocess_ctg.ph_threshold``),
+    with params.yaml's real input limits (``ctg_signal``): a tiny real-mirror champion."""
+    from dataclasses import asdict
+
+    from stages.common.ml.metrics import youden_threshold
+    from stages.common.settings import load_settings
+    from stages.ctg.features.figo import FeaturizeCtg, record_features
+    from stages.ctg.models.families import logistic_pipeline
+    from stages.ctg.models.family_predictor import export_linear, save_family_dir
+    from stages.ctg.signal.cleaning import CleaningParams
+    from stages.ctg.signal.settings import CtgSignal, PreprocessCtg
+    from stages.ctg.signal.wfdb_record import read_ctg_record
+
+    mirror = shared_mirror("ctu-uhb")
+    signal, pre = (
+        load_settings(CtgSignal, "ctg_signal"),
+        load_settings(PreprocessCtg, "preprocess_ctg"),
+    )
+    window_min = load_settings(FeaturizeCtg, "featurize_ctg").window_min
+    names = (mirror / "RECORDS").read_text().split()[:n_records]
+    records = [read_ctg_record(mirror / n) for n in names]
+    cleaning = CleaningParams.from_settings(pre)
+    feats = [record_features(r.fhr_bpm, r.uc, r.fs_hz, window_min, cleaning) for r in records]
+    columns = sorted(feats[0])
+    x = np.array([[f[c] for c in columns] for f in feats], dtype=float)
+    y = np.array([r.ph < pre.ph_threshold for r in records], dtype=int)
+    assert 0 < y.sum() < len(y)
+    fitted = logistic_pipeline(1.0, 0).fit(x, y)
+    scorer, _ = export_linear(fitted)
+    config = {"family": "logistic", "columns": columns, "window_min": window_min,
+              "ctg_signal": asdict(signal), "preprocess_ctg": asdict(pre), "scorer": scorer,
+              "alert_threshold": youden_threshold(y, fitted.predict_proba(x)[:, 1]),
+              "threshold_rule": "youden on the training records (a test model)"}  # fmt: skip
+    save_family_dir(folder, config)
+    return folder
+
+
+def log_family_model(model_dir: Path) -> str:
+    """Log a family folder as ``register_ctg`` does (loader, signature); its model URI."""
+    from stages.common.registry import tracking
+    from stages.ctg.models.registration import FAMILY_LOADER, SIGNATURE, example_input
+
+    return tracking.log_predictor_model("model", FAMILY_LOADER, {"model_dir": model_dir},
+                                        pip_requirements=["numpy", "pandas", "scipy"],
+                                        input_example=example_input(),
+                                        signature=tracking.model_signature(SIGNATURE))  # fmt: skip
+
+
+def readme_serving_lines() -> tuple[list[str], str]:
+    """The README's ``fetal payload-ctg`` command (words) and its ``curl`` line, as written."""
+    from tests.doc_check import documented_commands, shell_lines
+
+    payload = next(c for c in documented_commands() if c[:2] == ["fetal", "payload-ctg"])
+    curl = next(line for _, line in shell_lines((ROOT / "README.md").read_text())
+                if line.startswith("curl ") and "/invocations" in line)  # fmt: skip
+    return payload, curl
+
+
+@pytest.mark.mirror
 def test_make_serve_works_as_the_readme_writes_it(tmp_path) -> None:
-    """`make serve` from a shell whose PATH lacks the venv, the token in FETAL_SERVE_TOKEN; then
-    the README's curl payload (with its Authorization header) and a real-length record."""
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
+    """The README's serving example as written, against a champion trained on real CTU-UHB
+    records with the real input limits: `make serve` from a shell whose PATH lacks the venv, the
+    token in FETAL_SERVE_TOKEN, the payload made by `fetal payload-ctg` from a mirror record,
+    the README's curl line; a probability comes back. A 2-sample record gets 400 (the real
+    minimum length), unlike the toy champion of the other tests."""
+    if shutil.which("make") is None or shutil.which("curl") is None:
+        pytest.skip("make or curl is not installed")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    register_champion(uri, lambda: log_baseline_model(str(tmp_path / "config.json")))
+    model_dir = mirror_trained_logistic(tmp_path / "logistic")
+    register_champion(uri, lambda: log_family_model(model_dir))
+    payload_argv, curl = readme_serving_lines()
+    record = shared_mirror("ctu-uhb") / Path(payload_argv[2]).name
+    payload_argv[payload_argv.index("--out") + 1] = str(tmp_path / "payload.json")
+    made = subprocess.run(
+        [str(BIN / "fetal"), "payload-ctg", str(record), *payload_argv[3:]],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
     port = free_port()
-    venv_bin = os.path.dirname(os.sys.executable)
-    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != str(BIN))
     env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": uri, "FETAL_SERVE_TOKEN": SERVE_TOKEN}
     env.pop("VIRTUAL_ENV", None)
     log = tmp_path / "make-serve.log"
@@ -162,13 +237,15 @@ def test_make_serve_works_as_the_readme_writes_it(tmp_path) -> None:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/ping", 180, proc)
-        # the README's curl payload, as written (this test champion has no minimum length)
-        readme = {"dataframe_records": [{"fhr_bpm": [140.0, 141.0], "uc": [12.0, 13.0]}]}
-        status, body = post_json(f"{url}/invocations", readme, token=SERVE_TOKEN)
-        assert status == 200 and set(body["predictions"][0]) == {"probability", "alert"}, body
-        record = {"dataframe_records": [{"fhr_bpm": [140.0] * N_20_MIN, "uc": [20.0] * N_20_MIN}]}
-        status, body = post_json(f"{url}/invocations", record, token=SERVE_TOKEN)
-        assert status == 200 and len(body["predictions"]) == 1, (status, body)
+        line = curl.replace("127.0.0.1:5001", f"127.0.0.1:{port}")
+        sent = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        answer = json.loads(sent.stdout)
+        prediction = answer["predictions"][0]
+        assert 0.0 <= prediction["probability"] <= 1.0 and isinstance(prediction["alert"], bool)
+        short = {"dataframe_records": [{"fhr_bpm": [140.0, 141.0], "uc": [12.0, 13.0]}]}
+        status, body = post_json(f"{url}/invocations", short, token=SERVE_TOKEN)
+        assert status == 400 and "at least 10 min" in body["message"], body
     finally:
         stop(proc)
         print(log.read_text()[-2000:])

@@ -158,3 +158,59 @@ def test_us_traversal_names_in_manifest_tables_and_landing_are_quarantined(
     assert "evil" not in (raw / "fetal_planes/FETAL_PLANES_DB_data.csv").read_text()
     assert "evil" not in (raw / "hc18/pixel_size_and_HC.csv").read_text()
     assert _files_under(tmp_path, {mirror, project, tmp_path / "landing"}) == before
+
+
+def test_us_smoke_subset_keeps_the_first_images_of_each_class_and_of_hc18(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ingest_us.max_images_per_class`` / ``max_hc18_images`` (make quickstart): per
+    (Plane, Brain_plane, Train) class the first N FETAL_PLANES_DB images by name, the first N
+    HC18 images with their annotations; the tables stay whole; 0 keeps everything, and lowering
+    N on a second run removes the images left out."""
+    import pandas as pd
+    import yaml
+
+    from stages.ultrasound.intake.listing import first_hc18, first_per_class
+    from stages.ultrasound.pipeline import ingest as ingest_us
+    from stages.ultrasound.pipeline import source as source_us
+    from tests.synth_us import make_us_mirror
+
+    keys = ["images/001_HC.png", "images/001_HC_Annotation.png", "images/000_2HC.png",
+            "images/000_2HC_Annotation.png", "images/003_HC.png",
+            "pixel_size_and_HC.csv"]  # fmt: skip
+    assert first_hc18(keys, 1) == ["images/000_2HC.png", "images/000_2HC_Annotation.png",
+                                   "pixel_size_and_HC.csv"]  # fmt: skip
+    assert first_hc18(keys, 0) == sorted(keys)
+    classes = {"b": "brain|1", "a": "brain|1", "c": "brain|0"}
+    names = ["images/b.png", "images/a.png", "images/c.png", "images/x.png", "images/y.png"]
+    assert first_per_class(names, classes, 1) == ["images/a.png", "images/c.png", "images/x.png"]
+
+    mirror = make_us_mirror(tmp_path / "m", n_per_plane=3, n_hc18=4, seed=4, n_missing=0)
+    project = tmp_path / "project"
+    project.mkdir()
+    params = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text())
+    params["ingest_us"] |= {"max_images_per_class": 1, "max_hc18_images": 2}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("FETAL_PROJECT_ROOT", str(project))
+    monkeypatch.setenv("FETAL_MIRROR", str(mirror))
+    monkeypatch.setenv("FETAL_LANDING", str(tmp_path / "no-landing"))
+
+    def ingested() -> tuple[set[str], set[str]]:
+        source_us.main()
+        ingest_us.main()
+        raw = project / "data/raw"
+        return ({p.stem for p in (raw / "fetal_planes/images").iterdir()},
+                {p.name for p in (raw / "hc18/images").iterdir()})  # fmt: skip
+
+    table = pd.read_csv(mirror / "fetal_planes/FETAL_PLANES_DB_data.csv", dtype=str)
+    table["cls"] = table[["Plane", "Brain_plane", "Train"]].agg("|".join, axis=1)
+    expected = set(table.sort_values("Image_name").groupby("cls")["Image_name"].first())
+    planes, heads = ingested()
+    assert planes == expected and len(expected) < len(table)
+    assert heads == {"002_HC.png", "002_HC_Annotation.png", "009_HC.png", "009_HC_Annotation.png"}
+    raw_table = pd.read_csv(project / "data/raw/fetal_planes/FETAL_PLANES_DB_data.csv")
+    assert len(raw_table) == len(table)  # the label table stays whole
+    params["ingest_us"] |= {"max_images_per_class": 0, "max_hc18_images": 1}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    planes, heads = ingested()
+    assert planes == set(table["Image_name"]) and heads == {"002_HC.png", "002_HC_Annotation.png"}

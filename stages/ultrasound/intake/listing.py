@@ -11,6 +11,7 @@ left out and named under ``refused`` with the reason, and ``ingest_us`` quaranti
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,6 +45,8 @@ class IngestUsSettings:
     timeout_s: float  # s, per HTTP request
     fetal_planes_name_pattern: str  # allow-list regex of FETAL_PLANES_DB image file names
     hc18_name_pattern: str  # allow-list regex of HC18 image and annotation file names
+    max_images_per_class: int  # 0 = all; >0 (smoke runs): FETAL_PLANES_DB subset, per class
+    max_hc18_images: int  # 0 = all; >0 (smoke runs): the first N HC18 images (+ annotations)
 
 
 def image_names(folder: Path, pattern: str = "*") -> list[str]:
@@ -139,6 +142,60 @@ def hc18_listing(mirror: Path | None, cfg: IngestUsSettings) -> dict[str, Any]:
         "files": {n: {"origin": SOURCE, "sha256": d} for n, d in sorted(sums.items())},
         "refused": refused,
     }
+
+
+# --------------------------------------------------------------------------- smoke-run subsets
+PLANE_CLASS = ("Plane", "Brain_plane", "Train")  # a FETAL_PLANES_DB class: label and split
+ANNOTATION = "_Annotation"
+
+
+def first_per_class(names: list[str], classes: Mapping[str, str], n: int) -> list[str]:
+    """FETAL_PLANES_DB image keys (``images/<file>``) a smoke run keeps: the first ``n`` by name
+    of each class (``classes``: image name without suffix -> its :data:`PLANE_CLASS` values
+    joined; an image the label table lacks is in the class ``""``).
+
+    By class, not the first ``n`` overall: the file names sort by patient, and the low patient
+    numbers are nearly all ``Train == 1`` brain images, which would leave the evaluation without
+    held-out or non-brain images. ``n == 0`` keeps every name.
+    """
+    if n <= 0:
+        return sorted(names)
+    kept: dict[str, list[str]] = {}
+    for key in sorted(names):
+        group = kept.setdefault(classes.get(Path(key).stem, ""), [])
+        if len(group) < n:
+            group.append(key)
+    return sorted(k for group in kept.values() for k in group)
+
+
+def first_hc18(names: list[str], n: int) -> list[str]:
+    """HC18 keys a smoke run keeps: the first ``n`` images by name and their annotations
+    (``NNN_HC_Annotation.png``); keys outside ``images/`` (the CSV) are kept. ``n == 0`` keeps
+    every name."""
+    if n <= 0:
+        return sorted(names)
+    images = sorted(k for k in names if k.startswith(IMAGES) and ANNOTATION not in k)[:n]
+    stems = {Path(k).stem for k in images}
+    return sorted(
+        k for k in names
+        if not k.startswith(IMAGES) or Path(k).stem.removesuffix(ANNOTATION) in stems
+    )  # fmt: skip
+
+
+def subset_listing(
+    dataset: str, listed: dict[str, Any], classes: Mapping[str, str], cfg: IngestUsSettings
+) -> dict[str, Any]:
+    """``listed`` (one data set of the listing) limited to a smoke run's subset
+    (``max_images_per_class`` with the images' ``classes``, ``max_hc18_images``): the source's
+    images only; the landing folder's files and the tables are kept."""
+    files = listed["files"]
+    source = [k for k, f in files.items() if f["origin"] != LANDING and k.startswith(IMAGES)]
+    if dataset == "hc18":
+        kept = first_hc18(source, cfg.max_hc18_images)
+    else:
+        kept = first_per_class(source, classes, cfg.max_images_per_class)
+    dropped = set(source) - set(kept)
+    return {**listed, "files": {k: f for k, f in files.items() if k not in dropped}}
 
 
 def build_listing(cfg: IngestUsSettings) -> dict[str, Any]:

@@ -21,6 +21,12 @@ truth). The label table is the source's, normalised, plus the landing folder's r
 the source does not label; its rows and the HC18 CSV's rows with a refused name are left out and
 quarantined.
 
+**Smoke runs** (``make quickstart``): ``ingest_us.max_images_per_class`` > 0 keeps, of the
+source's FETAL_PLANES_DB images, the first N by name of each (Plane, Brain_plane, Train) class,
+and ``ingest_us.max_hc18_images`` > 0 the first N HC18 images by name with their annotations
+(:func:`stages.ultrasound.intake.listing.subset_listing`); the tables stay whole, the landing
+folder's images are all kept, and the images left out are removed like any unlisted file.
+
 Outputs: ``data/raw/fetal_planes`` (``images/*.png``, ``FETAL_PLANES_DB_data.csv`` comma-separated
 with stripped headers and values, ``SHA256SUMS.txt`` of what was ingested), ``data/raw/hc18``
 (``images/NNN_HC.png``, ``images/NNN_HC_Annotation.png``, ``pixel_size_and_HC.csv`` as published,
@@ -70,10 +76,12 @@ from stages.common.settings import load_settings
 from stages.ultrasound.intake.label_checks import normalise_planes_table
 from stages.ultrasound.intake.listing import (
     IMAGES,
+    PLANE_CLASS,
     IngestUsSettings,
     build_listing,
     checked,
     image_names,
+    subset_listing,
 )
 from stages.ultrasound.paths import HC18_CSV, IMAGE_SUFFIXES, PLANES_CSV, US_LISTING, hc18_images
 
@@ -343,6 +351,19 @@ def _staged_listing(listed: dict[str, Any], staged: Path, dataset: str) -> dict[
     return {**listed, "files": files}
 
 
+def plane_classes(folder: Path, dataset: str) -> dict[str, str]:
+    """Each FETAL_PLANES_DB image's class (:data:`PLANE_CLASS` values joined) from the source's
+    label table in ``folder``, for a smoke run's subset; ``{}`` for HC18 or without a table."""
+    path = folder / PLANES_CSV
+    if dataset != "fetal_planes" or not path.is_file():
+        return {}
+    table = normalise_planes_table(path.read_text(encoding="utf-8-sig", errors="replace"))
+    if not {"Image_name", *PLANE_CLASS} <= set(table.columns):
+        return {}  # validate_us names a malformed table; the subset just keeps every image
+    joined = table[list(PLANE_CLASS)].agg("|".join, axis=1)
+    return dict(zip(table["Image_name"], joined, strict=True))
+
+
 def ingest_all(
     cfg: IngestUsSettings, listing: dict[str, Any], staged: dict[str, Path], raw: Path
 ) -> tuple[dict[str, Any], dict[str, str]]:
@@ -355,6 +376,7 @@ def ingest_all(
         listed, folder = listing[dataset], staged.get(dataset) or mirror_dir(dataset)
         if dataset in staged:
             listed = _staged_listing(listed, staged[dataset], dataset)
+        listed = subset_listing(dataset, listed, plane_classes(folder, dataset), cfg)
         sources[dataset] = "zenodo" if dataset in staged else f"mirror:{folder}"
         origins = {SOURCE: folder, LANDING: landing_dir(dataset)}
         out = raw / dataset
