@@ -82,8 +82,12 @@ def _close_popups(page: object) -> None:
     except Exception:  # no dialog this time
         return
     page.keyboard.press("Escape")
-    if dialog.count() and dialog.first.is_visible():
-        dialog.first.get_by_role("button", name="Close").first.click(timeout=5_000)
+    try:  # Escape closes it in most versions; the dialog may still be fading out
+        dialog.first.wait_for(state="hidden", timeout=5_000)
+    except Exception:
+        close = dialog.first.get_by_role("button", name="Close")
+        if close.count():  # a screenshot with the dialog is worse, not wrong: never fail on it
+            close.first.click(timeout=5_000)
 
 
 def test_prefect_ui_shows_scheduled_retraining(browser, prefect_env):

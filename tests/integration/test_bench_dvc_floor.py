@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.dvc_floor import TRIVIAL_CMD, dir_file_counts, empty_graph, make_empty_project
+from bench.dvc_floor import dir_file_counts, empty_graph, make_empty_project, trivial_cmd
 from bench.scratch import BIN
 from tests.import_graph import ROOT, pipeline_stages
 
@@ -25,10 +25,16 @@ def test_the_empty_graph_is_the_projects_graph_with_only_the_commands_changed() 
     empty = {name: stage for doc in empty_graph().values() for name, stage in doc["stages"].items()}
     assert set(empty) == set(real)
     for name, stage in real.items():
-        assert empty[name]["cmd"] == TRIVIAL_CMD
+        assert empty[name]["cmd"] == trivial_cmd(stage)
         assert {k: v for k, v in empty[name].items() if k != "cmd"} == {
             k: v for k, v in stage.items() if k != "cmd"
         }
+
+
+def test_a_trivial_command_keeps_only_the_outputs_dvc_would_remove() -> None:
+    stage = {"outs": ["a/dir", {"b.json": {"persist": True}}], "metrics": [{"m.json": {"cache": False}}]}
+    assert trivial_cmd(stage) == "touch a/dir m.json"
+    assert trivial_cmd({"outs": [{"b.json": {"persist": True}}]}) == "true"
 
 
 def test_directory_sizes_come_from_the_lock_files(tmp_path: Path) -> None:
