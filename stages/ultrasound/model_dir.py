@@ -48,7 +48,7 @@ def bundle_segmenter(model_dir: Path, segment_method: str, segmenter: Path) -> N
     """
     if segment_method != "unet":
         return
-    if not (Path(segmenter) / MODEL_FILE).is_file():
+    if not (Path(segmenter) / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"no head segmenter at {segmenter} (run train_segmenter_us)")
     shutil.copytree(segmenter, Path(model_dir) / SEGMENTER_DIR)
 

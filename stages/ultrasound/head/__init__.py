@@ -1,9 +1,12 @@
 """Fetal head segmentation: the :class:`Segmentation` every method returns.
 
-The methods live in the sub-modules: :mod:`.classical` (ray-cast skull edges + RANSAC ellipse),
-:mod:`.unet` (post-processing of the trained U-Net's cranium map), :mod:`.geometry` (conics,
-ellipse fits, crops), :mod:`.settings` (the ``segment_us`` settings), :mod:`.segmenters` (the
-dispatch by method name) and :mod:`.hc18` (the HC18 ground truth).
+The methods live in the sub-modules: :mod:`.classical` (ray-cast skull edges + RANSAC ellipse)
+and the coarse-to-fine segmenter (:mod:`.unet_network` the U-Net and losses, :mod:`.unet` the
+coarse ellipse from its probability map, :mod:`.polar` the unwrap, :mod:`.coarse_to_fine`
+inference, :mod:`.quality` the flag, :mod:`.training_data` and :mod:`.unet_training` training,
+:mod:`.segmenter_model` its folder); :mod:`.geometry` (conics, ellipse fits, crops),
+:mod:`.settings` (typed settings), :mod:`.segmenters` (the dispatch by method name) and
+:mod:`.hc18` (the HC18 ground truth).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ class Segmentation:
     skull_px: float = float("nan")
     score: float = float("nan")
     reason: str = ""
+    flagged: bool = False  # the measurement is not to be trusted (the coarse-to-fine quality flag)
+    flag_reason: str = ""  # every signal beyond its limit, or "no ellipse"
+    signals: dict[str, float] = field(default_factory=dict)  # the quality signals by name
     _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property

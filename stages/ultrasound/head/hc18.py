@@ -79,3 +79,26 @@ def half_summaries(hc: pd.DataFrame) -> dict[str, float]:
             summ = hc18_summary(part["dice"], part["hc_signed_error_mm"], part["hc_true_mm"])
             out |= {f"{label}_{k}": v for k, v in summ.items()}
     return out
+
+
+def flag_summary(
+    flagged: Sequence[bool],
+    dice: Sequence[float],
+    signed_error_mm: Sequence[float],
+    hc_true_mm: Sequence[float],
+) -> dict[str, float]:
+    """The quality flag's figures: flag rate, :func:`hc18_summary`'s mean |HC error| and Dice
+    of the accepted (unflagged) images, and the largest |HC error| among them (the catastrophe
+    the flag missed; an accepted image always has an ellipse)."""
+    f = np.asarray(flagged, dtype=bool)
+    keep = ~f
+    acc = hc18_summary(np.asarray(dice, float)[keep], np.asarray(signed_error_mm, float)[keep],
+                       np.asarray(hc_true_mm, float)[keep])  # fmt: skip
+    err = np.abs(np.asarray(signed_error_mm, dtype=float)[keep])
+    return {
+        "flag_rate": float(f.mean()) if len(f) else float("nan"),
+        "n_flagged": int(f.sum()),
+        "accepted_hc_error_mm_mean": acc["hc_error_mm_mean"],
+        "accepted_dice_mean": acc["dice_mean"],
+        "accepted_hc_error_mm_max": float(np.nanmax(err)) if len(err) else float("nan"),
+    }

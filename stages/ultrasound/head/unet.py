@@ -1,23 +1,20 @@
-"""Post-processing of the cranium U-Net (``segment_us.method: unet``) and loading of its folders.
+"""The coarse stage's ellipse: from the low-resolution cranium probability map to an ellipse.
 
-The cranium probability of a small U-Net (``train_segmenter_us``) at low resolution, an ellipse
-through its ``level`` contour (:func:`ellipse_from_probability`: sub-pixel, the best of a few
-least-squares and RANSAC fits when the network marked more than the head) and, with
-``unet_refine_width`` > 0, the classical method's refinement from that ellipse.
+:func:`to_input` makes the coarse network's input; :func:`ellipse_from_probability` fits an
+ellipse through the ``level`` contour of its probability (sub-pixel, the best of a few
+least-squares and RANSAC fits when the network marked more than the head). The fine stage
+(:mod:`.coarse_to_fine`) refines that ellipse at full resolution.
 
 Reference: Ronneberger O et al. U-Net, MICCAI 2015.
 """
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
-from stages.ultrasound.head.classical import classical_ellipse, refine_at_width
 from stages.ultrasound.head.geometry import (
     AxisLimits,
     conic_to_ellipse,
@@ -26,15 +23,11 @@ from stages.ultrasound.head.geometry import (
     plausible,
     ray_residual,
 )
-from stages.ultrasound.head.settings import SegmentSettings
-from stages.ultrasound.head.unet_network import predict_masks
 from stages.ultrasound.imaging import (
     Ellipse,
     ellipse_points,
-    ramanujan_perimeter,
     resize_to_shape,
 )
-from stages.ultrasound.model_dir import load_model_dir
 
 
 def ellipse_from_probability(
@@ -223,91 +216,11 @@ def _trimmed_fits(xs: np.ndarray, ys: np.ndarray, floor_px: float, rounds: int =
         yield e
 
 
-class HeadSegmenter:
-    """A trained cranium U-Net (``train_segmenter_us``) loaded from its model folder.
-
-    ``probability(img_u8)`` resizes the (enhanced) image to the network's input and returns the
-    cranium probability map at that size; :func:`ellipse_from_probability` maps it back.
-    """
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        self.model, self.config = load_model_dir(self.folder)
-        self.input_hw = (int(self.config["input_height"]), int(self.config["input_width"]))
-
-    def probability(self, img_u8: np.ndarray) -> np.ndarray:
-        return predict_masks(self.model, to_input(img_u8, self.input_hw)[None, ..., None])[0]
-
-
 def to_input(img_u8: np.ndarray, input_hw: Sequence[int]) -> np.ndarray:
     """uint8 image (rows, cols) -> the U-Net's float32 (H, W) input in [0, 1].
 
     Anti-aliased (area-like) resize. Training (``train_segmenter_us``) and inference
-    (:meth:`HeadSegmenter.probability`) both call this, so they cannot drift apart.
+    (:func:`~.coarse_to_fine.coarse_probability`) both call this, so they cannot drift apart.
     """
     x = resize_to_shape(np.asarray(img_u8, np.float64) / 255.0, tuple(input_hw))
     return np.clip(x, 0.0, 1.0).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=16)
-def _cached_segmenter(folder: str) -> HeadSegmenter:
-    return HeadSegmenter(folder)
-
-
-def load_segmenter(folder: str | Path | None) -> HeadSegmenter | None:
-    """The :class:`HeadSegmenter` of ``folder``, loaded once per process (Dask workers segment
-    many images with the same few fold models); ``None`` for no folder ("" or None: the
-    methods without a U-Net)."""
-    return _cached_segmenter(str(Path(folder).resolve())) if folder else None
-
-
-def unet_ellipse(
-    img_u8: np.ndarray, settings: SegmentSettings, segmenter: HeadSegmenter | None
-) -> tuple[Ellipse | None, float, str]:
-    """U-Net cranium mask -> ellipse through its contour -> optional classical refinement.
-
-    The contour is at probability ``settings.unet_level``; the classical keys of ``settings``
-    give the size limits, the RANSAC seed, the smoothing and the refinement settings.
-
-    The score is the probability contrast across the ellipse (:func:`ellipse_from_probability`):
-    near 1 when the network drew one clean ellipse, low for a ragged or split mask.
-    With ``unet_refine_width`` > 0 the ellipse is re-fitted onto the skull's outer flank at that
-    width as the classical method does (:func:`~stages.ultrasound.head.classical.refine`); a
-    refit that is implausible or changes the circumference by more than
-    ``unet_refine_max_change`` (fraction) is not used.
-
-    With ``unet_fallback_score`` > 0 an image whose U-Net ellipse scores below it (or has
-    none) is segmented by the classical method instead: the network's failures are mostly
-    small early-pregnancy heads fused with the fetal body in its mask, where the ray-cast
-    skull edges still find the head.
-    """
-    if segmenter is None:
-        raise ValueError("segment_us.method 'unet' needs a trained segmenter (train_segmenter_us)")
-    prob = segmenter.probability(img_u8)
-    e, score = ellipse_from_probability(
-        prob, img_u8.shape, settings.unet_level, limits=settings.limits, seed=settings.seed
-    )
-    fallback = settings.unet_fallback_score
-    if fallback > 0 and (e is None or not score >= fallback):
-        return classical_ellipse(img_u8, settings)
-    if e is None:
-        return None, float("nan"), "no plausible cranium ellipse in the U-Net mask"
-    if settings.unet_refine_width:
-        e = _refined_unet_ellipse(img_u8, e, settings)
-    return e.canonical(), float(score), ""
-
-
-def _refined_unet_ellipse(img_u8: np.ndarray, e: Ellipse, s: SegmentSettings) -> Ellipse:
-    """``e`` re-fitted at ``unet_refine_width`` (:func:`unet_ellipse`), or ``e`` itself when the
-    re-fit is implausible or moves the circumference by more than ``unet_refine_max_change``."""
-    w = img_u8.shape[1]
-    fine_w = min(s.unet_refine_width, w)
-    fscale = fine_w / w  # as resize_to_width computes it
-    # the classical method's smoothing, in pixels of its ``work_width`` image
-    sigma = s.smooth_px * fscale * w / s.work_width
-    ef = e.scaled(fscale)
-    e2 = refine_at_width(img_u8.astype(np.float64) / 255.0, ef, fine_w, sigma, s)
-    if e2 is None:
-        return e
-    change = abs(ramanujan_perimeter(e2[2], e2[3]) / ramanujan_perimeter(ef.a, ef.b) - 1)
-    return Ellipse(*map(float, e2)).scaled(1 / fscale) if change <= s.unet_refine_max_change else e

@@ -1,179 +1,197 @@
-"""Training the head U-Nets: augmentation, one seeded fit, and several fits at once.
+"""Training the head segmenter's networks: one seeded fit, and many fits at once, here or on Dask.
 
-``train_segmenter_us`` fits one U-Net per fold plus a final one. One TensorFlow process trains
-this small network no faster on two threads than on one, while two single-thread processes
-double the models per hour (``python -m bench.unet_epoch --threads``). :func:`train_models`
-therefore fits every model in its own fresh process with one TensorFlow thread, up to
-``parallel`` at once. A model's weights depend only on its data and seed: the thread count per
-model is fixed (1) and each model starts a new TensorFlow runtime, so how many run at once
-(``$FETAL_PARALLEL_MODELS``, default one per core) never changes a result.
+:func:`fit` trains one network for a step budget with a compiled step (Adam, linear warm-up then
+cosine decay to 1 %), a fresh epoch of augmented arrays from a ``np.random.Generator`` each
+epoch, moved into TensorFlow once (no tf.data, no Keras ``fit`` loop).
+
+:func:`train_models` runs every :class:`ModelJob` in a NEW Python process with one TensorFlow
+thread and op determinism (:func:`run_isolated`): a model's weights then depend only on its data
+and seed, never on how many models run at once or where. Two single-thread processes on the two
+cores train twice the models per hour of one process on both (the network is too small to use
+two threads well). With ``dask.scheduler_address`` set the jobs go to the Dask workers (the
+cluster of :mod:`stages.common.parallel`), each again in a fresh process on its worker, and the
+trained model comes back as the bytes of its ``.keras`` file: the workers need no shared disk.
+Jobs and results cross the process boundary as ``.npz`` arrays and JSON (nothing pickled).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import json
 import logging
 import math
-import multiprocessing
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import affine_transform
 from tqdm import tqdm
+
+from stages.common.parallel import DaskSettings, dask_client
+from stages.common.settings import parse_settings
+from stages.ultrasound.head.settings import SegmenterSettings
 
 log = logging.getLogger(__name__)
 
 PARALLEL_ENV = "FETAL_PARALLEL_MODELS"
 THREADS_PER_MODEL = 1  # TensorFlow intra-op threads of each training process (fixed: see above)
+KINDS = ("coarse", "fine")
 
 
-def augment(
-    x: np.ndarray, y: np.ndarray, rng: np.random.Generator, aug: dict[str, float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random geometric (image and mask alike) and intensity (image only) changes.
-
-    Each image is rotated by up to ``rotation_deg``, scaled by up to ``scale`` (fraction),
-    shifted by up to ``shift`` (fraction of each side) and, with probability ``flip``, mirrored
-    left-right (the probe stays at the top: no up-down mirror); bilinear, zero outside. Then
-    ``x ** gamma`` (log-uniform within ``1 +- gamma``), a contrast factor and an offset (up to
-    ``contrast`` and ``brightness``) and Gaussian noise of ``noise`` (std, [0, 1] units).
-
-    Parameters
-    ----------
-    x, y
-        Images and soft masks (N, H, W) float32.
-    rng
-        Source of every random draw (the same seed gives the same batch).
-    aug
-        The ``augment`` section of ``train_segmenter_us``; a missing key or 0 turns a change off.
-    """
-    n, h, w = x.shape
-    xo, yo = np.empty_like(x), np.empty_like(y)
-    centre = np.array([(h - 1) / 2, (w - 1) / 2])
-    for i in range(n):
-        t = math.radians(rng.uniform(-1, 1) * float(aug.get("rotation_deg", 0)))
-        s = 1 + rng.uniform(-1, 1) * float(aug.get("scale", 0))
-        flip = -1.0 if rng.random() < float(aug.get("flip", 0)) else 1.0
-        shift = rng.uniform(-1, 1, 2) * float(aug.get("shift", 0)) * np.array([h, w])
-        # output (row, col) -> input (row, col): inverse of scale . rotate . flip about the centre
-        rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
-        inv = np.diag([1.0, flip]) @ rot.T / s
-        offset = centre - inv @ (centre + shift)
-        xo[i] = affine_transform(x[i], inv, offset, order=1, mode="constant", cval=0.0)
-        yo[i] = affine_transform(y[i], inv, offset, order=1, mode="constant", cval=0.0)
-    g = float(aug.get("gamma", 0))
-    gamma = np.exp(rng.uniform(math.log(1 - g), math.log(1 + g), (n, 1, 1))) if g else 1.0
-    c, b = float(aug.get("contrast", 0)), float(aug.get("brightness", 0))
-    contrast = 1 + rng.uniform(-c, c, (n, 1, 1))
-    offset_i = rng.uniform(-b, b, (n, 1, 1))
-    xo = np.clip(xo, 0, 1) ** gamma * contrast + offset_i
-    if float(aug.get("noise", 0)):
-        xo = xo + rng.normal(0, float(aug["noise"]), xo.shape)
-    return np.clip(xo, 0, 1).astype(np.float32), np.clip(yo, 0, 1).astype(np.float32)
+def steps_for(n_images: int, epochs: float, batch_size: int) -> int:
+    """Step budget of ``epochs`` passes over ``n_images`` (incomplete batches dropped)."""
+    return max(1, int(math.floor(epochs * (n_images // batch_size))))
 
 
-def train_unet(
-    x: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int, label: str = "U-Net"
-) -> tuple[Any, dict[str, Any]]:
-    """Fit a U-Net (:func:`stages.ultrasound.head.unet_network.build_unet`) on freshly augmented
-    data.
+def fit(
+    model: Any,
+    loss_fn: Callable[[Any, Any], Any],
+    make_epoch: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]],
+    n_steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    warmup_frac: float,
+    label: str,
+) -> dict[str, Any]:
+    """Train ``model`` for ``n_steps`` batches of fresh epochs from ``make_epoch(rng)``.
 
-    Every epoch sees a new augmented copy of every image (:func:`augment`, drawn from ``seed``);
-    the learning rate follows a cosine decay to ``1 %`` of ``learning_rate`` over ``epochs``.
-    Each epoch's loss and time are logged under ``label`` (progress of a long fit).
-
-    Parameters
-    ----------
-    x, y
-        Images and soft masks (N, H, W) float32 at the network's input size.
-    params
-        The ``train_segmenter_us`` section.
-    seed
-        Seeds the weights, the batch order and the augmentation.
-
-    Returns
-    -------
-    model, result
-        The Keras model and ``loss`` (per epoch) and ``epoch_times_s``.
+    Each epoch's arrays (x (N, H, W), y (N, ...)) are made once, moved into TensorFlow once and
+    shuffled by ``rng``; the last incomplete batch of an epoch is dropped. Adam with linear
+    warm-up over ``warmup_frac`` of the steps, then cosine decay to 1 %. Returns the per-epoch
+    mean loss and CPU seconds (of this process; augmentation's share apart).
     """
     import keras
+    import tensorflow as tf
 
-    from stages.common.ml.training import epoch_timer, seed_everything
-    from stages.ultrasound.head.unet_network import build_unet
-
-    seed_everything(seed)
     rng = np.random.default_rng(seed)
-    epochs, batch = int(params["epochs"]), int(params["batch_size"])
-    steps = epochs * max(1, math.ceil(len(x) / batch))
-    lr = keras.optimizers.schedules.CosineDecay(float(params["learning_rate"]), steps, alpha=0.01)
-    model = build_unet(
-        (int(params["input_height"]), int(params["input_width"])),
-        params["filters"],
-        bool(params.get("batch_norm", True)),
-        lr,
-        float(params.get("dice_weight", 1.0)),
+    warm = max(1, int(warmup_frac * n_steps))
+    sched = keras.optimizers.schedules.CosineDecay(
+        0.0, n_steps - warm, alpha=0.01, warmup_target=learning_rate, warmup_steps=warm
     )
-    timer, times = epoch_timer()
-    losses: list[float] = []
-    for epoch in range(epochs):
-        xa, ya = augment(x, y, rng, params.get("augment") or {})
-        hist = model.fit(
-            xa[..., None],
-            ya[..., None],
-            batch_size=batch,
-            epochs=epoch + 1,
-            initial_epoch=epoch,
-            shuffle=True,
-            verbose=0,
-            callbacks=[timer],
-        )
-        losses.append(float(hist.history["loss"][-1]))
-        log.info(
-            "%s epoch %d/%d: loss %.4f, %.1f s", label, epoch + 1, epochs, losses[-1], times[-1]
-        )
-    return model, {"loss": losses, "epoch_times_s": [round(t, 3) for t in times]}
+    opt = keras.optimizers.Adam(sched)
+
+    @tf.function
+    def step(x: Any, y: Any) -> Any:
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss
+
+    done, losses, cpu, aug_cpu = 0, [], [], []
+    while done < n_steps:
+        c0 = time.process_time()
+        x, y = make_epoch(rng)
+        aug_cpu.append(time.process_time() - c0)
+        order = rng.permutation(len(x))
+        xt = tf.constant(x[order][..., None], tf.float32)
+        yt = tf.constant(y[order][..., None] if y.ndim == 3 else y[order], tf.float32)
+        total, n = tf.constant(0.0), 0
+        for i in range(0, len(x) - batch_size + 1, batch_size):
+            if done >= n_steps:
+                break
+            total += step(xt[i : i + batch_size], yt[i : i + batch_size])
+            done, n = done + 1, n + 1
+        losses.append(float(total) / max(n, 1))
+        cpu.append(time.process_time() - c0)
+        log.info("%s epoch %d: loss %.4f, %d/%d steps, %.1f s CPU (%.1f augmentation)",
+                 label, len(losses), losses[-1], done, n_steps, cpu[-1], aug_cpu[-1])  # fmt: skip
+    return {"loss": losses, "epoch_cpu_s": cpu, "epoch_augment_cpu_s": aug_cpu, "n_steps": n_steps}
 
 
 @dataclass
 class ModelJob:
-    """One U-Net to fit: its training data and seed, the images it scores, where it is saved."""
+    """One network to fit: ``kind`` (coarse | fine), its training images (enhanced uint8, full
+    resolution) with their target ellipses (px), its seed and its name (``fold_0/coarse``)."""
 
     name: str
-    x: np.ndarray
-    y: np.ndarray
+    kind: str
+    images: list[np.ndarray]
+    ellipses_px: np.ndarray
     seed: int
-    folder: Path
-    config: dict[str, Any]
-    x_score: np.ndarray = field(default_factory=lambda: np.zeros((0, 1, 1), np.float32))
 
 
 @dataclass
 class ModelResult:
-    """What a fit sends back: the scored images' probabilities (N, H, W) and its training log."""
+    """What a fit sends back: the ``.keras`` file's bytes and the training log."""
 
     name: str
-    prob: np.ndarray
-    result: dict[str, Any]
+    keras_bytes: bytes
+    log: dict[str, Any]
 
 
-def fit_job(job: ModelJob, params: dict[str, Any]) -> ModelResult:
-    """Fit, save and score one model in this process, with one TensorFlow thread.
-
-    Run in a fresh process (:func:`train_models`): thread counts can only be set before
-    TensorFlow's first op.
-    """
+def fit_job(job: ModelJob, s: SegmenterSettings) -> tuple[Any, dict[str, Any]]:
+    """Fit one network in THIS process (thread counts are set before TensorFlow's first op:
+    call it in a fresh process, :func:`run_isolated`)."""
     from stages.common.ml.determinism import deterministic_tensorflow
-    from stages.ultrasound.head.unet_network import predict_masks
-    from stages.ultrasound.model_dir import save_model_dir
 
     deterministic_tensorflow(job.seed, intra_threads=THREADS_PER_MODEL)
-    model, result = train_unet(job.x, job.y, params, job.seed, label=job.name)
-    save_model_dir(model, job.folder, job.config)
-    return ModelResult(job.name, predict_masks(model, job.x_score[..., None]), result)
+    from stages.ultrasound.head import training_data as data
+    from stages.ultrasound.head.unet_network import bce_dice_loss, build_unet, ray_loss
+
+    if job.kind == "coarse":
+        cs = s.coarse
+        x, y = data.coarse_arrays(job.images, job.ellipses_px, cs.input_hw)
+        model = build_unet(cs.input_hw, cs.filters, s.batch_norm, "coarse")
+        loss, epochs = bce_dice_loss(cs.dice_weight), cs.epochs
+        batch, lr = cs.batch_size, cs.learning_rate
+        make_epoch = lambda rng: data.augment(x, y, rng, cs.augment)  # noqa: E731
+    elif job.kind == "fine":
+        fs = s.fine
+        model = build_unet(fs.input_hw, fs.filters, s.batch_norm, "fine")
+        loss, epochs = ray_loss(fs.n_radii, fs.wrap_px, fs.sigma_rows, fs.l1_weight), fs.epochs
+        batch, lr = fs.batch_size, fs.learning_rate
+        make_epoch = lambda rng: data.fine_epoch(job.images, job.ellipses_px, fs, rng)  # noqa: E731
+    else:
+        raise ValueError(f"{job.name}: kind {job.kind!r} is not one of {KINDS}")
+    steps = steps_for(len(job.images), epochs, batch)
+    result = fit(model, loss, make_epoch, steps, batch, lr, job.seed, s.warmup_frac, job.name)
+    return model, result
+
+
+def _write_job(job: ModelJob, s: SegmenterSettings, folder: Path) -> None:
+    arrays = {f"image_{i}": im for i, im in enumerate(job.images)}
+    np.savez(folder / "job.npz", ellipses_px=job.ellipses_px, **arrays)
+    meta = {"name": job.name, "kind": job.kind, "seed": job.seed, "n": len(job.images),
+            "settings": dataclasses.asdict(s)}  # fmt: skip
+    (folder / "job.json").write_text(json.dumps(meta))
+
+
+def _read_job(folder: Path) -> tuple[ModelJob, SegmenterSettings]:
+    meta = json.loads((folder / "job.json").read_text())
+    with np.load(folder / "job.npz", allow_pickle=False) as z:
+        images = [z[f"image_{i}"] for i in range(meta["n"])]
+        ellipses = z["ellipses_px"]
+    s = parse_settings(SegmenterSettings, meta["settings"], "train_segmenter_us")
+    return ModelJob(meta["name"], meta["kind"], images, ellipses, int(meta["seed"])), s
+
+
+def run_isolated(job: ModelJob, s: SegmenterSettings) -> ModelResult:
+    """Fit ``job`` in a new Python process (``python -m stages.ultrasound.head.unet_training``)
+    and return its model file's bytes: the same call on this machine or on a Dask worker."""
+    with tempfile.TemporaryDirectory(prefix="fetal_fit_") as tmp:
+        folder = Path(tmp)
+        _write_job(job, s, folder)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        cmd = [sys.executable, "-m", "stages.ultrasound.head.unet_training", str(folder)]
+        done = subprocess.run(cmd, env=env, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"training {job.name} failed (exit {done.returncode}; its log above)"
+            )
+        return ModelResult(
+            job.name,
+            (folder / "model.keras").read_bytes(),
+            json.loads((folder / "log.json").read_text()),
+        )
 
 
 def parallel_models(n_jobs: int, parallel: int | None = None) -> int:
@@ -186,40 +204,48 @@ def parallel_models(n_jobs: int, parallel: int | None = None) -> int:
     return max(1, min(parallel, n_jobs))
 
 
-def _worker_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-
 def train_models(
-    jobs: Sequence[ModelJob],
-    params: dict[str, Any],
-    parallel: int | None = None,
+    jobs: Sequence[ModelJob], s: SegmenterSettings, dask: DaskSettings, parallel: int | None = None
 ) -> dict[str, ModelResult]:
-    """Fit every job, each in a new spawned process, ``parallel`` at once; results by name.
+    """Fit every job (:func:`run_isolated`), in the given order, on the Dask scheduler of
+    ``dask.scheduler_address`` when set, else ``parallel`` at once here; results by name.
 
-    A failed fit raises here once the running ones end; models not started yet are dropped
-    (the stage then fails whole: its outputs are written atomically).
+    A failed fit raises once the running ones end (the stage then fails whole: its outputs are
+    written atomically).
     """
-    n = parallel_models(len(jobs), parallel)
-    log.info("training %d U-Nets, %d at once (one process and one thread each)", len(jobs), n)
     out: dict[str, ModelResult] = {}
-    with (
-        concurrent.futures.ProcessPoolExecutor(
-            max_workers=n,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_logging,
-            max_tasks_per_child=1,  # a fresh TensorFlow runtime (and its thread pools) per model
-        ) as pool,
-        tqdm(total=len(jobs), desc="U-Nets", unit="model", disable=None) as bar,
-    ):
-        futures = {pool.submit(fit_job, job, params): job.name for job in jobs}
-        try:
-            for fut in concurrent.futures.as_completed(futures):
-                out[futures[fut]] = fut.result()
+    with tqdm(total=len(jobs), desc="networks", unit="model", disable=None) as bar:
+        if dask.scheduler_address:
+            from distributed import as_completed
+
+            with dask_client(dask) as client:
+                futures = [client.submit(run_isolated, j, s, pure=False, key=f"fit-{j.name}")
+                           for j in jobs]  # fmt: skip
+                for fut in as_completed(futures):
+                    res = fut.result()
+                    out[res.name] = res
+                    bar.update(1)
+            return out
+        n = parallel_models(len(jobs), parallel)
+        log.info("training %d networks, %d at once (one process, one thread each)", len(jobs), n)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
+            for res in pool.map(lambda j: run_isolated(j, s), jobs):
+                out[res.name] = res
                 bar.update(1)
-                log.info("%s trained (%d/%d)", futures[fut], len(out), len(jobs))
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
     return out
+
+
+def _main(folder: Path) -> None:
+    """The training process of :func:`run_isolated`: read the job, fit, write the model."""
+    from stages.common.io import canonical_keras_archive
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    job, s = _read_job(folder)
+    model, result = fit_job(job, s)
+    model.save(folder / "model.keras")
+    canonical_keras_archive(folder / "model.keras")  # same weights, same bytes
+    (folder / "log.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _main(Path(sys.argv[1]))

@@ -1,12 +1,12 @@
 """Stage ``segment_us``: skull ellipse, cranium and brain masks, brain crops, head circumference.
 
 The methods (``segment_us.method``) live in :mod:`stages.ultrasound.head`: ``classical``
-(ray-cast skull edges + RANSAC ellipse) and ``unet`` (the cranium U-Net of
-``train_segmenter_us`` plus post-processing). The crops are ``us_crops.crop_px`` square, the
-input side of both crop models. With method ``unet`` an
-HC18 image is segmented by the fold model that never saw it (the fold manifest
-``data/processed/us/segmenter_folds.csv``) and every other image by the final model, so the
-HC18 figures of this stage's report are out-of-fold.
+(ray-cast skull edges + RANSAC ellipse) and ``unet`` (the coarse-to-fine segmenter of
+``train_segmenter_us``, with its quality flag and the flag's reason per image). The crops are
+``us_crops.crop_px`` square, the input side of both crop models. With method ``unet`` an HC18
+image is segmented by the fold pair that never saw it (the fold manifest
+``data/processed/us/segmenter_folds.csv``) and every other image by the ``final`` ensemble of
+the fold pairs, so the HC18 figures of this stage's report are out-of-fold.
 
 Head circumference: Ramanujan perimeter of the fitted ellipse times the pixel size (mm/px).
 Evaluation data: van den Heuvel TLA et al. PLoS ONE 2018;13(8):e0200412 (HC18).
@@ -30,10 +30,10 @@ from stages.ultrasound.crops import CropSettings
 from stages.ultrasound.enhance.methods import EnhanceStageSettings
 from stages.ultrasound.figures import overlays_figure
 from stages.ultrasound.head.geometry import brain_crop
-from stages.ultrasound.head.hc18 import half_summaries, hc18_summary, truth_mask
+from stages.ultrasound.head.hc18 import flag_summary, half_summaries, hc18_summary, truth_mask
+from stages.ultrasound.head.segmenter_model import load_segmenter
 from stages.ultrasound.head.segmenters import segment_image
 from stages.ultrasound.head.settings import SegmentSettings
-from stages.ultrasound.head.unet import load_segmenter
 from stages.ultrasound.imaging import dice, load_item, read_image, store_items, write_store_chunk
 from stages.ultrasound.paths import (
     CROPS_NPZ,
@@ -77,6 +77,9 @@ def _segment_item(item: Item, settings: SegmentSettings, crop_px: int) -> dict:
         "hc_px": seg.hc_px(),
         "pixel_mm": pixel_mm,
         "hc_mm": seg.hc_px() * pixel_mm,
+        "flagged": seg.flagged,
+        "flag_reason": seg.flag_reason,
+        **seg.signals,
     }
     if ann_path:
         truth, te, degenerate = truth_mask(read_image(ann_path))
@@ -143,6 +146,9 @@ def segment_report(df: pd.DataFrame, failures: list[str], method: str) -> dict[s
         "n_no_ellipse": int((~df["ok"]).sum()),  # both data sets: hc18_summary's is HC18's
         **{k: v for k, v in summary.items() if k != "n_no_ellipse"},
         **half_summaries(hc),
+        **flag_summary(
+            hc["flagged"].astype(bool), hc["dice"], hc["hc_signed_error_mm"], hc["hc_true_mm"]
+        ),  # fmt: skip
         "hc18_out_of_fold": method == "unet",
         "degenerate_truth": list(hc.loc[hc["truth_degenerate"].astype(bool), "image"]),
     }

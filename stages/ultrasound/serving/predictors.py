@@ -23,9 +23,9 @@ from stages.ultrasound.anomaly.autoencoder import ANOMALY_SCORE, anomaly_scores,
 from stages.ultrasound.crops import plane_one_hot, to_unit_float
 from stages.ultrasound.enhance.methods import EnhanceSettings, enhance_image, recipe_from_section
 from stages.ultrasound.head.geometry import brain_crop
-from stages.ultrasound.head.segmenters import segment_image, unet_only
+from stages.ultrasound.head.segmenter_model import load_segmenter
+from stages.ultrasound.head.segmenters import segment_image
 from stages.ultrasound.head.settings import SegmentSettings
-from stages.ultrasound.head.unet import load_segmenter
 from stages.ultrasound.model_dir import (
     LATENT_FILE,
     SEGMENTER_DIR,
@@ -163,12 +163,11 @@ class AutoencoderPredictor(_Predictor):
 
 
 class SegmenterPredictor:
-    """The registered head segmenter: raw images -> skull ellipse and circumference in pixels.
+    """The registered head segmenter: raw images -> skull ellipse, circumference in pixels and the
+    quality flag with its reason.
 
-    Enhances each image as the training images were (``config["enhance_us"]``), runs the
-    U-Net and fits the ellipse to its 0.5 contour
-    (:func:`~stages.ultrasound.head.segmenters.unet_only`: without the classical fallback or
-    refinement, what the network itself measures).
+    Enhances each image as the training images were (``config["enhance_us"]``) and runs the
+    ensemble of the fold models (:class:`~stages.ultrasound.head.segmenter_model.HeadSegmenter`).
     """
 
     def __init__(self, model_dir: str | Path) -> None:
@@ -178,14 +177,16 @@ class SegmenterPredictor:
 
     def segment(self, img_u8: np.ndarray) -> Any:
         """The :class:`stages.ultrasound.head.Segmentation` of one raw 2-D uint8 image."""
-        return unet_only(enhance_image(np.asarray(img_u8, np.uint8), self.enhance), self.segmenter)
+        return self.segmenter.segment(enhance_image(np.asarray(img_u8, np.uint8), self.enhance))
 
     def predict(self, model_input: pd.DataFrame) -> pd.DataFrame:
-        """``model_input["image"]``: raw 2-D uint8 images -> ok, cx, cy, semi-axes, angle, hc_px."""
+        """``model_input["image"]``: raw 2-D uint8 images -> ok, cx, cy, semi-axes, angle,
+        hc_px, flagged, flag_reason."""
         rows = []
         for img in model_input["image"]:
             seg = self.segment(img)
-            rows.append({"ok": seg.ok, **seg.ellipse_fields(), "hc_px": seg.hc_px()})
+            rows.append({"ok": seg.ok, **seg.ellipse_fields(), "hc_px": seg.hc_px(),
+                         "flagged": seg.flagged, "flag_reason": seg.flag_reason})  # fmt: skip
         return pd.DataFrame(rows)
 
 

@@ -15,10 +15,12 @@ pipeline trains on no such image), when the anomaly score flags the image (``ano
 the top plane probability is below ``score_us.min_plane_probability`` (``low_confidence``);
 ``--no-abstain`` reports the plane in the last two cases.
 
-Columns: image, plane, plane_probability, anomaly_score, anomalous, hc_mm, abstained_reason,
-error. The CSV is always written. Exit codes (:mod:`stages.common.scoring`): 0 every image got a
-plane or an abstention, 3 some images refused or failed, 4 no image got a plane, 2 usage error.
-Library start-up messages go to ``--log-file``; stderr shows progress, refusals and a summary.
+Columns: image, plane, plane_probability, anomaly_score, anomalous, hc_mm, hc_flagged,
+hc_flag_reason (the segmenter's quality flag of the head measurement and every signal beyond its
+limit, ``train_segmenter_us.quality``), abstained_reason, error. The CSV is always written. Exit
+codes (:mod:`stages.common.scoring`): 0 every image got a plane or an abstention, 3 some images
+refused or failed, 4 no image got a plane, 2 usage error. Library start-up messages go to
+``--log-file``; stderr shows progress, refusals and a summary.
 
 Models are the registry champions by default (``models:/us-plane-classifier@champion``,
 ``models:/us-brain-autoencoder@champion``) or local model folders (``data/models/us/...``).
@@ -84,6 +86,8 @@ COLUMNS = [
     "anomaly_score",
     "anomalous",
     "hc_mm",
+    "hc_flagged",
+    "hc_flag_reason",
     "abstained_reason",
     "error",
 ]
@@ -209,6 +213,9 @@ def score_file(
     img = read_checked(path, rules.images)
     res = scorer.score_image(img, pixel_mm.get(path.stem, float("nan")))
     seg = res.pop("seg")
+    # the segmenter's own distrust of its ellipse (coarse-to-fine quality flag), kept apart from
+    # the plane's abstention: a flagged head circumference is not to be used as measured
+    res["hc_flagged"], res["hc_flag_reason"] = seg.flagged, seg.flag_reason
     if masks_out is not None:
         masks_out.mkdir(parents=True, exist_ok=True)
         mask = np.where(seg.cranium, 255, 0).astype(np.uint8)
