@@ -252,3 +252,38 @@ def make_us_mirror(
     with open(hc / "pixel_size_and_HC.csv", "w", newline="") as fh:
         fh.write("\r\n".join(lines) + "\r\n")
     return root
+
+
+def tiny_segmenter_settings() -> Any:
+    """The committed ``train_segmenter_us`` settings at toy size (seconds per fit)."""
+    import dataclasses
+
+    from stages.ultrasound.head.settings import SegmenterSettings
+
+    s = settings_from_params(SegmenterSettings, "train_segmenter_us", n_folds=2)
+    coarse = dataclasses.replace(s.coarse, input_height=16, input_width=24, filters=(4, 8),
+                                 epochs=2, batch_size=4)  # fmt: skip
+    fine = dataclasses.replace(s.fine, n_radii=8, n_angles=16, wrap_px=2, filters=(4, 8), epochs=2,
+                               batch_size=4)  # fmt: skip
+    return dataclasses.replace(s, coarse=coarse, fine=fine)
+
+
+def untrained_segmenter(folder: Path, n_members: int = 1) -> Path:
+    """A head segmenter folder of untrained toy networks (the format, not the skill)."""
+    import tempfile
+
+    from stages.ultrasound.head.segmenter_model import save_segmenter
+    from stages.ultrasound.head.unet_network import build_unet
+
+    s = tiny_segmenter_settings()
+    nets = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for m in range(n_members):
+            pair = []
+            for kind, st in (("coarse", s.coarse), ("fine", s.fine)):
+                path = Path(tmp) / f"{kind}{m}.keras"
+                build_unet(st.input_hw, st.filters, s.batch_norm, kind).save(path)
+                pair.append(path.read_bytes())
+            nets[m] = (pair[0], pair[1])
+    save_segmenter(folder, nets, s, {"method": "none"}, None, 0)
+    return folder

@@ -41,9 +41,9 @@ from stages.ultrasound.enhance.methods import EnhanceStageSettings, enhance_imag
 from stages.ultrasound.head import Segmentation
 from stages.ultrasound.head.geometry import fit_ellipse_points, skull_thickness_px
 from stages.ultrasound.head.hc18 import HC18_N_TUNE, hc18_summary, truth_mask
+from stages.ultrasound.head.segmenter_model import load_segmenter
 from stages.ultrasound.head.segmenters import segment_image
 from stages.ultrasound.head.settings import SegmentSettings
-from stages.ultrasound.head.unet import load_segmenter
 from stages.ultrasound.imaging import Ellipse, dice, read_image
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -32,7 +32,10 @@ def test_the_empty_graph_is_the_projects_graph_with_only_the_commands_changed() 
 
 
 def test_a_trivial_command_keeps_only_the_outputs_dvc_would_remove() -> None:
-    stage = {"outs": ["a/dir", {"b.json": {"persist": True}}], "metrics": [{"m.json": {"cache": False}}]}
+    stage = {
+        "outs": ["a/dir", {"b.json": {"persist": True}}],
+        "metrics": [{"m.json": {"cache": False}}],
+    }
     assert trivial_cmd(stage) == "touch a/dir m.json"
     assert trivial_cmd({"outs": [{"b.json": {"persist": True}}]}) == "true"
 

@@ -15,16 +15,27 @@ from tests.synth_us import make_us_mirror
 
 TINY = {
     "train_segmenter_us": {
-        "input_height": 32,
-        "input_width": 48,
-        # ~20 s per model; enough to find the phantom heads (with batch norm, batches of 1-3
-        # images left most of them unfound)
-        "filters": [8, 16, 16],
-        "batch_norm": False,
-        "epochs": 40,
-        "learning_rate": 0.003,
-        "batch_size": 4,
+        # seconds per network; enough to find the phantom heads (batch norm with batches of
+        # 1-3 images left most of them unfound)
         "n_folds": 2,
+        "batch_norm": False,
+        "coarse": {
+            "input_height": 32,
+            "input_width": 48,
+            "filters": [8, 16, 16],
+            "epochs": 40,
+            "learning_rate": 0.003,
+            "batch_size": 4,
+        },
+        "fine": {
+            "n_radii": 16,
+            "n_angles": 32,
+            "wrap_px": 4,
+            "filters": [8, 16, 16],
+            "epochs": 40,
+            "learning_rate": 0.003,
+            "batch_size": 4,
+        },
     },
     # the learned segmenter end to end (fold models for HC18, the final one for the rest)
     "segment_us": {"method": "unet"},
@@ -58,15 +69,22 @@ def test_dvc_repro_evaluate_us(toy_repo, tmp_path, monkeypatch) -> None:
     status = run_dvc(toy_repo, "status", "train_segmenter_us").stdout
     assert "changed" not in status, status
 
-    # the segmenter: examination-disjoint folds, one model per fold and a final one
+    # the segmenter: examination-disjoint folds, one pair per fold, the final ensemble of them
     folds = pd.read_csv(toy_repo / "data/processed/us/segmenter_folds.csv", dtype={"exam": str})
     assert folds.groupby("exam")["fold"].nunique().max() == 1 and set(folds["fold"]) == {0, 1}
     seg_models = toy_repo / "data/models/us/segmenter"
-    for sub in ("fold_0", "fold_1", "final"):
-        assert (seg_models / sub / "model.keras").is_file(), sub
+    for sub, members in (("fold_0", [0]), ("fold_1", [0]), ("final", [0, 1])):
+        config = json.loads((seg_models / sub / "config.json").read_text())
+        assert config["members"] == members, sub
+        for m in members:
+            assert (seg_models / sub / f"coarse_{m}.keras").is_file(), sub
     assert not list(seg_models.rglob("*.pkl"))
     seg_report = json.loads((toy_repo / "data/reports/train_segmenter_us.json").read_text())
     assert seg_report["n_images"] == len(folds) and "oof_hc_error_mm_mean" in seg_report
+    assert 0 <= seg_report["oof_flag_rate"] <= 1 and "oof_accepted_hc_error_mm_mean" in seg_report
+    oof = pd.read_csv(toy_repo / "data/reports/train_segmenter_us/oof.csv")
+    assert {"flagged", "flag_reason", "coarse_contrast", "ray_spread"} <= set(oof.columns)
+    assert (oof["flag_reason"].fillna("") != "").eq(oof["flagged"]).all()  # a flag says why
     seg = json.loads((toy_repo / "data/reports/segment_us.json").read_text())
     method = seg["method"]
     assert method == "unet" and seg["hc18_out_of_fold"] and seg["n_no_ellipse"] < seg["n"] / 2
@@ -81,7 +99,7 @@ def test_dvc_repro_evaluate_us(toy_repo, tmp_path, monkeypatch) -> None:
         assert config["input_size"] == 32
         assert not list(model_dir.rglob("*.pkl"))
         # method unet: the final segmenter travels with the model (score-us crops with it)
-        assert (model_dir / "segmenter" / "model.keras").is_file() == (method == "unet")
+        assert (model_dir / "segmenter" / "config.json").is_file() == (method == "unet")
     ae_report = json.loads((toy_repo / "data/reports/train_autoencoder_us.json").read_text())
     assert ae_report["val_mse"] > 0 and "epoch_times_s" not in ae_report  # times: data/runs/
     ae_run = json.loads((toy_repo / "data/runs/train_autoencoder_us.json").read_text())

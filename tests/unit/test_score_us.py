@@ -25,7 +25,6 @@ from stages.ultrasound.anomaly.autoencoder import (
 )
 from stages.ultrasound.crops import PLANES, to_unit_float
 from stages.ultrasound.enhance.methods import EnhanceStageSettings, recipe_dict
-from stages.ultrasound.head.unet_network import build_unet
 from stages.ultrasound.imaging import ramanujan_perimeter
 from stages.ultrasound.model_dir import (
     LATENT_FILE,
@@ -42,6 +41,7 @@ from tests.synth_us import (
     plane_settings,
     segment_settings,
     settings_from_params,
+    untrained_segmenter,
 )
 
 SHAPE = (150, 210)
@@ -140,7 +140,10 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_scores_every_readable_image_and_reports_the_broken_one(scored, capsys) -> None:
     preds = scored["preds"].set_index("image")
     assert scored["rc"] == 3  # some file failed, the others scored
-    header = "image,plane,plane_probability,anomaly_score,anomalous,hc_mm,abstained_reason,error"
+    header = (
+        "image,plane,plane_probability,anomaly_score,anomalous,hc_mm,hc_flagged,hc_flag_reason,"
+        "abstained_reason,error"
+    )
     assert ",".join(scored["preds"].columns) == header
     assert sorted(preds.index) == sorted(
         ["head_0.png", "head_1.png", "head_2.png", "head_jpg.jpg", "abdomen.png", "broken.png"]
@@ -301,16 +304,12 @@ def test_a_model_folder_carries_its_segmenter_wherever_it_is_loaded(tmp_path: Pa
     with it and needs nothing from the project that trained it."""
     import shutil
 
-    from stages.ultrasound.head.unet import HeadSegmenter
+    from stages.ultrasound.head import Segmentation
+    from stages.ultrasound.head.segmenter_model import HeadSegmenter
     from stages.ultrasound.serving.score import Preprocessor, load_plane_predictor
 
     seed_everything(0)
-    unet_dir = tmp_path / "segmenter_final"
-    save_model_dir(
-        build_unet((32, 48), (4, 8, 8)),
-        unet_dir,
-        {"kind": "head_segmenter", "input_height": 32, "input_width": 48},
-    )
+    unet_dir = untrained_segmenter(tmp_path / "segmenter_final", n_members=2)
     config = _plane_config("unet", tta="none")
     trained = tmp_path / "trained" / "plane"
     plane = build_plane_classifier(32, plane_settings(gabor={"grids": [2, 4]}))
@@ -327,7 +326,7 @@ def test_a_model_folder_carries_its_segmenter_wherever_it_is_loaded(tmp_path: Pa
     assert crop_u8.shape == (32, 32) and seg.shape == img.shape
     out = predictor.predict(pd.DataFrame({"image": [img]}))
     assert out["plane"].iloc[0] in PLANES
-    assert isinstance(HeadSegmenter(moved / SEGMENTER_DIR).probability(img), np.ndarray)
+    assert isinstance(HeadSegmenter(moved / SEGMENTER_DIR).segment(img), Segmentation)
     # the unet method without a segmenter is refused at construction, not at the first image
     with pytest.raises(ValueError, match="segmenter_dir"):
         Preprocessor(predictor.preprocess.enhance, segment_settings(method="unet"), 32)

@@ -1,4 +1,5 @@
-"""The learned head segmenter's pure parts: mask -> ellipse, folds, augmentation, a tiny U-Net."""
+"""The learned head segmenter's pure parts: mask -> ellipse, folds, augmentation, a tiny U-Net,
+and its training path: isolated fits that give the same weights beside others, alone or on Dask."""
 
 from __future__ import annotations
 
@@ -8,15 +9,11 @@ import numpy as np
 import pytest
 
 from stages.common.ml.splits import groups_disjoint
-from stages.ultrasound.head.unet import ellipse_from_probability
-from stages.ultrasound.head.unet_training import augment
+from stages.ultrasound.head.settings import AugmentSettings
+from stages.ultrasound.head.training_data import augment, soft_ellipse_mask, target_ellipse
+from stages.ultrasound.head.unet import ellipse_from_probability, to_input
 from stages.ultrasound.imaging import Ellipse, ellipse_mask, ramanujan_perimeter
-from stages.ultrasound.pipeline.train_segmenter import (
-    exam_id,
-    mask_to_input,
-    segmenter_folds,
-    to_input,
-)
+from stages.ultrasound.pipeline.train_segmenter import exam_id, segmenter_folds
 
 pytestmark = pytest.mark.unit
 
@@ -31,7 +28,7 @@ pytestmark = pytest.mark.unit
 def test_ellipse_from_a_low_resolution_phantom_mask(e):
     # the soft mask the network is trained to reproduce: an 800 x 540 ellipse at 224 x 160
     shape = (540, 800)
-    prob = mask_to_input(ellipse_mask(shape, e), (160, 224))
+    prob = soft_ellipse_mask(shape, (e.cx, e.cy, e.a, e.b, e.angle_rad), (160, 224))
     fit, score = ellipse_from_probability(prob, shape)
     assert fit is not None and score > 0.97
     assert (fit.cx, fit.cy) == pytest.approx((e.cx, e.cy), abs=1.5)
@@ -45,7 +42,7 @@ def test_ellipse_from_a_mask_cut_by_the_image_border():
     # a head partly out of view: the border is not part of the outline
     shape = (540, 800)
     e = Ellipse(650.0, 300.0, 230.0, 170.0, 0.1)
-    prob = mask_to_input(ellipse_mask(shape, e), (160, 224))
+    prob = soft_ellipse_mask(shape, (e.cx, e.cy, e.a, e.b, e.angle_rad), (160, 224))
     fit, score = ellipse_from_probability(prob, shape)
     assert fit is not None
     assert ramanujan_perimeter(fit.a, fit.b) == pytest.approx(
@@ -62,11 +59,16 @@ def test_the_head_wins_over_a_bigger_ragged_blob_and_a_fused_one():
     for _ in range(40):
         blob |= ellipse_mask(shape, Ellipse(*rng.uniform([480, 60], [760, 480]), 60.0, 25.0, 1.0))
     for extra in (blob, ellipse_mask(shape, Ellipse(420.0, 200.0, 90.0, 40.0, 0.0))):
-        fit, _ = ellipse_from_probability(mask_to_input(mask | extra, (160, 224)), shape)
+        fit, _ = ellipse_from_probability(mask_to_input(mask | extra), shape)
         assert fit is not None
         hc = ramanujan_perimeter(head.a, head.b)
         assert ramanujan_perimeter(fit.a, fit.b) == pytest.approx(hc, rel=0.05)
         assert np.hypot(fit.cx - head.cx, fit.cy - head.cy) < 15
+
+
+def mask_to_input(mask: np.ndarray, input_hw: tuple[int, int] = (160, 224)) -> np.ndarray:
+    """A boolean mask at the network's size as the share of each pixel inside it."""
+    return to_input(np.where(mask, 255, 0).astype(np.uint8), input_hw)
 
 
 def test_no_mask_no_ellipse():
@@ -100,10 +102,14 @@ def test_inputs_and_augmentation_keep_shapes_ranges_and_image_mask_alignment():
     e = Ellipse(180.0, 140.0, 90.0, 70.0, 0.3)
     mask = ellipse_mask(shape, e)
     img = np.where(mask, 200, 30).astype(np.uint8)
-    x, y = to_input(img, (32, 48)), mask_to_input(mask, (32, 48))
+    x, y = (
+        to_input(img, (32, 48)),
+        soft_ellipse_mask(shape, (e.cx, e.cy, e.a, e.b, e.angle_rad), (32, 48)),
+    )
     assert x.shape == y.shape == (32, 48) and x.dtype == np.float32
     assert 0 <= x.min() and x.max() <= 1 and 0 <= y.min() and y.max() <= 1
-    aug = {"rotation_deg": 20, "scale": 0.2, "shift": 0.1, "flip": 0.5}
+    aug = AugmentSettings(rotation_deg=20, scale=0.2, shift=0.1, flip=0.5, gamma=0.0,
+                          contrast=0.0, brightness=0.0, noise=0.0)  # fmt: skip
     xs, ys = np.stack([x] * 4), np.stack([y] * 4)
     xa, ya = augment(xs, ys, np.random.default_rng(1), aug)
     xb, _ = augment(xs, ys, np.random.default_rng(1), aug)
@@ -114,16 +120,18 @@ def test_inputs_and_augmentation_keep_shapes_ranges_and_image_mask_alignment():
     assert ((ya > 0.5) == bright).mean() > 0.95
 
 
-def test_tiny_unet_shapes_and_probabilities():
-    from stages.ultrasound.head.unet_network import build_unet, predict_masks
+def test_tiny_unet_shapes_and_logits():
+    from stages.ultrasound.head.unet_network import build_unet, model_outputs, stack_models
 
-    model = build_unet((32, 48), filters=(4, 8, 8))
-    x = np.random.default_rng(0).random((3, 32, 48, 1)).astype(np.float32)
-    prob = predict_masks(model, x)
-    assert prob.shape == (3, 32, 48) and prob.dtype == np.float32
-    assert 0 <= prob.min() and prob.max() <= 1
+    model = build_unet((32, 48), (4, 8, 8), True, "coarse")
+    x = np.random.default_rng(0).random((3, 32, 48)).astype(np.float32)
+    (logits,) = model_outputs(model, x)
+    assert logits.shape == (3, 32, 48) and logits.dtype == np.float32
+    other = build_unet((32, 48), (4, 8, 8), True, "coarse")
+    both = model_outputs(stack_models([model, other]), x)  # one call, each member's output
+    assert len(both) == 2 and np.allclose(both[0], logits, atol=1e-5)
     with pytest.raises(ValueError, match="divisible"):
-        build_unet((30, 48), filters=(4, 8, 8))
+        build_unet((30, 48), (4, 8, 8), True, "coarse")
 
 
 def test_each_hc18_image_gets_the_model_that_never_saw_it():
@@ -140,18 +148,16 @@ def test_each_hc18_image_gets_the_model_that_never_saw_it():
 
 
 def test_target_ellipse_has_the_reported_circumference():
-    from stages.ultrasound.head.geometry import ellipse_from_outline
-    from stages.ultrasound.pipeline.train_segmenter import target_mask
     from tests.synth_us import outline_annotation
 
     e = Ellipse(300.0, 220.0, 150.0, 110.0, 0.5)
     outline = outline_annotation((450, 640), e)
     pixel_mm, hc_mm = 0.2, 0.2 * ramanujan_perimeter(e.a, e.b) * 0.99  # 1 % below the drawing
-    target = target_mask(outline, hc_mm, pixel_mm)
-    fit = ellipse_from_outline(np.where(target ^ np.roll(target, 1, axis=0), 255, 0))
-    assert fit is not None
-    assert ramanujan_perimeter(fit.a, fit.b) * pixel_mm == pytest.approx(hc_mm, rel=0.004)
-    assert (fit.cx, fit.cy) == pytest.approx((e.cx, e.cy), abs=1.0)
+    t = target_ellipse(outline, hc_mm, pixel_mm)
+    assert t is not None
+    assert ramanujan_perimeter(t[2], t[3]) * pixel_mm == pytest.approx(hc_mm, rel=1e-9)
+    assert tuple(t[:2]) == pytest.approx((e.cx, e.cy), abs=1.0)
+    assert target_ellipse(np.zeros((450, 640), np.uint8), hc_mm, pixel_mm) is None
 
 
 def test_folds_of_very_few_images():
@@ -159,52 +165,13 @@ def test_folds_of_very_few_images():
     assert set(folds["fold"]) == {0, 1}
 
 
-def test_unet_method_falls_back_to_classical_below_the_score():
+def test_the_unet_method_without_a_trained_segmenter_is_an_error():
     from stages.ultrasound.head.segmenters import segment_image
     from tests.synth_us import CLASSICAL_BASIC, phantom_head, segment_settings
 
-    class Blank:  # a network that marks nothing
-        def probability(self, img: np.ndarray) -> np.ndarray:
-            return np.zeros((32, 48), np.float32)
-
     img, _ = phantom_head((260, 380), axes=(110, 85), seed=0)
-    p = CLASSICAL_BASIC | {"method": "unet", "unet_fallback_score": 0.0}
-    assert not segment_image(img, segment_settings(**p), Blank()).ok
-    assert segment_image(img, segment_settings(**p | {"unet_fallback_score": 0.5}), Blank()).ok
     with pytest.raises(ValueError, match="trained segmenter"):
-        segment_image(img, segment_settings(**p))
-
-
-def tiny_unet_data() -> tuple[np.ndarray, np.ndarray, dict]:
-    """Six random 32 x 48 images and masks and a two-epoch U-Net setting (seconds to fit)."""
-    rng = np.random.default_rng(0)
-    x = rng.random((6, 32, 48)).astype(np.float32)
-    y = (rng.random((6, 32, 48)) > 0.5).astype(np.float32)
-    p = {
-        "input_height": 32,
-        "input_width": 48,
-        "filters": [4, 8, 8],
-        "epochs": 2,
-        "batch_size": 4,
-        "learning_rate": 0.002,
-        "augment": {"rotation_deg": 15, "scale": 0.15, "flip": 0.5, "gamma": 0.3, "noise": 0.02},
-    }
-    return x, y, p
-
-
-def test_training_is_seeded():
-    from stages.ultrasound.head.unet_training import train_unet
-
-    x, y, p = tiny_unet_data()
-
-    def weights(seed: int) -> np.ndarray:
-        model, result = train_unet(x, y, p, seed)
-        assert len(result["loss"]) == len(result["epoch_times_s"]) == 2
-        return np.concatenate([w.ravel() for w in model.get_weights()])
-
-    first = weights(7)
-    assert np.array_equal(first, weights(7))
-    assert not np.allclose(first, weights(8))
+        segment_image(img, segment_settings(**CLASSICAL_BASIC | {"method": "unet"}))
 
 
 def test_hc18_summary_charges_a_missing_ellipse_its_whole_circumference():
@@ -217,24 +184,3 @@ def test_hc18_summary_charges_a_missing_ellipse_its_whole_circumference():
     assert s["hc_error_mm_signed_mean"] == pytest.approx(-1.0)  # over the found ellipses
     assert s["dice_mean"] == pytest.approx(1.85 / 3) and s["n_no_ellipse"] == 1
     assert all(np.isfinite(v) for v in s.values())
-
-
-def test_a_model_trained_beside_another_equals_it_trained_alone(tmp_path):
-    """How many U-Nets train at once never changes one: each gets its own process and thread."""
-    from stages.ultrasound.head.unet_training import ModelJob, train_models
-    from stages.ultrasound.model_dir import MODEL_FILE
-
-    x, y, p = tiny_unet_data()
-
-    def job(k: int, run: str) -> ModelJob:
-        return ModelJob(f"m{k}", x[k:], y[k:], 7 + k, tmp_path / run / f"m{k}", {}, x[: k + 1])
-
-    both = train_models([job(0, "both"), job(1, "both")], p, parallel=2)
-    alone = train_models([job(1, "alone")], p, parallel=1)
-    assert sorted(both) == ["m0", "m1"] and list(alone) == ["m1"]
-    assert both["m1"].prob.shape == (2, 32, 48)
-    assert np.array_equal(both["m1"].prob, alone["m1"].prob)
-    assert both["m1"].result["loss"] == alone["m1"].result["loss"]
-    saved = [(tmp_path / run / "m1" / MODEL_FILE).read_bytes() for run in ("both", "alone")]
-    assert saved[0] == saved[1]
-    assert not np.array_equal(both["m0"].prob[0], both["m1"].prob[0])  # other data and seed

@@ -1,0 +1,162 @@
+"""How much the head segmenter's out-of-fold figures move with the seed, and what the data buys.
+
+``python -m experiments.ultrasound.segmenter_study --seeds 7 99`` trains the stage's networks
+(``train_segmenter_us``'s own code: :func:`~stages.ultrasound.pipeline.train_segmenter.train_all`)
+with each seed, as a rerun of the stage with ``train_segmenter_us.seed`` changed would (the seed
+moves the folds, the weights, the augmentation and the batch order), on the enhanced HC18 store
+of this workspace (``dvc repro enhance_us`` first), and prints the out-of-fold figures per seed.
+The committed run's figures (seed 42) are read from ``data/reports/train_segmenter_us.json``
+and printed beside them, with the spread (max - min) of the mean |HC error|.
+
+``--n-train 200 400 --folds 0 1`` is the learning curve: each fold's networks train on a nested
+subset of its training EXAMINATIONS (the first n images of a seeded order of them) with the
+committed step budget (epochs scaled by the full training set's size over n, so every point
+takes as many optimiser steps as the full run), scored on the same held-out images of the given
+folds; the full training sets' figures on those folds come from the committed ``oof.csv``.
+
+Writes nothing in the workspace (models go to a temporary folder); prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages.common.parallel import DaskSettings
+from stages.common.params import load_params, project_root
+from stages.common.settings import load_settings
+from stages.ultrasound.head.settings import SegmenterSettings
+from stages.ultrasound.paths import SEGMENTER_OOF_CSV, TRAIN_SEGMENTER_REPORT
+from stages.ultrasound.pipeline.train_segmenter import (
+    HC18Images,
+    read_hc18,
+    segmenter_folds,
+    summary,
+    train_all,
+)
+
+COLUMNS = (
+    "oof_hc_error_mm_mean",
+    "oof_hc_error_mm_median",
+    "oof_dice_mean",
+    "oof_n_no_ellipse",
+    "oof_flag_rate",
+    "oof_accepted_hc_error_mm_mean",
+    "oof_accepted_hc_error_mm_max",
+)
+
+
+def row(label: str, n_train: str, figures: dict) -> str:
+    cells = [f"{figures[c]:.3f}" if isinstance(figures[c], float) else str(figures[c])
+             for c in COLUMNS]  # fmt: skip
+    return f"| {label} | {n_train} | " + " | ".join(cells) + " |"
+
+
+def header() -> str:
+    names = ["mean mm", "median mm", "Dice", "no ellipse", "flag rate", "accepted mean mm",
+             "max accepted mm"]  # fmt: skip
+    return "| run | training images | " + " | ".join(names) + " |\n|---|---:|" + "---:|" * 7
+
+
+def seed_study(d: HC18Images, s: SegmenterSettings, seeds: list[int], dask: DaskSettings) -> None:
+    root = project_root()
+    committed = json.loads((root / TRAIN_SEGMENTER_REPORT).read_text())
+    means = {s.seed: committed["oof_hc_error_mm_mean"]}
+    print(header())
+    print(row(f"seed {s.seed} (committed)", "4/5 of each", committed))
+    for seed in seeds:
+        si = dataclasses.replace(s, seed=seed)
+        folds = segmenter_folds(d.names, d.hc_mm, si.n_folds, seed)["fold"].to_numpy()
+        with tempfile.TemporaryDirectory(prefix="segmenter_seed_") as tmp:
+            oof, _ = train_all(Path(tmp), d, folds, si, dask, load_params("enhance_us"))
+        figures = summary(oof)
+        means[seed] = figures["oof_hc_error_mm_mean"]
+        print(row(f"seed {seed}", "4/5 of each", figures), flush=True)
+    spread = max(means.values()) - min(means.values())
+    print(f"\nspread (max - min) of the OOF mean |HC error| over seeds {sorted(means)}: "
+          f"{spread:.3f} mm")  # fmt: skip
+
+
+def nested_subset(d: HC18Images, train: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The first ``n`` images of ``train`` in a seeded order of their examinations (nested:
+    the 200 are among the 400)."""
+    from stages.ultrasound.pipeline.train_segmenter import exam_id
+
+    exams = sorted({exam_id(d.names[i]) for i in train})
+    order = {e: k for k, e in enumerate(np.random.default_rng(seed).permutation(exams))}
+    return np.array(sorted(train, key=lambda i: (order[exam_id(d.names[i])], i)))[:n]
+
+
+def curve_point(d: HC18Images, fold: np.ndarray, s: SegmenterSettings, n: int,
+                folds_shown: list[int], dask: DaskSettings) -> pd.DataFrame:  # fmt: skip
+    """Held-out rows of ``folds_shown`` scored by pairs trained on ``n`` images of the rest."""
+    from stages.ultrasound.head.segmenter_model import save_segmenter
+    from stages.ultrasound.head.unet_training import ModelJob, train_models
+    from stages.ultrasound.pipeline.train_segmenter import score_fold
+
+    jobs, sizes = [], {}
+    for k in folds_shown:
+        train = np.flatnonzero(fold != k)
+        idx = nested_subset(d, train, n, 1000 + k)
+        sizes[k] = len(train)
+        for kind, offset in (("fine", 1000), ("coarse", 0)):
+            jobs.append(ModelJob(f"{k}/{kind}", kind, [d.images[i] for i in idx],
+                                 d.ellipses_px[idx], s.seed + k + offset))  # fmt: skip
+    scale = np.mean(list(sizes.values())) / n  # the committed step budget: epochs x full / n
+    sk = dataclasses.replace(
+        s,
+        coarse=dataclasses.replace(s.coarse, epochs=s.coarse.epochs * scale),
+        fine=dataclasses.replace(s.fine, epochs=s.fine.epochs * scale),
+    )
+    fitted = train_models(jobs, sk, dask)
+    parts = []
+    with tempfile.TemporaryDirectory(prefix="segmenter_lc_") as tmp:
+        for k in folds_shown:
+            pair = (fitted[f"{k}/coarse"].keras_bytes, fitted[f"{k}/fine"].keras_bytes)
+            save_segmenter(Path(tmp) / str(k), {0: pair}, sk, {}, k, n)
+            part = score_fold(Path(tmp) / str(k), d, fold == k)
+            part.insert(0, "image", [d.names[i] for i in part.index])
+            parts.append(part)
+    return pd.concat(parts)
+
+
+def learning_curve(d: HC18Images, s: SegmenterSettings, sizes: list[int], folds_shown: list[int],
+                   dask: DaskSettings) -> None:  # fmt: skip
+    fold = segmenter_folds(d.names, d.hc_mm, s.n_folds, s.seed)["fold"].to_numpy()
+    full = pd.read_csv(project_root() / SEGMENTER_OOF_CSV, dtype={"image": str})
+    full = full[full["fold"].isin(folds_shown)]
+    print(header())
+    for n in sizes:
+        print(row(f"n = {n}", str(n), summary(curve_point(d, fold, s, n, folds_shown, dask))),
+              flush=True)  # fmt: skip
+    n_full = int((fold != folds_shown[0]).sum())
+    print(row("committed run", f"~{n_full}", summary(full)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.ultrasound.segmenter_study",
+                                 description=__doc__.split("\n\n")[0])  # fmt: skip
+    ap.add_argument("--seeds", type=int, nargs="*", default=[], help="other seeds of the stage")
+    ap.add_argument("--n-train", type=int, nargs="*", default=[], help="learning-curve sizes")
+    ap.add_argument("--folds", type=int, nargs="*", default=[0, 1], help="learning-curve folds")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    s = load_settings(SegmenterSettings, "train_segmenter_us")
+    dask = load_settings(DaskSettings, "dask")
+    d = read_hc18(project_root())
+    if args.seeds:
+        seed_study(d, s, args.seeds, dask)
+    if args.n_train:
+        learning_curve(d, s, args.n_train, args.folds, dask)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
