@@ -95,11 +95,11 @@ def read_segmenter_folds(path: str | Path) -> dict[str, int]:
 
 
 def segmenter_folder(dataset: str, name: str, folds: dict[str, int], models: Path) -> Path:
-    """The U-Net that may segment an image without having seen it.
+    """The segmenter that may segment an image without having seen it.
 
-    An HC18 image of the fold manifest (``folds``: image -> fold) gets the model trained
-    without its fold (``fold_K``); every other image (FETAL_PLANES_DB, HC18 images the
-    segmenter never trained on) gets the ``final`` model trained on every HC18 image.
+    An HC18 image of the fold manifest (``folds``: image -> fold) gets the pair of networks
+    trained without its fold (``fold_K``); every other image (FETAL_PLANES_DB, HC18 images the
+    segmenter never trained on) gets the ``final`` ensemble of every fold's pair.
     """
     if dataset == "hc18" and name in folds:
         return models / fold_dir(folds[name])

@@ -75,6 +75,11 @@ class HeadSegmenter:
         self.config = json.loads((self.folder / CONFIG_FILE).read_text())
         if self.config.get("kind") != KIND:
             raise ValueError(f"{self.folder}: not a head segmenter folder (config kind)")
+        if "segmenter" not in self.config:  # a single U-Net of the design before 2026-12
+            raise ValueError(
+                f"{self.folder}: a head segmenter of the single-U-Net design this "
+                "version no longer loads; retrain it (dvc repro train_segmenter_us)"
+            )
         where = f"{self.folder}/{CONFIG_FILE}: segmenter"
         self.settings = parse_settings(SegmenterSettings, self.config["segmenter"], where)
         nets = [[keras.models.load_model(self.folder / f, compile=False) for f in member_files(m)]
