@@ -15,7 +15,7 @@ The arithmetic of :mod:`bench.segmenter_cost` (pure Python once a Keras model is
 Measurements (process CPU time of ONE TensorFlow thread, so that other processes' load inflates
 them less than wall time): :func:`core_matmul_gflops` (the core's practical fp32 peak),
 :func:`layer_conv_gflops` (``tf.nn.conv2d`` forward at a network's own layer shapes) and
-:func:`network_step_ms` (a compiled training step on tensors already in TensorFlow).
+:func:`network_step_ms` (the stage's compiled training loop on ready arrays).
 """
 
 from __future__ import annotations
@@ -164,28 +164,13 @@ def layer_conv_gflops(
 def network_step_ms(
     model: Any, loss_fn: Callable, x: np.ndarray, y: np.ndarray, batch: int, repeats: int
 ) -> float:
-    """CPU ms per image of a compiled training step (Adam) on batches already in TensorFlow:
-    the network alone. One warm-up pass (tracing) is not counted."""
-    import keras
-    import tensorflow as tf
+    """CPU ms per image-step of the network alone: the stage's own compiled loop
+    (:func:`stages.ultrasound.head.unet_training.fit`) on ready arrays ``x`` (N, H, W) and
+    ``y``, no augmentation, for ``repeats + 1`` epochs; the first (graph tracing) not counted."""
+    from stages.ultrasound.head.unet_training import fit
 
-    opt = keras.optimizers.Adam(1e-3)
-
-    @tf.function
-    def step(bx: Any, by: Any) -> Any:
-        with tf.GradientTape() as tape:
-            loss = loss_fn(by, model(bx, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return loss
-
-    ya = y[..., None] if y.ndim == 3 else y
-    batches = [(tf.constant(x[i : i + batch, ..., None]), tf.constant(ya[i : i + batch]))
-               for i in range(0, len(x) - batch + 1, batch)]  # fmt: skip
-
-    def run() -> None:
-        out = [step(bx, by) for bx, by in batches]
-        out[-1].numpy()
-
-    run()
-    return cpu_s(run, repeats) / (repeats * len(batches) * batch) * 1000.0
+    per_epoch = len(x) // batch
+    log = fit(model, loss_fn, lambda rng: (x, y), (repeats + 1) * per_epoch, batch, 1e-3, 0,
+              0.0, "bench")  # fmt: skip
+    cpu = np.subtract(log["epoch_cpu_s"], log["epoch_augment_cpu_s"])[1:]
+    return float(np.mean(cpu)) / (per_epoch * batch) * 1000.0

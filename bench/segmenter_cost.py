@@ -7,7 +7,7 @@ image with a bright elliptic ring), no data needed.
 
 1. **Arithmetic against the core**, per network: convolution FLOPs of one training image-step
    counted from the Keras layers (:func:`bench.cost_model.training_flops_per_image_step`), the
-   measured CPU ms of a compiled training step on tensors already in TensorFlow, the GFLOPS that
+   measured CPU ms of an image-step of the stage's own loop on ready arrays, the GFLOPS that
    makes, and what the core does for that arithmetic: ``tf.nn.conv2d`` forward at the network's
    own layer shapes and a 1024^3 matmul (its practical fp32 peak).
 2. **Where an epoch goes**: the epoch's data (augmentation; the fine network's polar unwraps)
