@@ -56,6 +56,7 @@ lint: setup
 bench: setup  ## print the benchmark tables (needs FETAL_MIRROR)
 	$(PY) -m bench.ctg
 	$(PY) -m bench.ultrasound
+	$(PY) -m bench.segmenter_cost
 
 deploy: setup  ## serve the scheduled retraining and monitoring flows (needs a Prefect server)
 	$(PY) -m flows.deploy
