@@ -51,14 +51,33 @@ def ctg_table(reports: Reports) -> str:
     return (REPORTS / "evaluate_ctg" / "metrics.md").read_text().strip() + "\n"
 
 
+def flag_rows(seg: dict) -> list[tuple[str, str]]:
+    """The segmenter's quality flag out-of-fold (a report from before the flag says so)."""
+    if "oof_flag_rate" not in seg:
+        return [("HC18 quality flag (out-of-fold)",
+                 "not in this commit's `train_segmenter_us.json` (written since the "
+                 "coarse-to-fine segmenter)")]  # fmt: skip
+    return [
+        ("HC18 measurements flagged by the quality flag (out-of-fold)",
+         f"{_f(seg['oof_flag_rate'])} ({seg['oof_n_flagged']} of {seg['n_images']})"),
+        ("HC18 accepted (unflagged) images, mean abs. HC error; Dice",
+         f"{_f(seg['oof_accepted_hc_error_mm_mean'], 2)} mm; "
+         f"{_f(seg['oof_accepted_dice_mean'])}"),
+        ("HC18 accepted images, largest abs. HC error",
+         f"{_f(seg['oof_accepted_hc_error_mm_max'], 2)} mm"),
+    ]  # fmt: skip
+
+
 def us_table(reports: Reports) -> str:
     seg, ev = reports["train_segmenter_us"], reports["evaluate_us"]
     rows = [
-        ("HC18 segmentation, mean Dice (out-of-fold)",
+        (f"HC18 segmentation, mean Dice (out-of-fold, {seg['n_images']} images)",
          f"{_f(seg['oof_dice_mean'])} (median {_f(seg['oof_dice_median'])})"),
         ("HC18 head circumference, mean abs. error (out-of-fold)",
          f"{_f(seg['oof_hc_error_mm_mean'], 2)} mm "
-         f"(median {_f(seg['oof_hc_error_mm_median'], 2)})"),
+         f"(median {_f(seg['oof_hc_error_mm_median'], 2)}; "
+         f"{seg['oof_n_no_ellipse']} without an ellipse)"),
+        *flag_rows(seg),
         (f"plane accuracy, 3 brain planes, held-out patients ({ev['n_test']} images)",
          f"{_interval(ev, 'plane_accuracy')} (macro-F1 {_f(ev['plane_macro_f1'])})"),
         ("plane calibration, expected calibration error (uncalibrated -> temperature)",

@@ -185,3 +185,22 @@ def test_figures_check_flags_a_changed_metric(tmp_path: Path) -> None:
     doc.write_text("<!-- figures:us -->\n<!-- /figures -->\n")
     doc_figures.stale_blocks([doc], reports, write=True)
     assert "Not at this commit: `data/reports/train_segmenter_us.json`" in doc.read_text()
+
+
+def test_the_segmenter_flag_rows_quote_the_report_or_say_it_lacks_them() -> None:
+    """The quality flag's rows of the ``us`` block: known figures from a report that has them;
+    a report from before the flag (no ``oof_flag_rate``) gets one row saying so, not an error."""
+    from tests import doc_figures
+
+    seg = {"n_images": 913, "oof_dice_mean": 0.97, "oof_dice_median": 0.98,
+           "oof_hc_error_mm_mean": 2.0, "oof_hc_error_mm_median": 1.5, "oof_n_no_ellipse": 0,
+           "oof_flag_rate": 0.05, "oof_n_flagged": 46, "oof_accepted_hc_error_mm_mean": 1.9,
+           "oof_accepted_dice_mean": 0.98, "oof_accepted_hc_error_mm_max": 12.84}  # fmt: skip
+    rows = dict(doc_figures.flag_rows(seg))
+    flagged = "HC18 measurements flagged by the quality flag (out-of-fold)"
+    assert rows[flagged] == "0.050 (46 of 913)"
+    assert rows["HC18 accepted (unflagged) images, mean abs. HC error; Dice"] == "1.90 mm; 0.980"
+    assert rows["HC18 accepted images, largest abs. HC error"] == "12.84 mm"
+    old = {k: v for k, v in seg.items() if "flag" not in k and "accepted" not in k}
+    [(what, figure)] = doc_figures.flag_rows(old)
+    assert what == "HC18 quality flag (out-of-fold)" and figure.startswith("not in this commit")
