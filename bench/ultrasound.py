@@ -47,8 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _enhance_segment(path: str, pe: Any, ps: Any, unet_dir: str) -> bool:
     from stages.ultrasound.enhance.methods import enhance_image
-    from stages.ultrasound.head.segmenters import segment_image
     from stages.ultrasound.head.segmenter_model import load_segmenter
+    from stages.ultrasound.head.segmenters import segment_image
     from stages.ultrasound.imaging import read_image
 
     return segment_image(enhance_image(read_image(path), pe), ps, load_segmenter(unet_dir)).ok

@@ -1,7 +1,7 @@
 """How much the head segmenter's out-of-fold figures move with the seed, and what the data buys.
 
 ``python -m experiments.ultrasound.segmenter_study --seeds 7 99`` trains the stage's networks
-(``train_segmenter_us``'s own code: :func:`~stages.ultrasound.pipeline.train_segmenter.train_all`)
+(``train_segmenter_us``'s own code: :func:`~stages.ultrasound.head.hc18_training.train_all`)
 with each seed, as a rerun of the stage with ``train_segmenter_us.seed`` changed would (the seed
 moves the folds, the weights, the augmentation and the batch order), on the enhanced HC18 store
 of this workspace (``dvc repro enhance_us`` first), and prints the out-of-fold figures per seed.
@@ -32,15 +32,15 @@ import pandas as pd
 from stages.common.parallel import DaskSettings
 from stages.common.params import load_params, project_root
 from stages.common.settings import load_settings
-from stages.ultrasound.head.settings import SegmenterSettings
-from stages.ultrasound.paths import SEGMENTER_OOF_CSV, TRAIN_SEGMENTER_REPORT
-from stages.ultrasound.pipeline.train_segmenter import (
+from stages.ultrasound.head.hc18_training import (
     HC18Images,
     read_hc18,
     segmenter_folds,
     summary,
     train_all,
 )
+from stages.ultrasound.head.settings import SegmenterSettings
+from stages.ultrasound.paths import SEGMENTER_OOF_CSV, TRAIN_SEGMENTER_REPORT
 
 COLUMNS = (
     "oof_hc_error_mm_mean",
@@ -87,7 +87,7 @@ def seed_study(d: HC18Images, s: SegmenterSettings, seeds: list[int], dask: Dask
 def nested_subset(d: HC18Images, train: np.ndarray, n: int, seed: int) -> np.ndarray:
     """The first ``n`` images of ``train`` in a seeded order of their examinations (nested:
     the 200 are among the 400)."""
-    from stages.ultrasound.pipeline.train_segmenter import exam_id
+    from stages.ultrasound.head.hc18_training import exam_id
 
     exams = sorted({exam_id(d.names[i]) for i in train})
     order = {e: k for k, e in enumerate(np.random.default_rng(seed).permutation(exams))}
@@ -97,9 +97,9 @@ def nested_subset(d: HC18Images, train: np.ndarray, n: int, seed: int) -> np.nda
 def curve_point(d: HC18Images, fold: np.ndarray, s: SegmenterSettings, n: int,
                 folds_shown: list[int], dask: DaskSettings) -> pd.DataFrame:  # fmt: skip
     """Held-out rows of ``folds_shown`` scored by pairs trained on ``n`` images of the rest."""
+    from stages.ultrasound.head.hc18_training import score_fold
     from stages.ultrasound.head.segmenter_model import save_segmenter
     from stages.ultrasound.head.unet_training import ModelJob, train_models
-    from stages.ultrasound.pipeline.train_segmenter import score_fold
 
     jobs, sizes = [], {}
     for k in folds_shown:

@@ -96,7 +96,7 @@ def test_no_ellipse_and_missing_signals_are_flagged_with_their_reason():
 
 
 def test_the_fold_rule_known_answer():
-    from stages.ultrasound.pipeline.train_segmenter import segmenter_folds
+    from stages.ultrasound.head.hc18_training import segmenter_folds
 
     # two examinations of two images each and two folds: each examination fills one fold
     names = ["001_HC", "001_2HC", "002_HC", "002_2HC"]

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from stages.common.ml.splits import groups_disjoint
+from stages.ultrasound.head.hc18_training import exam_id, segmenter_folds
 from stages.ultrasound.head.settings import AugmentSettings
 from stages.ultrasound.head.training_data import augment, soft_ellipse_mask, target_ellipse
 from stages.ultrasound.head.unet import ellipse_from_probability, to_input
 from stages.ultrasound.imaging import Ellipse, ellipse_mask, ramanujan_perimeter
-from stages.ultrasound.pipeline.train_segmenter import exam_id, segmenter_folds
 
 pytestmark = pytest.mark.unit
 
