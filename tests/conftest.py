@@ -77,12 +77,13 @@ def ci_report(name: str, text: str) -> None:
 
 
 def set_params(repo: Path, updates: dict[str, dict]) -> None:
-    """Update sections of a toy repository's params.yaml (tests shrink epochs, sizes)."""
+    """Update sections of a toy repository's params.yaml (tests shrink epochs, sizes): nested
+    sections are merged key by key (``flows.quickstart.deep_merge``, as the quickstart does)."""
+    from flows.quickstart import deep_merge
+
     path = repo / "params.yaml"
     params = yaml.safe_load(path.read_text())
-    for section, values in updates.items():
-        params.setdefault(section, {}).update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    path.write_text(yaml.safe_dump(deep_merge(params, updates), sort_keys=False))
 
 
 def toy_ctg_source(

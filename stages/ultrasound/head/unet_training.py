@@ -46,8 +46,9 @@ KINDS = ("coarse", "fine")
 
 
 def steps_for(n_images: int, epochs: float, batch_size: int) -> int:
-    """Step budget of ``epochs`` passes over ``n_images`` (incomplete batches dropped)."""
-    return max(1, int(math.floor(epochs * (n_images // batch_size))))
+    """Step budget of ``epochs`` passes over ``n_images`` (incomplete batches dropped; fewer
+    images than a batch make one batch of them all, as :func:`fit` does)."""
+    return max(1, int(math.floor(epochs * (n_images // min(batch_size, max(n_images, 1))))))
 
 
 def fit(
@@ -74,7 +75,7 @@ def fit(
     rng = np.random.default_rng(seed)
     warm = max(1, int(warmup_frac * n_steps))
     sched = keras.optimizers.schedules.CosineDecay(
-        0.0, n_steps - warm, alpha=0.01, warmup_target=learning_rate, warmup_steps=warm
+        0.0, max(1, n_steps - warm), alpha=0.01, warmup_target=learning_rate, warmup_steps=warm
     )
     opt = keras.optimizers.Adam(sched)
 
@@ -90,6 +91,7 @@ def fit(
     while done < n_steps:
         c0 = time.process_time()
         x, y = make_epoch(rng)
+        batch_size = min(batch_size, len(x))  # a toy set smaller than a batch: one batch
         aug_cpu.append(time.process_time() - c0)
         order = rng.permutation(len(x))
         xt = tf.constant(x[order][..., None], tf.float32)
