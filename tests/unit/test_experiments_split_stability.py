@@ -1,11 +1,11 @@
-"""bench.split_stability counts kept, moved and new assignments (known answers)."""
+"""experiments.split_stability counts kept, moved and new assignments (known answers)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from bench.split_stability import compare
+from experiments.split_stability import compare
 
 pytestmark = pytest.mark.unit
 

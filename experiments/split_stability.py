@@ -1,4 +1,4 @@
-"""Did data arrivals move anyone? ``python -m bench.split_stability BEFORE AFTER``.
+"""Did data arrivals move anyone? ``python -m experiments.split_stability BEFORE AFTER``.
 
 Compares two copies of a split manifest taken before and after new data arrived (copy the file
 aside before the retraining): ``data/processed/ctg/folds.csv`` (a record's fold) or
