@@ -53,10 +53,20 @@ lint: setup
 	$(VENV)/bin/ruff check stages flows tests bench experiments
 	$(VENV)/bin/ruff format --check stages flows tests bench experiments
 
+# Every module of bench/ with a main() (tests/unit/test_bench_target.py checks the list), with
+# the arguments of the tables in docs/benchmarks.md; serving: the idle-machine target command.
 bench: setup  ## print the benchmark tables (needs FETAL_MIRROR)
 	$(PY) -m bench.ctg
 	$(PY) -m bench.ultrasound
 	$(PY) -m bench.segmenter_cost
+	$(PY) -m bench.noop --repeats 3
+	$(PY) -m bench.dvc_floor --repeats 5
+	$(PY) -m bench.startup
+	$(PY) -m bench.determinism
+	$(PY) -m bench.serving --workers 2 --payload records compact parquet --bad-every 0
+# Last: a real `dvc repro` of this project, timed per stage. It reruns only what is out of date
+# (on a built project: none, it lists the skipped stages), so it never retrains needlessly.
+	$(PY) -m bench.pipeline_times
 
 deploy: setup  ## serve the scheduled retraining and monitoring flows (needs a Prefect server)
 	$(PY) -m flows.deploy
