@@ -209,13 +209,19 @@ def download_file(
         transferred += max(written, 0)
         resumed = resumed or appended
         break
+    _publish(part, dest, checksum)
+    return FetchResult(dest, dest.stat().st_size, transferred, resumed=resumed)
+
+
+def _publish(part: Path, dest: Path, checksum: str | None) -> None:
+    """Verify ``part`` and move it to ``dest`` in one step; a mismatch removes it and raises
+    (the previous ``dest``, if any, stays)."""
     try:
         _verify(part, dest.name, checksum)
     except ChecksumError:
         part.unlink(missing_ok=True)
         raise
     os.replace(part, dest)
-    return FetchResult(dest, dest.stat().st_size, transferred, resumed=resumed)
 
 
 def copy_file(src: str | Path, dest: str | Path, checksum: str | None = None) -> FetchResult:
@@ -228,12 +234,7 @@ def copy_file(src: str | Path, dest: str | Path, checksum: str | None = None) ->
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     shutil.copyfile(src, part)
-    try:
-        _verify(part, dest.name, checksum)
-    except ChecksumError:
-        part.unlink(missing_ok=True)
-        raise
-    os.replace(part, dest)
+    _publish(part, dest, checksum)
     size = dest.stat().st_size
     return FetchResult(dest, size, size)
 
