@@ -14,7 +14,8 @@ committed step budget (epochs scaled by the full training set's size over n, so 
 takes as many optimiser steps as the full run), scored on the same held-out images of the given
 folds; the full training sets' figures on those folds come from the committed ``oof.csv``.
 
-Writes nothing in the workspace (models go to a temporary folder); prints Markdown tables.
+Writes nothing in the workspace (models go to a temporary folder); prints Markdown tables;
+``--out DIR`` also keeps each seed's per-image out-of-fold rows (``oof_seedN.csv``).
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ def header() -> str:
     return "| run | training images | " + " | ".join(names) + " |\n|---|---:|" + "---:|" * 7
 
 
-def seed_study(d: HC18Images, s: SegmenterSettings, seeds: list[int], dask: DaskSettings) -> None:
+def seed_study(
+    d: HC18Images, s: SegmenterSettings, seeds: list[int], dask: DaskSettings, out: Path | None
+) -> None:
     root = project_root()
     committed = json.loads((root / TRAIN_SEGMENTER_REPORT).read_text())
     means = {s.seed: committed["oof_hc_error_mm_mean"]}
@@ -78,6 +81,9 @@ def seed_study(d: HC18Images, s: SegmenterSettings, seeds: list[int], dask: Dask
             oof, _ = train_all(Path(tmp), d, folds, si, dask, load_params("enhance_us"))
         figures = summary(oof)
         means[seed] = figures["oof_hc_error_mm_mean"]
+        if out is not None:  # the per-image rows, to trace which images moved (outside the repo)
+            out.mkdir(parents=True, exist_ok=True)
+            oof.to_csv(out / f"oof_seed{seed}.csv", index=False)
         print(row(f"seed {seed}", "4/5 of each", figures), flush=True)
     spread = max(means.values()) - min(means.values())
     print(f"\nspread (max - min) of the OOF mean |HC error| over seeds {sorted(means)}: "
@@ -146,13 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="*", default=[], help="other seeds of the stage")
     ap.add_argument("--n-train", type=int, nargs="*", default=[], help="learning-curve sizes")
     ap.add_argument("--folds", type=int, nargs="*", default=[0, 1], help="learning-curve folds")
+    ap.add_argument("--out", type=Path, default=None, help="folder for each seed's oof.csv")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     s = load_settings(SegmenterSettings, "train_segmenter_us")
     dask = load_settings(DaskSettings, "dask")
     d = read_hc18(project_root())
     if args.seeds:
-        seed_study(d, s, args.seeds, dask)
+        seed_study(d, s, args.seeds, dask, args.out)
     if args.n_train:
         learning_curve(d, s, args.n_train, args.folds, dask)
     return 0
