@@ -78,12 +78,18 @@ def ci_report(name: str, text: str) -> None:
 
 def set_params(repo: Path, updates: dict[str, dict]) -> None:
     """Update sections of a toy repository's params.yaml (tests shrink epochs, sizes): nested
-    sections are merged key by key (``flows.quickstart.deep_merge``, as the quickstart does)."""
-    from flows.quickstart import deep_merge
+    sections are merged key by key; a key params.yaml lacks is added (tests plant faults)."""
+
+    def merge(base: dict, new: dict) -> dict:
+        out = dict(base)
+        for key, value in new.items():
+            both = isinstance(value, dict) and isinstance(base.get(key), dict)
+            out[key] = merge(base[key], value) if both else value
+        return out
 
     path = repo / "params.yaml"
     params = yaml.safe_load(path.read_text())
-    path.write_text(yaml.safe_dump(deep_merge(params, updates), sort_keys=False))
+    path.write_text(yaml.safe_dump(merge(params, updates), sort_keys=False))
 
 
 def toy_ctg_source(

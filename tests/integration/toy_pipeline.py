@@ -127,7 +127,7 @@ PIPELINE = {
                 "data/models/toy",
             ],
             "params": ["register_ctg"],
-            "metrics": [{"data/reports/register_ctg.json": {"cache": False}}],
+            "outs": [{"data/reports/register_ctg.json": {"cache": False}}],
         },
         "prep_us": {
             "cmd": "python toy_stage.py prep_us",
