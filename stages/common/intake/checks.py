@@ -148,6 +148,18 @@ def _exception_message(info: Any) -> str | None:
     return None
 
 
+def _fresh_docs_dir(docs_dir: Path | None) -> Path | None:
+    """``docs_dir`` emptied and made (Data Docs accumulate runs; a stage output shows this
+    run's only); None stays None."""
+    if docs_dir is None:
+        return None
+    docs_dir = Path(docs_dir)
+    if docs_dir.exists():
+        shutil.rmtree(docs_dir)
+    docs_dir.mkdir(parents=True)
+    return docs_dir
+
+
 def run_expectations(
     df: pd.DataFrame,
     suite_name: str,
@@ -180,11 +192,7 @@ def run_expectations(
     """
     if id_column not in df.columns:
         raise KeyError(f"id column {id_column!r} not in table columns {list(df.columns)}")
-    if docs_dir is not None:
-        docs_dir = Path(docs_dir)
-        if docs_dir.exists():
-            shutil.rmtree(docs_dir)  # Data Docs accumulate runs; a stage output shows this run
-        docs_dir.mkdir(parents=True)
+    docs_dir = _fresh_docs_dir(docs_dir)
     ctx = _context(docs_dir)
     result = _validation(ctx, suite_name, expectations).run(
         batch_parameters={"dataframe": df.reset_index(drop=True)},
@@ -195,13 +203,8 @@ def run_expectations(
     if docs_dir is not None:
         ctx.build_data_docs(site_names=["fetal_site"])
         docs_index = docs_dir / "index.html"
-    log.info(
-        "suite %s: %d rows, %d failed, %d table-level failures",
-        suite_name,
-        len(df),
-        len(failures),
-        len(table_failures),
-    )
+    log.info("suite %s: %d rows, %d failed, %d table-level failures",
+             suite_name, len(df), len(failures), len(table_failures))  # fmt: skip
     return CheckReport(
         suite_name=suite_name,
         success=bool(result.success),

@@ -234,24 +234,16 @@ def plausible_axes(ell: np.ndarray, width_px: int, settings: SegmentSettings) ->
         )
 
 
-def refine(
-    g: np.ndarray, e: np.ndarray, settings: SegmentSettings, edge_window_px: int
-) -> np.ndarray:
-    """Re-fit ``e`` (cx, cy, a, b, th, in ``g`` pixels) to the strongest drop near its outline.
-
-    ``settings.refine_rays`` rays from the centre, searched only in a band of
-    +-``settings.refine_band`` of the radius, give one edge per ray at the finer resolution of
-    ``g`` (edge detector half-window ``edge_window_px``,
-    :meth:`~stages.ultrasound.head.settings.SegmentSettings.edge_window_px`), placed on the
-    skull band by ``refine_edge`` at ``refine_level``; rays weaker than ``refine_min_strength``
-    x the median are left out (0 keeps all). A robust least-squares conic
-    through them (two rounds, dropping points more than 2 MAD away) is the result.
-    """
+def _ray_profiles(
+    g: np.ndarray, e: np.ndarray, n_rays: int, band: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Samples of ``g`` along ``n_rays`` rays through ellipse ``e``'s outline, within +-``band``
+    of its radius: profiles (rays, samples), each ray's radius and unit direction, the relative
+    radius of each sample and each sample's radius (rays, samples)."""
     from scipy.ndimage import map_coordinates
 
     cx, cy, a, b, th = e
-    n, band, k = settings.refine_rays, settings.refine_band, edge_window_px
-    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    t = np.linspace(0, 2 * np.pi, n_rays, endpoint=False)
     base = np.stack([a * np.cos(t), b * np.sin(t)], axis=1)
     c, s = np.cos(th), np.sin(th)
     dirs = np.stack([base[:, 0] * c - base[:, 1] * s, base[:, 0] * s + base[:, 1] * c], axis=1)
@@ -261,32 +253,29 @@ def refine(
     R = rad[:, None] * (1 + rs[None, :])
     xs, ys = cx + unit[:, 0:1] * R, cy + unit[:, 1:2] * R
     prof = map_coordinates(g, [ys, xs], order=1, cval=np.nan)
-    step = R[:, 1] - R[:, 0]
-    kk = np.maximum(1, np.round(k / step)).astype(int)
-    kk = int(np.median(kk))
-    if prof.shape[1] < 2 * kk + 3:  # search band too short for the edge filter: keep ``e``
-        return e
-    cs = np.nancumsum(np.concatenate([np.zeros((n, 1)), prof], axis=1), axis=1)
-    j = np.arange(kk, prof.shape[1] - kk)
-    drop = (cs[:, j] - cs[:, j - kk]) / kk - (cs[:, j + kk] - cs[:, j]) / kk
-    valid_ray = np.isfinite(prof).all(axis=1)
-    if valid_ray.sum() < 12:
-        return e
-    best = j[np.argmax(drop, axis=1)]
-    # weak edges (the lateral skull, parallel to the beam, echoes faintly; there the strongest
-    # drop is often soft tissue or the sector border) are left out of the fit
+    return prof, rad, unit, rs, R
+
+
+def _usable_rays(
+    drop: np.ndarray, valid_ray: np.ndarray, min_rel: float
+) -> np.ndarray:  # fmt: skip
+    """Rays whose edge is at least ``min_rel`` x the median strength (0 keeps all), unless
+    that leaves fewer than 12. Weak edges (the lateral skull, parallel to the beam, echoes
+    faintly; there the strongest drop is often soft tissue or the sector border) are left out
+    of the fit."""
     strength = np.max(np.where(np.isfinite(drop), drop, -np.inf), axis=1)
-    min_rel = settings.refine_min_strength
     if min_rel > 0 and valid_ray.any():
         strong = strength >= min_rel * np.median(strength[valid_ray])
         if (valid_ray & strong).sum() >= 12:
-            valid_ray = valid_ray & strong
-    pos = EDGE_LOCATORS[settings.refine_edge](
-        np.where(np.isfinite(prof), prof, 0.0), best, 3 * kk, settings.refine_level
-    )
-    rad_at = rad * (1 + rs[0] + pos * (rs[1] - rs[0]))  # fractional sample index -> radius
-    px = (unit[:, 0] * rad_at)[valid_ray]
-    py = (unit[:, 1] * rad_at)[valid_ray]
+            return valid_ray & strong
+    return valid_ray
+
+
+def _robust_ellipse(
+    px: np.ndarray, py: np.ndarray, cx: float, cy: float, e: np.ndarray
+) -> np.ndarray:  # fmt: skip
+    """A least-squares conic through points (relative to ``(cx, cy)``), refitted once without
+    the points more than 2.5 MAD off; ``e`` when no ellipse fits."""
     sel = np.ones(len(px), bool)
     out = e
     for _ in range(2):
@@ -302,6 +291,42 @@ def refine(
         mad = np.median(res) + 1e-6
         sel = res < max(2.5 * mad, 1.0)
     return out
+
+
+def refine(
+    g: np.ndarray, e: np.ndarray, settings: SegmentSettings, edge_window_px: int
+) -> np.ndarray:
+    """Re-fit ``e`` (cx, cy, a, b, th, in ``g`` pixels) to the strongest drop near its outline.
+
+    ``settings.refine_rays`` rays from the centre, searched only in a band of
+    +-``settings.refine_band`` of the radius, give one edge per ray at the finer resolution of
+    ``g`` (edge detector half-window ``edge_window_px``,
+    :meth:`~stages.ultrasound.head.settings.SegmentSettings.edge_window_px`), placed on the
+    skull band by ``refine_edge`` at ``refine_level``; rays weaker than ``refine_min_strength``
+    x the median are left out (0 keeps all). A robust least-squares conic
+    through them (two rounds, dropping points more than 2 MAD away) is the result.
+    """
+    n = settings.refine_rays
+    prof, rad, unit, rs, R = _ray_profiles(g, e, n, settings.refine_band)
+    step = R[:, 1] - R[:, 0]
+    kk = int(np.median(np.maximum(1, np.round(edge_window_px / step)).astype(int)))
+    if prof.shape[1] < 2 * kk + 3:  # search band too short for the edge filter: keep ``e``
+        return e
+    cs = np.nancumsum(np.concatenate([np.zeros((n, 1)), prof], axis=1), axis=1)
+    j = np.arange(kk, prof.shape[1] - kk)
+    drop = (cs[:, j] - cs[:, j - kk]) / kk - (cs[:, j + kk] - cs[:, j]) / kk
+    valid_ray = np.isfinite(prof).all(axis=1)
+    if valid_ray.sum() < 12:
+        return e
+    best = j[np.argmax(drop, axis=1)]
+    valid_ray = _usable_rays(drop, valid_ray, settings.refine_min_strength)
+    pos = EDGE_LOCATORS[settings.refine_edge](
+        np.where(np.isfinite(prof), prof, 0.0), best, 3 * kk, settings.refine_level
+    )
+    rad_at = rad * (1 + rs[0] + pos * (rs[1] - rs[0]))  # fractional sample index -> radius
+    px = (unit[:, 0] * rad_at)[valid_ray]
+    py = (unit[:, 1] * rad_at)[valid_ray]
+    return _robust_ellipse(px, py, e[0], e[1], e)
 
 
 def _edge_drop(prof: np.ndarray, drop_idx: np.ndarray, win: int, level: float) -> np.ndarray:

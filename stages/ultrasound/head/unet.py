@@ -5,6 +5,18 @@ ellipse through the ``level`` contour of its probability (sub-pixel, the best of
 least-squares and RANSAC fits when the network marked more than the head). The fine stage
 (:mod:`.coarse_to_fine`) refines that ellipse at full resolution.
 
+How the contour becomes an ellipse: marching squares (``skimage.measure.find_contours``)
+interpolates the crossing of ``level`` linearly between pixel centres, the contour of the
+bilinearly up-sampled map, sub-pixel without up-sampling anything; its points are mapped to the
+original image's pixels (the map may be scaled differently along each axis). A network
+sometimes marks other bright structures too, apart from the head or fused with it (small heads
+of early pregnancy among limbs and placenta), so each of the largest regions above ``level``
+gives candidates: the least-squares ellipse through its outer contour, the same fit trimmed of
+points far off it, and the RANSAC ellipse most contour points follow (the head's arc when the
+head is fused with the body). The candidate whose outline the map follows best wins
+(:func:`_probability_contrast`: high just inside, low just outside). The map is not padded, so
+where the head runs off the image its contour stops at the border instead of following it.
+
 Reference: Ronneberger O et al. U-Net, MICCAI 2015.
 """
 
@@ -38,27 +50,8 @@ def ellipse_from_probability(
     limits: AxisLimits | None = None,
     seed: int = 0,
 ) -> tuple[Ellipse | None, float]:
-    """The ellipse through the ``level`` contour of a low-resolution cranium probability map.
-
-    Marching squares (``skimage.measure.find_contours``) interpolates the crossing of ``level``
-    linearly between pixel centres, which is the contour of the bilinearly up-sampled map:
-    sub-pixel without up-sampling anything. Contour points are mapped to the pixels of the
-    original image (``shape``; the map may be scaled differently along each axis) and conics
-    are fitted to them by least squares.
-
-    A network trained on ~160 images sometimes marks other bright structures too, apart from
-    the head or fused with it (small heads of early pregnancy, zoomed in among limbs and
-    placenta). So each of the ``max_components`` largest connected regions above ``level``
-    gives candidates: the least-squares ellipse through its outer contour, the same fit after
-    trimming points off it (three rounds without the points more than twice the median
-    residual away) and the RANSAC ellipse that most contour points follow (within 0.75 map
-    pixels, 300 random 5-point conics seeded by ``seed``), which finds the head's arc when the
-    network fused the head with the fetal body (small heads of early pregnancy, measured on
-    HC18 fold 0: mean |HC error| 5.7 mm with these candidates, 6.8 mm without RANSAC, 9.2 mm
-    with the longest contour of the map alone). The candidate whose
-    outline the map follows best wins (:func:`_probability_contrast`: high just inside, low
-    just outside). The map is not padded, so where the head runs off the image its contour
-    stops at the border instead of following it.
+    """The ellipse through the ``level`` contour of a low-resolution cranium probability map:
+    the best-scoring plausible candidate of its ``max_components`` largest regions (module doc).
 
     Parameters
     ----------
