@@ -3,7 +3,8 @@
 ``python -m experiments.ultrasound.segmenter_study --seeds 7 99`` trains the stage's networks
 (``train_segmenter_us``'s own code: :func:`~stages.ultrasound.head.hc18_training.train_all`)
 with each seed, as a rerun of the stage with ``train_segmenter_us.seed`` changed would (the seed
-moves the folds, the weights, the augmentation and the batch order), on the enhanced HC18 store
+moves the weights, the augmentation and the batch order; the folds stay those of ``fold_seed``;
+``--move-folds`` re-draws them with each seed too), on the enhanced HC18 store
 of this workspace (``dvc repro enhance_us`` first), and prints the out-of-fold figures per seed.
 The committed run's figures (seed 42) are read from ``data/reports/train_segmenter_us.json``
 and printed beside them, with the spread (max - min) of the mean |HC error|.
@@ -67,16 +68,17 @@ def header() -> str:
 
 
 def seed_study(
-    d: HC18Images, s: SegmenterSettings, seeds: list[int], dask: DaskSettings, out: Path | None
-) -> None:
+    d: HC18Images, s: SegmenterSettings, seeds: list[int], dask: DaskSettings, out: Path | None,
+    move_folds: bool,
+) -> None:  # fmt: skip
     root = project_root()
     committed = json.loads((root / TRAIN_SEGMENTER_REPORT).read_text())
     means = {s.seed: committed["oof_hc_error_mm_mean"]}
     print(header())
     print(row(f"seed {s.seed} (committed)", "4/5 of each", committed))
     for seed in seeds:
-        si = dataclasses.replace(s, seed=seed)
-        folds = segmenter_folds(d.names, d.hc_mm, si.n_folds, seed)["fold"].to_numpy()
+        si = dataclasses.replace(s, seed=seed, fold_seed=seed if move_folds else s.fold_seed)
+        folds = segmenter_folds(d.names, d.hc_mm, si.n_folds, si.fold_seed)["fold"].to_numpy()
         with tempfile.TemporaryDirectory(prefix="segmenter_seed_") as tmp:
             oof, _ = train_all(Path(tmp), d, folds, si, dask, load_params("enhance_us"))
         figures = summary(oof)
@@ -135,7 +137,7 @@ def curve_point(d: HC18Images, fold: np.ndarray, s: SegmenterSettings, n: int,
 
 def learning_curve(d: HC18Images, s: SegmenterSettings, sizes: list[int], folds_shown: list[int],
                    dask: DaskSettings) -> None:  # fmt: skip
-    fold = segmenter_folds(d.names, d.hc_mm, s.n_folds, s.seed)["fold"].to_numpy()
+    fold = segmenter_folds(d.names, d.hc_mm, s.n_folds, s.fold_seed)["fold"].to_numpy()
     full = pd.read_csv(project_root() / SEGMENTER_OOF_CSV, dtype={"image": str})
     full = full[full["fold"].isin(folds_shown)]
     print(header())
@@ -153,13 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-train", type=int, nargs="*", default=[], help="learning-curve sizes")
     ap.add_argument("--folds", type=int, nargs="*", default=[0, 1], help="learning-curve folds")
     ap.add_argument("--out", type=Path, default=None, help="folder for each seed's oof.csv")
+    ap.add_argument("--move-folds", action="store_true", help="re-draw the folds with each seed")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     s = load_settings(SegmenterSettings, "train_segmenter_us")
     dask = load_settings(DaskSettings, "dask")
     d = read_hc18(project_root())
     if args.seeds:
-        seed_study(d, s, args.seeds, dask, args.out)
+        seed_study(d, s, args.seeds, dask, args.out, args.move_folds)
     if args.n_train:
         learning_curve(d, s, args.n_train, args.folds, dask)
     return 0

@@ -216,7 +216,9 @@ def segment_images(
     ``coarse`` / ``fine``: a fold's model, or a stack of the fold models
     (:func:`~.unet_network.stack_models`: probabilities and ray radii averaged). Every coarse
     candidate is read by the fine stage; the most confident reading (lowest median ray spread)
-    wins.
+    wins. When no candidate's fine fit succeeds, the first coarse candidate stands in with its
+    fine signals missing (flagged by :func:`~.quality.quality_flag`): a coarse head is off by a
+    few millimetres, "no ellipse" by its whole circumference.
     """
     prob = coarse_probability(coarse, images, cs)
     cands = [coarse_candidates(p, im.shape, cs) for im, p in zip(images, prob, strict=True)]
@@ -229,10 +231,13 @@ def segment_images(
             best[i] = (spread, ec, score, ef, sig)
     out = []
     for i in range(len(images)):
-        if i not in best or best[i][3] is None:
+        if i not in best:
             out.append(no_head())
             continue
         _, ec, score, ef, sig = best[i]
+        if ef is None:  # every fine fit failed: the coarse ellipse stands in, its signals missing
+            out.append(HeadResult(ec, ec, score, NAN, sig["ray_spread"], NAN, NAN, 1.0))
+            continue
         change = abs(hc_px(ef) / hc_px(ec) - 1)
         out.append(HeadResult(ef, ec, score, sig["fit_residual"], sig["ray_spread"],
                               sig["flip_change"], change, sig["edge_share"]))  # fmt: skip

@@ -13,8 +13,9 @@ Signals (computed by :mod:`.coarse_to_fine` per image, every one available out-o
   disagree about the head);
 * ``ray_spread``: median spread (rows) of the per-ray outline distributions.
 
-A measurement is flagged when it has no ellipse or any signal crosses its threshold; the reason
-names every crossing signal. The limits (:class:`~.settings.QualityThresholds`,
+A measurement is flagged when it has no ellipse or any signal crosses its threshold or is
+missing (NaN: the fine fit failed and the coarse ellipse stands in); the reason names every such
+signal. The limits (:class:`~.settings.QualityThresholds`,
 ``train_segmenter_us.quality``) travel in the segmenter's ``config.json``.
 """
 
@@ -51,7 +52,9 @@ def quality_flag(
         if name not in signals:
             continue
         v, limit = float(signals[name]), float(getattr(th, field))
-        if math.isnan(v) or (v > limit if high_bad else v < limit):
+        if math.isnan(v):
+            reasons.append(f"{name} missing")
+        elif v > limit if high_bad else v < limit:
             reasons.append(f"{name} {v:.3g} {'>' if high_bad else '<'} {limit:g}")
     return bool(reasons), "; ".join(reasons)
 

@@ -149,10 +149,12 @@ class QualityThresholds:
 
 @settings
 class SegmenterSettings:
-    """The ``train_segmenter_us`` section: seed, examination-disjoint folds, batch
-    normalisation and warm-up share of both networks, the two networks and the quality flag."""
+    """The ``train_segmenter_us`` section: seed of the fits, seed and number of the
+    examination-disjoint folds, batch normalisation and warm-up share of both networks, the two
+    networks and the quality flag."""
 
     seed: int
+    fold_seed: int
     n_folds: int
     batch_norm: bool
     warmup_frac: float
