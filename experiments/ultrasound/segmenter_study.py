@@ -14,6 +14,8 @@ subset of its training EXAMINATIONS (the first n images of a seeded order of the
 committed step budget (epochs scaled by the full training set's size over n, so every point
 takes as many optimiser steps as the full run), scored on the same held-out images of the given
 folds; the full training sets' figures on those folds come from the committed ``oof.csv``.
+``--n-train 913 --steps-x 2`` trains on each fold's whole training set (n caps at its size) with
+twice the committed step budget: what more optimiser steps, not more images, would buy.
 
 Writes nothing in the workspace (models go to a temporary folder); prints Markdown tables;
 ``--out DIR`` also keeps each seed's per-image out-of-fold rows (``oof_seedN.csv``).
@@ -102,22 +104,26 @@ def nested_subset(d: HC18Images, train: np.ndarray, n: int, seed: int) -> np.nda
     return np.array(sorted(train, key=lambda i: (order[exam_id(d.names[i])], i)))[:n]
 
 
-def curve_point(d: HC18Images, fold: np.ndarray, s: SegmenterSettings, n: int,
-                folds_shown: list[int], dask: DaskSettings) -> pd.DataFrame:  # fmt: skip
-    """Held-out rows of ``folds_shown`` scored by pairs trained on ``n`` images of the rest."""
+def curve_point(
+    d: HC18Images, fold: np.ndarray, s: SegmenterSettings, n: int, folds_shown: list[int],
+    dask: DaskSettings, steps_x: float,
+) -> pd.DataFrame:  # fmt: skip
+    """Held-out rows of ``folds_shown`` scored by pairs trained on ``n`` images of the rest
+    (all of them when ``n`` is larger) with ``steps_x`` times the committed step budget."""
     from stages.ultrasound.head.hc18_training import score_fold
     from stages.ultrasound.head.segmenter_model import save_segmenter
     from stages.ultrasound.head.unet_training import ModelJob, train_models
 
-    jobs, sizes = [], {}
+    jobs, sizes, used = [], {}, {}
     for k in folds_shown:
         train = np.flatnonzero(fold != k)
         idx = nested_subset(d, train, n, 1000 + k)
-        sizes[k] = len(train)
+        sizes[k], used[k] = len(train), len(idx)
         for kind, offset in (("fine", 1000), ("coarse", 0)):
             jobs.append(ModelJob(f"{k}/{kind}", kind, [d.images[i] for i in idx],
                                  d.ellipses_px[idx], s.seed + k + offset))  # fmt: skip
-    scale = np.mean(list(sizes.values())) / n  # the committed step budget: epochs x full / n
+    # the committed step budget (epochs x full / n), times steps_x
+    scale = steps_x * np.mean(list(sizes.values())) / np.mean(list(used.values()))
     sk = dataclasses.replace(
         s,
         coarse=dataclasses.replace(s.coarse, epochs=s.coarse.epochs * scale),
@@ -136,14 +142,15 @@ def curve_point(d: HC18Images, fold: np.ndarray, s: SegmenterSettings, n: int,
 
 
 def learning_curve(d: HC18Images, s: SegmenterSettings, sizes: list[int], folds_shown: list[int],
-                   dask: DaskSettings) -> None:  # fmt: skip
+                   dask: DaskSettings, steps_x: float) -> None:  # fmt: skip
     fold = segmenter_folds(d.names, d.hc_mm, s.n_folds, s.fold_seed)["fold"].to_numpy()
     full = pd.read_csv(project_root() / SEGMENTER_OOF_CSV, dtype={"image": str})
     full = full[full["fold"].isin(folds_shown)]
     print(header())
     for n in sizes:
-        print(row(f"n = {n}", str(n), summary(curve_point(d, fold, s, n, folds_shown, dask))),
-              flush=True)  # fmt: skip
+        part = curve_point(d, fold, s, n, folds_shown, dask, steps_x)
+        label = f"n = {n}" + (f", {steps_x:g} x the steps" if steps_x != 1 else "")
+        print(row(label, str(n), summary(part)), flush=True)
     n_full = int((fold != folds_shown[0]).sum())
     print(row("committed run", f"~{n_full}", summary(full)))
 
@@ -155,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-train", type=int, nargs="*", default=[], help="learning-curve sizes")
     ap.add_argument("--folds", type=int, nargs="*", default=[0, 1], help="learning-curve folds")
     ap.add_argument("--out", type=Path, default=None, help="folder for each seed's oof.csv")
+    ap.add_argument("--steps-x", type=float, default=1.0, help="learning curve: x the step budget")
     ap.add_argument("--move-folds", action="store_true", help="re-draw the folds with each seed")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -164,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds:
         seed_study(d, s, args.seeds, dask, args.out, args.move_folds)
     if args.n_train:
-        learning_curve(d, s, args.n_train, args.folds, dask)
+        learning_curve(d, s, args.n_train, args.folds, dask, args.steps_x)
     return 0
 
 
