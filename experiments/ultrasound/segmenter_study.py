@@ -38,6 +38,8 @@ from stages.common.params import load_params, project_root
 from stages.common.settings import load_settings
 from stages.ultrasound.head.hc18_training import (
     HC18Images,
+    exam_id,
+    pair_jobs,
     read_hc18,
     segmenter_folds,
     summary,
@@ -97,8 +99,6 @@ def seed_study(
 def nested_subset(d: HC18Images, train: np.ndarray, n: int, seed: int) -> np.ndarray:
     """The first ``n`` images of ``train`` in a seeded order of their examinations (nested:
     the 200 are among the 400)."""
-    from stages.ultrasound.head.hc18_training import exam_id
-
     exams = sorted({exam_id(d.names[i]) for i in train})
     order = {e: k for k, e in enumerate(np.random.default_rng(seed).permutation(exams))}
     return np.array(sorted(train, key=lambda i: (order[exam_id(d.names[i])], i)))[:n]
@@ -112,16 +112,14 @@ def curve_point(
     (all of them when ``n`` is larger) with ``steps_x`` times the committed step budget."""
     from stages.ultrasound.head.hc18_training import score_fold
     from stages.ultrasound.head.segmenter_model import save_segmenter
-    from stages.ultrasound.head.unet_training import ModelJob, train_models
+    from stages.ultrasound.head.unet_training import train_models
 
     jobs, sizes, used = [], {}, {}
     for k in folds_shown:
         train = np.flatnonzero(fold != k)
         idx = nested_subset(d, train, n, 1000 + k)
         sizes[k], used[k] = len(train), len(idx)
-        for kind, offset in (("fine", 1000), ("coarse", 0)):
-            jobs.append(ModelJob(f"{k}/{kind}", kind, [d.images[i] for i in idx],
-                                 d.ellipses_px[idx], s.seed + k + offset))  # fmt: skip
+        jobs += pair_jobs(str(k), d, idx, s.seed + k).values()
     # the committed step budget (epochs x full / n), times steps_x
     scale = steps_x * np.mean(list(sizes.values())) / np.mean(list(used.values()))
     sk = dataclasses.replace(

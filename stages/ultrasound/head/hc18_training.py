@@ -98,16 +98,21 @@ def read_hc18(root: Path) -> HC18Images:
     return HC18Images(names, images, truths, np.array(ells), np.array(px), np.array(hc))
 
 
+def pair_jobs(prefix: str, d: HC18Images, idx: np.ndarray, seed: int) -> dict[str, ModelJob]:
+    """The fine and the coarse network of one fold on images ``idx``, named ``prefix/kind`` and
+    seeded ``seed`` (coarse) and ``seed + 1000`` (fine); the stage and the study both build
+    their fits here, so the study trains what the stage would."""
+    images = [d.images[i] for i in idx]
+    return {kind: ModelJob(f"{prefix}/{kind}", kind, images, d.ellipses_px[idx], seed + offset)
+            for kind, offset in (("fine", 1000), ("coarse", 0))}  # fmt: skip
+
+
 def fold_jobs(d: HC18Images, fold: np.ndarray, s: SegmenterSettings) -> list[ModelJob]:
     """One coarse and one fine network per fold, on the other folds' images; the fine ones
     (the longer fits) first so that the two cores stay busy to the end."""
-    jobs = {"fine": [], "coarse": []}
-    for k in range(s.n_folds):
-        idx = np.flatnonzero(fold != k)
-        for kind, offset in (("coarse", 0), ("fine", 1000)):  # the lab's seeds: study = stage
-            jobs[kind].append(ModelJob(f"{fold_dir(k)}/{kind}", kind, [d.images[i] for i in idx],
-                                       d.ellipses_px[idx], s.seed + k + offset))  # fmt: skip
-    return jobs["fine"] + jobs["coarse"]
+    pairs = [pair_jobs(fold_dir(k), d, np.flatnonzero(fold != k), s.seed + k)
+             for k in range(s.n_folds)]  # fmt: skip
+    return [p["fine"] for p in pairs] + [p["coarse"] for p in pairs]
 
 
 def score_fold(model_dir: Path, d: HC18Images, held: np.ndarray) -> pd.DataFrame:

@@ -48,7 +48,7 @@ KINDS = ("coarse", "fine")
 def steps_for(n_images: int, epochs: float, batch_size: int) -> int:
     """Step budget of ``epochs`` passes over ``n_images`` (incomplete batches dropped; fewer
     images than a batch make one batch of them all, as :func:`fit` does)."""
-    return max(1, int(math.floor(epochs * (n_images // min(batch_size, max(n_images, 1))))))
+    return max(1, int(math.floor(epochs * max(1, n_images // batch_size))))
 
 
 def fit(
