@@ -18,7 +18,8 @@ folds; the full training sets' figures on those folds come from the committed ``
 twice the committed step budget: what more optimiser steps, not more images, would buy.
 
 Writes nothing in the workspace (models go to a temporary folder); prints Markdown tables;
-``--out DIR`` also keeps each seed's per-image out-of-fold rows (``oof_seedN.csv``).
+``--out DIR`` also keeps each seed's per-image out-of-fold rows (``oof_seedN.csv``); ``--rows DIR
+--folds 0 1`` reads them back beside the committed ``oof.csv`` and prints where the error sits.
 """
 
 from __future__ import annotations
@@ -107,9 +108,10 @@ def nested_subset(d: HC18Images, train: np.ndarray, n: int, seed: int) -> np.nda
 def curve_point(
     d: HC18Images, fold: np.ndarray, s: SegmenterSettings, n: int, folds_shown: list[int],
     dask: DaskSettings, steps_x: float,
-) -> pd.DataFrame:  # fmt: skip
+) -> tuple[pd.DataFrame, float]:  # fmt: skip
     """Held-out rows of ``folds_shown`` scored by pairs trained on ``n`` images of the rest
-    (all of them when ``n`` is larger) with ``steps_x`` times the committed step budget."""
+    (all of them when ``n`` is larger) with ``steps_x`` times the committed step budget, and
+    the networks' training CPU seconds."""
     from stages.ultrasound.head.hc18_training import score_fold
     from stages.ultrasound.head.segmenter_model import save_segmenter
     from stages.ultrasound.head.unet_training import train_models
@@ -136,7 +138,8 @@ def curve_point(
             part = score_fold(Path(tmp) / str(k), d, fold == k)
             part.insert(0, "image", [d.names[i] for i in part.index])
             parts.append(part)
-    return pd.concat(parts)
+    cpu_s = sum(float(np.sum(r.log["epoch_cpu_s"])) for r in fitted.values())
+    return pd.concat(parts), cpu_s
 
 
 def learning_curve(d: HC18Images, s: SegmenterSettings, sizes: list[int], folds_shown: list[int],
@@ -145,12 +148,49 @@ def learning_curve(d: HC18Images, s: SegmenterSettings, sizes: list[int], folds_
     full = pd.read_csv(project_root() / SEGMENTER_OOF_CSV, dtype={"image": str})
     full = full[full["fold"].isin(folds_shown)]
     print(header())
+    cpu = {}
     for n in sizes:
-        part = curve_point(d, fold, s, n, folds_shown, dask, steps_x)
+        part, cpu_s = curve_point(d, fold, s, n, folds_shown, dask, steps_x)
         label = f"n = {n}" + (f", {steps_x:g} x the steps" if steps_x != 1 else "")
+        cpu[label] = cpu_s
         print(row(label, str(n), summary(part)), flush=True)
     n_full = int((fold != folds_shown[0]).sum())
     print(row("committed run", f"~{n_full}", summary(full)))
+    print(f"\ntraining CPU seconds of folds {folds_shown}' networks:")
+    for label, cpu_s in cpu.items():
+        print(f"- {label}: {cpu_s:.0f}")
+    runs = project_root() / "data/runs/train_segmenter_us.json"  # the stage's last run, untracked
+    if runs.is_file():
+        stage = json.loads(runs.read_text())["train_cpu_s"]
+        mine = sum(v for k, v in stage.items() if any(f"fold_{f}/" in k for f in folds_shown))
+        print(
+            f"- the stage's last run (data/runs/train_segmenter_us.json): {mine:.0f} of "
+            f"{sum(stage.values()):.0f} for all its networks"
+        )
+
+
+def rows_table(out: Path, folds_shown: list[int]) -> None:
+    """Where the error sits, per run, from the committed ``oof.csv`` and the ``--out`` rows of
+    the seed study: the flagged images' share of the summed |HC error|, the mean |HC error| of
+    heads of 100 mm and more, the mean on ``folds_shown`` and the median per-image |change| of
+    the HC error from the committed run."""
+    base = pd.read_csv(project_root() / SEGMENTER_OOF_CSV, dtype={"image": str})
+    runs = {"seed 42 (committed)": base}
+    runs |= {f"seed {p.stem.removeprefix('oof_seed')}": pd.read_csv(p, dtype={"image": str})
+             for p in sorted(out.glob("oof_seed*.csv"))}  # fmt: skip
+    ref = base.set_index("image")["hc_error_mm"]
+    print(
+        f"| run | flagged share of summed error | heads >= 100 mm | mean mm, heads >= 100 mm "
+        f"| mean mm, folds {folds_shown} | median per-image change mm |\n|---|" + "---:|" * 5
+    )
+    for name, oof in runs.items():
+        err, big = oof["hc_error_mm"].abs(), oof["hc_true_mm"] >= 100
+        share = err[oof["flagged"].astype(bool)].sum() / err.sum()
+        change = (oof.set_index("image")["hc_error_mm"] - ref).abs().median()
+        print(
+            f"| {name} | {share:.3f} | {int(big.sum())} | {err[big].mean():.3f} | "
+            f"{err[oof['fold'].isin(folds_shown)].mean():.3f} | {change:.3f} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,9 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, nargs="*", default=[0, 1], help="learning-curve folds")
     ap.add_argument("--out", type=Path, default=None, help="folder for each seed's oof.csv")
     ap.add_argument("--steps-x", type=float, default=1.0, help="learning curve: x the step budget")
+    ap.add_argument("--rows", type=Path, default=None,
+                    help="where the error sits, from a seed study's --out folder")  # fmt: skip
     ap.add_argument("--move-folds", action="store_true", help="re-draw the folds with each seed")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.rows is not None:  # reads saved rows only: no images, no training
+        rows_table(args.rows, args.folds)
+    if not (args.seeds or args.n_train):
+        return 0
     s = load_settings(SegmenterSettings, "train_segmenter_us")
     dask = load_settings(DaskSettings, "dask")
     d = read_hc18(project_root())
