@@ -256,3 +256,39 @@ def test_compare_models_shows_the_deciding_fields(tmp_path: Path, capsys):
     assert registry.main(["no-such-model"]) == 1
     err = capsys.readouterr().err
     assert "no-such-model" in err and "cannot read" in err
+
+
+def test_two_registrations_of_one_version_finish_together(tmp_path: Path):
+    """The race CI met on PostgreSQL: two runs with one key finish the same version at once, the
+    store selects, finds no digests tag, and both insert it. Reproduced on the sqlite store: a
+    second client writes the tag and the alias between the first writer's select and its flush."""
+    from mlflow import MlflowClient
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    name = "raced"
+    v = new_version(tmp_path, name, "k")
+    c = tracking.client()
+    c.delete_model_version_tag(name, v, tracking.DIGESTS_TAG)  # as if a crash left them out
+    c.delete_registered_model_alias(name, tracking.CHALLENGER)
+    other = MlflowClient(tracking.tracking_uri())  # the other run
+    won: list[str] = []
+
+    def the_other_run_writes_first(session, _context, _instances) -> None:
+        kinds = {"alias" if hasattr(o, "alias") else "tag" for o in session.new}
+        for kind in sorted(kinds - set(won)):
+            won.append(kind)  # first, so that the other client's own flush passes through
+            if kind == "tag":
+                other.set_model_version_tag(name, v, tracking.DIGESTS_TAG, "written by the other")
+            else:
+                other.set_registered_model_alias(name, tracking.CHALLENGER, v)
+
+    event.listen(Session, "before_flush", the_other_run_writes_first)
+    try:
+        tracking.finish_registration(name, v)
+    finally:
+        event.remove(Session, "before_flush", the_other_run_writes_first)
+    assert won == ["tag", "alias"]  # both writes met a row inserted after their select
+    tags = c.get_model_version(name, v).tags
+    assert tags[tracking.DIGESTS_TAG] != "written by the other"  # ours, written again
+    assert tracking.alias_version(name, tracking.CHALLENGER) == v

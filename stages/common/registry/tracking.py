@@ -27,7 +27,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -260,8 +260,28 @@ def record_digests(name: str, version: str) -> dict[str, str]:
     """Hash every artifact file of ``name`` v``version`` and store the digests as its tag."""
     mv = client().get_model_version(name, str(version))
     digests = file_digests(_download(mv.source))
-    client().set_model_version_tag(name, str(version), DIGESTS_TAG, promotion.dumps(digests))
+    c, value = client(), promotion.dumps(digests)
+    upsert(lambda: c.set_model_version_tag(name, str(version), DIGESTS_TAG, value))
     return digests
+
+
+# What a SQL store says when two writers insert the same key (PostgreSQL, SQLite, MySQL).
+UNIQUE_VIOLATION = ("unique constraint", "uniqueviolation", "duplicate entry")
+
+
+def upsert(write: Callable[[], object]) -> None:
+    """Run ``write`` (a tag or alias set), once more if a concurrent writer inserted the same key
+    first: MLflow's SQL store sets by select-then-insert, so two registrations of one version at
+    once can both insert and one gets a unique violation. The retry finds the row and updates it:
+    the digests of one version are the same from both; ``challenger`` ends on the later writer's
+    version, as it would had the two run one after the other."""
+    try:
+        write()
+    except Exception as exc:
+        if not any(s in str(exc).lower() for s in UNIQUE_VIOLATION):
+            raise
+        log.info("concurrent write of the same registry key; written again: %s", str(exc)[:200])
+        write()
 
 
 def _version_from_uri(uri: str) -> Any:
@@ -373,7 +393,8 @@ def finish_registration(name: str, version: str) -> None:
     """Record the digests of a version a crash left without them, and alias it ``challenger``."""
     if DIGESTS_TAG not in client().get_model_version(name, version).tags:
         record_digests(name, version)
-    client().set_registered_model_alias(name, CHALLENGER, version)
+    c = client()
+    upsert(lambda: c.set_registered_model_alias(name, CHALLENGER, version))
 
 
 def alias_version(name: str, alias: str) -> str | None:

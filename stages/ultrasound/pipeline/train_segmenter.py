@@ -7,9 +7,9 @@ ellipse is fitted to those points (:mod:`stages.ultrasound.head.coarse_to_fine`)
 sonographer's ellipse scaled to the head circumference the sonographer reported.
 
 Examinations (the ``NNN`` of ``NNN_HC`` / ``NNN_2HC``) are split into ``n_folds`` folds,
-stratified by head size and seeded by ``fold_seed`` alone (``data/processed/us/segmenter_folds.csv``:
-a retrain with another ``seed`` is scored on the same folds, so the registry's paired comparison
-sees the fits, not a re-draw of the folds); each fold's
+stratified by head size and seeded by ``fold_seed`` alone
+(``data/processed/us/segmenter_folds.csv``: a retrain with another ``seed`` is scored on the same
+folds, so the registry's paired comparison sees the fits, not a re-draw of the folds); each fold's
 two networks train on the other folds, every network in its own process with one TensorFlow
 thread, two at once on two cores, or on a Dask cluster
 (:func:`~stages.ultrasound.head.unet_training.train_models`). Each fold's pair segments its own
