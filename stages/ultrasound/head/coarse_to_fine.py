@@ -235,10 +235,10 @@ def segment_images(
             out.append(no_head())
             continue
         _, ec, score, ef, sig = best[i]
-        if ef is None:  # every fine fit failed: the coarse ellipse stands in, its signals missing
-            out.append(HeadResult(ec, ec, score, NAN, sig["ray_spread"], NAN, NAN, 1.0))
-            continue
-        change = abs(hc_px(ef) / hc_px(ec) - 1)
+        if ef is None:  # every fine fit failed: the coarse ellipse stands in, signals missing
+            ef, change = ec, NAN
+        else:
+            change = abs(hc_px(ef) / hc_px(ec) - 1)
         out.append(HeadResult(ef, ec, score, sig["fit_residual"], sig["ray_spread"],
                               sig["flip_change"], change, sig["edge_share"]))  # fmt: skip
     return out
