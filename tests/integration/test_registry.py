@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
+from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 from flows import registry
 from stages.common.registry import champion, promotion, tracking
@@ -262,10 +265,6 @@ def test_two_registrations_of_one_version_finish_together(tmp_path: Path):
     """The race CI met on PostgreSQL: two runs with one key finish the same version at once, the
     store selects, finds no digests tag, and both insert it. Reproduced on the sqlite store: a
     second client writes the tag and the alias between the first writer's select and its flush."""
-    from mlflow import MlflowClient
-    from sqlalchemy import event
-    from sqlalchemy.orm import Session
-
     name = "raced"
     v = new_version(tmp_path, name, "k")
     c = tracking.client()
